@@ -1,0 +1,92 @@
+//! shoal's protocol core: everything a tracker and a peer decide, and nothing they touch.
+//!
+//! This crate reads no clock, no socket, no file and no randomness. A node is an object; the
+//! adapter around it (mio on Linux, smoltcp on a device, the simulator in tests) feeds it events
+//! through `handle_*` methods and carries out what it asks for through `poll_*` methods. The
+//! same code therefore runs on a host, in firmware, and in a deterministic simulation.
+//!
+//! - [`time`]: the core's own [`Instant`](time::Instant) and [`Duration`](time::Duration).
+//! - [`wire`]: framing and every [`Message`](wire::Message); decoding is bounded and fallible.
+//! - [`manifest`]: manifests, file ids and the streaming [`ManifestBuilder`](manifest::ManifestBuilder).
+//! - [`link`]: `shoal:` link text.
+//! - [`tracker`]: the [`Tracker`](tracker::Tracker) state machine.
+//! - [`storage`]: the storage requests nodes make of their adapter.
+//!
+//! # The run loop
+//!
+//! Every node follows the same contract: after each `handle_*` call, drain the `poll_*` methods
+//! until they return `None`, then wait until `poll_timeout` or the next I/O event. Here is a
+//! whole tracker run over an in-memory "socket", compiled as a doc test:
+//!
+//! ```
+//! use proto_core::time::Instant;
+//! use proto_core::tracker::{Action, SmallTracker, TrackerConfig, FRAME_BUF_LEN};
+//! use proto_core::wire::{encode_frame, FrameDecoder, Hello, Item, Message, NodeId, PROTOCOL_VERSION};
+//!
+//! let mut now = Instant::ZERO;
+//! let mut tracker = SmallTracker::new(TrackerConfig::new(NodeId([1; 16])), now);
+//!
+//! // A peer connects from 10.0.0.2 and says hello, announcing that it listens on port 7000.
+//! let conn = tracker.handle_accept(now, "10.0.0.2:51000".parse().unwrap()).unwrap();
+//! let mut wire = [0u8; 64];
+//! let mut n = encode_frame(&Message::Hello(Hello { version: PROTOCOL_VERSION, node: NodeId([2; 16]), listen_port: 7000 }), &mut wire).unwrap();
+//! n += encode_frame(&Message::Register, &mut wire[n..]).unwrap();
+//!
+//! let mut input = &wire[..n];
+//! while !input.is_empty() {
+//!     let recv = tracker.handle_recv(now, conn, input);
+//!     if let Some(write) = recv.write {
+//!         // store write.data under write.key at write.offset
+//!     }
+//!     input = &input[recv.consumed..];
+//! }
+//!
+//! // Drain: frames to send, then actions, then events.
+//! let mut buf = [0u8; FRAME_BUF_LEN];
+//! let mut sent = Vec::new();
+//! while let Some(t) = tracker.poll_transmit(&mut buf) {
+//!     sent.extend_from_slice(&buf[..t.len]); // and then t.then's bytes from storage
+//! }
+//! while let Some(action) = tracker.poll_action() {
+//!     match action {
+//!         Action::Close(_conn) => { /* close the socket */ }
+//!         Action::Discard(_key) => { /* delete stored hashes */ }
+//!     }
+//! }
+//! while let Some(event) = tracker.poll_event() {
+//!     println!("{event:?}");
+//! }
+//! now = tracker.poll_timeout(); // sleep until then (or until a socket wakes us)
+//! tracker.handle_timeout(now);
+//!
+//! // The peer sees Hello, Registered with the address the tracker recorded, and the peer list.
+//! let mut decoder = FrameDecoder::new(0);
+//! let mut got = Vec::new();
+//! let mut rest = &sent[..];
+//! while let Ok((used, Some(Item::Message(m)))) = decoder.decode(rest) {
+//!     got.push(m);
+//!     rest = &rest[used..];
+//! }
+//! assert_eq!(got[1], Message::Registered { addr: "10.0.0.2:7000".parse().unwrap() });
+//! assert_eq!(got.last(), Some(&Message::PeerListEnd { count: 1 }));
+//! ```
+//!
+//! # Features
+//!
+//! - `std`: `Instant::now()` for hosts. The state machines never need it.
+//! - `defmt`: log through defmt and derive `defmt::Format` on public types.
+//! - `log`: log through the `log` facade. At most one of `defmt` and `log`.
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![warn(missing_docs)]
+
+#[macro_use]
+mod fmt;
+
+pub mod bitmap;
+pub mod conn;
+pub mod link;
+pub mod manifest;
+pub mod storage;
+pub mod time;
+pub mod tracker;
+pub mod wire;

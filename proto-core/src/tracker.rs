@@ -1,0 +1,1290 @@
+//! The tracker: who is online, which files are listed, who holds which chunks.
+//!
+//! # Driving it
+//!
+//! A [`Tracker`] is a sans-IO state machine. The adapter owns sockets, a clock and storage for
+//! chunk hashes; the tracker owns everything else. The contract:
+//!
+//! 1. Tell it what happened with a `handle_*` call: [`Tracker::handle_accept`],
+//!    [`Tracker::handle_recv`], [`Tracker::handle_closed`], [`Tracker::handle_timeout`],
+//!    [`Tracker::handle_send_blocked`] / [`Tracker::handle_send_ready`],
+//!    [`Tracker::handle_storage_failed`].
+//! 2. Then drain, in this order, until each returns `None`:
+//!    [`Tracker::poll_transmit`] (frames to send, each possibly followed by bytes from storage),
+//!    [`Tracker::poll_action`] (close a connection, discard stored hashes) and
+//!    [`Tracker::poll_event`] (what happened, for logs).
+//! 3. Sleep until [`Tracker::poll_timeout`] or the next socket event, whichever is first.
+//!
+//! `handle_recv` may consume less than it was given: the connection's reply queue is full
+//! because its remote is not reading. Keep the rest, stop reading that socket, and offer the
+//! rest again after draining `poll_transmit`. That is the backpressure that keeps every queue
+//! here bounded.
+//!
+//! # Rules
+//!
+//! - A peer registers after its `Hello`; a second registration of the same node id or the same
+//!   address, or one past `max_peers`, is refused with a [`Refusal`] and the connection closed.
+//! - The address recorded for a peer is the IP its connection came from with the listen port it
+//!   announced, never an address it claims.
+//! - Every [`TrackerConfig::ping_interval`] each connection that finished its handshake is
+//!   pinged; one that leaves [`TrackerConfig::max_missed_pings`] pings in a row unanswered is
+//!   dropped. A connection that sends no `Hello` within the handshake timeout is closed.
+//! - Every registered peer is sent the whole active peer list whenever it changes.
+//! - A publish whose file id is already listed adds the publisher as a holder; a different file
+//!   under a listed name is refused with [`PublishRefusal::NameTaken`].
+//! - A file stays listed while at least one online peer holds all of its chunks; when the last
+//!   complete holder goes, the file is delisted and its stored hashes discarded.
+//!
+//! # Memory
+//!
+//! Everything is in the struct; nothing grows. With the const parameters `C` connections, `F`
+//! files, `H` holdings (one per peer and file it holds chunks of) and `W` bitmap words (at most
+//! `32 * W` chunks per file), [`Tracker::ram_bytes`] is the exact size, on x86_64 and
+//! thumbv7em alike up to alignment padding:
+//!
+//! | configuration | C | F | H | W | bytes |
+//! |---|---|---|---|---|---|
+//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,477,480 |
+//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 40,680 |
+//!
+//! Most of it is per connection (a 512-byte frame buffer, an 8-entry reply queue and a
+//! publish-in-progress) and per holding (`4 * W` bytes of bitmap). Chunk hashes are never in
+//! RAM: they go to storage as they arrive and are sent from storage. A test checks both
+//! figures (on x86_64).
+
+use core::fmt;
+use core::net::SocketAddr;
+
+use heapless::Deque;
+
+use crate::bitmap::ChunkBitmap;
+use crate::conn::{ConnId, Slots, TableFull};
+use crate::manifest::{FileIdHasher, ManifestHeader, Name, HASH_LEN, MAX_CHUNKS};
+use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
+use crate::time::{Duration, Instant};
+use crate::wire::{
+    encode_frame, ChunkRange, FileEntry, FileId, FrameDecoder, FrameError, Hello, HolderItem, Item,
+    Message, NodeId, PeerEntry, PublishRefusal, Refusal, LEN_PREFIX, MAX_FRAME_LEN, MAX_RANGES,
+    PROTOCOL_VERSION,
+};
+
+/// A tracker sized for a Linux host: 256 connections, 128 files, 1024 holdings, 8192 chunks
+/// per file. 1.4 MiB; keep it on the heap or the main thread's stack.
+pub type HostTracker = Tracker<256, 128, 1024, 256>;
+
+/// A tracker small enough for a microcontroller: 16 connections, 8 files, 32 holdings, 1024
+/// chunks per file.
+pub type SmallTracker = Tracker<16, 8, 32, 32>;
+
+/// Bytes of the buffer [`Tracker::poll_transmit`] encodes one frame into.
+pub const FRAME_BUF_LEN: usize = LEN_PREFIX + MAX_FRAME_LEN;
+
+/// Replies queued per connection before the tracker stops reading from it.
+const REPLY_QUEUE: usize = 8;
+/// Events kept for the adapter between drains; older ones are kept, newer ones counted lost.
+const EVENT_QUEUE: usize = 32;
+
+/// Settings for a [`Tracker`].
+#[derive(Clone, Copy, Debug)]
+pub struct TrackerConfig {
+    /// The tracker's own node id, sent in its `Hello`.
+    pub node: NodeId,
+    /// How often each connection is pinged. Default 5 s.
+    pub ping_interval: Duration,
+    /// Pings in a row a connection may leave unanswered before it is dropped. Default 3.
+    pub max_missed_pings: u8,
+    /// How long a new connection has to send its `Hello`. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// Most registered peers (at most the connection count). Default: no limit but the table.
+    pub max_peers: usize,
+}
+
+impl TrackerConfig {
+    /// Defaults with the given node id.
+    pub fn new(node: NodeId) -> Self {
+        TrackerConfig {
+            node,
+            ping_interval: Duration::from_secs(5),
+            max_missed_pings: 3,
+            handshake_timeout: Duration::from_secs(10),
+            max_peers: usize::MAX,
+        }
+    }
+}
+
+/// Something for the adapter to do besides sending frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Action {
+    /// Send what is already buffered for this connection, then close it. The id is dead from
+    /// now on.
+    Close(ConnId),
+    /// The chunk hashes stored under this key are no longer needed.
+    Discard(StorageKey),
+}
+
+/// One frame to send, written by [`Tracker::poll_transmit`] into the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Transmit {
+    /// The connection to send on.
+    pub conn: ConnId,
+    /// Bytes of the caller's buffer that hold the frame.
+    pub len: usize,
+    /// Bytes to copy from storage to the connection right after the frame.
+    pub then: Option<StorageSend>,
+}
+
+/// What [`Tracker::handle_recv`] did with the input.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Recv<'a> {
+    /// Bytes of the input taken. Offer the rest again (after draining `poll_transmit`).
+    pub consumed: usize,
+    /// Bytes to store before calling `handle_recv` again; they are part of the consumed input.
+    pub write: Option<StorageWrite<'a>>,
+}
+
+/// Why a peer left the active list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum LeaveReason {
+    /// It said `Leave`.
+    Left,
+    /// Its connection closed.
+    Disconnected,
+    /// It stopped answering pings.
+    TimedOut,
+    /// It broke the protocol and was disconnected.
+    Misbehaved,
+}
+
+/// A protocol violation by a remote; the tracker disconnects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Offence {
+    /// Its bytes did not decode.
+    Frame(FrameError),
+    /// It sent a message that is not allowed now (before `Hello`, or a tracker-only message).
+    Unexpected,
+    /// A chunk range outside the file.
+    BadRange,
+}
+
+/// A table that was full when something needed a place in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Table {
+    /// The holdings table: a have-chunks update was not recorded.
+    Holdings,
+}
+
+/// What happened, for the adapter's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TrackerEvent {
+    /// A peer registered.
+    PeerJoined {
+        /// Its node id.
+        node: NodeId,
+        /// The address recorded for it.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+    },
+    /// A peer left the active list.
+    PeerLeft {
+        /// Its node id.
+        node: NodeId,
+        /// The address recorded for it.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A registration was refused.
+    Refused {
+        /// The connection's remote address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        remote: SocketAddr,
+        /// Why.
+        reason: Refusal,
+    },
+    /// A file was published: listed for the first time (`first`) or given another holder.
+    Published {
+        /// The file id.
+        file: FileId,
+        /// Its name.
+        name: Name,
+        /// Its size in bytes.
+        size: u64,
+        /// The publisher's recorded address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        by: SocketAddr,
+        /// True when the file was not listed before.
+        first: bool,
+    },
+    /// A publish was refused.
+    PublishRefused {
+        /// The id the publish claimed.
+        file: FileId,
+        /// Why.
+        reason: PublishRefusal,
+    },
+    /// A file was delisted: no online peer holds all of it any more.
+    Delisted {
+        /// The file id.
+        file: FileId,
+        /// Its name.
+        name: Name,
+    },
+    /// A remote broke the protocol and was disconnected.
+    Misbehaved {
+        /// The connection's remote address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        remote: SocketAddr,
+        /// What it did.
+        offence: Offence,
+    },
+    /// A table was full; the request was answered or dropped as documented on [`Table`].
+    Overloaded(Table),
+}
+
+/// A reply waiting in a connection's queue; rendered into a frame only when polled, so the
+/// queue holds small descriptions instead of encoded bytes.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    Hello,
+    Ping(u32),
+    Pong(u32),
+    Registered(SocketAddr),
+    Refused(Refusal),
+    Published(FileId),
+    PublishRefused(FileId, PublishRefusal),
+    NotFound(FileId),
+    /// The file list, from file slot `cursor` on, `count` items sent so far.
+    Files {
+        cursor: u16,
+        count: u16,
+    },
+    /// A locate answer: from holding `cursor`, chunk `chunk` on; `holders` sent so far.
+    Locate {
+        file: FileId,
+        slot: u16,
+        cursor: u16,
+        chunk: u32,
+        holders: u16,
+    },
+    Manifest {
+        file: FileId,
+        slot: u16,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the remote's `Hello` until the deadline.
+    Handshake {
+        deadline: Instant,
+    },
+    Open,
+    /// Send what is queued, then close.
+    Closing,
+    /// Report the close through `poll_action`, then free the slot.
+    Closed,
+}
+
+/// Where a publish's body (the chunk hashes) goes.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// A new file: hashes are written to this pending slot.
+    New(u16),
+    /// Already listed in this slot: hashes are only checked.
+    Known(u16),
+    /// Refused before the body: it is read and dropped.
+    Skip,
+}
+
+struct PublishRx {
+    file: FileId,
+    hasher: FileIdHasher,
+    target: Target,
+    offset: u64,
+    storage_failed: bool,
+}
+
+struct Conn {
+    remote: SocketAddr,
+    decoder: FrameDecoder,
+    phase: Phase,
+    hello: Option<Hello>,
+    /// The recorded address, once registered.
+    registered: Option<SocketAddr>,
+    missed_pings: u8,
+    replies: Deque<Reply, REPLY_QUEUE>,
+    /// The peer list changed since it was last pushed (registered peers only).
+    push_dirty: bool,
+    /// A push in progress: next connection slot to look at, items sent.
+    push: Option<(u16, u16)>,
+    publish: Option<PublishRx>,
+    blocked: bool,
+}
+
+impl Conn {
+    fn has_output(&self) -> bool {
+        !self.replies.is_empty() || self.push.is_some() || self.push_dirty
+    }
+}
+
+#[derive(Clone, Debug)]
+enum FileState {
+    Free,
+    /// A publish is receiving its hashes into this slot.
+    Pending(ManifestHeader),
+    Listed(FileId, ManifestHeader),
+    /// Delisted or abandoned: report the discard through `poll_action`, then free.
+    Discard,
+}
+
+struct Holding<const W: usize> {
+    conn: ConnId,
+    slot: u16,
+    chunks: ChunkBitmap<W>,
+}
+
+/// The tracker state machine; see the [module docs](self) for the contract and the rules.
+///
+/// `C` connections, `F` files, `H` holdings (peer × file pairs), `W` words of chunk bitmap per
+/// holding (at most `32 * W` chunks per file).
+pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usize> {
+    config: TrackerConfig,
+    conns: Slots<Conn, C>,
+    files: [FileState; F],
+    holdings: [Option<Holding<W>>; H],
+    events: Deque<TrackerEvent, EVENT_QUEUE>,
+    events_lost: u32,
+    /// Connections in `Phase::Closed` plus files in `FileState::Discard`.
+    pending_actions: usize,
+    next_ping: Instant,
+    ping_nonce: u32,
+    /// Where `poll_transmit` resumes its round-robin over connections.
+    rr: usize,
+}
+
+impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, F, H, W> {
+    /// The most chunks a file may have on this tracker.
+    pub const MAX_FILE_CHUNKS: u32 = {
+        let cap = ChunkBitmap::<W>::CAPACITY;
+        if cap < MAX_CHUNKS {
+            cap
+        } else {
+            MAX_CHUNKS
+        }
+    };
+
+    /// A tracker with no connections and no files; the first ping round is one interval out.
+    pub fn new(config: TrackerConfig, now: Instant) -> Self {
+        Tracker {
+            config,
+            conns: Slots::new(),
+            files: core::array::from_fn(|_| FileState::Free),
+            holdings: core::array::from_fn(|_| None),
+            events: Deque::new(),
+            events_lost: 0,
+            pending_actions: 0,
+            next_ping: now + config.ping_interval,
+            ping_nonce: 0,
+            rr: 0,
+        }
+    }
+
+    /// The exact RAM this tracker type occupies, in bytes.
+    pub const fn ram_bytes() -> usize {
+        core::mem::size_of::<Self>()
+    }
+
+    /// Events that did not fit the queue because the adapter did not drain it.
+    pub fn events_lost(&self) -> u32 {
+        self.events_lost
+    }
+
+    /// Registered peers right now.
+    pub fn peer_count(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.registered.is_some())
+            .count()
+    }
+
+    /// Files listed right now.
+    pub fn file_count(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|f| matches!(f, FileState::Listed(..)))
+            .count()
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// A connection from `remote` was accepted. `Err` means the table is full: close the socket.
+    pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+        let conn = Conn {
+            remote,
+            // Any body the wire allows is read (and skipped if refused), so a publisher with a
+            // file too large for this tracker hears why instead of being cut off.
+            decoder: FrameDecoder::new(MAX_CHUNKS as u64 * HASH_LEN as u64),
+            phase: Phase::Handshake {
+                deadline: now + self.config.handshake_timeout,
+            },
+            hello: None,
+            registered: None,
+            missed_pings: 0,
+            replies: Deque::new(),
+            push_dirty: false,
+            push: None,
+            publish: None,
+            blocked: false,
+        };
+        self.conns.insert(conn)
+    }
+
+    /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
+    pub fn handle_recv<'a>(&mut self, now: Instant, conn: ConnId, input: &'a [u8]) -> Recv<'a> {
+        let mut used = 0;
+        loop {
+            let done = Recv {
+                consumed: used,
+                write: None,
+            };
+            let Some(c) = self.conns.get_mut(conn) else {
+                // A closed connection: whatever is still in flight is dropped.
+                return Recv {
+                    consumed: input.len(),
+                    write: None,
+                };
+            };
+            if matches!(c.phase, Phase::Closing | Phase::Closed) {
+                return Recv {
+                    consumed: input.len(),
+                    write: None,
+                };
+            }
+            let rest = &input[used..];
+            if rest.is_empty() || (c.replies.is_full() && c.decoder.is_idle()) {
+                return done;
+            }
+            match c.decoder.decode(rest) {
+                Err(e) => {
+                    self.misbehaved(conn, Offence::Frame(e));
+                    return Recv {
+                        consumed: input.len(),
+                        write: None,
+                    };
+                }
+                Ok((n, None)) => {
+                    used += n;
+                    if n == 0 {
+                        return Recv {
+                            consumed: used,
+                            write: None,
+                        };
+                    }
+                }
+                Ok((n, Some(Item::Message(msg)))) => {
+                    used += n;
+                    self.on_message(now, conn, msg);
+                }
+                Ok((n, Some(Item::Body { data, remaining }))) => {
+                    used += n;
+                    if let Some(write) = self.on_publish_body(conn, data, remaining) {
+                        return Recv {
+                            consumed: used,
+                            write: Some(write),
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The socket of `conn` closed (by the remote, or an error). The id is dead from now on.
+    pub fn handle_closed(&mut self, _now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        if c.phase == Phase::Closed {
+            self.pending_actions -= 1;
+        }
+        self.unregister(conn, LeaveReason::Disconnected);
+        self.abandon_publish(conn);
+        self.conns.remove(conn);
+    }
+
+    /// The adapter cannot take more output for `conn` until [`Tracker::handle_send_ready`].
+    pub fn handle_send_blocked(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.blocked = true;
+        }
+    }
+
+    /// The adapter can take output for `conn` again.
+    pub fn handle_send_ready(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.blocked = false;
+        }
+    }
+
+    /// A [`StorageWrite`] for `key` failed; the publish it belongs to is refused at its end.
+    pub fn handle_storage_failed(&mut self, key: StorageKey) {
+        for (_, c) in self.conns.iter_mut() {
+            if let Some(rx) = &mut c.publish {
+                if matches!(rx.target, Target::New(slot) if slot == key.slot) {
+                    rx.storage_failed = true;
+                }
+            }
+        }
+    }
+
+    /// Time passed; call when [`Tracker::poll_timeout`] is reached (calling early is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let late: heapless::Vec<ConnId, C> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Handshake { deadline } if deadline <= now))
+            .map(|(id, _)| id)
+            .collect();
+        for id in late {
+            debug!("closing {:?}: no hello in time", id);
+            self.close_now(id);
+        }
+        if now < self.next_ping {
+            return;
+        }
+        self.next_ping = now + self.config.ping_interval;
+        let max_missed = self.config.max_missed_pings;
+        let mut dead: heapless::Vec<ConnId, C> = heapless::Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            if c.phase != Phase::Open {
+                continue;
+            }
+            if c.missed_pings >= max_missed {
+                // Capacity C: at most one entry per connection.
+                let _ = dead.push(id);
+                continue;
+            }
+            self.ping_nonce = self.ping_nonce.wrapping_add(1);
+            if c.replies.push_back(Reply::Ping(self.ping_nonce)).is_ok() {
+                c.missed_pings += 1;
+            }
+        }
+        for id in dead {
+            debug!("{:?} missed {} pings", id, max_missed);
+            self.unregister(id, LeaveReason::TimedOut);
+            self.close_now(id);
+        }
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// When the tracker next needs [`Tracker::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        self.conns
+            .iter()
+            .filter_map(|(_, c)| match c.phase {
+                Phase::Handshake { deadline } => Some(deadline),
+                _ => None,
+            })
+            .fold(self.next_ping, Instant::min)
+    }
+
+    /// Encodes the next frame to send into `buf`.
+    #[must_use]
+    pub fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        for step in 0..C {
+            let index = (self.rr + step) % C;
+            let Some(id) = self.conns.id_at(index) else {
+                continue;
+            };
+            if let Some(t) = self.next_frame(id, buf) {
+                // Resume after this connection next time, so one busy peer cannot starve others.
+                self.rr = (index + 1) % C;
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// The next action, after `poll_transmit` is drained.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        if self.pending_actions == 0 {
+            return None;
+        }
+        let closed = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.phase == Phase::Closed)
+            .map(|(id, _)| id);
+        if let Some(id) = closed {
+            self.conns.remove(id);
+            self.pending_actions -= 1;
+            return Some(Action::Close(id));
+        }
+        let slot = self
+            .files
+            .iter()
+            .position(|f| matches!(f, FileState::Discard))?;
+        self.files[slot] = FileState::Free;
+        self.pending_actions -= 1;
+        Some(Action::Discard(hashes_key(slot as u16)))
+    }
+
+    /// The next event for the log.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<TrackerEvent> {
+        self.events.pop_front()
+    }
+
+    // ---- message handling ---------------------------------------------------------------
+
+    fn on_message(&mut self, now: Instant, id: ConnId, msg: Message) {
+        let _ = now;
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let registered = c.registered.is_some();
+        match (c.hello.is_some(), msg) {
+            (false, Message::Hello(hello)) => {
+                if hello.version != PROTOCOL_VERSION {
+                    let reason = Refusal::VersionMismatch {
+                        supported: PROTOCOL_VERSION,
+                    };
+                    let remote = c.remote;
+                    self.reply(id, Reply::Refused(reason));
+                    self.event(TrackerEvent::Refused { remote, reason });
+                    self.close_after_flush(id);
+                } else {
+                    c.hello = Some(hello);
+                    c.phase = Phase::Open;
+                    self.reply(id, Reply::Hello);
+                }
+            }
+            (false, _) | (true, Message::Hello(_)) => self.misbehaved(id, Offence::Unexpected),
+            (true, Message::Ping(n)) => self.reply(id, Reply::Pong(n)),
+            (true, Message::Pong(_)) => c.missed_pings = 0,
+            (true, Message::Register) if !registered => self.register(id),
+            (true, Message::Leave) => {
+                self.unregister(id, LeaveReason::Left);
+                self.close_after_flush(id);
+            }
+            (true, Message::Publish { file, header }) => self.start_publish(id, file, header),
+            (true, Message::ListFiles) => self.reply(
+                id,
+                Reply::Files {
+                    cursor: 0,
+                    count: 0,
+                },
+            ),
+            (true, Message::Locate { file }) => {
+                let reply = match self.listed_slot(&file) {
+                    Some(slot) => Reply::Locate {
+                        file,
+                        slot,
+                        cursor: 0,
+                        chunk: 0,
+                        holders: 0,
+                    },
+                    None => Reply::NotFound(file),
+                };
+                self.reply(id, reply);
+            }
+            (true, Message::GetManifest { file }) => {
+                let reply = match self.listed_slot(&file) {
+                    Some(slot) => Reply::Manifest { file, slot },
+                    None => Reply::NotFound(file),
+                };
+                self.reply(id, reply);
+            }
+            (true, Message::Have { file, ranges }) if registered => self.have(id, file, &ranges),
+            (true, Message::Have { .. }) => self.reply(id, Reply::Refused(Refusal::NotRegistered)),
+            (true, _) => self.misbehaved(id, Offence::Unexpected),
+        }
+    }
+
+    fn register(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(id) else {
+            return;
+        };
+        let remote = c.remote;
+        let Some(hello) = c.hello else {
+            return;
+        };
+        let addr = SocketAddr::new(remote.ip(), hello.listen_port);
+        let mut count = 0;
+        let mut refusal = None;
+        for (_, other) in self.conns.iter() {
+            let Some(other_addr) = other.registered else {
+                continue;
+            };
+            count += 1;
+            if other.hello.map(|h| h.node) == Some(hello.node) {
+                refusal = Some(Refusal::DuplicateNode);
+            } else if other_addr == addr && hello.listen_port != 0 {
+                refusal = refusal.or(Some(Refusal::DuplicateAddress));
+            }
+        }
+        if refusal.is_none() && count >= self.config.max_peers.min(C) {
+            refusal = Some(Refusal::TrackerFull);
+        }
+        if let Some(reason) = refusal {
+            self.reply(id, Reply::Refused(reason));
+            self.event(TrackerEvent::Refused { remote, reason });
+            self.close_after_flush(id);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(id) {
+            c.registered = Some(addr);
+        }
+        self.reply(id, Reply::Registered(addr));
+        self.event(TrackerEvent::PeerJoined {
+            node: hello.node,
+            addr,
+        });
+        self.peers_changed();
+    }
+
+    /// Removes `id` from the active list and drops what it held; no-op if not registered.
+    fn unregister(&mut self, id: ConnId, reason: LeaveReason) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Some(addr) = c.registered.take() else {
+            return;
+        };
+        let node = c.hello.map(|h| h.node).unwrap_or_default();
+        self.event(TrackerEvent::PeerLeft { node, addr, reason });
+        for i in 0..H {
+            let Some(h) = &self.holdings[i] else {
+                continue;
+            };
+            if h.conn == id {
+                let slot = h.slot;
+                self.holdings[i] = None;
+                self.delist_if_incomplete(slot);
+            }
+        }
+        self.peers_changed();
+    }
+
+    fn peers_changed(&mut self) {
+        for (_, c) in self.conns.iter_mut() {
+            if c.registered.is_some() && c.phase == Phase::Open {
+                c.push_dirty = true;
+            }
+        }
+    }
+
+    fn start_publish(&mut self, id: ConnId, file: FileId, header: ManifestHeader) {
+        let registered = self.conns.get(id).is_some_and(|c| c.registered.is_some());
+        let mut target = Target::Skip;
+        let refusal = if !registered {
+            Some(PublishRefusal::NotRegistered)
+        } else if header.chunk_count() > Self::MAX_FILE_CHUNKS {
+            Some(PublishRefusal::TooManyChunks {
+                max: Self::MAX_FILE_CHUNKS,
+            })
+        } else if let Some(slot) = self.listed_slot(&file) {
+            target = Target::Known(slot);
+            None
+        } else if let Some(slot) = self.files.iter().position(|f| matches!(f, FileState::Free)) {
+            target = Target::New(slot as u16);
+            self.files[slot] = FileState::Pending(header.clone());
+            None
+        } else {
+            Some(PublishRefusal::TrackerFull)
+        };
+        if let Some(reason) = refusal {
+            self.refuse_publish(id, file, reason);
+        }
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        // The decoder has validated the header; the body (if any) follows.
+        c.publish = Some(PublishRx {
+            file,
+            hasher: FileIdHasher::new(&header),
+            target,
+            offset: 0,
+            storage_failed: false,
+        });
+        if header.chunk_count() == 0 {
+            self.finish_publish(id);
+        }
+    }
+
+    fn on_publish_body<'a>(
+        &mut self,
+        id: ConnId,
+        data: &'a [u8],
+        remaining: u64,
+    ) -> Option<StorageWrite<'a>> {
+        let c = self.conns.get_mut(id)?;
+        let rx = c.publish.as_mut()?;
+        rx.hasher.update(data);
+        let offset = rx.offset;
+        rx.offset += data.len() as u64;
+        let write = match rx.target {
+            Target::New(slot) if !rx.storage_failed => Some(StorageWrite {
+                key: hashes_key(slot),
+                offset,
+                data,
+            }),
+            _ => None,
+        };
+        if remaining == 0 {
+            self.finish_publish(id);
+        }
+        write
+    }
+
+    fn finish_publish(&mut self, id: ConnId) {
+        let Some(rx) = self.conns.get_mut(id).and_then(|c| c.publish.take()) else {
+            return;
+        };
+        let computed = rx.hasher.finish();
+        let slot = match rx.target {
+            Target::Skip => return,
+            Target::New(slot) | Target::Known(slot) => slot,
+        };
+        let refusal = if computed != Some(rx.file) {
+            Some(PublishRefusal::IdMismatch)
+        } else if rx.storage_failed {
+            Some(PublishRefusal::StorageFailed)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.abandon_slot(rx.target);
+            self.refuse_publish(id, rx.file, reason);
+            return;
+        }
+        let (slot, first) = match rx.target {
+            // Someone else finished publishing the same file first: join it.
+            Target::New(_) if self.listed_slot(&rx.file).is_some() => {
+                self.abandon_slot(rx.target);
+                (self.listed_slot(&rx.file).unwrap_or(slot), false)
+            }
+            Target::New(slot) => {
+                let FileState::Pending(header) = &self.files[slot as usize] else {
+                    return;
+                };
+                let taken = self.files.iter().find_map(|f| match f {
+                    FileState::Listed(other, h) if h.name == header.name => Some(*other),
+                    _ => None,
+                });
+                if let Some(existing) = taken {
+                    self.abandon_slot(rx.target);
+                    self.refuse_publish(id, rx.file, PublishRefusal::NameTaken { existing });
+                    return;
+                }
+                self.files[slot as usize] = FileState::Listed(rx.file, header.clone());
+                (slot, true)
+            }
+            _ => (slot, false),
+        };
+        let FileState::Listed(_, header) = &self.files[slot as usize] else {
+            return;
+        };
+        let (name, size, count) = (header.name.clone(), header.size, header.chunk_count());
+        let Some(h) = self.holding_mut_or_insert(id, slot, count) else {
+            // No room to record the holder: the publish cannot be honoured.
+            self.event(TrackerEvent::Overloaded(Table::Holdings));
+            self.refuse_publish(id, rx.file, PublishRefusal::TrackerFull);
+            self.delist_if_incomplete(slot);
+            return;
+        };
+        h.chunks.fill();
+        // Only registered connections get this far (start_publish refuses the others).
+        let Some(by) = self.conns.get(id).and_then(|c| c.registered) else {
+            return;
+        };
+        self.reply(id, Reply::Published(rx.file));
+        self.event(TrackerEvent::Published {
+            file: rx.file,
+            name,
+            size,
+            by,
+            first,
+        });
+    }
+
+    fn refuse_publish(&mut self, id: ConnId, file: FileId, reason: PublishRefusal) {
+        self.reply(id, Reply::PublishRefused(file, reason));
+        self.event(TrackerEvent::PublishRefused { file, reason });
+    }
+
+    /// A pending slot whose publish failed or was overtaken: its stored hashes are discarded.
+    fn abandon_slot(&mut self, target: Target) {
+        if let Target::New(slot) = target {
+            if matches!(self.files[slot as usize], FileState::Pending(_)) {
+                self.files[slot as usize] = FileState::Discard;
+                self.pending_actions += 1;
+            }
+        }
+    }
+
+    fn abandon_publish(&mut self, id: ConnId) {
+        if let Some(rx) = self.conns.get_mut(id).and_then(|c| c.publish.take()) {
+            self.abandon_slot(rx.target);
+        }
+    }
+
+    fn have(&mut self, id: ConnId, file: FileId, ranges: &[ChunkRange]) {
+        let Some(slot) = self.listed_slot(&file) else {
+            self.reply(id, Reply::NotFound(file));
+            return;
+        };
+        let count = match &self.files[slot as usize] {
+            FileState::Listed(_, header) => header.chunk_count(),
+            _ => return,
+        };
+        if ranges.iter().any(|r| r.start >= r.end || r.end > count) {
+            self.misbehaved(id, Offence::BadRange);
+            return;
+        }
+        let Some(h) = self.holding_mut_or_insert(id, slot, count) else {
+            self.event(TrackerEvent::Overloaded(Table::Holdings));
+            return;
+        };
+        for r in ranges {
+            h.chunks.set_range(*r);
+        }
+    }
+
+    fn holding_mut_or_insert(
+        &mut self,
+        conn: ConnId,
+        slot: u16,
+        count: u32,
+    ) -> Option<&mut Holding<W>> {
+        let index = match self
+            .holdings
+            .iter()
+            .position(|h| h.as_ref().is_some_and(|h| h.conn == conn && h.slot == slot))
+        {
+            Some(i) => i,
+            None => {
+                let i = self.holdings.iter().position(Option::is_none)?;
+                self.holdings[i] = Some(Holding {
+                    conn,
+                    slot,
+                    chunks: ChunkBitmap::new(count).ok()?,
+                });
+                i
+            }
+        };
+        self.holdings[index].as_mut()
+    }
+
+    fn delist_if_incomplete(&mut self, slot: u16) {
+        let FileState::Listed(file, header) = &self.files[slot as usize] else {
+            return;
+        };
+        let complete = self
+            .holdings
+            .iter()
+            .flatten()
+            .any(|h| h.slot == slot && h.chunks.is_full());
+        if complete {
+            return;
+        }
+        let (file, name) = (*file, header.name.clone());
+        for h in self.holdings.iter_mut() {
+            if h.as_ref().is_some_and(|h| h.slot == slot) {
+                *h = None;
+            }
+        }
+        self.files[slot as usize] = FileState::Discard;
+        self.pending_actions += 1;
+        self.event(TrackerEvent::Delisted { file, name });
+    }
+
+    fn listed_slot(&self, file: &FileId) -> Option<u16> {
+        self.files
+            .iter()
+            .position(|f| matches!(f, FileState::Listed(id, _) if id == file))
+            .map(|i| i as u16)
+    }
+
+    // ---- helpers ------------------------------------------------------------------------
+
+    fn reply(&mut self, id: ConnId, reply: Reply) {
+        if let Some(c) = self.conns.get_mut(id) {
+            // handle_recv stops reading a connection whose queue is full, and every message
+            // queues at most one reply, so this only fails for tracker-initiated pings.
+            if c.replies.push_back(reply).is_err() {
+                warn!("reply queue of {:?} full", id);
+            }
+        }
+    }
+
+    fn event(&mut self, event: TrackerEvent) {
+        if self.events.push_back(event).is_err() {
+            self.events_lost = self.events_lost.saturating_add(1);
+        }
+    }
+
+    fn misbehaved(&mut self, id: ConnId, offence: Offence) {
+        let Some(remote) = self.conns.get(id).map(|c| c.remote) else {
+            return;
+        };
+        warn!("{:?} misbehaved: {:?}", id, offence);
+        self.event(TrackerEvent::Misbehaved { remote, offence });
+        self.unregister(id, LeaveReason::Misbehaved);
+        self.close_now(id);
+    }
+
+    /// Close without sending anything more.
+    fn close_now(&mut self, id: ConnId) {
+        self.abandon_publish(id);
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.phase != Phase::Closed {
+                c.phase = Phase::Closed;
+                c.replies.clear();
+                self.pending_actions += 1;
+            }
+        }
+    }
+
+    /// Close once the queued replies are sent.
+    fn close_after_flush(&mut self, id: ConnId) {
+        self.abandon_publish(id);
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.push = None;
+        c.push_dirty = false;
+        if c.replies.is_empty() {
+            c.phase = Phase::Closed;
+            self.pending_actions += 1;
+        } else {
+            c.phase = Phase::Closing;
+        }
+    }
+
+    fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        let c = self.conns.get_mut(id)?;
+        if c.blocked || c.phase == Phase::Closed || !c.has_output() {
+            return None;
+        }
+        let (msg, then) = if let Some(reply) = c.replies.pop_front() {
+            let (msg, next, then) = self.render(reply);
+            if let Some(next) = next {
+                // Put the rest of a stream back at the front; there is room, we just popped.
+                let c = self.conns.get_mut(id)?;
+                let _ = c.replies.push_front(next);
+            }
+            (msg, then)
+        } else {
+            if c.push.is_none() {
+                c.push = Some((0, 0));
+                c.push_dirty = false;
+            }
+            let (cursor, count) = c.push?;
+            let next = (cursor as usize..C).find_map(|i| {
+                let id = self.conns.id_at(i)?;
+                let c = self.conns.get(id)?;
+                let addr = c.registered?;
+                Some((
+                    i,
+                    PeerEntry {
+                        node: c.hello?.node,
+                        addr,
+                    },
+                ))
+            });
+            let c = self.conns.get_mut(id)?;
+            match next {
+                Some((i, entry)) => {
+                    c.push = Some((i as u16 + 1, count + 1));
+                    (Message::PeerListItem(entry), None)
+                }
+                None => {
+                    c.push = None;
+                    (Message::PeerListEnd { count }, None)
+                }
+            }
+        };
+        let c = self.conns.get_mut(id)?;
+        if c.phase == Phase::Closing && c.replies.is_empty() {
+            c.phase = Phase::Closed;
+            self.pending_actions += 1;
+        }
+        // Every message fits FRAME_BUF_LEN (checked by a test over the largest of each kind).
+        let len = encode_frame(&msg, buf).ok()?;
+        Some(Transmit {
+            conn: id,
+            len,
+            then,
+        })
+    }
+
+    /// The frame for `reply`, the rest of the stream it starts (if any), and bytes to send
+    /// from storage after it.
+    fn render(&self, reply: Reply) -> (Message, Option<Reply>, Option<StorageSend>) {
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            node: self.config.node,
+            listen_port: 0,
+        };
+        let msg = match reply {
+            Reply::Hello => Message::Hello(hello),
+            Reply::Ping(n) => Message::Ping(n),
+            Reply::Pong(n) => Message::Pong(n),
+            Reply::Registered(addr) => Message::Registered { addr },
+            Reply::Refused(r) => Message::Refused(r),
+            Reply::Published(file) => Message::Published { file },
+            Reply::PublishRefused(file, reason) => Message::PublishRefused { file, reason },
+            Reply::NotFound(file) => Message::NotFound { file },
+            Reply::Files { cursor, count } => {
+                let next = (cursor as usize..F).find_map(|i| match &self.files[i] {
+                    FileState::Listed(file, header) => Some((i, *file, header)),
+                    _ => None,
+                });
+                let Some((i, file, header)) = next else {
+                    return (Message::FileListEnd { count }, None, None);
+                };
+                let (mut holders, mut seeders) = (0u16, 0u16);
+                for h in self
+                    .holdings
+                    .iter()
+                    .flatten()
+                    .filter(|h| h.slot == i as u16)
+                {
+                    holders += 1;
+                    seeders += u16::from(h.chunks.is_full());
+                }
+                let entry = FileEntry {
+                    file,
+                    name: header.name.clone(),
+                    size: header.size,
+                    chunk_size: header.chunk_size,
+                    chunks: header.chunk_count(),
+                    holders,
+                    seeders,
+                };
+                let next = Reply::Files {
+                    cursor: i as u16 + 1,
+                    count: count + 1,
+                };
+                return (Message::FileItem(entry), Some(next), None);
+            }
+            Reply::Locate {
+                file,
+                slot,
+                cursor,
+                chunk,
+                holders,
+            } => return self.render_locate(file, slot, cursor, chunk, holders),
+            Reply::Manifest { file, slot } => match &self.files[slot as usize] {
+                FileState::Listed(id, header) if *id == file => {
+                    let then = StorageSend {
+                        key: hashes_key(slot),
+                        offset: 0,
+                        len: header.hashes_len(),
+                    };
+                    let msg = Message::Manifest {
+                        file,
+                        header: header.clone(),
+                    };
+                    return (msg, None, (then.len > 0).then_some(then));
+                }
+                // Delisted between the request and now.
+                _ => Message::NotFound { file },
+            },
+        };
+        (msg, None, None)
+    }
+
+    fn render_locate(
+        &self,
+        file: FileId,
+        slot: u16,
+        cursor: u16,
+        chunk: u32,
+        holders: u16,
+    ) -> (Message, Option<Reply>, Option<StorageSend>) {
+        let end = Message::LocateEnd { file, holders };
+        if !matches!(&self.files[slot as usize], FileState::Listed(id, _) if *id == file) {
+            return (end, None, None);
+        }
+        let next = (cursor as usize..H).find_map(|i| {
+            let h = self.holdings[i].as_ref().filter(|h| h.slot == slot)?;
+            let c = self.conns.get(h.conn)?;
+            Some((
+                i,
+                h,
+                PeerEntry {
+                    node: c.hello?.node,
+                    addr: c.registered?,
+                },
+            ))
+        });
+        let Some((i, h, peer)) = next else {
+            return (end, None, None);
+        };
+        let mut ranges = heapless::Vec::new();
+        let mut from = chunk;
+        let mut more = false;
+        while let Some(r) = h.chunks.next_range(from) {
+            if ranges.push(r).is_err() {
+                more = true;
+                break;
+            }
+            from = r.end;
+        }
+        let next = if more {
+            Reply::Locate {
+                file,
+                slot,
+                cursor: i as u16,
+                chunk: from,
+                holders,
+            }
+        } else {
+            Reply::Locate {
+                file,
+                slot,
+                cursor: i as u16 + 1,
+                chunk: 0,
+                holders: holders + 1,
+            }
+        };
+        let item = HolderItem {
+            file,
+            peer,
+            ranges,
+            more,
+        };
+        (Message::HolderItem(item), Some(next), None)
+    }
+}
+
+fn hashes_key(slot: u16) -> StorageKey {
+    StorageKey {
+        slot,
+        region: Region::Hashes,
+    }
+}
+
+impl<const C: usize, const F: usize, const H: usize, const W: usize> fmt::Debug
+    for Tracker<C, F, H, W>
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracker")
+            .field("peers", &self.peer_count())
+            .field("files", &self.file_count())
+            .finish()
+    }
+}
+
+// Capacity of MAX_RANGES must match what render_locate fills.
+const _: () = assert!(MAX_RANGES > 0);

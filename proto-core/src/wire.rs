@@ -1,0 +1,535 @@
+//! The wire: framing and every message that crosses a connection.
+//!
+//! # Framing
+//!
+//! Every frame is a 4-byte little-endian length followed by that many bytes of a
+//! postcard-encoded [`Message`]. The length never exceeds [`MAX_FRAME_LEN`]; a larger one is a
+//! [`FrameError::TooLong`] and the connection is closed. A few messages carry a *body*: raw bytes
+//! that follow the frame directly, outside postcard, whose length the message itself states
+//! ([`Message::body_len`]). Bodies are how bulk data (chunk hashes of a manifest, chunk payload)
+//! travels without ever being held whole in the core: [`FrameDecoder`] hands body bytes back as
+//! slices of the caller's input, so they can be hashed and written straight from the receive
+//! buffer.
+//!
+//! # Streams of items
+//!
+//! Answers with many entries (the peer list, the file list, a locate answer) are sent as one
+//! frame per item followed by an end frame that states the count. Each frame stays small, so a
+//! device with a 1 KiB frame buffer can take part, and a receiver that sees a count different
+//! from the items it got simply waits for the next push.
+
+use core::fmt;
+use core::net::SocketAddr;
+
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{ManifestError, ManifestHeader, Name};
+
+/// The protocol version spoken by this build; sent in every [`Hello`].
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes in the length prefix of every frame.
+pub const LEN_PREFIX: usize = 4;
+
+/// The largest postcard-encoded message a frame may carry, in bytes (without the prefix).
+///
+/// A unit test encodes the largest possible instance of every message and checks it fits.
+pub const MAX_FRAME_LEN: usize = 512;
+
+/// Chunk ranges carried by one [`Message::Have`] or [`HolderItem`] frame.
+pub const MAX_RANGES: usize = 32;
+
+/// A node's identity: random bytes chosen by the node at start-up (from the adapter's seed).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct NodeId(pub [u8; 16]);
+
+/// A file's identity: the SHA-256 of its encoded manifest (see [`crate::manifest`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FileId(pub [u8; 32]);
+
+/// A half-open range of chunk indices `start..end`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ChunkRange {
+    /// First chunk in the range.
+    pub start: u32,
+    /// One past the last chunk in the range.
+    pub end: u32,
+}
+
+/// The first frame on every connection, in both directions.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Hello {
+    /// The sender's [`PROTOCOL_VERSION`]; kept first so any version can read it.
+    pub version: u16,
+    /// The sender's node id.
+    pub node: NodeId,
+    /// The TCP port the sender accepts peer connections on (0: it accepts none).
+    pub listen_port: u16,
+}
+
+/// An online peer as the tracker knows it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PeerEntry {
+    /// The peer's node id.
+    pub node: NodeId,
+    /// Where other peers can connect to it: the address the tracker saw the peer's connection
+    /// come from, with the listen port the peer announced.
+    #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+    pub addr: SocketAddr,
+}
+
+/// One line of the tracker's file list.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FileEntry {
+    /// The file id.
+    pub file: FileId,
+    /// The file name from the manifest.
+    pub name: Name,
+    /// Size in bytes.
+    pub size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunks: u32,
+    /// Online peers that hold at least one chunk.
+    pub holders: u16,
+    /// Online peers that hold every chunk.
+    pub seeders: u16,
+}
+
+/// One holder in a locate answer: which chunks an online peer holds, as ranges.
+///
+/// A holder whose chunks need more than [`MAX_RANGES`] ranges is sent as several items with
+/// `more` set on all but the last.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct HolderItem {
+    /// The file located.
+    pub file: FileId,
+    /// The holder.
+    pub peer: PeerEntry,
+    /// Chunk ranges it holds (part of them if `more`).
+    pub ranges: Vec<ChunkRange, MAX_RANGES>,
+    /// More ranges for this same holder follow in the next item.
+    pub more: bool,
+}
+
+/// Why a tracker refused a connection's request to register; the tracker closes afterwards.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Refusal {
+    /// The versions differ; the tracker speaks `supported`.
+    VersionMismatch {
+        /// The version the refusing side speaks.
+        supported: u16,
+    },
+    /// A peer with this node id is already registered.
+    DuplicateNode,
+    /// A peer with this address (IP and listen port) is already registered.
+    DuplicateAddress,
+    /// The tracker's peer table is full.
+    TrackerFull,
+    /// The request needs registration first (publish, have).
+    NotRegistered,
+}
+
+/// Why a tracker refused to publish a manifest.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PublishRefusal {
+    /// Another file with the same name but a different id is listed.
+    NameTaken {
+        /// The id of the file that holds the name.
+        existing: FileId,
+    },
+    /// The manifest has more chunks than this tracker can track; use a larger chunk size.
+    TooManyChunks {
+        /// The most chunks this tracker accepts per file.
+        max: u32,
+    },
+    /// The tracker's file table is full.
+    TrackerFull,
+    /// The manifest header is not valid.
+    Invalid(ManifestError),
+    /// The publisher is not registered.
+    NotRegistered,
+    /// The tracker could not store the chunk hashes.
+    StorageFailed,
+    /// The header and hashes sent do not hash to the claimed file id.
+    IdMismatch,
+}
+
+/// Every message of the protocol. The variant order is the wire tag: append, never reorder.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Message {
+    /// Handshake, first frame on every connection.
+    Hello(Hello),
+    /// Liveness probe; answered with a [`Message::Pong`] carrying the same nonce.
+    Ping(u32),
+    /// Answer to a [`Message::Ping`].
+    Pong(u32),
+    /// Peer to tracker: add me to the active peer list (after `Hello`).
+    Register,
+    /// Tracker to peer: registered, with the address others will use to reach you.
+    Registered {
+        /// The address the tracker records for the peer.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+    },
+    /// Tracker to peer: request refused; the connection is closed after this frame.
+    Refused(Refusal),
+    /// Peer to tracker: I am leaving; forget me and what I hold.
+    Leave,
+    /// Tracker to peer: one active peer; the list is pushed whole on every change.
+    PeerListItem(PeerEntry),
+    /// Tracker to peer: end of a pushed peer list of `count` items.
+    PeerListEnd {
+        /// Items sent since the previous end frame.
+        count: u16,
+    },
+    /// Peer to tracker: publish this manifest. Body: the chunk hashes, 32 bytes each.
+    ///
+    /// `file` is the id the publisher computed; the tracker recomputes it from the header and
+    /// body and refuses a mismatch. Knowing it up front lets the tracker add a second holder of a
+    /// listed file without storing the hashes again.
+    Publish {
+        /// The id the publisher claims.
+        file: FileId,
+        /// The manifest header.
+        header: ManifestHeader,
+    },
+    /// Tracker to peer: the manifest is listed (or the sender added as a holder) under `file`.
+    Published {
+        /// The id the tracker computed from the manifest.
+        file: FileId,
+    },
+    /// Tracker to peer: a publish was refused. Replies to publishes come in the order the
+    /// publishes were sent.
+    PublishRefused {
+        /// The id the refused publish claimed.
+        file: FileId,
+        /// Why.
+        reason: PublishRefusal,
+    },
+    /// Any node to tracker: list the files.
+    ListFiles,
+    /// Tracker: one listed file.
+    FileItem(FileEntry),
+    /// Tracker: end of the file list.
+    FileListEnd {
+        /// Items sent.
+        count: u16,
+    },
+    /// Any node to tracker: which online peers hold which chunks of `file`?
+    Locate {
+        /// The file to locate.
+        file: FileId,
+    },
+    /// Tracker: one holder (or part of one) of a located file.
+    HolderItem(HolderItem),
+    /// Tracker: end of a locate answer.
+    LocateEnd {
+        /// The file located.
+        file: FileId,
+        /// Distinct holders sent.
+        holders: u16,
+    },
+    /// Any node to tracker (or peer): send me the manifest of `file`.
+    GetManifest {
+        /// The wanted file.
+        file: FileId,
+    },
+    /// The manifest of `file`. Body: the chunk hashes, 32 bytes each.
+    Manifest {
+        /// The file id; the receiver checks it against the header and hashes.
+        file: FileId,
+        /// The manifest header.
+        header: ManifestHeader,
+    },
+    /// The requested file is not known (or no longer listed).
+    NotFound {
+        /// The file asked for.
+        file: FileId,
+    },
+    /// Peer to tracker: I now hold these chunks of `file` (batched).
+    Have {
+        /// The file.
+        file: FileId,
+        /// Newly verified chunk ranges.
+        ranges: Vec<ChunkRange, MAX_RANGES>,
+    },
+}
+
+impl Message {
+    /// The number of raw body bytes that follow this message's frame on the wire.
+    ///
+    /// Fails when a header is invalid, because then the body length cannot be trusted.
+    pub fn body_len(&self) -> Result<u64, ManifestError> {
+        match self {
+            Message::Publish { header, .. } | Message::Manifest { header, .. } => {
+                header.validate()?;
+                Ok(header.hashes_len())
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+/// Encoding failed: the output buffer is too small or the message is over [`MAX_FRAME_LEN`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum EncodeError {
+    /// The caller's buffer cannot hold the frame.
+    BufferTooSmall,
+    /// The encoded message exceeds [`MAX_FRAME_LEN`].
+    TooLong,
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::BufferTooSmall => f.write_str("output buffer too small for the frame"),
+            EncodeError::TooLong => f.write_str("message larger than the frame limit"),
+        }
+    }
+}
+
+impl core::error::Error for EncodeError {}
+
+/// Writes `msg` as one frame (length prefix and postcard) into `out`; returns the bytes used.
+pub fn encode_frame(msg: &Message, out: &mut [u8]) -> Result<usize, EncodeError> {
+    if out.len() < LEN_PREFIX {
+        return Err(EncodeError::BufferTooSmall);
+    }
+    let room = (out.len() - LEN_PREFIX).min(MAX_FRAME_LEN);
+    let (prefix, rest) = out.split_at_mut(LEN_PREFIX);
+    let used = match postcard::to_slice(msg, &mut rest[..room]) {
+        Ok(bytes) => bytes.len(),
+        Err(postcard::Error::SerializeBufferFull) if room == MAX_FRAME_LEN => {
+            return Err(EncodeError::TooLong)
+        }
+        Err(_) => return Err(EncodeError::BufferTooSmall),
+    };
+    // `used <= MAX_FRAME_LEN`, far below u32::MAX.
+    prefix.copy_from_slice(&(used as u32).to_le_bytes());
+    Ok(LEN_PREFIX + used)
+}
+
+/// Decodes one whole frame payload (without prefix); trailing bytes are an error.
+pub fn decode_message(frame: &[u8]) -> Result<Message, FrameError> {
+    match postcard::take_from_bytes::<Message>(frame) {
+        Ok((msg, [])) => Ok(msg),
+        Ok(_) => Err(FrameError::TrailingBytes),
+        Err(_) => Err(FrameError::Malformed),
+    }
+}
+
+/// Why a byte stream could not be decoded; the connection cannot continue after any of these.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FrameError {
+    /// The length prefix announces more than [`MAX_FRAME_LEN`] bytes.
+    TooLong,
+    /// The frame is not a valid postcard [`Message`].
+    Malformed,
+    /// The message ended before the frame did.
+    TrailingBytes,
+    /// A message announces a body longer than this decoder accepts, or an invalid header.
+    BadBody,
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLong => f.write_str("frame longer than the limit"),
+            FrameError::Malformed => f.write_str("malformed message"),
+            FrameError::TrailingBytes => f.write_str("trailing bytes after the message"),
+            FrameError::BadBody => f.write_str("message body too long or its header invalid"),
+        }
+    }
+}
+
+impl core::error::Error for FrameError {}
+
+/// What [`FrameDecoder::decode`] found in the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Item<'a> {
+    /// A complete message. If its [`Message::body_len`] is non-zero, body items follow.
+    Message(Message),
+    /// Body bytes of the last message, borrowed from the caller's input.
+    Body {
+        /// The bytes.
+        data: &'a [u8],
+        /// Body bytes still to come after these; zero on the last piece.
+        remaining: u64,
+    },
+}
+
+/// Incremental decoder for one connection's byte stream.
+///
+/// It holds at most one frame ([`MAX_FRAME_LEN`] bytes) and never buffers body bytes: they are
+/// returned as slices of the input. Its memory and the work per input byte are bounded whatever
+/// the input.
+#[derive(Clone)]
+pub struct FrameDecoder {
+    prefix: [u8; LEN_PREFIX],
+    prefix_have: u8,
+    frame: [u8; MAX_FRAME_LEN],
+    frame_have: usize,
+    body_left: u64,
+    max_body: u64,
+}
+
+impl FrameDecoder {
+    /// A decoder that accepts bodies of at most `max_body` bytes.
+    pub const fn new(max_body: u64) -> Self {
+        FrameDecoder {
+            prefix: [0; LEN_PREFIX],
+            prefix_have: 0,
+            frame: [0; MAX_FRAME_LEN],
+            frame_have: 0,
+            body_left: 0,
+            max_body,
+        }
+    }
+
+    /// True when the decoder is between frames (no partial frame or body pending).
+    pub fn is_idle(&self) -> bool {
+        self.prefix_have == 0 && self.body_left == 0
+    }
+
+    /// Decodes from `input`; returns the bytes consumed and at most one item.
+    ///
+    /// Call again with the unconsumed rest until it consumes nothing. `Ok((n, None))` means the
+    /// input was taken in and more is needed. After an error the stream is unusable.
+    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<Item<'a>>), FrameError> {
+        if self.body_left > 0 {
+            let n = input
+                .len()
+                .min(usize::try_from(self.body_left).unwrap_or(usize::MAX));
+            if n == 0 {
+                return Ok((0, None));
+            }
+            self.body_left -= n as u64;
+            let item = Item::Body {
+                data: &input[..n],
+                remaining: self.body_left,
+            };
+            return Ok((n, Some(item)));
+        }
+        let mut used = 0;
+        while (self.prefix_have as usize) < LEN_PREFIX {
+            let Some(&b) = input.get(used) else {
+                return Ok((used, None));
+            };
+            self.prefix[self.prefix_have as usize] = b;
+            self.prefix_have += 1;
+            used += 1;
+        }
+        let len = u32::from_le_bytes(self.prefix) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLong);
+        }
+        let rest = &input[used..];
+        let msg = if self.frame_have == 0 && rest.len() >= len {
+            // Whole frame in the input: decode it in place, no copy.
+            used += len;
+            decode_message(&rest[..len])?
+        } else {
+            let take = (len - self.frame_have).min(rest.len());
+            self.frame[self.frame_have..self.frame_have + take].copy_from_slice(&rest[..take]);
+            self.frame_have += take;
+            used += take;
+            if self.frame_have < len {
+                return Ok((used, None));
+            }
+            decode_message(&self.frame[..len])?
+        };
+        self.prefix_have = 0;
+        self.frame_have = 0;
+        let body = msg.body_len().map_err(|_| FrameError::BadBody)?;
+        if body > self.max_body {
+            return Err(FrameError::BadBody);
+        }
+        self.body_left = body;
+        Ok((used, Some(Item::Message(msg))))
+    }
+}
+
+impl fmt::Debug for FrameDecoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameDecoder")
+            .field("prefix_have", &self.prefix_have)
+            .field("frame_have", &self.frame_have)
+            .field("body_left", &self.body_left)
+            .finish()
+    }
+}
+
+fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for b in bytes {
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for FileId {
+    /// Lower-case hex, 64 digits: the form used in links and on the command line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FileId(")?;
+        write_hex(f, &self.0[..6])?;
+        f.write_str("..)")
+    }
+}
+
+impl fmt::Display for NodeId {
+    /// Lower-case hex, 32 digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_hex(f, &self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeId(")?;
+        write_hex(f, &self.0[..4])?;
+        f.write_str("..)")
+    }
+}
+
+/// Parses hex digits into `out`; `None` unless `text` is exactly `2 * out.len()` hex digits.
+pub(crate) fn parse_hex(text: &str, out: &mut [u8]) -> Option<()> {
+    let bytes = text.as_bytes();
+    if bytes.len() != out.len() * 2 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *o = (hi * 16 + lo) as u8;
+    }
+    Some(())
+}
+
+impl FileId {
+    /// Parses the 64-digit hex form (either case).
+    pub fn from_hex(text: &str) -> Option<FileId> {
+        let mut id = [0u8; 32];
+        parse_hex(text, &mut id)?;
+        Some(FileId(id))
+    }
+}

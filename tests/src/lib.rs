@@ -1,0 +1,3 @@
+//! Cross-crate tests for shoal. The deterministic swarm simulator will live here.
+
+pub use proto_core;
