@@ -78,6 +78,8 @@
 //! - `log`: log through the `log` facade. At most one of `defmt` and `log`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![warn(missing_docs)]
+// Input from the network or a file must never panic the core: no unwrap/expect outside tests.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[macro_use]
 mod fmt;

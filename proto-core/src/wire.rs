@@ -11,6 +11,9 @@
 //! slices of the caller's input, so they can be hashed and written straight from the receive
 //! buffer.
 //!
+//! Socket addresses travel as IP and port; an IPv6 scope id or flow label is local to the
+//! sending host and is not carried.
+//!
 //! # Streams of items
 //!
 //! Answers with many entries (the peer list, the file list, a locate answer) are sent as one
@@ -360,6 +363,8 @@ impl fmt::Display for FrameError {
 impl core::error::Error for FrameError {}
 
 /// What [`FrameDecoder::decode`] found in the input.
+// No allocator to box the message into; an Item lives only until the caller dispatches it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Item<'a> {
     /// A complete message. If its [`Message::body_len`] is non-zero, body items follow.
