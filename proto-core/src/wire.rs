@@ -6,7 +6,8 @@
 //! postcard-encoded [`Message`]. The length never exceeds [`MAX_FRAME_LEN`]; a larger one is a
 //! [`FrameError::TooLong`] and the connection is closed. A few messages carry a *body*: raw bytes
 //! that follow the frame directly, outside postcard, whose length the message itself states
-//! ([`Message::body_len`]). Bodies are how bulk data (chunk hashes of a manifest, chunk payload)
+//! ([`Message::body_len`]). Bodies are how bulk data (chunk hashes of a manifest, a peer's
+//! availability bitfield, chunk payload after a [`Message::Block`] header)
 //! travels without ever being held whole in the core: [`FrameDecoder`] hands body bytes back as
 //! slices of the caller's input, so they can be hashed and written straight from the receive
 //! buffer.
@@ -27,7 +28,7 @@ use core::net::SocketAddr;
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{ManifestError, ManifestHeader, Name};
+use crate::manifest::{ManifestError, ManifestHeader, Name, MAX_CHUNKS};
 
 /// The protocol version spoken by this build; sent in every [`Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -262,26 +263,81 @@ pub enum Message {
         /// The file asked for.
         file: FileId,
     },
-    /// Peer to tracker: I now hold these chunks of `file` (batched).
+    /// Peer to tracker, and peer to peer: I now hold these chunks of `file` (batched).
     Have {
         /// The file.
         file: FileId,
         /// Newly verified chunk ranges.
         ranges: Vec<ChunkRange, MAX_RANGES>,
     },
+    /// Peer to peer: every chunk of `file` I hold. Body: `chunks.div_ceil(8)` bytes, chunk `i`
+    /// in bit `i % 8` of byte `i / 8`.
+    Bitfield {
+        /// The file.
+        file: FileId,
+        /// Number of chunks the bitfield covers (the manifest's chunk count).
+        chunks: u32,
+    },
+    /// Peer to peer: send me this block.
+    Request(BlockRef),
+    /// Peer to peer: the block asked for. Body: `len` bytes of chunk payload.
+    Block(BlockRef),
+    /// Peer to peer: I no longer want this block (it arrived from elsewhere).
+    Cancel(BlockRef),
+    /// Peer to peer: I will not send this block.
+    Reject {
+        /// The block refused.
+        block: BlockRef,
+        /// Why.
+        reason: RejectReason,
+    },
+}
+
+/// A block: `len` bytes at `offset` within chunk `chunk` of `file`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BlockRef {
+    /// The file.
+    pub file: FileId,
+    /// The chunk index.
+    pub chunk: u32,
+    /// Byte offset within the chunk.
+    pub offset: u32,
+    /// Length in bytes; at most [`MAX_BLOCK_LEN`].
+    pub len: u32,
+}
+
+/// The longest block a `Block` message may carry: the largest chunk size.
+pub const MAX_BLOCK_LEN: u32 = crate::manifest::MAX_CHUNK_SIZE;
+
+/// Why a peer refused a block request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RejectReason {
+    /// I do not hold that chunk (or that file).
+    NotHeld,
+    /// Every upload slot is busy; ask again later or elsewhere.
+    Busy,
+    /// The block is outside the chunk.
+    OutOfRange,
 }
 
 impl Message {
     /// The number of raw body bytes that follow this message's frame on the wire.
     ///
-    /// Fails when a header is invalid, because then the body length cannot be trusted.
-    pub fn body_len(&self) -> Result<u64, ManifestError> {
+    /// `None` when the message states a body it cannot have (an invalid manifest header, a
+    /// block or bitfield over the limits): then the stream cannot be trusted to continue.
+    pub fn body_len(&self) -> Option<u64> {
         match self {
             Message::Publish { header, .. } | Message::Manifest { header, .. } => {
-                header.validate()?;
-                Ok(header.hashes_len())
+                header.validate().ok()?;
+                Some(header.hashes_len())
             }
-            _ => Ok(0),
+            Message::Block(b) => (b.len <= MAX_BLOCK_LEN).then_some(u64::from(b.len)),
+            Message::Bitfield { chunks, .. } => {
+                (*chunks <= MAX_CHUNKS).then_some(u64::from(chunks.div_ceil(8)))
+            }
+            _ => Some(0),
         }
     }
 }
@@ -460,7 +516,7 @@ impl FrameDecoder {
         };
         self.prefix_have = 0;
         self.frame_have = 0;
-        let body = msg.body_len().map_err(|_| FrameError::BadBody)?;
+        let body = msg.body_len().ok_or(FrameError::BadBody)?;
         if body > self.max_body {
             return Err(FrameError::BadBody);
         }

@@ -10,9 +10,9 @@ use proto_core::manifest::{
     MAX_NAME_LEN, MIN_CHUNK_SIZE,
 };
 use proto_core::wire::{
-    decode_message, encode_frame, ChunkRange, FileEntry, FileId, FrameDecoder, FrameError, Hello,
-    HolderItem, Item, Message, NodeId, PeerEntry, PublishRefusal, Refusal, LEN_PREFIX,
-    MAX_FRAME_LEN, MAX_RANGES,
+    decode_message, encode_frame, BlockRef, ChunkRange, FileEntry, FileId, FrameDecoder,
+    FrameError, Hello, HolderItem, Item, Message, NodeId, PeerEntry, PublishRefusal, Refusal,
+    RejectReason, LEN_PREFIX, MAX_BLOCK_LEN, MAX_FRAME_LEN, MAX_RANGES,
 };
 
 fn name() -> impl Strategy<Value = Name> {
@@ -141,7 +141,32 @@ fn message() -> impl Strategy<Value = Message> {
         (file_id(), header()).prop_map(|(file, header)| Message::Manifest { file, header }),
         file_id().prop_map(|file| Message::NotFound { file }),
         (file_id(), ranges()).prop_map(|(file, ranges)| Message::Have { file, ranges }),
+        (file_id(), 0u32..5000).prop_map(|(file, chunks)| Message::Bitfield { file, chunks }),
+        block().prop_map(Message::Request),
+        block().prop_map(Message::Block),
+        block().prop_map(Message::Cancel),
+        (
+            block(),
+            prop_oneof![
+                Just(RejectReason::NotHeld),
+                Just(RejectReason::Busy),
+                Just(RejectReason::OutOfRange)
+            ]
+        )
+            .prop_map(|(block, reason)| Message::Reject { block, reason }),
     ]
+}
+
+/// Blocks with small lengths, so bodies stay small.
+fn block() -> impl Strategy<Value = BlockRef> {
+    (file_id(), any::<u32>(), any::<u32>(), 0u32..3000).prop_map(|(file, chunk, offset, len)| {
+        BlockRef {
+            file,
+            chunk,
+            offset,
+            len,
+        }
+    })
 }
 
 /// Decodes `bytes` fed in pieces of the given sizes (cycled); returns items with bodies joined
@@ -388,6 +413,48 @@ fn frame_limits_are_enforced() {
     assert_eq!(
         FrameDecoder::new(1 << 20).decode(&buf[..n]),
         Err(FrameError::BadBody)
+    );
+    // Blocks and bitfields over the limits cannot be followed.
+    let b = BlockRef {
+        file: FileId([0; 32]),
+        chunk: 0,
+        offset: 0,
+        len: MAX_BLOCK_LEN + 1,
+    };
+    let n = encode_frame(&Message::Block(b), &mut buf).unwrap();
+    assert_eq!(
+        FrameDecoder::new(u64::MAX).decode(&buf[..n]),
+        Err(FrameError::BadBody)
+    );
+    let n = encode_frame(
+        &Message::Bitfield {
+            file: FileId([0; 32]),
+            chunks: u32::MAX,
+        },
+        &mut buf,
+    )
+    .unwrap();
+    assert_eq!(
+        FrameDecoder::new(u64::MAX).decode(&buf[..n]),
+        Err(FrameError::BadBody)
+    );
+    // A block's payload follows its header raw, and is handed back as slices of the input.
+    let b = BlockRef { len: 5, ..b };
+    let n = encode_frame(&Message::Block(b), &mut buf).unwrap();
+    let mut stream = buf[..n].to_vec();
+    stream.extend_from_slice(b"hello");
+    let mut d = FrameDecoder::new(1024);
+    let (used, item) = d.decode(&stream).unwrap();
+    assert_eq!(item, Some(Item::Message(Message::Block(b))));
+    assert_eq!(
+        d.decode(&stream[used..]).unwrap(),
+        (
+            5,
+            Some(Item::Body {
+                data: &b"hello"[..],
+                remaining: 0
+            })
+        )
     );
     // Trailing bytes inside a frame are an error, not ignored.
     let n = encode_frame(&Message::Ping(1), &mut buf).unwrap();
