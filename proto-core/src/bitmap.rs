@@ -90,6 +90,17 @@ impl<const W: usize> ChunkBitmap<W> {
         }
     }
 
+    /// Byte `k` of the wire form: chunk `8k + i` in bit `i` (zero past the end).
+    pub fn byte(&self, k: u32) -> u8 {
+        let word = self.words.get((k / 4) as usize).copied().unwrap_or(0);
+        (word >> ((k % 4) * 8)) as u8
+    }
+
+    /// Bytes of the wire form: `len.div_ceil(8)`.
+    pub fn byte_len(&self) -> u32 {
+        self.len.div_ceil(8)
+    }
+
     /// The first run of set chunks starting at or after `from`.
     pub fn next_range(&self, from: u32) -> Option<ChunkRange> {
         let start = (from..self.len).find(|&i| self.get(i))?;
@@ -116,6 +127,10 @@ mod tests {
         assert!(b.clear(35) && !b.clear(35));
         assert_eq!(b.next_range(31), Some(ChunkRange { start: 31, end: 35 }));
         assert!(!b.is_full());
+        assert_eq!(
+            (b.byte(0), b.byte(3), b.byte(4), b.byte_len()),
+            (0b1000, 0b1100_0000, 0b1111_0111, 5)
+        );
         b.fill();
         assert!(b.is_full() && b.count() == 40);
     }

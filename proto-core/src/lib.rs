@@ -86,8 +86,10 @@ mod fmt;
 
 pub mod bitmap;
 pub mod conn;
+pub mod io;
 pub mod link;
 pub mod manifest;
+pub mod peer;
 pub mod storage;
 pub mod time;
 pub mod tracker;

@@ -59,13 +59,13 @@ use heapless::Deque;
 
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{ConnId, Slots, TableFull};
+pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{FileIdHasher, ManifestHeader, Name, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
 use crate::time::{Duration, Instant};
 use crate::wire::{
     encode_frame, ChunkRange, FileEntry, FileId, FrameDecoder, FrameError, Hello, HolderItem, Item,
-    Message, NodeId, PeerEntry, PublishRefusal, Refusal, LEN_PREFIX, MAX_FRAME_LEN, MAX_RANGES,
-    PROTOCOL_VERSION,
+    Message, NodeId, PeerEntry, PublishRefusal, Refusal, MAX_RANGES, PROTOCOL_VERSION,
 };
 
 /// A tracker sized for a Linux host: 256 connections, 128 files, 1024 holdings, 8192 chunks
@@ -75,9 +75,6 @@ pub type HostTracker = Tracker<256, 128, 1024, 256>;
 /// A tracker small enough for a microcontroller: 16 connections, 8 files, 32 holdings, 1024
 /// chunks per file.
 pub type SmallTracker = Tracker<16, 8, 32, 32>;
-
-/// Bytes of the buffer [`Tracker::poll_transmit`] encodes one frame into.
-pub const FRAME_BUF_LEN: usize = LEN_PREFIX + MAX_FRAME_LEN;
 
 /// Replies queued per connection before the tracker stops reading from it.
 const REPLY_QUEUE: usize = 8;
@@ -121,27 +118,6 @@ pub enum Action {
     Close(ConnId),
     /// The chunk hashes stored under this key are no longer needed.
     Discard(StorageKey),
-}
-
-/// One frame to send, written by [`Tracker::poll_transmit`] into the caller's buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Transmit {
-    /// The connection to send on.
-    pub conn: ConnId,
-    /// Bytes of the caller's buffer that hold the frame.
-    pub len: usize,
-    /// Bytes to copy from storage to the connection right after the frame.
-    pub then: Option<StorageSend>,
-}
-
-/// What [`Tracker::handle_recv`] did with the input.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Recv<'a> {
-    /// Bytes of the input taken. Offer the rest again (after draining `poll_transmit`).
-    pub consumed: usize,
-    /// Bytes to store before calling `handle_recv` again; they are part of the consumed input.
-    pub write: Option<StorageWrite<'a>>,
 }
 
 /// Why a peer left the active list.
@@ -456,16 +432,10 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             };
             let Some(c) = self.conns.get_mut(conn) else {
                 // A closed connection: whatever is still in flight is dropped.
-                return Recv {
-                    consumed: input.len(),
-                    write: None,
-                };
+                return Recv::all(input);
             };
             if matches!(c.phase, Phase::Closing | Phase::Closed) {
-                return Recv {
-                    consumed: input.len(),
-                    write: None,
-                };
+                return Recv::all(input);
             }
             let rest = &input[used..];
             if rest.is_empty() || (c.replies.is_full() && c.decoder.is_idle()) {
@@ -474,10 +444,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             match c.decoder.decode(rest) {
                 Err(e) => {
                     self.misbehaved(conn, Offence::Frame(e));
-                    return Recv {
-                        consumed: input.len(),
-                        write: None,
-                    };
+                    return Recv::all(input);
                 }
                 Ok((n, None)) => {
                     used += n;

@@ -1,3 +1,5 @@
-//! Cross-crate tests for shoal. The deterministic swarm simulator will live here.
+//! Cross-crate tests for shoal and the deterministic swarm simulator ([`sim`]).
+
+pub mod sim;
 
 pub use proto_core;

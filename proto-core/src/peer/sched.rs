@@ -1,0 +1,513 @@
+//! The scheduler: which block to ask which connection for, and what happens when a chunk is
+//! whole. This is the one place the peer decides.
+//!
+//! Every connection for a file being fetched keeps a pipeline of block requests as deep as its
+//! measured rate times its round trip (at least four blocks, at most
+//! [`PeerConfig::max_in_flight`](super::PeerConfig::max_in_flight)). Faster connections drain
+//! their pipeline sooner and so come back for work more often: they get more work without a
+//! separate rule. When a pipeline has room, in this order:
+//!
+//! 1. more blocks of a chunk this connection is already fetching;
+//! 2. a started chunk whose source went away ("finish started chunks first"), continuing at its
+//!    frontier;
+//! 3. a new chunk: the rarest among the connected peers' availability, ties broken at random
+//!    (the scan starts at a random chunk and stops at the first chunk only one peer has);
+//! 4. endgame: when every missing chunk is already in flight, a duplicate of another
+//!    connection's chunk. Whichever copy of each block arrives first is taken; on completion the
+//!    other connection's requests for it are cancelled.
+//!
+//! A connection that leaves its requests unanswered for
+//! [`PeerConfig::stall_timeout`](super::PeerConfig::stall_timeout) loses its chunks to the
+//! others (step 2) and gets no new work for a while. A chunk that fails its hash is fetched
+//! again from another holder where one exists.
+
+use heapless::Vec;
+use rand_xoshiro::rand_core::Rng;
+use sha2::{Digest, Sha256};
+
+use super::{retain, Active, Conn, Ctl, Peer, PeerEvent, Phase, Req};
+use crate::conn::ConnId;
+use crate::time::{Duration, Instant};
+use crate::wire::{BlockRef, NodeId};
+
+/// Blocks every pipeline may hold whatever its measured rate.
+const MIN_PIPELINE_BLOCKS: u64 = 4;
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+    pub(super) fn after_command(&mut self, now: Instant) {
+        self.now = now;
+        self.schedule();
+    }
+
+    /// Connect to holders, drop connections where neither side wants anything, and fill every
+    /// connection's pipeline.
+    pub(super) fn schedule(&mut self) {
+        self.connect_candidates();
+        let idle: Vec<ConnId, C> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.is_open()
+                    && c.bitfield_in
+                    && c.remote_has.is_full()
+                    && c.serve.is_empty()
+                    && c.file
+                        .and_then(|s| self.file(s))
+                        .is_some_and(|f| f.complete())
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in idle {
+            // Both ends hold the whole file: nothing will ever cross this connection.
+            self.close_now(id);
+        }
+        for index in 0..C {
+            if let Some(id) = self.conns.id_at(index) {
+                self.fill(id);
+            }
+        }
+    }
+
+    /// How many bytes connection `c` should have asked for and not yet received.
+    fn pipeline_bytes(&self, c: &Conn<W>) -> u64 {
+        let block = u64::from(self.config.block_len);
+        let rtt = c.rtt.unwrap_or(Duration::from_millis(100));
+        let horizon = rtt.saturating_mul(2) + Duration::from_millis(100);
+        let bdp = c.rate.rate(self.now).saturating_mul(horizon.total_micros()) / 1_000_000;
+        bdp.max(MIN_PIPELINE_BLOCKS * block)
+            .min(u64::from(self.config.max_in_flight).max(block))
+    }
+
+    fn fill(&mut self, id: ConnId) {
+        loop {
+            let Some(c) = self.conns.get(id) else {
+                return;
+            };
+            if !c.is_open() || !c.bitfield_in || c.pause_until > self.now || c.reqs.is_full() {
+                return;
+            }
+            let Some(slot) = c.file else {
+                return;
+            };
+            let wanted = self
+                .file(slot)
+                .is_some_and(|f| f.fetching && f.header().is_some());
+            if !wanted || c.in_flight_bytes() >= self.pipeline_bytes(c) {
+                return;
+            }
+            if let Some(i) = self.assigned_with_room(id) {
+                self.request_next(i, id);
+            } else if let Some(i) = self.orphan_for(id, slot) {
+                if let Some(a) = self.active[i].as_mut() {
+                    a.owner = Some(id);
+                    a.owner_next = a.frontier;
+                }
+            } else if let Some(chunk) = self.pick_rarest(id, slot) {
+                if !self.start_chunk(slot, chunk, id) {
+                    return;
+                }
+            } else if let Some(i) = self.endgame_for(id, slot) {
+                if let Some(a) = self.active[i].as_mut() {
+                    a.dup = Some(id);
+                    a.dup_next = a.frontier;
+                }
+            } else {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn active_index(&self, slot: u16, chunk: u32) -> Option<usize> {
+        self.active.iter().position(|a| {
+            a.as_ref()
+                .is_some_and(|a| a.slot == slot && a.chunk == chunk)
+        })
+    }
+
+    fn chunk_len(&self, slot: u16, chunk: u32) -> u32 {
+        self.file(slot)
+            .and_then(|f| f.header())
+            .map_or(0, |h| h.chunk_len(chunk))
+    }
+
+    /// A chunk `id` fetches (as owner or duplicate) with blocks not yet asked for.
+    fn assigned_with_room(&self, id: ConnId) -> Option<usize> {
+        self.active.iter().position(|a| {
+            a.as_ref().is_some_and(|a| {
+                let len = self.chunk_len(a.slot, a.chunk);
+                a.digest.is_none()
+                    && ((a.owner == Some(id) && a.owner_next < len)
+                        || (a.dup == Some(id) && a.dup_next < len))
+            })
+        })
+    }
+
+    fn request_next(&mut self, i: usize, id: ConnId) {
+        let block_len = self.config.block_len;
+        let Some(a) = self.active[i].as_ref() else {
+            return;
+        };
+        let (slot, chunk) = (a.slot, a.chunk);
+        let len = self.chunk_len(slot, chunk);
+        let Some(file) = self.file(slot).map(|f| f.id) else {
+            return;
+        };
+        let Some(a) = self.active[i].as_mut() else {
+            return;
+        };
+        let next = if a.owner == Some(id) {
+            &mut a.owner_next
+        } else {
+            &mut a.dup_next
+        };
+        // Never ask again for bytes already taken.
+        let start = (*next).max(a.frontier);
+        let take = block_len.min(len - start.min(len));
+        *next = start + take;
+        if take == 0 {
+            return;
+        }
+        let block = BlockRef {
+            file,
+            chunk,
+            offset: start,
+            len: take,
+        };
+        if let Some(c) = self.conns.get_mut(id) {
+            // `fill` checked there is room.
+            let _ = c.reqs.push_back(Req { block, sent: None });
+        }
+    }
+
+    /// A started chunk with no source that `id` can continue; the furthest along first.
+    fn orphan_for(&self, id: ConnId, slot: u16) -> Option<usize> {
+        let c = self.conns.get(id)?;
+        self.active
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
+            .filter(|(_, a)| {
+                a.slot == slot
+                    && a.owner.is_none()
+                    && a.dup.is_none()
+                    && a.digest.is_none()
+                    && c.remote_has.get(a.chunk)
+            })
+            .max_by_key(|(_, a)| a.frontier)
+            .map(|(i, _)| i)
+    }
+
+    /// The rarest chunk `id` offers that is neither held nor in flight.
+    fn pick_rarest(&mut self, id: ConnId, slot: u16) -> Option<u32> {
+        let random = self.rng.next_u64();
+        let c = self.conns.get(id)?;
+        let f = self.file(slot)?;
+        let count = f.header()?.chunk_count();
+        if count == 0 || self.active.iter().all(Option::is_some) {
+            return None;
+        }
+        let node = c.hello.map(|h| h.node).unwrap_or_default();
+        let start = (random % u64::from(count)) as u32;
+        let mut best: Option<(u32, usize)> = None;
+        for k in 0..count {
+            let chunk = (start + k) % count;
+            if !c.remote_has.get(chunk) || f.have.get(chunk) || f.busy.get(chunk) {
+                continue;
+            }
+            let holders = self.holders(slot, chunk);
+            if holders > 1 && self.failed_from(slot, chunk, node) {
+                // It sent us a bad copy of this chunk; someone else has it.
+                continue;
+            }
+            if best.is_none_or(|(_, n)| holders < n) {
+                best = Some((chunk, holders));
+                if holders <= 1 {
+                    break;
+                }
+            }
+        }
+        best.map(|(chunk, _)| chunk)
+    }
+
+    /// Open connections for `slot` that offer `chunk`.
+    fn holders(&self, slot: u16, chunk: u32) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| {
+                c.file == Some(slot) && c.is_open() && c.bitfield_in && c.remote_has.get(chunk)
+            })
+            .count()
+    }
+
+    fn failed_from(&self, slot: u16, chunk: u32, node: NodeId) -> bool {
+        self.recent_bad
+            .iter()
+            .any(|&(s, c, n)| s == slot && c == chunk && n == node)
+    }
+
+    fn start_chunk(&mut self, slot: u16, chunk: u32, owner: ConnId) -> bool {
+        let Some(free) = self.active.iter().position(Option::is_none) else {
+            return false;
+        };
+        self.active[free] = Some(Active {
+            slot,
+            chunk,
+            frontier: 0,
+            sha: Sha256::new(),
+            receiving: None,
+            owner: Some(owner),
+            owner_next: 0,
+            dup: None,
+            dup_next: 0,
+            expected: None,
+            hash_asked: false,
+            digest: None,
+            contributors: Vec::new(),
+        });
+        if let Some(f) = self.file_mut(slot) {
+            f.busy.set(chunk);
+        }
+        true
+    }
+
+    /// Endgame: a chunk in flight from another connection that `id` could also supply. Only
+    /// once every missing chunk of the file is in flight.
+    fn endgame_for(&self, id: ConnId, slot: u16) -> Option<usize> {
+        let f = self.file(slot)?;
+        let count = f.header()?.chunk_count();
+        if f.have.count() + f.busy.count() < count {
+            return None;
+        }
+        let c = self.conns.get(id)?;
+        self.active
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
+            .filter(|(_, a)| {
+                a.slot == slot
+                    && a.owner.is_some()
+                    && a.owner != Some(id)
+                    && a.dup.is_none()
+                    && a.digest.is_none()
+                    && c.remote_has.get(a.chunk)
+                    && !self.failed_from(slot, a.chunk, c.hello.map(|h| h.node).unwrap_or_default())
+            })
+            .min_by_key(|(_, a)| a.frontier)
+            .map(|(i, _)| i)
+    }
+
+    /// A block's body ended on connection `id`.
+    pub(super) fn end_block(&mut self, id: ConnId, active: Option<usize>, chunk: u32) {
+        let Some(i) = active else {
+            return;
+        };
+        let Some(slot) = self.active[i].as_ref().map(|a| a.slot) else {
+            return;
+        };
+        let len = self.chunk_len(slot, chunk);
+        let Some(a) = self.active[i].as_mut() else {
+            return;
+        };
+        if a.receiving != Some(id) || a.chunk != chunk {
+            return;
+        }
+        a.receiving = None;
+        let Some(a) = self.active[i].as_mut() else {
+            return;
+        };
+        if a.frontier >= len && a.digest.is_none() {
+            a.digest = Some(a.sha.finalize_reset().into());
+            self.try_verify(i);
+        }
+    }
+
+    /// Compares a whole chunk's digest with its stored hash, once both are known.
+    pub(super) fn try_verify(&mut self, i: usize) {
+        let Some(a) = self.active[i].as_ref() else {
+            return;
+        };
+        let (Some(expected), Some(digest)) = (a.expected, a.digest) else {
+            return;
+        };
+        let Some(a) = self.active[i].take() else {
+            return;
+        };
+        if let Some(f) = self.file_mut(a.slot) {
+            f.busy.clear(a.chunk);
+        }
+        self.cancel_requests(a.slot, a.chunk);
+        if expected.0 == digest {
+            self.chunk_verified(a.slot, a.chunk);
+        } else {
+            self.chunk_failed(&a);
+        }
+    }
+
+    fn chunk_verified(&mut self, slot: u16, chunk: u32) {
+        let len = u64::from(self.chunk_len(slot, chunk));
+        let Some(f) = self.file_mut(slot) else {
+            return;
+        };
+        if !f.have.set(chunk) {
+            return;
+        }
+        f.log.push(chunk);
+        f.bytes_done += len;
+        self.event(PeerEvent::ChunkVerified { slot, chunk });
+        if let Some(p) = self.progress(slot) {
+            self.event(PeerEvent::Progress(p));
+        }
+        if self.file(slot).is_some_and(|f| f.have.is_full()) {
+            self.complete_file(slot);
+        }
+    }
+
+    fn chunk_failed(&mut self, a: &Active) {
+        let Some(&(_, from, _)) = a.contributors.first() else {
+            return;
+        };
+        self.event(PeerEvent::ChunkRejected {
+            slot: a.slot,
+            chunk: a.chunk,
+            from,
+        });
+        for &(_, addr, node) in &a.contributors {
+            if self.recent_bad.is_full() {
+                self.recent_bad.pop_front();
+            }
+            let _ = self.recent_bad.push_back((a.slot, a.chunk, node));
+            // With one sender the blame is certain; with several (endgame) it is shared, and
+            // the chunk will not go to any of them again while another holder has it.
+            if a.contributors.len() == 1 {
+                self.strike(node, addr);
+            }
+        }
+    }
+
+    /// Every chunk is verified: the fetch becomes a share.
+    pub(super) fn complete_file(&mut self, slot: u16) {
+        let tracker = self.tracker_open().filter(|_| self.registered.is_some());
+        let Some(f) = self.file_mut(slot) else {
+            return;
+        };
+        f.fetching = false;
+        f.unavailable_since = None;
+        self.event(PeerEvent::FileComplete { slot });
+        match tracker {
+            // Publishing also brings a delisted file back.
+            Some(t) => self.ctl(t, Ctl::Publish(slot)),
+            None => {
+                if let Some(f) = self.file_mut(slot) {
+                    f.publish_pending = true;
+                }
+            }
+        }
+        for cand in self.candidates.iter_mut() {
+            if cand.is_some_and(|c| c.slot == slot && c.conn.is_none()) {
+                *cand = None;
+            }
+        }
+    }
+
+    /// Drops every request for `chunk` of `slot`; those already sent are cancelled.
+    fn cancel_requests(&mut self, slot: u16, chunk: u32) {
+        let ids: Vec<ConnId, C> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.file == Some(slot))
+            .map(|(id, _)| id)
+            .collect();
+        for id in ids {
+            self.drop_requests(id, |b| b.chunk == chunk);
+        }
+    }
+
+    /// Drops the requests of `id` that match; those already sent are cancelled.
+    fn drop_requests(&mut self, id: ConnId, matches: impl Fn(&BlockRef) -> bool) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let live = c.is_open();
+        let mut cancels: Vec<BlockRef, { super::REQ_QUEUE }> = Vec::new();
+        retain(&mut c.reqs, |r| {
+            if !matches(&r.block) {
+                return true;
+            }
+            if r.sent.is_some() && live {
+                let _ = cancels.push(r.block);
+            }
+            false
+        });
+        for b in cancels {
+            self.ctl(id, Ctl::Cancel(b));
+        }
+    }
+
+    /// Connection `id` stops supplying chunk `i` (it refused a block of it).
+    pub(super) fn release_chunk_from(&mut self, i: usize, id: ConnId) {
+        let Some(a) = self.active[i].as_ref() else {
+            return;
+        };
+        let chunk = a.chunk;
+        self.drop_requests(id, |b| b.chunk == chunk);
+        self.unassign(i, id);
+    }
+
+    fn unassign(&mut self, i: usize, id: ConnId) {
+        let Some(a) = self.active[i].as_mut() else {
+            return;
+        };
+        if a.owner == Some(id) {
+            a.owner = None;
+        }
+        if a.dup == Some(id) {
+            a.dup = None;
+        }
+        if a.receiving == Some(id) {
+            a.receiving = None;
+        }
+        // A chunk nobody started goes back to the pool, to be picked by rarity again.
+        if a.owner.is_none() && a.dup.is_none() && a.frontier == 0 && a.receiving.is_none() {
+            let (slot, chunk) = (a.slot, a.chunk);
+            self.active[i] = None;
+            if let Some(f) = self.file_mut(slot) {
+                f.busy.clear(chunk);
+            }
+        }
+    }
+
+    /// Connection `id` supplies nothing from now on (it closed or stalled): its chunks move.
+    pub(super) fn release_work(&mut self, id: ConnId, cancel: bool) {
+        if cancel {
+            self.drop_requests(id, |_| true);
+        } else if let Some(c) = self.conns.get_mut(id) {
+            c.reqs.clear();
+        }
+        for i in 0..A {
+            self.unassign(i, id);
+        }
+    }
+
+    /// Connections whose requests went unanswered too long lose their work for a while.
+    pub(super) fn check_stalls(&mut self, now: Instant) {
+        let timeout = self.config.stall_timeout;
+        let stalled: Vec<ConnId, C> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.phase == Phase::Open
+                    && c.reqs.iter().any(|r| r.sent.is_some())
+                    && now - c.last_rx >= timeout
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in stalled {
+            self.release_work(id, true);
+            if let Some(c) = self.conns.get_mut(id) {
+                c.pause_until = now + timeout;
+                // Give it a fresh chance to show progress once the pause is over.
+                c.last_rx = now;
+            }
+        }
+    }
+}

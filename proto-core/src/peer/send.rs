@@ -1,0 +1,229 @@
+//! What the peer sends next on a connection. Frames are rendered only when polled, into the
+//! caller's buffer, from small queued descriptions and from state (the have log, the request
+//! pipeline, the serve queue), so nothing is encoded ahead of time.
+//!
+//! Per connection, in this order: the rest of a bitfield body being sent; control frames;
+//! `Have`s (to the tracker for every file, to a peer for its file); block requests; blocks
+//! being served (within the upload slot and the rate limit).
+
+use heapless::Vec;
+
+use super::{key, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
+use crate::conn::ConnId;
+use crate::io::Transmit;
+use crate::storage::{Region, StorageSend};
+use crate::wire::{encode_frame, ChunkRange, Hello, Message, MAX_RANGES, PROTOCOL_VERSION};
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+    pub(super) fn next_frame(
+        &mut self,
+        id: ConnId,
+        buf: &mut [u8; FRAME_BUF_LEN],
+    ) -> Option<Transmit> {
+        let c = self.conns.get(id)?;
+        if c.blocked
+            || !matches!(
+                c.phase,
+                Phase::Handshake { .. } | Phase::Open | Phase::Closing
+            )
+        {
+            return None;
+        }
+        if let Some(len) = self.bitfield_piece(id, buf) {
+            return Some(Transmit {
+                conn: id,
+                len,
+                then: None,
+            });
+        }
+        let (msg, then) = match self.conns.get_mut(id)?.ctl.pop_front() {
+            Some(ctl) => self.render_ctl(id, ctl)?,
+            None => {
+                let c = self.conns.get(id)?;
+                if c.phase != Phase::Open {
+                    return None;
+                }
+                match c.role {
+                    Role::Tracker => (self.tracker_have()?, None),
+                    Role::Peer { .. } => self.peer_data(id)?,
+                }
+            }
+        };
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.phase == Phase::Closing && c.ctl.is_empty() {
+                c.phase = Phase::Closed;
+            }
+        }
+        // Every message fits the buffer (a wire test checks the largest of each kind).
+        let len = encode_frame(&msg, buf).ok()?;
+        Some(Transmit {
+            conn: id,
+            len,
+            then,
+        })
+    }
+
+    /// The next piece of a bitfield body, if one is being sent on `id`.
+    fn bitfield_piece(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<usize> {
+        let (slot, pos) = self.conns.get(id)?.bitfield_body?;
+        let f = self.file(slot)?;
+        let total = f.have.byte_len();
+        let n = (total - pos).min(FRAME_BUF_LEN as u32);
+        for (k, b) in buf.iter_mut().take(n as usize).enumerate() {
+            *b = f.have.byte(pos + k as u32);
+        }
+        let c = self.conns.get_mut(id)?;
+        c.bitfield_body = (pos + n < total).then_some((slot, pos + n));
+        Some(n as usize)
+    }
+
+    fn render_ctl(&mut self, id: ConnId, ctl: Ctl) -> Option<(Message, Option<StorageSend>)> {
+        let msg = match ctl {
+            Ctl::Hello => Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                node: self.config.node,
+                listen_port: self.config.listen_port,
+            }),
+            Ctl::Register => Message::Register,
+            Ctl::Ping(n) => Message::Ping(n),
+            Ctl::Pong(n) => Message::Pong(n),
+            Ctl::Leave => Message::Leave,
+            Ctl::ListFiles => Message::ListFiles,
+            Ctl::Locate(file) => Message::Locate { file },
+            Ctl::GetManifest(file) => Message::GetManifest { file },
+            Ctl::NotFound(file) => Message::NotFound { file },
+            Ctl::Reject(block, reason) => Message::Reject { block, reason },
+            Ctl::Cancel(b) => Message::Cancel(b),
+            Ctl::Join(slot) => Message::Have {
+                file: self.file(slot)?.id,
+                ranges: Vec::new(),
+            },
+            Ctl::Publish(slot) | Ctl::Manifest(slot) => {
+                let f = self.file(slot)?;
+                let header = f.header()?.clone();
+                let then = StorageSend {
+                    key: key(slot, Region::Hashes),
+                    offset: 0,
+                    len: header.hashes_len(),
+                };
+                let then = (then.len > 0).then_some(then);
+                let file = f.id;
+                let msg = match ctl {
+                    Ctl::Publish(_) => Message::Publish { file, header },
+                    _ => Message::Manifest { file, header },
+                };
+                return Some((msg, then));
+            }
+            Ctl::Bitfield(slot) => {
+                let f = self.file(slot)?;
+                let (file, chunks, body, end) =
+                    (f.id, f.have.len(), f.have.byte_len(), f.log.end());
+                let c = self.conns.get_mut(id)?;
+                c.bitfield_out = true;
+                // Chunks verified from here on reach this remote as `Have`s.
+                c.have = HaveCursor {
+                    seq: end,
+                    full_from: None,
+                };
+                c.bitfield_body = (body > 0).then_some((slot, 0));
+                Message::Bitfield { file, chunks }
+            }
+        };
+        Some((msg, None))
+    }
+
+    /// A `Have` for the tracker: newly verified chunks of any file it lists.
+    fn tracker_have(&mut self) -> Option<Message> {
+        self.registered?;
+        for slot in 0..F as u16 {
+            let Some(f) = self.files[slot as usize].as_mut() else {
+                continue;
+            };
+            if !f.tracker_knows || f.header().is_none() {
+                continue;
+            }
+            let (file, have, log) = (f.id, &f.have, &f.log);
+            if let Some(ranges) = f.tracker.next(have, log) {
+                return Some(Message::Have { file, ranges });
+            }
+        }
+        None
+    }
+
+    /// For a peer connection: a `Have`, else a request, else a block to serve.
+    fn peer_data(&mut self, id: ConnId) -> Option<(Message, Option<StorageSend>)> {
+        let now = self.now;
+        let c = self.conns.get(id)?;
+        let slot = c.file?;
+        if c.bitfield_out {
+            let f = self.files[slot as usize].as_ref()?;
+            let c = self.conns.get_mut(id)?;
+            if let Some(ranges) = c.have.next(&f.have, &f.log) {
+                return Some((Message::Have { file: f.id, ranges }, None));
+            }
+        }
+        let c = self.conns.get_mut(id)?;
+        if let Some(r) = c.reqs.iter_mut().find(|r| r.sent.is_none()) {
+            r.sent = Some(now);
+            return Some((Message::Request(r.block), None));
+        }
+        if c.serve.is_empty() {
+            return None;
+        }
+        if let Some(bucket) = self.upload.as_mut() {
+            if !bucket.ready(now) {
+                return None;
+            }
+        }
+        let c = self.conns.get_mut(id)?;
+        let b = c.serve.pop_front()?;
+        c.last_served = now;
+        let offset = self.file(slot)?.header()?.chunk_offset(b.chunk) + u64::from(b.offset);
+        if let Some(bucket) = self.upload.as_mut() {
+            bucket.take(u64::from(b.len));
+        }
+        let then = StorageSend {
+            key: key(slot, Region::Data),
+            offset,
+            len: u64::from(b.len),
+        };
+        Some((Message::Block(b), Some(then)))
+    }
+}
+
+impl HaveCursor {
+    /// The next batch of held chunks this reader has not been told about, or `None`.
+    pub(super) fn next<const W: usize>(
+        &mut self,
+        have: &crate::bitmap::ChunkBitmap<W>,
+        log: &super::HaveLog,
+    ) -> Option<Vec<ChunkRange, MAX_RANGES>> {
+        if let Some(from) = self.full_from {
+            let mut ranges: Vec<ChunkRange, MAX_RANGES> = Vec::new();
+            let mut at = from;
+            while let Some(r) = have.next_range(at) {
+                if ranges.push(r).is_err() {
+                    break;
+                }
+                at = r.end;
+            }
+            self.full_from = if ranges.is_full() { Some(at) } else { None };
+            return (!ranges.is_empty()).then_some(ranges);
+        }
+        if self.seq >= log.end() {
+            return None;
+        }
+        match log.since(self.seq) {
+            Some((ranges, next)) => {
+                self.seq = next;
+                Some(ranges)
+            }
+            None => {
+                // Fell out of the log: tell everything again.
+                self.seq = log.end();
+                self.full_from = Some(0);
+                self.next(have, log)
+            }
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Runs one simulated swarm and prints its summary line; exits non-zero if any surviving peer's
+//! file differs from the original, a chunk was reported verified with bad bytes, or a live
+//! downloader did not finish.
+//!
+//! ```text
+//! cargo run --release -p tests --bin sim -- --peers 20 --seeders 1 --file-mib 16 --chunk-kib 256 \
+//!     --loss 0 --latency-ms 10 --up-mbps 100 --down-mbps 100 --crash 0 --seed 1
+//! ```
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tests::proto_core::time::Duration;
+use tests::sim::{Sim, SimConfig};
+
+/// A deterministic shoal swarm: one tracker, S seeders, N-S downloaders.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Peers in all, seeders included.
+    #[arg(long, default_value_t = 20)]
+    peers: usize,
+    /// Peers that start with the whole file.
+    #[arg(long, default_value_t = 1)]
+    seeders: usize,
+    /// File size in MiB.
+    #[arg(long, default_value_t = 16)]
+    file_mib: u64,
+    /// Chunk size in KiB (a power of two, at least 1).
+    #[arg(long, default_value_t = 256)]
+    chunk_kib: u32,
+    /// Probability a TCP segment is lost (it then arrives one RTO late).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// One-way latency in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    latency_ms: u64,
+    /// Random extra one-way delay, up to this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    jitter_ms: u64,
+    /// Upload bandwidth per peer, Mbit/s.
+    #[arg(long, default_value_t = 100.0)]
+    up_mbps: f64,
+    /// Download bandwidth per peer, Mbit/s.
+    #[arg(long, default_value_t = 100.0)]
+    down_mbps: f64,
+    /// Downloaders that crash at random times.
+    #[arg(long, default_value_t = 0)]
+    crash: usize,
+    /// Crash the tracker mid-transfer and restart it 8 s later.
+    #[arg(long)]
+    crash_tracker: bool,
+    /// Seeders whose served blocks are corrupted.
+    #[arg(long, default_value_t = 0)]
+    corrupt: usize,
+    /// Seed for every random choice.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print every peer and tracker event with its time (to stderr).
+    #[arg(long)]
+    trace: bool,
+    /// Give up after this many simulated seconds.
+    #[arg(long, default_value_t = 3600)]
+    time_limit_s: u64,
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    if a.seeders == 0 || a.seeders > a.peers {
+        eprintln!("sim: --seeders must be between 1 and --peers");
+        return ExitCode::from(2);
+    }
+    if !a.chunk_kib.is_power_of_two() {
+        eprintln!("sim: --chunk-kib must be a power of two");
+        return ExitCode::from(2);
+    }
+    let mbps = |m: f64| (m * 1e6 / 8.0) as u64;
+    let cfg = SimConfig {
+        peers: a.peers,
+        seeders: a.seeders,
+        file_bytes: a.file_mib << 20,
+        chunk_bytes: a.chunk_kib * 1024,
+        loss: a.loss,
+        latency: Duration::from_millis(a.latency_ms),
+        jitter: Duration::from_millis(a.jitter_ms),
+        up: mbps(a.up_mbps),
+        down: mbps(a.down_mbps),
+        crashes: a.crash,
+        crash_tracker: a.crash_tracker,
+        corrupt_seeders: a.corrupt,
+        seed: a.seed,
+        time_limit: Duration::from_secs(a.time_limit_s),
+        sniff: false,
+        tune: |c| {
+            let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+            if let Some(v) = env("SIM_SLOTS") {
+                c.upload_slots = v as usize;
+            }
+            if let Some(v) = env("SIM_CONNS") {
+                c.max_conns_per_file = v as usize;
+            }
+            if let Some(v) = env("SIM_BLOCK_KIB") {
+                c.block_len = v as u32 * 1024;
+            }
+        },
+    };
+    let mut sim = Sim::new(cfg);
+    let report = sim.run();
+    if a.trace {
+        eprintln!(
+            "uploaded MiB per node: {:?}",
+            sim.uploaded().iter().map(|b| b >> 20).collect::<Vec<_>>()
+        );
+        let cap = (a.up_mbps * 1e6 / 8.0) * a.peers as f64 * 0.1;
+        let util: Vec<u64> = sim
+            .upload_timeline
+            .iter()
+            .map(|b| (*b as f64 * 100.0 / cap) as u64)
+            .collect();
+        eprintln!("uplink use % per 100 ms: {util:?}");
+        eprintln!(
+            "completed at: {:?}",
+            (1..=a.peers)
+                .map(|i| sim.completed_at(i).map(|t| t.total_millis()))
+                .collect::<Vec<_>>()
+        );
+        for (t, node, e) in &sim.events {
+            eprintln!("{t} peer{node} {e:?}");
+        }
+        for (t, e) in &sim.tracker_events {
+            eprintln!("{t} tracker {e:?}");
+        }
+    }
+    println!("{}", report.line());
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
