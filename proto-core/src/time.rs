@@ -142,6 +142,16 @@ impl Sub<Instant> for Instant {
     }
 }
 
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    /// Saturates at the origin.
+    fn sub(self, rhs: Duration) -> Instant {
+        Instant {
+            micros: self.micros.saturating_sub(rhs.micros),
+        }
+    }
+}
+
 impl Add for Duration {
     type Output = Duration;
     fn add(self, rhs: Duration) -> Duration {

@@ -287,6 +287,12 @@ pub const TRACKER: usize = 0;
 impl Sim {
     /// Builds the swarm: content derived from the seed, a tracker, seeders and downloaders.
     pub fn new(cfg: SimConfig) -> Self {
+        Self::with_setup(cfg, |_| {})
+    }
+
+    /// Like [`Sim::new`], with `setup` run on the swarm before any node starts (to give a
+    /// peer part of the file, say).
+    pub fn with_setup(cfg: SimConfig, setup: impl FnOnce(&mut Sim)) -> Self {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
         let mut original = vec![0u8; cfg.file_bytes as usize];
         rng.fill_bytes(&mut original);
@@ -328,6 +334,7 @@ impl Sim {
             n.corrupt = i <= sim.cfg.corrupt_seeders;
             sim.nodes.push(n);
         }
+        setup(&mut sim);
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
         }
@@ -429,7 +436,8 @@ impl Sim {
         self.drain(i);
     }
 
-    /// Makes peer `i` start with only the chunks `have` (a partial holder that resumes).
+    /// Makes peer `i` start with only the chunks `have`, as a fetch that resumes. Use it in
+    /// the setup of [`Sim::with_setup`].
     pub fn give_partial(&mut self, i: usize, have: impl Fn(u32) -> bool) {
         let count = self.header.chunk_count();
         let n = &mut self.nodes[i];
@@ -440,9 +448,6 @@ impl Sim {
             verified: (0..count).map(&have).collect(),
             manifest: Some((self.file, self.header.clone())),
         };
-        self.nodes[i].core = Core::Down;
-        self.crash_links(i);
-        self.start_node(i);
     }
 
     /// Runs until every live downloader completes or the time limit; returns the report.

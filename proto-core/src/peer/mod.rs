@@ -93,7 +93,7 @@ const BUSY_PAUSE: Duration = Duration::from_millis(300);
 /// An upload slot is given up after this long with nothing to serve.
 const SLOT_IDLE: Duration = Duration::from_secs(1);
 /// The first delay between holder lookups (and manifest requests) of a new fetch.
-const FIRST_LOCATE_DELAY: Duration = Duration::from_millis(500);
+const FIRST_LOCATE_DELAY: Duration = Duration::from_millis(100);
 
 /// Settings for a [`Peer`].
 #[derive(Clone, Copy, Debug)]
@@ -112,7 +112,8 @@ pub struct PeerConfig {
     pub upload_slots: usize,
     /// Upload limit in bytes per second; `None` for no limit.
     pub upload_rate: Option<u64>,
-    /// Connections opened per file being fetched. Default 8.
+    /// Connections this peer opens per file being fetched (others may connect to it on top).
+    /// Default 8.
     pub max_conns_per_file: usize,
     /// Most bytes asked for and not yet received on one connection. Default 4 MiB.
     pub max_in_flight: u32,
@@ -522,7 +523,10 @@ struct Conn<const W: usize> {
     pause_until: Instant,
     upload_slot: bool,
     last_served: Instant,
+    /// Block bytes received that were never asked for (beyond `cancelled`).
     unsolicited: u64,
+    /// Bytes of requests we cancelled after sending: their blocks may still come, honestly.
+    cancelled: u64,
     blocked: bool,
 }
 
@@ -555,6 +559,7 @@ impl<const W: usize> Conn<W> {
             upload_slot: false,
             last_served: now,
             unsolicited: 0,
+            cancelled: 0,
             blocked: false,
         }
     }
@@ -698,6 +703,18 @@ impl<const W: usize> File<W> {
     }
 }
 
+impl Active {
+    /// The offset of the next byte that will be taken: the end of the block streaming in, or
+    /// the frontier.
+    fn next_needed(&self) -> u32 {
+        if self.receiving.is_some() {
+            self.receiving_end
+        } else {
+            self.frontier
+        }
+    }
+}
+
 /// A chunk being downloaded.
 struct Active {
     slot: u16,
@@ -705,8 +722,10 @@ struct Active {
     /// Bytes taken in order so far (hashed and written).
     frontier: u32,
     sha: Sha256,
-    /// The connection whose block at the frontier is streaming in now.
+    /// The connection whose block at the frontier is streaming in now, and where that block
+    /// ends.
     receiving: Option<ConnId>,
+    receiving_end: u32,
     owner: Option<ConnId>,
     /// Next offset to ask the owner for.
     owner_next: u32,
@@ -1708,43 +1727,23 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Open connections to holders of files being fetched, up to the per-file limit.
     ///
-    /// Candidates are tried from a random starting point: the tracker lists holders in the same
-    /// order for everyone, and taking them in that order would pile every fetcher onto the
-    /// first few.
+    /// Each new connection goes to a candidate chosen uniformly among those eligible: the
+    /// tracker lists holders in the same order for everyone, and taking them in that order
+    /// would pile every fetcher onto the first few.
     fn connect_candidates(&mut self) {
-        if self.leaving {
-            return;
-        }
-        let start = (self.rng.next_u64() % C as u64) as usize;
-        for k in 0..C {
-            let i = (start + k) % C;
-            let Some(cand) = self.candidates[i] else {
-                continue;
-            };
-            if cand.conn.is_some() || cand.retry_at > self.now {
-                continue;
-            }
-            let wanted = self
-                .file(cand.slot)
-                .is_some_and(|f| f.fetching && f.header().is_some() && !f.have.is_full());
-            if !wanted {
-                continue;
-            }
-            if self.file_conns(cand.slot) >= self.config.max_conns_per_file {
-                continue;
-            }
-            let already = self.conns.iter().any(|(_, c)| {
-                c.file == Some(cand.slot)
-                    && (c.hello.is_some_and(|h| h.node == cand.peer.node)
-                        || c.listen_addr() == cand.peer.addr)
-            });
-            if already || self.banned(cand.peer.node, cand.peer.addr) {
-                continue;
-            }
+        while !self.leaving {
             // Keep one slot for the tracker and one for a peer that connects to us.
             if self.conns.iter().count() + 2 > C {
                 return;
             }
+            let eligible: Vec<usize, C> = (0..C).filter(|&i| self.can_dial(i)).collect();
+            if eligible.is_empty() {
+                return;
+            }
+            let i = eligible[(self.rng.next_u64() % eligible.len() as u64) as usize];
+            let Some(cand) = self.candidates[i] else {
+                return;
+            };
             let mut conn = Conn::new(
                 Role::Peer { outgoing: true },
                 cand.peer.addr,
@@ -1752,12 +1751,42 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 self.now,
             );
             conn.file = Some(cand.slot);
-            if let Ok(id) = self.conns.insert(conn) {
-                if let Some(c) = self.candidates[i].as_mut() {
-                    c.conn = Some(id);
-                }
+            let Ok(id) = self.conns.insert(conn) else {
+                return;
+            };
+            if let Some(c) = self.candidates[i].as_mut() {
+                c.conn = Some(id);
             }
         }
+    }
+
+    /// Whether candidate `i` may be dialled now.
+    fn can_dial(&self, i: usize) -> bool {
+        let Some(cand) = self.candidates[i] else {
+            return false;
+        };
+        if cand.conn.is_some() || cand.retry_at > self.now {
+            return false;
+        }
+        let wanted = self
+            .file(cand.slot)
+            .is_some_and(|f| f.fetching && f.header().is_some() && !f.have.is_full());
+        // Only connections we opened count: peers that reach us are welcome on top, and
+        // counting them would leave a popular early peer with no say in its neighbours.
+        let dialed = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.file == Some(cand.slot) && c.role == (Role::Peer { outgoing: true }))
+            .count();
+        let already = self.conns.iter().any(|(_, c)| {
+            c.file == Some(cand.slot)
+                && (c.hello.is_some_and(|h| h.node == cand.peer.node)
+                    || c.listen_addr() == cand.peer.addr)
+        });
+        wanted
+            && dialed < self.config.max_conns_per_file
+            && !already
+            && !self.banned(cand.peer.node, cand.peer.addr)
     }
 
     fn add_candidate(&mut self, slot: u16, peer: PeerEntry) {
@@ -1776,19 +1805,18 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             c.peer.addr = peer.addr;
             return;
         }
-        let free = self
-            .candidates
-            .iter()
-            .position(Option::is_none)
-            .or_else(|| {
-                // Replace the candidate that failed most, if it is not connected.
-                self.candidates
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.is_some_and(|c| c.conn.is_none() && c.failures > 0))
-                    .max_by_key(|(_, c)| c.map_or(0, |c| c.failures))
-                    .map(|(i, _)| i)
-            });
+        // A full table keeps a random sample: the new holder replaces a random one we are not
+        // connected to. Keeping the first holders seen would give every fetcher the same ones.
+        let free = match self.candidates.iter().position(Option::is_none) {
+            Some(i) => Some(i),
+            None => {
+                let idle: Vec<usize, C> = (0..C)
+                    .filter(|&i| self.candidates[i].is_some_and(|c| c.conn.is_none()))
+                    .collect();
+                let pick = self.rng.next_u64() as usize;
+                (!idle.is_empty()).then(|| idle[pick % idle.len()])
+            }
+        };
         if let Some(i) = free {
             self.candidates[i] = Some(Candidate {
                 slot,
@@ -2034,10 +2062,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     self.misbehaved(id, Offence::BadRange);
                     return;
                 }
-                if let Some(c) = self.conns.get_mut(id) {
-                    for r in &ranges {
-                        c.remote_has.set_range(*r);
-                    }
+                let Some(c) = self.conns.get_mut(id) else {
+                    return;
+                };
+                for r in &ranges {
+                    c.remote_has.set_range(*r);
+                }
+                if !c.remote_has.is_full() {
+                    self.prefer_swarm(slot, &ranges);
                 }
             }
             Message::Request(b) => self.on_request(id, b),
@@ -2245,6 +2277,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 if let Some(a) = self.active[i].as_mut() {
                     if a.receiving.is_none() && a.frontier == b.offset && a.digest.is_none() {
                         a.receiving = Some(id);
+                        a.receiving_end = b.offset + b.len;
                         if !a.contributors.iter().any(|(c, _, _)| *c == id) {
                             let _ = a.contributors.push((id, addr, node));
                         }
@@ -2253,7 +2286,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 }
             }
         } else {
-            c.unsolicited += u64::from(b.len);
+            let excess = u64::from(b.len).saturating_sub(c.cancelled);
+            c.cancelled = c.cancelled.saturating_sub(u64::from(b.len));
+            c.unsolicited += excess;
             // Blocks asked for and then cancelled may still come; more than that is abuse.
             if c.unsolicited > 8 * u64::from(self.config.block_len.max(b.len)) {
                 self.misbehaved(id, Offence::Unsolicited);
@@ -2355,7 +2390,17 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         match core::mem::replace(&mut c.sink, Sink::None) {
             Sink::None => {}
             Sink::Block { active, chunk, .. } => self.end_block(id, active, chunk),
-            Sink::Bitfield { .. } => c.bitfield_in = true,
+            Sink::Bitfield { .. } => {
+                c.bitfield_in = true;
+                let partial = !c.remote_has.is_full();
+                if let (Some(slot), true) = (c.file, partial) {
+                    let all = [ChunkRange {
+                        start: 0,
+                        end: c.remote_has.len(),
+                    }];
+                    self.prefer_swarm(slot, &all);
+                }
+            }
             Sink::Hashes { slot, hasher, .. } => {
                 if let Some((s, header)) = self.pending_header.take() {
                     if s == slot {

@@ -11,7 +11,11 @@
 //! 2. a started chunk whose source went away ("finish started chunks first"), continuing at its
 //!    frontier;
 //! 3. a new chunk: the rarest among the connected peers' availability, ties broken at random
-//!    (the scan starts at a random chunk and stops at the first chunk only one peer has);
+//!    (uniformly among the equally rare, so fetchers rarely pick the same chunk). Rarity
+//!    counts the holders that are still fetching first: a chunk only whole-file holders have is
+//!    the rarest, so a seed's upload goes to chunks the swarm has nowhere else before it goes
+//!    to chunks already circulating (and a request to a seed for a chunk that a fetcher then
+//!    announces is moved to that fetcher if nothing of it has arrived yet);
 //! 4. endgame: when every missing chunk is already in flight, a duplicate of another
 //!    connection's chunk. Whichever copy of each block arrives first is taken; on completion the
 //!    other connection's requests for it are cancelled.
@@ -23,12 +27,13 @@
 
 use heapless::Vec;
 use rand_xoshiro::rand_core::Rng;
+use rand_xoshiro::Xoshiro256PlusPlus;
 use sha2::{Digest, Sha256};
 
 use super::{retain, Active, Conn, Ctl, Peer, PeerEvent, Phase, Req};
 use crate::conn::ConnId;
 use crate::time::{Duration, Instant};
-use crate::wire::{BlockRef, NodeId};
+use crate::wire::{BlockRef, ChunkRange, NodeId};
 
 /// Blocks every pipeline may hold whatever its measured rate.
 const MIN_PIPELINE_BLOCKS: u64 = 4;
@@ -109,7 +114,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             } else if let Some(i) = self.endgame_for(id, slot) {
                 if let Some(a) = self.active[i].as_mut() {
                     a.dup = Some(id);
-                    a.dup_next = a.frontier;
+                    a.dup_next = a.next_needed();
                 }
             } else {
                 return;
@@ -199,7 +204,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// The rarest chunk `id` offers that is neither held nor in flight.
     fn pick_rarest(&mut self, id: ConnId, slot: u16) -> Option<u32> {
-        let random = self.rng.next_u64();
+        // A local copy: the scan below borrows the tables while it draws numbers.
+        let mut rng = self.rng.clone();
+        let pick = self.pick_rarest_with(id, slot, &mut rng);
+        self.rng = rng;
+        pick
+    }
+
+    fn pick_rarest_with(&self, id: ConnId, slot: u16, rng: &mut Xoshiro256PlusPlus) -> Option<u32> {
         let c = self.conns.get(id)?;
         let f = self.file(slot)?;
         let count = f.header()?.chunk_count();
@@ -207,36 +219,79 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             return None;
         }
         let node = c.hello.map(|h| h.node).unwrap_or_default();
-        let start = (random % u64::from(count)) as u32;
-        let mut best: Option<(u32, usize)> = None;
-        for k in 0..count {
-            let chunk = (start + k) % count;
+        // The rarest candidates, one of them kept uniformly at random (reservoir sampling):
+        // taking "the first rarest after a random start" would favour the chunk right after a
+        // run everyone holds, and every fetcher would pick the same one.
+        let mut best: Option<(u32, (usize, usize))> = None;
+        let mut ties = 0u64;
+        for chunk in 0..count {
             if !c.remote_has.get(chunk) || f.have.get(chunk) || f.busy.get(chunk) {
                 continue;
             }
-            let holders = self.holders(slot, chunk);
+            let (holders, partial) = self.holders(slot, chunk);
             if holders > 1 && self.failed_from(slot, chunk, node) {
                 // It sent us a bad copy of this chunk; someone else has it.
                 continue;
             }
-            if best.is_none_or(|(_, n)| holders < n) {
-                best = Some((chunk, holders));
-                if holders <= 1 {
-                    break;
+            // Rarity counts peers still fetching first: a chunk only whole-file holders have
+            // is the rarest of all, since they are the swarm's only supply of it.
+            let rarity = (partial, holders);
+            match best {
+                Some((_, r)) if rarity > r => {}
+                Some((_, r)) if rarity == r => {
+                    ties += 1;
+                    if rng.next_u64().is_multiple_of(ties) {
+                        best = Some((chunk, rarity));
+                    }
+                }
+                _ => {
+                    best = Some((chunk, rarity));
+                    ties = 1;
                 }
             }
         }
         best.map(|(chunk, _)| chunk)
     }
 
-    /// Open connections for `slot` that offer `chunk`.
-    fn holders(&self, slot: u16, chunk: u32) -> usize {
-        self.conns
-            .iter()
-            .filter(|(_, c)| {
-                c.file == Some(slot) && c.is_open() && c.bitfield_in && c.remote_has.get(chunk)
-            })
-            .count()
+    /// A partial holder now offers `ranges`: chunks among them that we asked a complete source
+    /// for, and of which nothing has arrived yet, are cancelled there and go back to the pool,
+    /// to be fetched from the swarm (the rule of step 3, kept as availability changes).
+    pub(super) fn prefer_swarm(&mut self, slot: u16, ranges: &[ChunkRange]) {
+        for i in 0..A {
+            let Some(a) = self.active[i].as_ref() else {
+                continue;
+            };
+            if a.slot != slot || a.frontier > 0 || a.receiving.is_some() {
+                continue;
+            }
+            if !ranges.iter().any(|r| (r.start..r.end).contains(&a.chunk)) {
+                continue;
+            }
+            let Some(owner) = a.owner else {
+                continue;
+            };
+            let from_seed = self
+                .conns
+                .get(owner)
+                .is_some_and(|c| c.remote_has.is_full());
+            if from_seed && a.dup.is_none() {
+                self.release_chunk_from(i, owner);
+            }
+        }
+    }
+
+    /// Open connections for `slot` that offer `chunk`: all of them, and those that do not
+    /// hold the whole file.
+    fn holders(&self, slot: u16, chunk: u32) -> (usize, usize) {
+        let mut all = 0;
+        let mut partial = 0;
+        for (_, c) in self.conns.iter() {
+            if c.file == Some(slot) && c.is_open() && c.bitfield_in && c.remote_has.get(chunk) {
+                all += 1;
+                partial += usize::from(!c.remote_has.is_full());
+            }
+        }
+        (all, partial)
     }
 
     fn failed_from(&self, slot: u16, chunk: u32, node: NodeId) -> bool {
@@ -255,6 +310,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             frontier: 0,
             sha: Sha256::new(),
             receiving: None,
+            receiving_end: 0,
             owner: Some(owner),
             owner_next: 0,
             dup: None,
@@ -438,6 +494,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             }
             false
         });
+        if let Some(c) = self.conns.get_mut(id) {
+            c.cancelled += cancels.iter().map(|b| u64::from(b.len)).sum::<u64>();
+        }
         for b in cancels {
             self.ctl(id, Ctl::Cancel(b));
         }
@@ -472,6 +531,39 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             self.active[i] = None;
             if let Some(f) = self.file_mut(slot) {
                 f.busy.clear(chunk);
+            }
+            return;
+        }
+        self.resync(i);
+    }
+
+    /// After a source left chunk `i`: a remaining source none of whose requests starts where
+    /// the next byte is needed would never be taken again (its blocks are cut elsewhere), so
+    /// its requests for the chunk are dropped and it asks again from there.
+    fn resync(&mut self, i: usize) {
+        let Some(a) = self.active[i].as_ref() else {
+            return;
+        };
+        let (chunk, need, receiving) = (a.chunk, a.next_needed(), a.receiving);
+        for source in [a.owner, a.dup].into_iter().flatten() {
+            if Some(source) == receiving {
+                continue;
+            }
+            let lined_up = self.conns.get(source).is_some_and(|c| {
+                c.reqs
+                    .iter()
+                    .any(|r| r.block.chunk == chunk && r.block.offset == need)
+            });
+            if lined_up {
+                continue;
+            }
+            self.drop_requests(source, |b| b.chunk == chunk);
+            if let Some(a) = self.active[i].as_mut() {
+                if a.owner == Some(source) {
+                    a.owner_next = need;
+                } else {
+                    a.dup_next = need;
+                }
             }
         }
     }

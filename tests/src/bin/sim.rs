@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         corrupt_seeders: a.corrupt,
         seed: a.seed,
         time_limit: Duration::from_secs(a.time_limit_s),
-        sniff: false,
+        sniff: a.trace,
         tune: |c| {
             let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
             if let Some(v) = env("SIM_SLOTS") {
@@ -118,6 +118,35 @@ fn main() -> ExitCode {
             .map(|b| (*b as f64 * 100.0 / cap) as u64)
             .collect();
         eprintln!("uplink use % per 100 ms: {util:?}");
+        let to_seed: Vec<_> = sim.requests.iter().filter(|r| r.to == 1).collect();
+        let mut chunks: Vec<u32> = to_seed.iter().map(|r| r.block.chunk).collect();
+        chunks.sort();
+        chunks.dedup();
+        let bytes: u64 = to_seed.iter().map(|r| u64::from(r.block.len)).sum();
+        let mut per_chunk = std::collections::BTreeMap::<u32, Vec<(usize, u64)>>::new();
+        for r in &to_seed {
+            per_chunk
+                .entry(r.block.chunk)
+                .or_default()
+                .push((r.from, r.at.total_millis()));
+        }
+        let mut hist = std::collections::BTreeMap::<usize, usize>::new();
+        for v in per_chunk.values() {
+            let mut who: Vec<usize> = v.iter().map(|x| x.0).collect();
+            who.sort();
+            who.dedup();
+            *hist.entry(who.len()).or_default() += 1;
+        }
+        eprintln!("chunks by number of peers that asked the seeder for them: {hist:?}");
+        for (c, v) in per_chunk.iter().filter(|(_, v)| v.len() > 30).take(2) {
+            eprintln!("  chunk {c}: {v:?}");
+        }
+        eprintln!(
+            "requests to the first seeder: {} ({} MiB), distinct chunks {}",
+            to_seed.len(),
+            bytes >> 20,
+            chunks.len()
+        );
         eprintln!(
             "completed at: {:?}",
             (1..=a.peers)

@@ -1,0 +1,270 @@
+//! The seed documents' scenarios, each run in the simulator over many seeds. Every assertion
+//! names its seed, so a failure can be replayed with `sim --seed N` or by narrowing `SEEDS`.
+
+use proto_core::peer::PeerEvent;
+use proto_core::time::{Duration, Instant};
+use tests::sim::{Fault, Report, Sim, SimConfig, TRACKER};
+
+const SEEDS: std::ops::Range<u64> = 1..11;
+
+fn small(seed: u64) -> SimConfig {
+    SimConfig {
+        peers: 5,
+        seeders: 1,
+        file_bytes: 3 << 20,
+        chunk_bytes: 64 * 1024,
+        latency: Duration::from_millis(5),
+        up: 4_000_000,
+        down: 8_000_000,
+        seed,
+        time_limit: Duration::from_secs(300),
+        ..SimConfig::default()
+    }
+}
+
+fn assert_ok(r: &Report) {
+    assert!(r.ok(), "seed {}: {}", r.seed, r.line());
+}
+
+/// Every event of peer `i`.
+fn events_of(sim: &Sim, i: usize) -> impl Iterator<Item = (Instant, &PeerEvent)> {
+    sim.events
+        .iter()
+        .filter(move |(_, n, _)| *n == i)
+        .map(|(t, _, e)| (*t, e))
+}
+
+#[test]
+fn parallel_download_from_several_peers() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.peers = 4;
+        cfg.seeders = 3;
+        cfg.sniff = true;
+        let mut sim = Sim::new(cfg);
+        let r = sim.run();
+        assert_ok(&r);
+        // The one downloader (node 4) asked every seeder for blocks.
+        let mut sources: Vec<usize> = sim
+            .requests
+            .iter()
+            .filter(|q| q.from == 4)
+            .map(|q| q.to)
+            .collect();
+        sources.sort();
+        sources.dedup();
+        assert_eq!(
+            sources,
+            vec![1, 2, 3],
+            "seed {seed}: blocks came from {sources:?}"
+        );
+        // And faster than one seeder alone could give it: each uploads 4 MB/s, it takes 8.
+        let one_seeder = 3.0 * 1048576.0 / 4e6;
+        assert!(r.sim_secs < one_seeder, "seed {seed}: {} s", r.sim_secs);
+    }
+}
+
+#[test]
+fn a_downloaded_chunk_is_served_before_its_holder_finishes() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.sniff = true;
+        let mut sim = Sim::new(cfg);
+        assert_ok(&sim.run());
+        // Some downloader asked another downloader for a block before that one was complete.
+        let served_early = sim.requests.iter().any(|q| {
+            q.to != 1
+                && sim.completed_at(q.to).is_some_and(|done| q.at < done)
+                && sim.holds(q.to, q.block.chunk)
+        });
+        assert!(
+            served_early,
+            "seed {seed}: no chunk went downloader to downloader before completion"
+        );
+    }
+}
+
+#[test]
+fn seeder_crashing_mid_transfer_others_finish() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.seeders = 2;
+        cfg.peers = 6;
+        let mut sim = Sim::new(cfg);
+        sim.at(Instant::from_millis(400), Fault::Crash(1));
+        let r = sim.run();
+        assert_ok(&r);
+        assert!(
+            sim.completed_at(3)
+                .is_some_and(|t| t > Instant::from_millis(400)),
+            "seed {seed}: finished before the crash"
+        );
+    }
+}
+
+#[test]
+fn only_holder_crashing_reports_missing_chunks_then_finishes_when_it_returns() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.peers = 3;
+        let mut sim = Sim::new(cfg);
+        let crash = Instant::from_millis(500);
+        let back = Instant::from_secs(20);
+        sim.at(crash, Fault::Crash(1));
+        sim.at(back, Fault::Restart(1));
+        sim.run_until(back - Duration::from_millis(1));
+        for d in [2, 3] {
+            assert!(
+                sim.completed_at(d).is_none(),
+                "seed {seed}: peer {d} completed without the only holder"
+            );
+            let peer = sim.peer(d).expect("downloader is up");
+            let slot = sim.slot(d).expect("downloader has a slot");
+            // Exactly the chunks neither downloader holds are reported missing.
+            let expected: Vec<u32> = (0..sim.chunk_count())
+                .filter(|&c| !sim.holds(2, c) && !sim.holds(3, c))
+                .collect();
+            assert!(
+                !expected.is_empty(),
+                "seed {seed}: the crash came too late to test anything"
+            );
+            let mut reported = Vec::new();
+            let mut from = 0;
+            while let Some(r) = peer.missing(slot, from) {
+                reported.extend(r.start..r.end);
+                from = r.end;
+            }
+            assert_eq!(reported, expected, "seed {seed}: peer {d}");
+            let told = events_of(&sim, d).any(|(_, e)| matches!(e, PeerEvent::Unavailable { missing, .. } if *missing as usize == expected.len()));
+            assert!(
+                told,
+                "seed {seed}: peer {d} never reported {} unavailable chunks",
+                expected.len()
+            );
+        }
+        let r = sim.run();
+        assert_ok(&r);
+        assert!(sim.completed_at(2).is_some_and(|t| t > back), "seed {seed}");
+    }
+}
+
+#[test]
+fn tracker_crashing_mid_transfer_transfers_finish_and_peers_reregister() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.peers = 5;
+        let mut sim = Sim::new(cfg);
+        let crash = Instant::from_millis(300);
+        let back = Instant::from_secs(3);
+        sim.at(crash, Fault::Crash(TRACKER));
+        sim.at(back, Fault::Restart(TRACKER));
+        let r = sim.run();
+        assert_ok(&r);
+        // Transfers went on without the tracker.
+        let during = (2..=5)
+            .filter(|&d| sim.completed_at(d).is_some_and(|t| t > crash && t < back))
+            .count();
+        assert!(
+            during > 0,
+            "seed {seed}: nobody finished while the tracker was down"
+        );
+        sim.run_until(back + Duration::from_secs(40));
+        for p in 1..=5 {
+            let again = events_of(&sim, p)
+                .any(|(t, e)| t >= back && matches!(e, PeerEvent::Registered { .. }));
+            assert!(again, "seed {seed}: peer {p} did not register again");
+        }
+        // The tracker lists the file again: the seeder re-published it.
+        assert!(
+            sim.tracker_events.iter().any(|(t, e)| *t >= back
+                && matches!(e, proto_core::tracker::TrackerEvent::Published { .. })),
+            "seed {seed}: not re-published"
+        );
+    }
+}
+
+#[test]
+fn five_percent_loss() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.loss = 0.05;
+        cfg.peers = 6;
+        cfg.seeders = 2;
+        assert_ok(&Sim::new(cfg).run());
+    }
+}
+
+#[test]
+fn peer_crashes_at_random_times_do_not_stop_the_rest() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.peers = 8;
+        cfg.seeders = 2;
+        cfg.crashes = 3;
+        let r = Sim::new(cfg).run();
+        assert_ok(&r);
+        assert_eq!(r.downloaders, 3, "seed {seed}");
+    }
+}
+
+#[test]
+fn corrupt_peer_is_banned_and_the_download_is_still_correct() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.seeders = 2;
+        cfg.corrupt_seeders = 1;
+        cfg.peers = 4;
+        let mut sim = Sim::new(cfg);
+        let r = sim.run();
+        assert_ok(&r);
+        assert_eq!(r.bad_chunks_written, 0);
+        let rejected = sim
+            .events
+            .iter()
+            .any(|(_, _, e)| matches!(e, PeerEvent::ChunkRejected { .. }));
+        let banned = sim
+            .events
+            .iter()
+            .any(|(_, _, e)| matches!(e, PeerEvent::PeerBanned { .. }));
+        assert!(
+            rejected && banned,
+            "seed {seed}: rejected {rejected}, banned {banned}"
+        );
+    }
+}
+
+#[test]
+fn rarest_chunks_are_requested_before_common_ones() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.peers = 3;
+        cfg.sniff = true;
+        // Peer 2 holds the first half, so the second half is rare (only the seeder has it).
+        let half = (cfg.file_bytes / u64::from(cfg.chunk_bytes) / 2) as u32;
+        let mut sim = Sim::with_setup(cfg, |sim| sim.give_partial(2, |c| c < half));
+        sim.run();
+        // Once the downloader knows both holders (a little after it connected to the second),
+        // what it asks the seeder for first is from the rare half.
+        let knows_both = events_of(&sim, 3)
+            .filter(|(_, e)| matches!(e, PeerEvent::PeerConnected { .. }))
+            .map(|(t, _)| t)
+            .nth(1)
+            .expect("the downloader connected to both holders")
+            + Duration::from_millis(20);
+        let first: Vec<u32> = sim
+            .requests
+            .iter()
+            .filter(|q| q.from == 3 && q.to == 1 && q.at > knows_both)
+            .take(8)
+            .map(|q| q.block.chunk)
+            .collect();
+        assert!(
+            !first.is_empty(),
+            "seed {seed}: nothing asked of the seeder"
+        );
+        assert!(
+            first.iter().all(|&c| c >= half),
+            "seed {seed}: first asks of the seeder {first:?}, rare ones are >= {half}"
+        );
+    }
+}
