@@ -80,8 +80,9 @@ pub struct SimConfig {
     pub time_limit: Duration,
     /// Record every block request seen on the wire (for tests).
     pub sniff: bool,
-    /// Changes applied to every peer's configuration (tuning experiments, hostile setups).
-    pub tune: fn(&mut PeerConfig),
+    /// Changes applied to each peer's configuration, given the peer's node index (tuning
+    /// experiments, a slow or limited peer).
+    pub tune: fn(usize, &mut PeerConfig),
 }
 
 impl Default for SimConfig {
@@ -102,7 +103,7 @@ impl Default for SimConfig {
             seed: 1,
             time_limit: Duration::from_secs(600),
             sniff: false,
-            tune: |_| {},
+            tune: |_, _| {},
         }
     }
 }
@@ -200,9 +201,18 @@ enum Core {
 #[derive(Default, Clone)]
 struct Store {
     hashes: Vec<u8>,
-    data: Vec<u8>,
+    data: Vec<Stored>,
     verified: Vec<bool>,
     manifest: Option<(FileId, ManifestHeader)>,
+}
+
+/// One stored chunk. A chunk whose bytes were checked equal to the original is not kept twice,
+/// so a hundred simulated peers of a large file fit in memory.
+#[derive(Clone)]
+enum Stored {
+    Missing,
+    Original,
+    Written(Vec<u8>),
 }
 
 struct Node {
@@ -411,14 +421,14 @@ impl Sim {
         id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         let mut config = PeerConfig::new(NodeId(id), PEER_PORT, Some(self.nodes[TRACKER].addr));
         config.rng_seed = self.rng.next_u64();
-        (self.cfg.tune)(&mut config);
+        (self.cfg.tune)(i, &mut config);
         let mut peer = Box::new(SimPeer::new(config, now));
         let n = &mut self.nodes[i];
         let count = self.header.chunk_count() as usize;
         if n.seeder {
             n.store = Store {
                 hashes: self.hashes.clone(),
-                data: self.original.clone(),
+                data: vec![Stored::Original; count],
                 verified: vec![true; count],
                 manifest: Some((self.file, self.header.clone())),
             };
@@ -444,7 +454,15 @@ impl Sim {
         n.seeder = false;
         n.store = Store {
             hashes: self.hashes.clone(),
-            data: self.original.clone(),
+            data: (0..count)
+                .map(|c| {
+                    if have(c) {
+                        Stored::Original
+                    } else {
+                        Stored::Missing
+                    }
+                })
+                .collect(),
             verified: (0..count).map(&have).collect(),
             manifest: Some((self.file, self.header.clone())),
         };
@@ -519,9 +537,12 @@ impl Sim {
             if let Some(t) = n.completed_at {
                 completed += 1;
                 last = last.max(t);
-                if n.store.data != self.original {
-                    corrupt_files += 1;
-                }
+                let differs = n.store.data.iter().enumerate().any(|(c, s)| match s {
+                    Stored::Original => false,
+                    Stored::Missing => true,
+                    Stored::Written(b) => b[..] != self.original[self.chunk_range(c as u32)],
+                });
+                corrupt_files += usize::from(differs);
             }
         }
         let sim_secs = if completed == downloaders {
@@ -582,6 +603,15 @@ impl Sim {
     /// Bytes each node's uplink sent, by node index.
     pub fn uploaded(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.uploaded).collect()
+    }
+
+    /// Peer `i` leaves the swarm (the user's "leave"); its core is kept until it goes idle.
+    pub fn leave(&mut self, i: usize) {
+        let now = self.now;
+        if let Core::Peer(p) = &mut self.nodes[i].core {
+            p.leave(now);
+        }
+        self.drain(i);
     }
 
     /// The current simulated time.
@@ -958,7 +988,7 @@ impl Sim {
                             key,
                             offset,
                             &data,
-                            self.header.size as usize,
+                            &self.header,
                         );
                     }
                 }
@@ -1100,16 +1130,23 @@ impl Sim {
         match ev {
             PeerEvent::ManifestReceived { header, .. } => {
                 n.store.manifest = Some((self.file, header.clone()));
-                n.store.data.resize(header.size as usize, 0);
+                n.store.data = vec![Stored::Missing; header.chunk_count() as usize];
                 n.store.verified = vec![false; header.chunk_count() as usize];
             }
             PeerEvent::ChunkVerified { chunk, .. } => {
+                let range = self.chunk_range(*chunk);
+                let n = &mut self.nodes[i];
                 let c = *chunk as usize;
-                let start = c * self.header.chunk_size as usize;
-                let end = (start + self.header.chunk_len(*chunk) as usize).min(n.store.data.len());
-                let stored = ChunkHash::of(&n.store.data[start.min(end)..end]);
+                let stored = match n.store.data.get(c) {
+                    Some(Stored::Written(b)) => ChunkHash::of(b),
+                    Some(Stored::Original) => ChunkHash::of(&self.original[range]),
+                    _ => ChunkHash::of(&[]),
+                };
                 if stored.0[..] != self.hashes[c * 32..c * 32 + 32] {
                     self.bad_chunks += 1;
+                } else if let Some(s) = n.store.data.get_mut(c) {
+                    // Checked equal: keep no second copy.
+                    *s = Stored::Original;
                 }
                 if let Some(v) = n.store.verified.get_mut(c) {
                     *v = true;
@@ -1150,31 +1187,63 @@ impl Sim {
         let src = match (i, key.region) {
             (TRACKER, _) => self.tracker_store.get(&key.slot).unwrap_or(&empty),
             (_, Region::Hashes) => &n.store.hashes,
-            (_, Region::Data) => &n.store.data,
+            (_, Region::Data) => {
+                // Reads for serving stay inside one chunk.
+                let c = (offset / u64::from(self.header.chunk_size)) as u32;
+                let base = self.header.chunk_offset(c);
+                let range = self.chunk_range(c);
+                let bytes: &[u8] = match n.store.data.get(c as usize) {
+                    Some(Stored::Original) => &self.original[range],
+                    Some(Stored::Written(b)) => b,
+                    _ => &[],
+                };
+                let start = ((offset - base) as usize).min(bytes.len());
+                let end = ((offset - base + len) as usize).min(bytes.len());
+                let mut out = bytes[start..end].to_vec();
+                if n.corrupt {
+                    for b in out.iter_mut().step_by(997) {
+                        *b ^= 0x5a;
+                    }
+                }
+                return out;
+            }
         };
         let start = (offset as usize).min(src.len());
         let end = (offset + len).min(src.len() as u64) as usize;
-        let mut out = src[start..end].to_vec();
-        if n.corrupt && key.region == Region::Data {
-            for b in out.iter_mut().step_by(997) {
-                *b ^= 0x5a;
-            }
-        }
-        out
+        src[start..end].to_vec()
+    }
+
+    /// Byte range of chunk `c` in the file.
+    fn chunk_range(&self, c: u32) -> std::ops::Range<usize> {
+        let start = self.header.chunk_offset(c) as usize;
+        start..start + self.header.chunk_len(c) as usize
     }
 }
 
-fn write_store(store: &mut Store, key: StorageKey, offset: u64, data: &[u8], file_len: usize) {
-    let dst = match key.region {
-        Region::Hashes => &mut store.hashes,
+fn write_store(
+    store: &mut Store,
+    key: StorageKey,
+    offset: u64,
+    data: &[u8],
+    header: &ManifestHeader,
+) {
+    match key.region {
+        Region::Hashes => put(&mut store.hashes, offset, data),
         Region::Data => {
-            if store.data.len() < file_len {
-                store.data.resize(file_len, 0);
+            // The core writes block payload, which never crosses a chunk boundary.
+            let c = (offset / u64::from(header.chunk_size)) as u32;
+            let within = offset - header.chunk_offset(c);
+            let Some(slot) = store.data.get_mut(c as usize) else {
+                return;
+            };
+            if !matches!(slot, Stored::Written(_)) {
+                *slot = Stored::Written(vec![0; header.chunk_len(c) as usize]);
             }
-            &mut store.data
+            if let Stored::Written(buf) = slot {
+                put(buf, within, data);
+            }
         }
-    };
-    put(dst, offset, data);
+    }
 }
 
 fn put(dst: &mut Vec<u8>, offset: u64, data: &[u8]) {

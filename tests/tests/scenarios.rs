@@ -1,8 +1,10 @@
 //! The seed documents' scenarios, each run in the simulator over many seeds. Every assertion
 //! names its seed, so a failure can be replayed with `sim --seed N` or by narrowing `SEEDS`.
 
+use proto_core::peer::FetchFailure;
 use proto_core::peer::PeerEvent;
 use proto_core::time::{Duration, Instant};
+use proto_core::tracker::{LeaveReason, TrackerEvent};
 use tests::sim::{Fault, Report, Sim, SimConfig, TRACKER};
 
 const SEEDS: std::ops::Range<u64> = 1..11;
@@ -265,6 +267,122 @@ fn rarest_chunks_are_requested_before_common_ones() {
         assert!(
             first.iter().all(|&c| c >= half),
             "seed {seed}: first asks of the seeder {first:?}, rare ones are >= {half}"
+        );
+    }
+}
+
+#[test]
+fn upload_rate_limit_is_respected() {
+    for seed in 1..4 {
+        let mut cfg = small(seed);
+        cfg.peers = 2;
+        // The seeder may send 500 kB/s (bursts of 125 kB): 3 MiB take at least 6 s.
+        cfg.tune = |i, c| {
+            if i == 1 {
+                c.upload_rate = Some(500_000);
+            }
+        };
+        let r = Sim::new(cfg).run();
+        assert_ok(&r);
+        let floor = (3.0 * 1048576.0 - 125_000.0) / 500_000.0;
+        assert!(
+            r.sim_secs >= floor,
+            "seed {seed}: {} s, limit allows no less than {floor} s",
+            r.sim_secs
+        );
+        assert!(
+            r.sim_secs < floor * 1.3,
+            "seed {seed}: {} s, the limit should still be used",
+            r.sim_secs
+        );
+    }
+}
+
+#[test]
+fn upload_slots_bound_concurrent_uploads_and_everyone_still_finishes() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.peers = 6;
+        cfg.tune = |_, c| c.upload_slots = 1;
+        assert_ok(&Sim::new(cfg).run());
+    }
+}
+
+#[test]
+fn a_stalled_source_loses_its_requests_to_others() {
+    for seed in SEEDS {
+        let mut cfg = small(seed);
+        cfg.peers = 3;
+        cfg.seeders = 2;
+        // Seeder 1 takes requests and then sends nothing for ages (1 byte/s).
+        cfg.tune = |i, c| {
+            if i == 1 {
+                c.upload_rate = Some(1);
+            }
+        };
+        let r = Sim::new(cfg).run();
+        assert_ok(&r);
+        // From seeder 2 alone it takes under a second; the stall costs one stall timeout.
+        assert!(r.sim_secs < 15.0, "seed {seed}: {} s", r.sim_secs);
+    }
+}
+
+#[test]
+fn fetch_gives_up_at_the_deadline_when_no_holder_returns() {
+    for seed in 1..4 {
+        let mut cfg = small(seed);
+        cfg.peers = 2;
+        cfg.tune = |_, c| c.fetch_deadline = Some(Duration::from_secs(10));
+        let mut sim = Sim::new(cfg);
+        sim.at(Instant::from_millis(500), Fault::Crash(1));
+        sim.run_until(Instant::from_secs(30));
+        let failed = events_of(&sim, 2).find_map(|(t, e)| match e {
+            PeerEvent::FetchFailed {
+                reason: FetchFailure::Unavailable { missing },
+                ..
+            } => Some((t, *missing)),
+            _ => None,
+        });
+        let (at, missing) = failed.unwrap_or_else(|| panic!("seed {seed}: no FetchFailed"));
+        assert!(
+            missing > 0 && at >= Instant::from_secs(10),
+            "seed {seed}: at {at} missing {missing}"
+        );
+        assert!(
+            sim.completed_at(2).is_none(),
+            "seed {seed}: reported complete"
+        );
+    }
+}
+
+#[test]
+fn leave_tells_the_tracker_and_closes_every_connection() {
+    for seed in 1..4 {
+        let mut cfg = small(seed);
+        cfg.peers = 4;
+        let mut sim = Sim::new(cfg);
+        sim.run_until(Instant::from_millis(300));
+        sim.leave(2);
+        sim.run_until(Instant::from_secs(2));
+        assert!(
+            sim.peer(2).is_some_and(|p| p.is_idle()),
+            "seed {seed}: connections left open"
+        );
+        let told = sim.tracker_events.iter().any(|(_, e)| {
+            matches!(
+                e,
+                TrackerEvent::PeerLeft {
+                    reason: LeaveReason::Left,
+                    ..
+                }
+            )
+        });
+        assert!(told, "seed {seed}: the tracker did not hear Leave");
+        // The others carry on without it.
+        sim.run_until(Instant::from_secs(60));
+        assert!(
+            sim.completed_at(3).is_some() && sim.completed_at(4).is_some(),
+            "seed {seed}"
         );
     }
 }

@@ -44,8 +44,14 @@
 //!
 //! | configuration | C | F | W | A | bytes |
 //! |---|---|---|---|---|---|
-//! | [`SmallPeer`] | 4 | 1 | 32 (1024 chunks) | 8 | 11,488 |
-//! | [`HostPeer`] | 64 | 16 | 256 (8192 chunks) | 128 | 335,680 |
+//! | [`SmallPeer`] | 4 | 1 | 32 (1024 chunks) | 8 | 36,552 |
+//! | [`HostPeer`] | 64 | 16 | 256 (8192 chunks) | 128 | 475,248 |
+//!
+//! Per connection: a 512-byte frame buffer, the remote's chunk bitmap (`4 * W` bytes), and
+//! bounded queues of requests (32), blocks to serve (16) and control frames (16). Per chunk in
+//! flight: a SHA-256 state and who supplied it. No chunk payload and no chunk hash is ever held:
+//! payload streams from the receive buffer to storage, and hashes are read from storage one
+//! at a time as chunks start.
 //!
 //! A test checks both figures (x86_64; a 32-bit target is a little smaller).
 

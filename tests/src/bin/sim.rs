@@ -91,7 +91,7 @@ fn main() -> ExitCode {
         seed: a.seed,
         time_limit: Duration::from_secs(a.time_limit_s),
         sniff: a.trace,
-        tune: |c| {
+        tune: |_, c| {
             let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
             if let Some(v) = env("SIM_SLOTS") {
                 c.upload_slots = v as usize;

@@ -1,0 +1,315 @@
+//! Peer rules checked directly through the sans-IO API, with the test playing the tracker and
+//! the remote peers byte by byte. Whole-swarm behaviour is in tests/ (the simulator).
+
+use std::net::SocketAddr;
+
+use proto_core::conn::ConnId;
+use proto_core::io::FRAME_BUF_LEN;
+use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::peer::{FetchFailure, Peer, PeerAction, PeerConfig, PeerEvent};
+use proto_core::storage::{Region, StorageKey};
+use proto_core::time::Instant;
+use proto_core::wire::{
+    encode_frame, BlockRef, FileId, FrameDecoder, Hello, Item, Message, NodeId, RejectReason,
+    PROTOCOL_VERSION,
+};
+
+type P = Peer<6, 2, 8, 8>;
+
+const TRACKER: &str = "10.0.0.1:7070";
+
+struct Harness {
+    p: P,
+    now: Instant,
+    decoders: std::collections::HashMap<ConnId, FrameDecoder>,
+    got: std::collections::HashMap<ConnId, Vec<Message>>,
+    actions: Vec<PeerAction>,
+    events: Vec<PeerEvent>,
+    tracker: ConnId,
+}
+
+fn hello(n: u8, port: u16) -> Message {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        node: NodeId([n; 16]),
+        listen_port: port,
+    })
+}
+
+fn frame(m: &Message) -> Vec<u8> {
+    let mut buf = [0u8; FRAME_BUF_LEN];
+    let n = encode_frame(m, &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+impl Harness {
+    /// A peer registered with a (pretend) tracker.
+    fn new(config: impl FnOnce(&mut PeerConfig)) -> Self {
+        let mut c = PeerConfig::new(NodeId([1; 16]), 7000, Some(TRACKER.parse().unwrap()));
+        config(&mut c);
+        let mut p = P::new(c, Instant::ZERO);
+        let tracker_addr: SocketAddr = TRACKER.parse().unwrap();
+        let tracker = std::iter::from_fn(|| p.poll_action())
+            .find_map(|a| match a {
+                PeerAction::Connect { conn, addr } if addr == tracker_addr => Some(conn),
+                _ => None,
+            })
+            .expect("connects to the tracker at once");
+        let mut h = Harness {
+            p,
+            now: Instant::ZERO,
+            decoders: Default::default(),
+            got: Default::default(),
+            actions: Vec::new(),
+            events: Vec::new(),
+            tracker,
+        };
+        h.p.handle_connected(h.now, tracker);
+        h.drain();
+        h.feed(tracker, &hello(0xee, 0));
+        h.feed(
+            tracker,
+            &Message::Registered {
+                addr: "10.0.0.2:7000".parse().unwrap(),
+            },
+        );
+        h
+    }
+
+    fn feed_bytes(&mut self, c: ConnId, bytes: &[u8]) -> Vec<(StorageKey, u64, Vec<u8>)> {
+        let mut writes = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let r = self.p.handle_recv(self.now, c, rest);
+            if let Some(w) = r.write {
+                writes.push((w.key, w.offset, w.data.to_vec()));
+            }
+            rest = &rest[r.consumed..];
+            self.drain();
+            if r.consumed == 0 {
+                break;
+            }
+        }
+        writes
+    }
+
+    fn feed(&mut self, c: ConnId, m: &Message) -> Vec<(StorageKey, u64, Vec<u8>)> {
+        self.feed_bytes(c, &frame(m))
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; FRAME_BUF_LEN];
+        while let Some(t) = self.p.poll_transmit(&mut buf) {
+            let d = self
+                .decoders
+                .entry(t.conn)
+                .or_insert_with(|| FrameDecoder::new(u64::MAX));
+            let mut rest = &buf[..t.len];
+            while !rest.is_empty() {
+                let (n, item) = d.decode(rest).unwrap();
+                rest = &rest[n..];
+                if let Some(Item::Message(m)) = item {
+                    self.got.entry(t.conn).or_default().push(m);
+                }
+            }
+            // Bodies from storage are not needed by these tests; skip them in the decoder.
+            if let Some(s) = t.then {
+                let zeros = vec![0u8; s.len as usize];
+                let mut rest = &zeros[..];
+                while !rest.is_empty() {
+                    let (n, _) = d.decode(rest).unwrap();
+                    rest = &rest[n..];
+                }
+            }
+        }
+        while let Some(a) = self.p.poll_action() {
+            self.actions.push(a);
+        }
+        while let Some(e) = self.p.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    fn take(&mut self, c: ConnId) -> Vec<Message> {
+        self.got.remove(&c).unwrap_or_default()
+    }
+}
+
+fn manifest(len: usize) -> (ManifestHeader, FileId, Vec<u8>) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+    let header = ManifestHeader::new("f.bin", len as u64, 1024).unwrap();
+    let mut b = ManifestBuilder::new(header);
+    let mut hashes = Vec::new();
+    b.update(&data, |_, h| hashes.extend_from_slice(&h.0))
+        .unwrap();
+    let (header, id) = b.finish().unwrap();
+    (header, id, hashes)
+}
+
+#[test]
+fn a_manifest_that_does_not_hash_to_its_id_is_discarded_and_asked_for_again() {
+    let mut h = Harness::new(|_| {});
+    let (header, id, mut hashes) = manifest(4096);
+    let slot = h.p.fetch(h.now, id).unwrap();
+    h.drain();
+    assert!(h
+        .take(h.tracker)
+        .contains(&Message::GetManifest { file: id }));
+    hashes[5] ^= 1;
+    let mut bytes = frame(&Message::Manifest {
+        file: id,
+        header: header.clone(),
+    });
+    bytes.extend_from_slice(&hashes);
+    let t = h.tracker;
+    let writes = h.feed_bytes(t, &bytes);
+    // The hashes streamed to storage as they came...
+    assert_eq!(
+        writes.iter().map(|w| w.2.len()).sum::<usize>(),
+        hashes.len()
+    );
+    // ...and are thrown away once they do not match the id.
+    assert!(h.events.contains(&PeerEvent::ManifestRejected { slot }));
+    assert!(h.actions.contains(&PeerAction::Discard(StorageKey {
+        slot,
+        region: Region::Hashes
+    })));
+    assert!(!h
+        .events
+        .iter()
+        .any(|e| matches!(e, PeerEvent::ManifestReceived { .. })));
+    // Asked again on a later tick.
+    h.now = Instant::from_secs(1);
+    h.p.handle_timeout(h.now);
+    h.drain();
+    assert!(h.take(t).contains(&Message::GetManifest { file: id }));
+}
+
+#[test]
+fn requests_are_checked_before_anything_is_served() {
+    let mut h = Harness::new(|c| c.upload_slots = 1);
+    let (header, id, _) = manifest(4096);
+    let slot = h.p.share(h.now, id, header).unwrap();
+    h.drain();
+    let a =
+        h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
+            .unwrap();
+    h.feed(a, &hello(9, 7009));
+    h.feed(
+        a,
+        &Message::Bitfield {
+            file: id,
+            chunks: 4,
+        },
+    );
+    h.feed_bytes(a, &[0]);
+    h.take(a);
+    let block = |chunk, offset, len| BlockRef {
+        file: id,
+        chunk,
+        offset,
+        len,
+    };
+    h.feed(a, &Message::Request(block(9, 0, 10)));
+    h.feed(a, &Message::Request(block(0, 1000, 100)));
+    h.feed(a, &Message::Request(block(0, 0, 0)));
+    let got = h.take(a);
+    assert_eq!(
+        got,
+        vec![
+            Message::Reject {
+                block: block(9, 0, 10),
+                reason: RejectReason::OutOfRange
+            },
+            Message::Reject {
+                block: block(0, 1000, 100),
+                reason: RejectReason::OutOfRange
+            },
+            Message::Reject {
+                block: block(0, 0, 0),
+                reason: RejectReason::OutOfRange
+            },
+        ]
+    );
+    // A good request is served: the Block header, then the payload from storage.
+    h.feed(a, &Message::Request(block(1, 0, 512)));
+    assert_eq!(h.take(a), vec![Message::Block(block(1, 0, 512))]);
+    // One upload slot: a second requester is told it is busy while the first holds it.
+    h.feed(a, &Message::Request(block(2, 0, 512)));
+    let b =
+        h.p.handle_accept(h.now, "10.0.0.8:50000".parse().unwrap())
+            .unwrap();
+    h.feed(b, &hello(8, 7008));
+    h.feed(
+        b,
+        &Message::Bitfield {
+            file: id,
+            chunks: 4,
+        },
+    );
+    h.feed_bytes(b, &[0]);
+    h.take(b);
+    h.feed(b, &Message::Request(block(3, 0, 512)));
+    assert_eq!(
+        h.take(b),
+        vec![Message::Reject {
+            block: block(3, 0, 512),
+            reason: RejectReason::Busy
+        }]
+    );
+    let _ = slot;
+}
+
+#[test]
+fn a_peer_asking_for_a_file_we_do_not_have_is_told_and_closed() {
+    let mut h = Harness::new(|_| {});
+    let a =
+        h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
+            .unwrap();
+    h.feed(a, &hello(9, 7009));
+    let other = FileId([7; 32]);
+    h.feed(
+        a,
+        &Message::Bitfield {
+            file: other,
+            chunks: 0,
+        },
+    );
+    assert!(h.take(a).contains(&Message::NotFound { file: other }));
+    assert!(h.actions.contains(&PeerAction::Close(a)));
+}
+
+#[test]
+fn a_storage_failure_ends_the_fetch_with_the_reason() {
+    let mut h = Harness::new(|_| {});
+    let (_, id, _) = manifest(4096);
+    let slot = h.p.fetch(h.now, id).unwrap();
+    h.drain();
+    h.p.handle_storage_failed(
+        h.now,
+        StorageKey {
+            slot,
+            region: Region::Data,
+        },
+    );
+    h.drain();
+    assert!(h.events.contains(&PeerEvent::FetchFailed {
+        slot,
+        reason: FetchFailure::Storage
+    }));
+    assert!(h.p.file_info(slot).is_none());
+}
+
+#[test]
+fn bytes_before_hello_are_misbehaviour() {
+    let mut h = Harness::new(|_| {});
+    let a =
+        h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
+            .unwrap();
+    h.feed(a, &Message::Ping(1));
+    assert!(h.actions.contains(&PeerAction::Close(a)));
+    assert!(h
+        .events
+        .iter()
+        .any(|e| matches!(e, PeerEvent::Misbehaved { .. })));
+}

@@ -1,0 +1,30 @@
+//! The swarm efficiency target: 20 peers, 1 seeder, equal symmetric bandwidth, no loss,
+//! efficiency (fluid lower bound / simulated time) at least 0.8.
+//!
+//! Too slow for a debug `cargo test`; CI runs it in release:
+//! `cargo test --release -p tests --test efficiency -- --ignored`.
+
+use proto_core::time::Duration;
+use tests::sim::{Sim, SimConfig};
+
+#[test]
+#[ignore = "seconds in release, minutes in debug: run with --release -- --ignored"]
+fn twenty_peers_one_seeder_reach_80_percent_of_the_fluid_bound() {
+    for seed in 1..=3 {
+        let cfg = SimConfig {
+            peers: 20,
+            seeders: 1,
+            file_bytes: 128 << 20,
+            chunk_bytes: 128 * 1024,
+            latency: Duration::from_millis(10),
+            up: 12_500_000,
+            down: 12_500_000,
+            seed,
+            ..SimConfig::default()
+        };
+        let r = Sim::new(cfg).run();
+        println!("{}", r.line());
+        assert!(r.ok(), "seed {seed}: {}", r.line());
+        assert!(r.efficiency >= 0.8, "seed {seed}: {}", r.line());
+    }
+}
