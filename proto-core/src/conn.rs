@@ -129,9 +129,29 @@ impl<T, const N: usize> Slots<T, N> {
     }
 }
 
+/// Visits table indices `0..len` starting at `*cursor` and wrapping; the first visit that
+/// yields a value moves the cursor just past it, so the next round starts with the following
+/// index and no connection can starve the others.
+pub(crate) fn round_robin<T>(
+    cursor: &mut usize,
+    len: usize,
+    mut visit: impl FnMut(usize) -> Option<T>,
+) -> Option<T> {
+    for step in 0..len {
+        let index = (*cursor + step) % len;
+        if let Some(t) = visit(index) {
+            *cursor = (index + 1) % len;
+            return Some(t);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    extern crate std;
+    use std::vec::Vec;
 
     #[test]
     fn stale_ids_never_reach_a_reused_slot() {
@@ -147,5 +167,17 @@ mod tests {
         assert_eq!(s.remove(a), None);
         assert_eq!(s.iter().count(), 2);
         assert_eq!(s.id_at(1), Some(b));
+    }
+
+    #[test]
+    fn round_robin_resumes_after_the_last_hit() {
+        let mut cursor = 0;
+        let hits = [false, true, false, true];
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(round_robin(&mut cursor, 4, |i| hits[i].then_some(i)));
+        }
+        assert_eq!(seen, [Some(1), Some(3), Some(1)]);
+        assert_eq!(round_robin(&mut cursor, 4, |_| None::<()>), None);
     }
 }

@@ -58,7 +58,7 @@ use core::net::SocketAddr;
 use heapless::Deque;
 
 use crate::bitmap::ChunkBitmap;
-use crate::conn::{ConnId, Slots, TableFull};
+use crate::conn::{round_robin, ConnId, Slots, TableFull};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{FileIdHasher, ManifestHeader, Name, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
@@ -565,18 +565,13 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// Encodes the next frame to send into `buf`.
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        for step in 0..C {
-            let index = (self.rr + step) % C;
-            let Some(id) = self.conns.id_at(index) else {
-                continue;
-            };
-            if let Some(t) = self.next_frame(id, buf) {
-                // Resume after this connection next time, so one busy peer cannot starve others.
-                self.rr = (index + 1) % C;
-                return Some(t);
-            }
-        }
-        None
+        let mut rr = self.rr;
+        let t = round_robin(&mut rr, C, |index| {
+            let id = self.conns.id_at(index)?;
+            self.next_frame(id, buf)
+        });
+        self.rr = rr;
+        t
     }
 
     /// The next action, after `poll_transmit` is drained.

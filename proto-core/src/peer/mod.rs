@@ -67,7 +67,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use sha2::{Digest, Sha256};
 
 use crate::bitmap::ChunkBitmap;
-use crate::conn::{ConnId, Slots, TableFull};
+use crate::conn::{round_robin, ConnId, Slots, TableFull};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{ChunkHash, FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageWrite};
@@ -1219,17 +1219,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// Encodes the next frame to send into `buf`.
     #[must_use]
     pub fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        for step in 0..C {
-            let index = (self.rr + step) % C;
-            let Some(id) = self.conns.id_at(index) else {
-                continue;
-            };
-            if let Some(t) = self.next_frame(id, buf) {
-                self.rr = (index + 1) % C;
-                return Some(t);
-            }
-        }
-        None
+        let mut rr = self.rr;
+        let t = round_robin(&mut rr, C, |index| {
+            let id = self.conns.id_at(index)?;
+            self.next_frame(id, buf)
+        });
+        self.rr = rr;
+        t
     }
 
     /// The next action, after `poll_transmit` is drained.
@@ -1339,6 +1335,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         Ok(slot)
     }
 
+    /// Chunks of `slot`'s file; 0 while its manifest is unknown.
+    fn chunk_count(&self, slot: u16) -> u32 {
+        self.file(slot)
+            .and_then(File::header)
+            .map_or(0, ManifestHeader::chunk_count)
+    }
+
     fn file(&self, slot: u16) -> Option<&File<W>> {
         self.files.get(slot as usize)?.as_ref()
     }
@@ -1352,6 +1355,15 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             .iter()
             .position(|f| f.as_ref().is_some_and(|f| f.id == *id))
             .map(|i| i as u16)
+    }
+
+    /// The connections about `slot`, collected so the caller may change the table.
+    fn conns_for(&self, slot: u16) -> Vec<ConnId, C> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.file == Some(slot))
+            .map(|(id, _)| id)
+            .collect()
     }
 
     fn file_conns(&self, slot: u16) -> usize {
@@ -1407,13 +1419,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     fn drop_file(&mut self, slot: u16) {
-        let ids: Vec<ConnId, C> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.file == Some(slot))
-            .map(|(id, _)| id)
-            .collect();
-        for id in ids {
+        for id in self.conns_for(slot) {
             self.close_now(id);
         }
         for a in self.active.iter_mut() {
@@ -2060,10 +2066,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     self.misbehaved(id, Offence::Unexpected);
                     return;
                 };
-                let count = self
-                    .file(slot)
-                    .and_then(|f| f.header())
-                    .map_or(0, |h| h.chunk_count());
+                let count = self.chunk_count(slot);
                 if ranges.iter().any(|r| r.start >= r.end || r.end > count) {
                     self.misbehaved(id, Offence::BadRange);
                     return;
@@ -2131,10 +2134,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 return;
             }
         };
-        let count = self
-            .file(slot)
-            .and_then(|f| f.header())
-            .map_or(0, |h| h.chunk_count());
+        let count = self.chunk_count(slot);
         if chunks != count || c.bitfield_in {
             self.misbehaved(id, Offence::BadRange);
             return;

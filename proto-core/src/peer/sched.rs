@@ -467,13 +467,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Drops every request for `chunk` of `slot`; those already sent are cancelled.
     fn cancel_requests(&mut self, slot: u16, chunk: u32) {
-        let ids: Vec<ConnId, C> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.file == Some(slot))
-            .map(|(id, _)| id)
-            .collect();
-        for id in ids {
+        for id in self.conns_for(slot) {
             self.drop_requests(id, |b| b.chunk == chunk);
         }
     }
