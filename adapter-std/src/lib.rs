@@ -1,7 +1,8 @@
-//! shoal on a Linux host.
-//!
-//! This crate will hold the mio event loop that drives a [`proto_core`] tracker or peer, the
-//! crash-safe file storage, and the `shoal` command. Until those land it only re-exports the
-//! core, so the workspace builds with its final shape.
+//! shoal on a Linux host: the mio driver ([`driver`]), file storage ([`store`]) and the
+//! commands of the `shoal` binary ([`cli`]).
+
+pub mod cli;
+pub mod driver;
+pub mod store;
 
 pub use proto_core;

@@ -108,8 +108,11 @@ pub struct PeerConfig {
     pub node: NodeId,
     /// The port this peer accepts connections on (0: it accepts none).
     pub listen_port: u16,
-    /// The tracker to register with; `None` for a peer that only talks to peers it is given.
+    /// The tracker to connect to; `None` for a peer that only talks to peers it is given.
     pub tracker: Option<SocketAddr>,
+    /// Register with the tracker (join the active peer list). A peer that only queries the
+    /// tracker (list, locate) sets this to false. Default true.
+    pub register: bool,
     /// Seed for the random choices (tie-breaks, jitter); a simulation is reproducible by it.
     pub rng_seed: u64,
     /// Bytes asked for in one block request. Default 64 KiB.
@@ -150,6 +153,7 @@ impl PeerConfig {
             node,
             listen_port,
             tracker,
+            register: true,
             rng_seed: u64::from_le_bytes([
                 node.0[0], node.0[1], node.0[2], node.0[3], node.0[4], node.0[5], node.0[6],
                 node.0[7],
@@ -286,6 +290,9 @@ pub enum PeerEvent {
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
         addr: SocketAddr,
     },
+    /// The tracker answered our hello: queries ([`Peer::list_files`], [`Peer::locate`]) can
+    /// be sent now.
+    TrackerReady,
     /// The tracker connection ended (or could not be made); retrying with backoff.
     TrackerLost,
     /// The tracker refused to register us; retrying with backoff.
@@ -1044,7 +1051,8 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let file = c.file;
         self.ctl(conn, Ctl::Hello);
         match role {
-            Role::Tracker => self.ctl(conn, Ctl::Register),
+            Role::Tracker if self.config.register => self.ctl(conn, Ctl::Register),
+            Role::Tracker => {}
             Role::Peer { .. } => {
                 if let Some(slot) = file {
                     self.ctl(conn, Ctl::Bitfield(slot));
@@ -1879,8 +1887,10 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             }
             c.hello = Some(h);
             c.phase = Phase::Open;
-            if role == (Role::Peer { outgoing: false }) {
-                self.ctl(id, Ctl::Hello);
+            match role {
+                Role::Peer { outgoing: false } => self.ctl(id, Ctl::Hello),
+                Role::Tracker => self.event(PeerEvent::TrackerReady),
+                Role::Peer { outgoing: true } => {}
             }
             return;
         }

@@ -1,0 +1,659 @@
+//! The `shoal` commands, as functions the binary and the demo share.
+
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::{Duration as StdDuration, Instant as StdInstant};
+
+use anyhow::{anyhow, bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use mio::net::TcpListener;
+use proto_core::link::Link;
+use proto_core::manifest::{ManifestHeader, Name};
+use proto_core::peer::{HostPeer, PeerConfig, PeerEvent};
+use proto_core::time::Instant;
+use proto_core::tracker::{HostTracker, TrackerConfig, TrackerEvent};
+use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry};
+
+use crate::driver::{Driver, MemoryHashes, Stop};
+use crate::store::{manifest_for, part_paths, read_journal, FileStore};
+
+/// The tracker address used when none is given.
+pub const DEFAULT_TRACKER: &str = "127.0.0.1:7070";
+/// How long to wait for the tracker (and for a manifest it says it does not have) before
+/// giving up: `$SHOAL_WAIT` seconds, default 10.
+pub fn wait_limit() -> StdDuration {
+    let secs = std::env::var("SHOAL_WAIT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(10.0);
+    StdDuration::from_secs_f64(secs.clamp(0.1, 86_400.0))
+}
+
+/// A fresh random node id.
+pub fn random_node() -> NodeId {
+    let mut id = [0u8; 16];
+    // Without the OS generator two peers could share an id; the tracker would refuse one.
+    let _ = getrandom::fill(&mut id);
+    NodeId(id)
+}
+
+/// Resolves `host:port`.
+pub fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("cannot resolve tracker address {addr:?} (expected host:port)"))?
+        .next()
+        .ok_or_else(|| anyhow!("tracker address {addr:?} resolves to nothing"))
+}
+
+/// Binds a listener, with a message that says what to do when the port is taken.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow!(
+            "port {} is already in use; pick another with --listen",
+            addr.port()
+        ),
+        _ => anyhow!("cannot listen on {addr}: {e}"),
+    })
+}
+
+fn peer_driver(
+    tracker: SocketAddr,
+    listener: Option<TcpListener>,
+    register: bool,
+    signals: bool,
+) -> anyhow::Result<Driver<Box<HostPeer>, FileStore>> {
+    let port = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(0, |a| a.port());
+    let mut config = PeerConfig::new(random_node(), port, Some(tracker));
+    config.register = register;
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    config.rng_seed = u64::from_le_bytes(seed);
+    let peer = Box::new(HostPeer::new(config, Instant::now()));
+    Ok(Driver::new(peer, FileStore::default(), listener, signals)?)
+}
+
+/// Runs a tracker until interrupted (or `stop` returns true), logging what happens. Calls
+/// `ready` with the bound address first.
+pub fn tracker(
+    listen: SocketAddr,
+    signals: bool,
+    ready: impl FnOnce(SocketAddr),
+    mut stop: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let listener = bind(listen)?;
+    let tracker = Box::new(HostTracker::new(
+        TrackerConfig::new(random_node()),
+        Instant::now(),
+    ));
+    let mut driver = Driver::new(tracker, MemoryHashes::default(), Some(listener), signals)?;
+    let addr = driver.local_addr().unwrap_or(listen);
+    tracing::info!("tracker listening on {addr}");
+    ready(addr);
+    driver.run(|_, e| match e {
+        Some(e) => {
+            log_tracker_event(&e);
+            ControlFlow::Continue(())
+        }
+        None if stop() => ControlFlow::Break(()),
+        None => ControlFlow::Continue(()),
+    })?;
+    tracing::info!("tracker stopped");
+    Ok(())
+}
+
+fn log_tracker_event(e: &TrackerEvent) {
+    match e {
+        TrackerEvent::PeerJoined { node, addr } => tracing::info!("peer {addr} joined ({node})"),
+        TrackerEvent::PeerLeft { addr, reason, .. } => {
+            tracing::info!("peer {addr} left ({reason:?})")
+        }
+        TrackerEvent::Refused { remote, reason } => tracing::warn!("refused {remote}: {reason:?}"),
+        TrackerEvent::Published {
+            name,
+            size,
+            by,
+            first,
+            file,
+        } => {
+            tracing::info!(
+                "{} {name} ({size} bytes, {file}) by {by}",
+                if *first { "published" } else { "new holder of" }
+            )
+        }
+        TrackerEvent::PublishRefused { file, reason } => {
+            tracing::warn!("publish of {file} refused: {reason:?}")
+        }
+        TrackerEvent::Delisted { name, file } => {
+            tracing::info!("delisted {name} ({file}): no complete holder online")
+        }
+        TrackerEvent::Misbehaved { remote, offence } => {
+            tracing::warn!("{remote} misbehaved: {offence:?}; disconnected")
+        }
+        TrackerEvent::Overloaded(t) => tracing::warn!("table full: {t:?}"),
+    }
+}
+
+fn unreachable(tracker: &str) -> anyhow::Error {
+    anyhow!(
+        "tracker {tracker} unreachable after {:.0}s; start one with `shoal tracker` or pass --tracker",
+        wait_limit().as_secs_f64()
+    )
+}
+
+/// A link to `id` named `name` on `tracker`.
+pub fn link_for(id: FileId, tracker: &str, name: &str) -> String {
+    Link {
+        file: id,
+        tracker: heapless::String::try_from(tracker).ok(),
+        name: Name::try_from(name).ok(),
+    }
+    .to_string()
+}
+
+/// Shares `files` through `tracker`, printing one link per file (to `links`) once the
+/// tracker lists it; serves until interrupted, or until `stop` returns true.
+pub fn share(
+    files: &[PathBuf],
+    tracker_text: &str,
+    listen: SocketAddr,
+    signals: bool,
+    mut links: impl FnMut(String),
+    mut stop: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let tracker = resolve(tracker_text)?;
+    let mut manifests = Vec::new();
+    for f in files {
+        manifests.push((f.clone(), manifest_for(f, None, HostPeer::MAX_FILE_CHUNKS)?));
+    }
+    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, signals)?;
+    let now = Instant::now();
+    for (path, m) in &manifests {
+        let slot = driver
+            .node
+            .share(now, m.id, m.header.clone())
+            .map_err(|e| anyhow!("cannot share {}: {e}", path.display()))?;
+        driver
+            .store
+            .add_shared(slot, path, m)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+    }
+    let started = StdInstant::now();
+    let mut waiting: Vec<FileId> = manifests.iter().map(|(_, m)| m.id).collect();
+    let mut error = None;
+    let mut registered = false;
+    driver.run(|_, e| {
+        match e {
+            Some(PeerEvent::Registered { .. }) => registered = true,
+            Some(PeerEvent::Published { file }) => {
+                if let Some(i) = waiting.iter().position(|w| *w == file) {
+                    waiting.remove(i);
+                    if let Some((_, m)) = manifests.iter().find(|(_, m)| m.id == file) {
+                        links(link_for(file, tracker_text, &m.header.name));
+                    }
+                }
+            }
+            Some(PeerEvent::PublishRefused { file, reason }) => {
+                error = Some(anyhow!("the tracker refused to list {file}: {reason:?}"));
+                return ControlFlow::Break(());
+            }
+            Some(PeerEvent::TrackerRefused(r)) => {
+                tracing::warn!("tracker refused us: {r:?}; retrying")
+            }
+            Some(PeerEvent::TrackerLost) if registered => {
+                tracing::warn!("lost the tracker; still serving peers, reconnecting")
+            }
+            Some(_) => {}
+            None => {
+                if !registered && started.elapsed() > wait_limit() {
+                    error = Some(unreachable(tracker_text));
+                    return ControlFlow::Break(());
+                }
+                if stop() {
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    leave(&mut driver);
+    Ok(())
+}
+
+/// Tells the tracker we leave and gives the goodbye a moment to go out.
+fn leave<S: crate::driver::Storage>(driver: &mut Driver<Box<HostPeer>, S>) {
+    driver.node.leave(Instant::now());
+    let deadline = StdInstant::now() + StdDuration::from_millis(500);
+    let _ = driver.run(|d, e| match e {
+        None if d.node.is_idle() || StdInstant::now() > deadline => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    });
+}
+
+/// What `get` reports as it goes.
+pub trait GetProgress {
+    /// The manifest is known: `size` bytes.
+    fn start(&mut self, name: &str, size: u64);
+    /// Progress so far.
+    fn update(&mut self, bytes: u64, rate: u64, peers: u16);
+    /// Done (or abandoned).
+    fn finish(&mut self);
+}
+
+/// An indicatif bar on stderr, shown only on a terminal.
+pub struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    /// A bar, hidden unless stderr is a terminal (or `force`).
+    pub fn new(force: bool) -> Self {
+        Bar((force || std::io::stderr().is_terminal()).then(ProgressBar::hidden))
+    }
+
+    /// A bar attached to a multi-bar (for the demo).
+    pub fn attached(bar: ProgressBar) -> Self {
+        Bar(Some(bar))
+    }
+}
+
+impl GetProgress for Bar {
+    fn start(&mut self, name: &str, size: u64) {
+        if let Some(b) = &self.0 {
+            if b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            b.set_length(size);
+            b.set_style(
+                ProgressStyle::with_template("{prefix} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b.set_prefix(name.to_owned());
+        }
+    }
+    fn update(&mut self, bytes: u64, _rate: u64, peers: u16) {
+        if let Some(b) = &self.0 {
+            b.set_position(bytes);
+            b.set_message(format!("{peers} peers"));
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish();
+        }
+    }
+}
+
+/// Options of `get`.
+pub struct GetOptions {
+    /// Where to write; `None`: the manifest's name in the current directory.
+    pub output: Option<PathBuf>,
+    /// The tracker, if given on the command line (else the link's, else the default).
+    pub tracker: Option<String>,
+    /// Exit once complete instead of seeding.
+    pub no_seed: bool,
+    /// Listen address for serving others.
+    pub listen: SocketAddr,
+    /// Catch SIGINT/SIGTERM.
+    pub signals: bool,
+}
+
+/// Downloads `link_text`; returns the final path (after seeding, unless `no_seed`).
+pub fn get(
+    link_text: &str,
+    opts: GetOptions,
+    progress: &mut dyn GetProgress,
+    mut on_done: impl FnMut(&Path),
+    mut stop: impl FnMut() -> bool,
+) -> anyhow::Result<PathBuf> {
+    let link = Link::parse(link_text).map_err(|e| anyhow!("{e}"))?;
+    let tracker_text = opts
+        .tracker
+        .clone()
+        .or_else(|| link.tracker.as_ref().map(|t| t.to_string()))
+        .unwrap_or_else(|| DEFAULT_TRACKER.to_owned());
+    let tracker = resolve(&tracker_text)?;
+    let output = opts
+        .output
+        .clone()
+        .or_else(|| link.name.as_ref().map(|n| PathBuf::from(n.as_str())));
+    if let Some(out) = &output {
+        check_output(out)?;
+    }
+    let mut driver = peer_driver(tracker, Some(bind(opts.listen)?), true, opts.signals)?;
+    let now = Instant::now();
+    let resume = output.as_ref().and_then(|o| read_journal(o, &link.file));
+    let slot = match (&resume, &output) {
+        (Some(r), Some(out)) => {
+            let slot = driver
+                .node
+                .resume(
+                    now,
+                    link.file,
+                    r.manifest.header.clone(),
+                    r.verified.iter().copied(),
+                )
+                .map_err(|e| anyhow!("cannot resume: {e}"))?;
+            driver
+                .store
+                .add_resumed(slot, out.clone(), r)
+                .with_context(|| format!("cannot reopen {}", out.display()))?;
+            tracing::info!(
+                "resuming {}: {} chunks already verified",
+                out.display(),
+                r.verified.len()
+            );
+            progress.start(&r.manifest.header.name, r.manifest.header.size);
+            slot
+        }
+        _ => {
+            let slot = driver
+                .node
+                .fetch(now, link.file)
+                .map_err(|e| anyhow!("{e}"))?;
+            if let Some(out) = &output {
+                driver.store.add_fetch(slot, out.clone());
+            }
+            slot
+        }
+    };
+    let started = StdInstant::now();
+    let mut registered = false;
+    let mut manifest: Option<ManifestHeader> = resume.as_ref().map(|r| r.manifest.header.clone());
+    let mut not_found_since: Option<StdInstant> = None;
+    let mut final_path: Option<PathBuf> = None;
+    let mut error: Option<anyhow::Error> = None;
+    let output_fixed = output.clone();
+    let result = driver.run(|d, e| {
+        let Some(e) = e else {
+            if let Err(e) = d.store.tick() {
+                error = Some(disk_error(e));
+                return ControlFlow::Break(());
+            }
+            if !registered && manifest.is_none() && started.elapsed() > wait_limit() {
+                error = Some(unreachable(&tracker_text));
+                return ControlFlow::Break(());
+            }
+            if manifest.is_none() && not_found_since.is_some_and(|t| t.elapsed() > wait_limit()) {
+                error = Some(anyhow!(
+                    "the tracker at {tracker_text} knows no file {}; check the link, or share the file first",
+                    link.file
+                ));
+                return ControlFlow::Break(());
+            }
+            return if stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) };
+        };
+            match e {
+                PeerEvent::Registered { .. } => registered = true,
+                PeerEvent::NotFound { file } if file == link.file && manifest.is_none() => {
+                    not_found_since.get_or_insert_with(StdInstant::now);
+                }
+                PeerEvent::ManifestReceived { header, .. } => {
+                    if output_fixed.is_none() {
+                        // The manifest's name, checked safe by the core, in the current directory.
+                        let out = PathBuf::from(header.name.as_str());
+                        if let Err(e) = check_output(&out) {
+                            error = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                        d.store.add_fetch(slot, out);
+                    }
+                    if let Err(e) = d.store.manifest_received(slot, link.file, &header) {
+                        error = Some(anyhow!("cannot create the download file: {e}"));
+                        return ControlFlow::Break(());
+                    }
+                    progress.start(&header.name, header.size);
+                    manifest = Some(header);
+                }
+                PeerEvent::ChunkVerified { slot: s, chunk } if s == slot => {
+                    if let Err(e) = d.store.chunk_verified(slot, chunk) {
+                        error = Some(disk_error(e));
+                        return ControlFlow::Break(());
+                    }
+                }
+                PeerEvent::Progress(p) if p.slot == slot => progress.update(p.bytes_done, p.rate, p.peers),
+                PeerEvent::ChunkRejected { chunk, from, .. } => tracing::warn!("chunk {chunk} from {from} failed its hash; fetching it again"),
+                PeerEvent::PeerBanned { addr, .. } => tracing::warn!("banned {addr}: repeated bad chunks"),
+                PeerEvent::Unavailable { missing, first, .. } => {
+                    tracing::warn!("{missing} chunks have no online holder (first: {}-{}); waiting for one", first.start, first.end - 1)
+                }
+                PeerEvent::FileComplete { slot: s } if s == slot => {
+                    let Some(h) = manifest.clone() else {
+                        return ControlFlow::Continue(());
+                    };
+                    match d.store.complete(slot, link.file, &h) {
+                        Ok(path) => {
+                            progress.finish();
+                            on_done(&path);
+                            final_path = Some(path);
+                            if opts.no_seed {
+                                return ControlFlow::Break(());
+                            }
+                        }
+                        Err(e) => {
+                            error = Some(disk_error(e));
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+                PeerEvent::FetchFailed { slot: s, reason } if s == slot => {
+                    error = Some(anyhow!("download failed: {reason:?}"));
+                    return ControlFlow::Break(());
+                }
+                PeerEvent::TrackerRefused(r) => tracing::warn!("tracker refused us: {r:?}; retrying"),
+                _ => {}
+            }
+            ControlFlow::Continue(())
+    })?;
+    let _ = d_flush(&mut driver);
+    if let Some(e) = error {
+        if manifest.is_none() {
+            // Nothing was downloaded: do not leave the empty part file behind.
+            if let Some(out) = &output {
+                let (part, journal) = part_paths(out);
+                if !journal.exists() {
+                    let _ = std::fs::remove_file(part);
+                }
+            }
+        }
+        return Err(e);
+    }
+    match final_path {
+        Some(p) => {
+            leave(&mut driver);
+            Ok(p)
+        }
+        None if result == Stop::Interrupted => {
+            leave(&mut driver);
+            bail!("interrupted; run the same command again to resume")
+        }
+        None => bail!("stopped before the download completed"),
+    }
+}
+
+fn d_flush(driver: &mut Driver<Box<HostPeer>, FileStore>) -> std::io::Result<()> {
+    driver.store.flush()
+}
+
+fn disk_error(e: std::io::Error) -> anyhow::Error {
+    if e.raw_os_error() == Some(28) {
+        anyhow!("the disk is full; free some space and run the same command again to resume")
+    } else {
+        anyhow!("cannot write the download: {e}")
+    }
+}
+
+/// The output must not exist yet, and its folder must be writable.
+fn check_output(out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!(
+            "{} already exists; remove it or choose another path with -o",
+            out.display()
+        );
+    }
+    let (part, journal) = part_paths(out);
+    if part.exists() && journal.exists() {
+        return Ok(());
+    }
+    // Creating the part file is the test of writability; it is sized when the manifest comes.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part)
+        .map_err(|e| {
+            anyhow!(
+                "cannot write {}: {e}; choose another path with -o",
+                part.display()
+            )
+        })?;
+    Ok(())
+}
+
+/// Answers of the tracker to a query.
+#[derive(Default)]
+pub struct Answers {
+    /// Files listed.
+    pub files: Vec<FileEntry>,
+    /// Holders located.
+    pub holders: Vec<HolderItem>,
+    /// Active peers.
+    pub peers: Vec<PeerEntry>,
+}
+
+/// What to ask the tracker.
+pub enum Query {
+    /// The file list.
+    Files,
+    /// Holders of a file, by id or name.
+    Where(String),
+    /// The active peer list.
+    Peers,
+}
+
+/// Asks the tracker and waits for the whole answer.
+pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
+    let tracker = resolve(tracker_text)?;
+    // Listing peers needs the pushed list, which only registered peers get.
+    let register = matches!(q, Query::Peers);
+    let mut driver = peer_driver(tracker, None, register, true)?;
+    let mut answers = Answers::default();
+    let by_id = match &q {
+        Query::Where(w) => Link::parse(w).ok().map(|l| l.file),
+        _ => None,
+    };
+    let name = match &q {
+        Query::Where(w) if by_id.is_none() => Some(w.clone()),
+        _ => None,
+    };
+    let started = StdInstant::now();
+    let mut ready = false;
+    let mut done = false;
+    let mut error = None;
+    driver.run(|d, e| {
+        let Some(e) = e else {
+            if !done && started.elapsed() > wait_limit() {
+                error = Some(if ready {
+                    anyhow!("the tracker at {tracker_text} did not answer")
+                } else {
+                    unreachable(tracker_text)
+                });
+                return ControlFlow::Break(());
+            }
+            return ControlFlow::Continue(());
+        };
+        let now = Instant::now();
+        match e {
+            PeerEvent::TrackerReady => {
+                ready = true;
+                let sent = match (&q, by_id) {
+                    (Query::Files, _) | (Query::Where(_), None) => d.node.list_files(now),
+                    (Query::Where(_), Some(id)) => d.node.locate(now, id),
+                    (Query::Peers, _) => Ok(()),
+                };
+                if let Err(e) = sent {
+                    error = Some(anyhow!("{e}"));
+                    return ControlFlow::Break(());
+                }
+            }
+            PeerEvent::PeerList { .. } if matches!(q, Query::Peers) => {
+                let me = d.node.registered();
+                answers.peers = d
+                    .node
+                    .peers()
+                    .iter()
+                    .filter(|p| Some(p.addr) != me)
+                    .copied()
+                    .collect();
+                done = true;
+                return ControlFlow::Break(());
+            }
+            PeerEvent::FileListed(f) => answers.files.push(f),
+            PeerEvent::FileListEnd { .. } => {
+                if let Some(n) = &name {
+                    match answers.files.iter().find(|f| f.name.as_str() == n) {
+                        Some(f) => {
+                            let id = f.file;
+                            if let Err(e) = d.node.locate(now, id) {
+                                error = Some(anyhow!("{e}"));
+                                return ControlFlow::Break(());
+                            }
+                        }
+                        None => {
+                            error = Some(anyhow!("no file named {n:?} is listed; see `shoal ls`"));
+                            return ControlFlow::Break(());
+                        }
+                    }
+                } else {
+                    done = true;
+                    return ControlFlow::Break(());
+                }
+            }
+            PeerEvent::Holder(h) => answers.holders.push(h),
+            PeerEvent::LocateEnd { .. } => {
+                done = true;
+                return ControlFlow::Break(());
+            }
+            PeerEvent::NotFound { file } => {
+                error = Some(anyhow!("the tracker lists no file {file}; see `shoal ls`"));
+                return ControlFlow::Break(());
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if register {
+        leave(&mut driver);
+    }
+    Ok(answers)
+}
+
+/// Ranges as `0-9,12,20-31`.
+pub fn ranges_text(ranges: &[ChunkRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| {
+            if r.end - r.start == 1 {
+                r.start.to_string()
+            } else {
+                format!("{}-{}", r.start, r.end - 1)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Writes a line to stdout and flushes it (links and paths are read by scripts).
+pub fn println_flush(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,746 @@
+//! The mio event loop: where bytes meet a socket.
+//!
+//! One [`Driver`] runs one node (a [`Tracker`] or a [`Peer`]) on one thread. It owns the
+//! sockets and a [`Storage`], feeds the node what happens (`handle_*`) and carries out what it
+//! asks (`poll_*`), in the order the core documents: after every input, frames, then actions,
+//! then events, until the node has nothing more to say.
+//!
+//! Backpressure, both ways, so no queue here grows without bound:
+//! - each connection's output buffer is bounded: past [`OUT_HIGH`] bytes the node is told the
+//!   connection is blocked, and below [`OUT_LOW`] that it is ready again; payload from storage
+//!   is read into the buffer only while it is below [`OUT_HIGH`];
+//! - input the node does not take (its reply queue is full) is kept, and the socket is not
+//!   read again until the node has taken it.
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::time::Duration as StdDuration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use proto_core::conn::{ConnId, TableFull};
+use proto_core::io::{Recv, Transmit, FRAME_BUF_LEN};
+use proto_core::manifest::ChunkHash;
+use proto_core::peer::{Peer, PeerAction, PeerEvent};
+use proto_core::storage::{Region, StorageKey, StorageSend};
+use proto_core::time::Instant;
+use proto_core::tracker::{Action, Tracker, TrackerEvent};
+
+/// Above this many buffered output bytes a connection counts as blocked.
+pub const OUT_HIGH: usize = 1 << 20;
+/// Below this many it is ready again.
+pub const OUT_LOW: usize = 256 * 1024;
+/// Bytes read from a socket in one go (and the most a node is offered at once).
+const READ_CHUNK: usize = 256 * 1024;
+/// The longest the loop sleeps between ticks.
+pub const TICK: StdDuration = StdDuration::from_millis(100);
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Where a node's bytes live: chunk hashes and file data, by the core's [`StorageKey`].
+pub trait Storage {
+    /// Stores `data` at `offset` of `key`.
+    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Reads up to `buf.len()` bytes at `offset` of `key`; returns how many (0 at the end).
+    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// The bytes under `key` are no longer wanted.
+    fn discard(&mut self, key: StorageKey);
+}
+
+/// What the driver needs of a node; implemented for the tracker and the peer.
+pub trait Node {
+    /// The node's events.
+    type Event;
+    /// See `handle_accept` on the node.
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull>;
+    /// See `handle_connected` (peers only).
+    fn connected(&mut self, now: Instant, conn: ConnId);
+    /// See `handle_recv`.
+    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a>;
+    /// See `handle_closed`.
+    fn closed(&mut self, now: Instant, conn: ConnId);
+    /// See `handle_timeout`.
+    fn timeout(&mut self, now: Instant);
+    /// See `handle_send_blocked` / `handle_send_ready`.
+    fn send_blocked(&mut self, conn: ConnId, blocked: bool);
+    /// See `handle_storage_failed`.
+    fn storage_failed(&mut self, now: Instant, key: StorageKey);
+    /// See `handle_hash` (peers only).
+    fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash);
+    /// See `poll_transmit`.
+    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit>;
+    /// See `poll_action`; the tracker's actions are a subset of the peer's.
+    fn action(&mut self) -> Option<PeerAction>;
+    /// See `poll_event`.
+    fn event(&mut self) -> Option<Self::Event>;
+    /// See `poll_timeout`.
+    fn next_timeout(&self) -> Instant;
+}
+
+/// Nodes are large fixed-size structs, kept on the heap.
+impl<N: Node> Node for Box<N> {
+    type Event = N::Event;
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+        (**self).accept(now, remote)
+    }
+    fn connected(&mut self, now: Instant, conn: ConnId) {
+        (**self).connected(now, conn)
+    }
+    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a> {
+        (**self).recv(now, conn, data)
+    }
+    fn closed(&mut self, now: Instant, conn: ConnId) {
+        (**self).closed(now, conn)
+    }
+    fn timeout(&mut self, now: Instant) {
+        (**self).timeout(now)
+    }
+    fn send_blocked(&mut self, conn: ConnId, blocked: bool) {
+        (**self).send_blocked(conn, blocked)
+    }
+    fn storage_failed(&mut self, now: Instant, key: StorageKey) {
+        (**self).storage_failed(now, key)
+    }
+    fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
+        (**self).hash(now, slot, chunk, hash)
+    }
+    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        (**self).transmit(buf)
+    }
+    fn action(&mut self) -> Option<PeerAction> {
+        (**self).action()
+    }
+    fn event(&mut self) -> Option<N::Event> {
+        (**self).event()
+    }
+    fn next_timeout(&self) -> Instant {
+        (**self).next_timeout()
+    }
+}
+
+impl<const C: usize, const F: usize, const H: usize, const W: usize> Node for Tracker<C, F, H, W> {
+    type Event = TrackerEvent;
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+        self.handle_accept(now, remote)
+    }
+    fn connected(&mut self, _: Instant, _: ConnId) {}
+    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a> {
+        self.handle_recv(now, conn, data)
+    }
+    fn closed(&mut self, now: Instant, conn: ConnId) {
+        self.handle_closed(now, conn)
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.handle_timeout(now)
+    }
+    fn send_blocked(&mut self, conn: ConnId, blocked: bool) {
+        if blocked {
+            self.handle_send_blocked(conn)
+        } else {
+            self.handle_send_ready(conn)
+        }
+    }
+    fn storage_failed(&mut self, _: Instant, key: StorageKey) {
+        self.handle_storage_failed(key)
+    }
+    fn hash(&mut self, _: Instant, _: u16, _: u32, _: ChunkHash) {}
+    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        self.poll_transmit(buf)
+    }
+    fn action(&mut self) -> Option<PeerAction> {
+        self.poll_action().map(|a| match a {
+            Action::Close(c) => PeerAction::Close(c),
+            Action::Discard(k) => PeerAction::Discard(k),
+        })
+    }
+    fn event(&mut self) -> Option<TrackerEvent> {
+        self.poll_event()
+    }
+    fn next_timeout(&self) -> Instant {
+        self.poll_timeout()
+    }
+}
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Node for Peer<C, F, W, A> {
+    type Event = PeerEvent;
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+        self.handle_accept(now, remote)
+    }
+    fn connected(&mut self, now: Instant, conn: ConnId) {
+        self.handle_connected(now, conn)
+    }
+    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a> {
+        self.handle_recv(now, conn, data)
+    }
+    fn closed(&mut self, now: Instant, conn: ConnId) {
+        self.handle_closed(now, conn)
+    }
+    fn timeout(&mut self, now: Instant) {
+        self.handle_timeout(now)
+    }
+    fn send_blocked(&mut self, conn: ConnId, blocked: bool) {
+        if blocked {
+            self.handle_send_blocked(conn)
+        } else {
+            self.handle_send_ready(conn)
+        }
+    }
+    fn storage_failed(&mut self, now: Instant, key: StorageKey) {
+        self.handle_storage_failed(now, key)
+    }
+    fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
+        self.handle_hash(now, slot, chunk, hash)
+    }
+    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        self.poll_transmit(buf)
+    }
+    fn action(&mut self) -> Option<PeerAction> {
+        self.poll_action()
+    }
+    fn event(&mut self) -> Option<PeerEvent> {
+        self.poll_event()
+    }
+    fn next_timeout(&self) -> Instant {
+        self.poll_timeout()
+    }
+}
+
+struct Sock {
+    stream: TcpStream,
+    token: Token,
+    /// Connecting: waiting for the first writable event.
+    connecting: bool,
+    out: Vec<u8>,
+    out_pos: usize,
+    /// Payload still to copy from storage after what is in `out`.
+    pending: Option<StorageSend>,
+    /// Input the node has not taken yet.
+    inbox: Vec<u8>,
+    /// The socket may hold more to read than we took (edge-triggered readiness).
+    readable: bool,
+    blocked: bool,
+    /// Close once `out` and `pending` are sent.
+    closing: bool,
+}
+
+impl Sock {
+    fn queued(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// Runs a node over real sockets.
+pub struct Driver<N: Node, S: Storage> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// The node.
+    pub node: N,
+    /// Its storage.
+    pub store: S,
+    socks: HashMap<ConnId, Sock>,
+    tokens: HashMap<Token, ConnId>,
+    next_token: usize,
+    /// A reused buffer for reads from sockets.
+    scratch: Vec<u8>,
+    /// A reused buffer for reads from storage (payload on its way to a socket).
+    fill: Vec<u8>,
+    interrupted: bool,
+}
+
+/// Why [`Driver::run`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The event callback asked to stop.
+    Done,
+    /// SIGINT or SIGTERM arrived.
+    Interrupted,
+}
+
+impl<N: Node, S: Storage> Driver<N, S> {
+    /// A driver for `node`, accepting connections on `listener` if given. With
+    /// `catch_signals`, SIGINT and SIGTERM end [`Driver::run`] with [`Stop::Interrupted`].
+    pub fn new(
+        node: N,
+        store: S,
+        listener: Option<TcpListener>,
+        catch_signals: bool,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let mut listener = listener;
+        if let Some(l) = listener.as_mut() {
+            poll.registry().register(l, LISTENER, Interest::READABLE)?;
+        }
+        let signals = if catch_signals {
+            let mut s = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGTERM,
+            ])?;
+            poll.registry()
+                .register(&mut s, SIGNALS, Interest::READABLE)?;
+            Some(s)
+        } else {
+            None
+        };
+        Ok(Driver {
+            poll,
+            listener,
+            signals,
+            node,
+            store,
+            socks: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: 0,
+            scratch: vec![0; READ_CHUNK],
+            fill: vec![0; READ_CHUNK],
+            interrupted: false,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Runs until `on` breaks or a signal arrives. `on` is called with every event, and with
+    /// `None` at least every [`TICK`] (for deadlines, progress, batched syncs).
+    pub fn run(
+        &mut self,
+        mut on: impl FnMut(&mut Self, Option<N::Event>) -> ControlFlow<()>,
+    ) -> io::Result<Stop> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            self.drain(now);
+            while let Some(e) = self.node.event() {
+                if on(self, Some(e)).is_break() {
+                    self.flush_all();
+                    return Ok(Stop::Done);
+                }
+                // An event handler may have given the node commands: carry them out.
+                self.drain(Instant::now());
+            }
+            if self.interrupted {
+                return Ok(Stop::Interrupted);
+            }
+            if on(self, None).is_break() {
+                self.flush_all();
+                return Ok(Stop::Done);
+            }
+            let now = Instant::now();
+            let wake = self.node.next_timeout();
+            let wait = wake.saturating_since(now);
+            // Sockets with input left over, or more to read, need another turn at once.
+            let busy = self.socks.values().any(|s| s.readable && !s.connecting);
+            let timeout = if busy {
+                StdDuration::ZERO
+            } else {
+                StdDuration::from(wait)
+            };
+            match self.poll.poll(&mut events, Some(timeout.min(TICK))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(now),
+                    SIGNALS => {
+                        if let Some(s) = self.signals.as_mut() {
+                            if s.pending().next().is_some() {
+                                self.interrupted = true;
+                            }
+                        }
+                    }
+                    token => {
+                        let Some(&conn) = self.tokens.get(&token) else {
+                            continue;
+                        };
+                        if ev.is_writable() {
+                            self.on_writable(now, conn);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            if let Some(s) = self.socks.get_mut(&conn) {
+                                s.readable = true;
+                            }
+                        }
+                    }
+                }
+            }
+            self.read_all(now);
+            if Instant::now() >= self.node.next_timeout() {
+                self.node.timeout(Instant::now());
+            }
+        }
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        loop {
+            let Some(l) = self.listener.as_ref() else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, remote)) => {
+                    let _ = stream.set_nodelay(true);
+                    match self.node.accept(now, remote) {
+                        Ok(conn) => self.add_sock(conn, stream, false),
+                        Err(TableFull) => drop(stream),
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_sock(&mut self, conn: ConnId, mut stream: TcpStream, connecting: bool) {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.node.closed(Instant::now(), conn);
+            return;
+        }
+        self.tokens.insert(token, conn);
+        self.socks.insert(
+            conn,
+            Sock {
+                stream,
+                token,
+                connecting,
+                out: Vec::new(),
+                out_pos: 0,
+                pending: None,
+                inbox: Vec::new(),
+                readable: !connecting,
+                blocked: false,
+                closing: false,
+            },
+        );
+    }
+
+    fn remove_sock(&mut self, conn: ConnId) -> Option<Sock> {
+        let mut s = self.socks.remove(&conn)?;
+        self.tokens.remove(&s.token);
+        let _ = self.poll.registry().deregister(&mut s.stream);
+        Some(s)
+    }
+
+    /// The connection failed or the remote closed it: tell the node.
+    fn lost(&mut self, now: Instant, conn: ConnId) {
+        if self.remove_sock(conn).is_some() {
+            self.node.closed(now, conn);
+        }
+    }
+
+    fn on_writable(&mut self, now: Instant, conn: ConnId) {
+        let Some(s) = self.socks.get_mut(&conn) else {
+            return;
+        };
+        if s.connecting {
+            match (s.stream.take_error(), s.stream.peer_addr()) {
+                (Ok(None), Ok(_)) => {
+                    s.connecting = false;
+                    s.readable = true;
+                    let _ = s.stream.set_nodelay(true);
+                    self.node.connected(now, conn);
+                }
+                (_, Err(e)) if e.kind() == ErrorKind::NotConnected => return,
+                _ => {
+                    self.lost(now, conn);
+                    return;
+                }
+            }
+        }
+        self.flush(now, conn);
+    }
+
+    /// Reads every socket that may have input, offering it to the node.
+    fn read_all(&mut self, now: Instant) {
+        let ready: Vec<ConnId> = self
+            .socks
+            .iter()
+            .filter(|(_, s)| s.readable && !s.connecting)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in ready {
+            self.read_one(now, conn);
+            self.drain(now);
+        }
+    }
+
+    fn read_one(&mut self, now: Instant, conn: ConnId) {
+        // Offer what is left first; read more only once the node took it all.
+        if !self.offer(now, conn) {
+            return;
+        }
+        let Some(s) = self.socks.get_mut(&conn) else {
+            return;
+        };
+        match s.stream.read(&mut self.scratch) {
+            Ok(0) => self.lost(now, conn),
+            Ok(n) => {
+                let mut input = std::mem::take(&mut self.scratch);
+                let taken = self.feed(now, conn, &input[..n]);
+                if taken < n {
+                    if let Some(s) = self.socks.get_mut(&conn) {
+                        s.inbox.extend_from_slice(&input[taken..n]);
+                    }
+                }
+                input.resize(READ_CHUNK, 0);
+                self.scratch = input;
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => s.readable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => self.lost(now, conn),
+        }
+    }
+
+    /// Offers the kept input; true if the node took all of it.
+    fn offer(&mut self, now: Instant, conn: ConnId) -> bool {
+        let Some(s) = self.socks.get_mut(&conn) else {
+            return false;
+        };
+        if s.inbox.is_empty() {
+            return true;
+        }
+        let inbox = std::mem::take(&mut s.inbox);
+        let taken = self.feed(now, conn, &inbox);
+        if let Some(s) = self.socks.get_mut(&conn) {
+            s.inbox = inbox[taken..].to_vec();
+            s.inbox.is_empty()
+        } else {
+            false
+        }
+    }
+
+    /// Feeds input to the node, storing what it asks to store; returns the bytes it took.
+    fn feed(&mut self, now: Instant, conn: ConnId, input: &[u8]) -> usize {
+        let mut at = 0;
+        while at < input.len() {
+            let r = self.node.recv(now, conn, &input[at..]);
+            if let Some(w) = r.write {
+                if let Err(e) = self.store.write(w.key, w.offset, w.data) {
+                    tracing::warn!("storage write failed: {e}");
+                    self.node.storage_failed(now, w.key);
+                }
+            }
+            if r.consumed == 0 {
+                // The node wants its answers sent first.
+                self.drain(now);
+                let again = self.node.recv(now, conn, &input[at..]);
+                if again.consumed == 0 && again.write.is_none() {
+                    break;
+                }
+                if let Some(w) = again.write {
+                    if let Err(e) = self.store.write(w.key, w.offset, w.data) {
+                        tracing::warn!("storage write failed: {e}");
+                        self.node.storage_failed(now, w.key);
+                    }
+                }
+                at += again.consumed;
+                continue;
+            }
+            at += r.consumed;
+        }
+        at
+    }
+
+    /// Carries out everything the node wants: frames, then actions.
+    fn drain(&mut self, now: Instant) {
+        let mut buf = [0u8; FRAME_BUF_LEN];
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.node.transmit(&mut buf) {
+                progressed = true;
+                let Some(s) = self.socks.get_mut(&t.conn) else {
+                    continue;
+                };
+                s.out.extend_from_slice(&buf[..t.len]);
+                if let Some(then) = t.then {
+                    s.pending = Some(then);
+                    // Payload goes out before anything else on this connection.
+                    self.fill_from_storage(t.conn);
+                }
+                let queued = self.socks.get(&t.conn).map_or(0, Sock::queued);
+                if queued > OUT_HIGH {
+                    if let Some(s) = self.socks.get_mut(&t.conn) {
+                        if !s.blocked {
+                            s.blocked = true;
+                            self.node.send_blocked(t.conn, true);
+                        }
+                    }
+                }
+            }
+            while let Some(a) = self.node.action() {
+                progressed = true;
+                self.act(now, a);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.flush_all();
+    }
+
+    fn act(&mut self, now: Instant, action: PeerAction) {
+        match action {
+            PeerAction::Connect { conn, addr } => match TcpStream::connect(addr) {
+                Ok(stream) => self.add_sock(conn, stream, true),
+                Err(_) => self.node.closed(now, conn),
+            },
+            PeerAction::Close(conn) => {
+                if let Some(s) = self.socks.get_mut(&conn) {
+                    s.closing = true;
+                }
+                self.flush(now, conn);
+            }
+            PeerAction::ReadHash { key, chunk } => {
+                let mut h = [0u8; 32];
+                match self.store.read(key, u64::from(chunk) * 32, &mut h) {
+                    Ok(32) => self.node.hash(now, key.slot, chunk, ChunkHash(h)),
+                    _ => self.node.storage_failed(now, key),
+                }
+            }
+            PeerAction::Discard(key) => self.store.discard(key),
+        }
+    }
+
+    /// Copies pending payload from storage into the output buffer, up to [`OUT_HIGH`].
+    fn fill_from_storage(&mut self, conn: ConnId) {
+        loop {
+            let Some(s) = self.socks.get_mut(&conn) else {
+                return;
+            };
+            let Some(p) = s.pending else {
+                return;
+            };
+            if s.queued() >= OUT_HIGH {
+                return;
+            }
+            let want = (p.len as usize).min(self.fill.len());
+            match self.store.read(p.key, p.offset, &mut self.fill[..want]) {
+                Ok(n) if n > 0 => {
+                    s.out.extend_from_slice(&self.fill[..n]);
+                    let rest = p.len - n as u64;
+                    s.pending = (rest > 0).then_some(StorageSend {
+                        key: p.key,
+                        offset: p.offset + n as u64,
+                        len: rest,
+                    });
+                }
+                _ => {
+                    // The bytes promised in the frame header cannot be sent: the stream is
+                    // broken for the remote, so close it.
+                    tracing::warn!(
+                        "storage read failed for {:?}; closing the connection",
+                        p.key
+                    );
+                    s.pending = None;
+                    s.closing = true;
+                    s.out.truncate(s.out_pos);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        let now = Instant::now();
+        let conns: Vec<ConnId> = self.socks.keys().copied().collect();
+        for c in conns {
+            self.flush(now, c);
+        }
+    }
+
+    /// Writes buffered output until the socket would block.
+    fn flush(&mut self, now: Instant, conn: ConnId) {
+        loop {
+            self.fill_from_storage(conn);
+            let Some(s) = self.socks.get_mut(&conn) else {
+                return;
+            };
+            if s.connecting {
+                return;
+            }
+            if s.queued() == 0 {
+                s.out.clear();
+                s.out_pos = 0;
+                if s.closing && s.pending.is_none() {
+                    self.remove_sock(conn);
+                }
+                break;
+            }
+            match s.stream.write(&s.out[s.out_pos..]) {
+                Ok(0) => {
+                    self.lost(now, conn);
+                    return;
+                }
+                Ok(n) => {
+                    s.out_pos += n;
+                    if s.out_pos > OUT_LOW && s.out_pos * 2 > s.out.len() {
+                        // Keep the buffer from growing: drop what was sent.
+                        s.out.drain(..s.out_pos);
+                        s.out_pos = 0;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.lost(now, conn);
+                    return;
+                }
+            }
+        }
+        if let Some(s) = self.socks.get_mut(&conn) {
+            if s.blocked && s.queued() < OUT_LOW {
+                s.blocked = false;
+                self.node.send_blocked(conn, false);
+            }
+        }
+    }
+}
+
+/// Storage for a tracker: the chunk hashes of listed files, in memory (a tracker restarted
+/// starts empty and is told everything again by its peers).
+#[derive(Default)]
+pub struct MemoryHashes {
+    slots: HashMap<u16, Vec<u8>>,
+}
+
+impl Storage for MemoryHashes {
+    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> io::Result<()> {
+        if key.region != Region::Hashes {
+            return Err(io::Error::other("a tracker stores hashes only"));
+        }
+        let v = self.slots.entry(key.slot).or_default();
+        let end = offset as usize + data.len();
+        if v.len() < end {
+            v.resize(end, 0);
+        }
+        v[offset as usize..end].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let v = self.slots.get(&key.slot).map(Vec::as_slice).unwrap_or(&[]);
+        let start = (offset as usize).min(v.len());
+        let n = buf.len().min(v.len() - start);
+        buf[..n].copy_from_slice(&v[start..start + n]);
+        Ok(n)
+    }
+
+    fn discard(&mut self, key: StorageKey) {
+        self.slots.remove(&key.slot);
+    }
+}

@@ -1,0 +1,284 @@
+//! `shoal`: peer-to-peer file sharing. `shoal --help` lists the commands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use adapter_std::cli::{self, Answers, Bar, GetOptions, Query, DEFAULT_TRACKER};
+use adapter_std::proto_core::wire::ChunkRange;
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+/// Peer-to-peer file sharing: a tracker, peers that share and fetch files chunk by verified
+/// chunk from several peers at once.
+#[derive(Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Seconds to wait for an unreachable tracker (or an unknown file) before giving up.
+    #[arg(long, global = true, env = "SHOAL_WAIT", default_value_t = 10.0)]
+    wait: f64,
+    /// Log more (repeat for more still).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a tracker: it knows who is online and who holds which chunks.
+    Tracker {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7070")]
+        listen: SocketAddr,
+    },
+    /// Share files: prints one link per file, then serves until interrupted.
+    Share {
+        /// Files to share.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The tracker (host:port).
+        #[arg(long, env = "SHOAL_TRACKER", default_value = DEFAULT_TRACKER)]
+        tracker: String,
+        /// Address to serve peers on (port 0: any free port).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+    },
+    /// Download a file by link or id; prints its path, then seeds until interrupted.
+    Get {
+        /// A shoal: link, or a 64-digit file id.
+        link: String,
+        /// Where to write the file (default: its name, in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The tracker (host:port); default: the link's, else $SHOAL_TRACKER, else 127.0.0.1:7070.
+        #[arg(long)]
+        tracker: Option<String>,
+        /// Exit once the file is complete instead of seeding it.
+        #[arg(long)]
+        no_seed: bool,
+        /// Address to serve peers on (port 0: any free port).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+    },
+    /// List the files the tracker knows.
+    Ls(QueryArgs),
+    /// Show which peers hold which chunks of a file (by id, link or name).
+    Where {
+        /// File id, link or name.
+        file: String,
+        #[command(flatten)]
+        q: QueryArgs,
+    },
+    /// List the active peers.
+    Peers(QueryArgs),
+    /// Run a whole swarm on this machine: a tracker, a seeder of a generated 64 MiB file and
+    /// three downloaders; verifies the copies and prints a summary.
+    Demo,
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// The tracker (host:port).
+    #[arg(long, env = "SHOAL_TRACKER", default_value = DEFAULT_TRACKER)]
+    tracker: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The commands read the limit where they wait; one place to set it.
+    std::env::set_var("SHOAL_WAIT", cli.wait.to_string());
+    let default = match (&cli.cmd, cli.verbose) {
+        (_, 2..) => "debug",
+        (_, 1) | (Cmd::Tracker { .. } | Cmd::Share { .. }, 0) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Tracker { listen } => cli::tracker(listen, true, |_| {}, || false),
+        Cmd::Share {
+            files,
+            tracker,
+            listen,
+        } => cli::share(
+            &files,
+            &tracker,
+            listen,
+            true,
+            |l| cli::println_flush(&l),
+            || false,
+        ),
+        Cmd::Get {
+            link,
+            output,
+            tracker,
+            no_seed,
+            listen,
+        } => {
+            let opts = GetOptions {
+                output,
+                tracker: tracker.or_else(|| std::env::var("SHOAL_TRACKER").ok()),
+                no_seed,
+                listen,
+                signals: true,
+            };
+            let mut bar = Bar::new(false);
+            cli::get(
+                &link,
+                opts,
+                &mut bar,
+                |p| cli::println_flush(&p.display().to_string()),
+                || false,
+            )?;
+            Ok(())
+        }
+        Cmd::Ls(q) => print_files(cli::query(&q.tracker, Query::Files)?, q.json),
+        Cmd::Where { file, q } => {
+            print_holders(cli::query(&q.tracker, Query::Where(file))?, q.json)
+        }
+        Cmd::Peers(q) => print_peers(cli::query(&q.tracker, Query::Peers)?, q.json),
+        Cmd::Demo => demo::run(),
+    }
+}
+
+fn print_files(a: Answers, json: bool) -> anyhow::Result<()> {
+    if json {
+        let v: Vec<_> = a
+            .files
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "id": f.file.to_string(), "name": f.name.as_str(), "size": f.size,
+                    "chunk_size": f.chunk_size, "chunks": f.chunks, "holders": f.holders, "seeders": f.seeders,
+                })
+            })
+            .collect();
+        cli::println_flush(&serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<[String; 6]> = a
+        .files
+        .iter()
+        .map(|f| {
+            [
+                f.name.to_string(),
+                f.size.to_string(),
+                f.chunks.to_string(),
+                f.holders.to_string(),
+                f.seeders.to_string(),
+                f.file.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "SIZE", "CHUNKS", "HOLDERS", "SEEDERS", "ID"],
+        &rows,
+    );
+    Ok(())
+}
+
+fn print_holders(a: Answers, json: bool) -> anyhow::Result<()> {
+    // A holder with many ranges arrives as several items: join them.
+    let mut joined: Vec<(String, String, Vec<ChunkRange>)> = Vec::new();
+    for h in &a.holders {
+        let addr = h.peer.addr.to_string();
+        match joined.last_mut() {
+            Some(last) if last.0 == addr => last.2.extend(h.ranges.iter().copied()),
+            _ => joined.push((addr, h.peer.node.to_string(), h.ranges.to_vec())),
+        }
+    }
+    if json {
+        let v: Vec<_> = joined
+            .iter()
+            .map(|(addr, node, ranges)| {
+                serde_json::json!({
+                    "peer": addr, "node": node,
+                    "chunks": ranges.iter().map(|r| r.end - r.start).sum::<u32>(),
+                    "ranges": ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        cli::println_flush(&serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<[String; 3]> = joined
+        .iter()
+        .map(|(addr, _, ranges)| {
+            let n: u32 = ranges.iter().map(|r| r.end - r.start).sum();
+            [
+                addr.clone(),
+                n.to_string(),
+                if ranges.is_empty() {
+                    "-".into()
+                } else {
+                    cli::ranges_text(ranges)
+                },
+            ]
+        })
+        .collect();
+    table(&["PEER", "CHUNKS", "RANGES"], &rows);
+    Ok(())
+}
+
+fn print_peers(a: Answers, json: bool) -> anyhow::Result<()> {
+    if json {
+        let v: Vec<_> = a
+            .peers
+            .iter()
+            .map(|p| serde_json::json!({"addr": p.addr.to_string(), "node": p.node.to_string()}))
+            .collect();
+        cli::println_flush(&serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let rows: Vec<[String; 2]> = a
+        .peers
+        .iter()
+        .map(|p| [p.addr.to_string(), p.node.to_string()])
+        .collect();
+    table(&["ADDRESS", "NODE"], &rows);
+    Ok(())
+}
+
+/// Columns padded to their widest cell.
+fn table<const N: usize>(head: &[&str; N], rows: &[[String; N]]) {
+    let mut width = head.map(str::len);
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        cli::println_flush(s.join("  ").trim_end());
+    };
+    line(head.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

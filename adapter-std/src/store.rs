@@ -1,0 +1,525 @@
+//! File storage for a peer: what it shares, what it downloads, and what survives a crash.
+//!
+//! # Shared files
+//!
+//! Sharing a file needs its manifest: the SHA-256 of every chunk. Building it reads the whole
+//! file once; the result is cached in the state directory (`<state>/shared/<key>.manifest`,
+//! keyed by the file's absolute path) with the file's size and modification time, so sharing
+//! the same unchanged file again starts at once.
+//!
+//! # Downloads
+//!
+//! A download to `OUT` writes `OUT.part` with positional writes as payload arrives, and keeps
+//! `OUT.shoal-journal`: the file id, the manifest, then the index of every chunk verified so
+//! far. Journal records are made durable in batches, each only after the `.part` data they
+//! vouch for was synced. Killed at any instant, a download started again with the same output
+//! resumes from the journal without fetching its chunks again. `OUT` itself appears only when
+//! every chunk is verified and synced: `OUT.part` is renamed to it, and the journal removed.
+//!
+//! The state directory is `$SHOAL_STATE_DIR`, else `$XDG_STATE_HOME/shoal`, else
+//! `~/.local/state/shoal`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::storage::{Region, StorageKey};
+use proto_core::wire::FileId;
+use sha2::{Digest, Sha256};
+
+use crate::driver::Storage;
+
+const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ1\n";
+const MANIFEST_MAGIC: &[u8; 8] = b"SHOALM1\n";
+/// Journal records are synced after this many, or this long after the first unsynced one.
+const JOURNAL_BATCH: usize = 32;
+const JOURNAL_DELAY: Duration = Duration::from_millis(500);
+
+/// The state directory (see the module docs).
+pub fn state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("SHOAL_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("shoal");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/shoal")
+}
+
+/// A manifest with its hashes, as the adapter keeps it.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// The file id.
+    pub id: FileId,
+    /// The header.
+    pub header: ManifestHeader,
+    /// Every chunk hash, 32 bytes each.
+    pub hashes: Vec<u8>,
+}
+
+/// Builds (or loads from the cache) the manifest of `path`, with chunk size `chunk_size` or,
+/// if `None`, one chosen for the file's size.
+pub fn manifest_for(
+    path: &Path,
+    chunk_size: Option<u32>,
+    max_chunks: u32,
+) -> anyhow::Result<Manifest> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let abs =
+        fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let name = abs
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| {
+            format!(
+                "{} has no usable file name (it must be UTF-8)",
+                path.display()
+            )
+        })?
+        .to_owned();
+    let size = meta.len();
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let chunk = chunk_size.unwrap_or_else(|| ManifestHeader::pick_chunk_size(size, max_chunks));
+    let cache = state_dir().join("shared").join(format!(
+        "{}.manifest",
+        hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes()))
+    ));
+    if let Some(m) = read_cached(&cache, size, mtime, chunk) {
+        return Ok(m);
+    }
+    let header = ManifestHeader::new(&name, size, chunk)
+        .map_err(|e| anyhow::anyhow!("cannot share {}: {e}", path.display()))?;
+    let mut builder = ManifestBuilder::new(header);
+    let mut hashes = Vec::with_capacity(builder.header().hashes_len() as usize);
+    let mut f = File::open(&abs).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        builder
+            .update(&buf[..n], |_, h| hashes.extend_from_slice(&h.0))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let (header, id) = builder
+        .finish()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let m = Manifest { id, header, hashes };
+    // A cache that cannot be written only costs a rehash next time.
+    let _ = write_cached(&cache, size, mtime, &m);
+    Ok(m)
+}
+
+fn read_cached(path: &Path, size: u64, mtime: u128, chunk: u32) -> Option<Manifest> {
+    let bytes = fs::read(path).ok()?;
+    let rest = bytes.strip_prefix(MANIFEST_MAGIC)?;
+    let (s, rest) = rest.split_at_checked(8)?;
+    let (t, rest) = rest.split_at_checked(16)?;
+    if u64::from_le_bytes(s.try_into().ok()?) != size
+        || u128::from_le_bytes(t.try_into().ok()?) != mtime
+    {
+        return None;
+    }
+    let (id, header, hashes) = decode_manifest(rest)?;
+    (header.chunk_size == chunk && header.size == size).then(|| Manifest {
+        id,
+        header,
+        hashes: hashes.to_vec(),
+    })
+}
+
+fn write_cached(path: &Path, size: u64, mtime: u128, m: &Manifest) -> io::Result<()> {
+    fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    let mut bytes = MANIFEST_MAGIC.to_vec();
+    bytes.extend_from_slice(&size.to_le_bytes());
+    bytes.extend_from_slice(&mtime.to_le_bytes());
+    encode_manifest(&mut bytes, m);
+    write_atomically(path, &bytes)
+}
+
+/// `id ++ u16 header length ++ postcard header ++ hashes`.
+fn encode_manifest(out: &mut Vec<u8>, m: &Manifest) {
+    out.extend_from_slice(&m.id.0);
+    let header = postcard::to_stdvec(&m.header).unwrap_or_default();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&m.hashes);
+}
+
+/// Reads what [`encode_manifest`] wrote; returns the id, header, hashes, and checks the
+/// hashes' length against the header. Trailing bytes are returned as part of nothing: the
+/// caller slices them off with [`manifest_len`].
+fn decode_manifest(bytes: &[u8]) -> Option<(FileId, ManifestHeader, &[u8])> {
+    let (id, rest) = bytes.split_at_checked(32)?;
+    let (len, rest) = rest.split_at_checked(2)?;
+    let len = u16::from_le_bytes(len.try_into().ok()?) as usize;
+    let (header, rest) = rest.split_at_checked(len)?;
+    let header: ManifestHeader = postcard::from_bytes(header).ok()?;
+    header.validate().ok()?;
+    let (hashes, _) = rest.split_at_checked(header.hashes_len() as usize)?;
+    Some((FileId(id.try_into().ok()?), header, hashes))
+}
+
+fn manifest_len(header: &ManifestHeader) -> usize {
+    32 + 2 + postcard::to_stdvec(header).map_or(0, |h| h.len()) + header.hashes_len() as usize
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a resumable download left behind.
+pub struct Resume {
+    /// The manifest (hashes included).
+    pub manifest: Manifest,
+    /// Chunks verified before the download stopped.
+    pub verified: Vec<u32>,
+}
+
+/// The journal and part file paths of a download to `out`.
+pub fn part_paths(out: &Path) -> (PathBuf, PathBuf) {
+    let mut part = out.as_os_str().to_owned();
+    part.push(".part");
+    let mut journal = out.as_os_str().to_owned();
+    journal.push(".shoal-journal");
+    (PathBuf::from(part), PathBuf::from(journal))
+}
+
+/// Reads the journal of a download to `out` for `id`, if one exists and matches.
+pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
+    let (part, journal) = part_paths(out);
+    let bytes = fs::read(&journal).ok()?;
+    let rest = bytes.strip_prefix(JOURNAL_MAGIC)?;
+    let (jid, header, hashes) = decode_manifest(rest)?;
+    if jid != *id || !part.exists() {
+        return None;
+    }
+    let records = &rest[manifest_len(&header)..];
+    let count = header.chunk_count();
+    // A record torn by a crash (fewer than 4 bytes) is ignored: that chunk is fetched again.
+    let verified = records
+        .chunks_exact(4)
+        .map(|r| u32::from_le_bytes([r[0], r[1], r[2], r[3]]))
+        .filter(|&c| c < count)
+        .collect();
+    Some(Resume {
+        manifest: Manifest {
+            id: jid,
+            header,
+            hashes: hashes.to_vec(),
+        },
+        verified,
+    })
+}
+
+enum Slot {
+    /// A whole file being shared.
+    Shared { data: File, hashes: Vec<u8> },
+    /// A download: hashes stream in before the manifest is checked; the part file exists once
+    /// it is.
+    Fetch {
+        out: PathBuf,
+        hashes: Vec<u8>,
+        part: Option<File>,
+        journal: Option<File>,
+        unsynced: Vec<u32>,
+        first_unsynced: Option<Instant>,
+    },
+}
+
+/// A peer's storage: one entry per core file slot.
+#[derive(Default)]
+pub struct FileStore {
+    slots: HashMap<u16, Slot>,
+}
+
+impl FileStore {
+    /// Serves `path` (already described by `m`) under `slot`.
+    pub fn add_shared(&mut self, slot: u16, path: &Path, m: &Manifest) -> io::Result<()> {
+        let data = File::open(path)?;
+        self.slots.insert(
+            slot,
+            Slot::Shared {
+                data,
+                hashes: m.hashes.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// A new download to `out` under `slot`; its manifest will stream in.
+    pub fn add_fetch(&mut self, slot: u16, out: PathBuf) {
+        self.slots.insert(
+            slot,
+            Slot::Fetch {
+                out,
+                hashes: Vec::new(),
+                part: None,
+                journal: None,
+                unsynced: Vec::new(),
+                first_unsynced: None,
+            },
+        );
+    }
+
+    /// A resumed download to `out` under `slot`.
+    pub fn add_resumed(&mut self, slot: u16, out: PathBuf, r: &Resume) -> io::Result<()> {
+        let (part, journal) = part_paths(&out);
+        let part = OpenOptions::new().read(true).write(true).open(part)?;
+        part.set_len(r.manifest.header.size)?;
+        let journal = OpenOptions::new().append(true).open(journal)?;
+        self.slots.insert(
+            slot,
+            Slot::Fetch {
+                out,
+                hashes: r.manifest.hashes.clone(),
+                part: Some(part),
+                journal: Some(journal),
+                unsynced: Vec::new(),
+                first_unsynced: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The manifest of a download arrived and was checked: create the part file and journal.
+    pub fn manifest_received(
+        &mut self,
+        slot: u16,
+        id: FileId,
+        header: &ManifestHeader,
+    ) -> io::Result<()> {
+        let Some(Slot::Fetch {
+            out,
+            hashes,
+            part,
+            journal,
+            ..
+        }) = self.slots.get_mut(&slot)
+        else {
+            return Ok(());
+        };
+        let (part_path, journal_path) = part_paths(out);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part_path)?;
+        f.set_len(header.size)?;
+        let mut bytes = JOURNAL_MAGIC.to_vec();
+        encode_manifest(
+            &mut bytes,
+            &Manifest {
+                id,
+                header: header.clone(),
+                hashes: hashes.clone(),
+            },
+        );
+        write_atomically(&journal_path, &bytes)?;
+        *journal = Some(OpenOptions::new().append(true).open(&journal_path)?);
+        *part = Some(f);
+        Ok(())
+    }
+
+    /// A chunk was verified: record it (durably, in a batch).
+    pub fn chunk_verified(&mut self, slot: u16, chunk: u32) -> io::Result<()> {
+        let Some(Slot::Fetch {
+            unsynced,
+            first_unsynced,
+            ..
+        }) = self.slots.get_mut(&slot)
+        else {
+            return Ok(());
+        };
+        unsynced.push(chunk);
+        first_unsynced.get_or_insert_with(Instant::now);
+        if unsynced.len() >= JOURNAL_BATCH {
+            self.sync_journal(slot)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs journals whose oldest unsynced record is older than the batch delay.
+    pub fn tick(&mut self) -> io::Result<()> {
+        let due: Vec<u16> = self
+            .slots
+            .iter()
+            .filter_map(|(s, slot)| match slot {
+                Slot::Fetch {
+                    first_unsynced: Some(t),
+                    ..
+                } if t.elapsed() >= JOURNAL_DELAY => Some(*s),
+                _ => None,
+            })
+            .collect();
+        for s in due {
+            self.sync_journal(s)?;
+        }
+        Ok(())
+    }
+
+    /// Data first, then the records that vouch for it.
+    fn sync_journal(&mut self, slot: u16) -> io::Result<()> {
+        let Some(Slot::Fetch {
+            part: Some(part),
+            journal: Some(journal),
+            unsynced,
+            first_unsynced,
+            ..
+        }) = self.slots.get_mut(&slot)
+        else {
+            return Ok(());
+        };
+        if unsynced.is_empty() {
+            return Ok(());
+        }
+        part.sync_data()?;
+        let bytes: Vec<u8> = unsynced.iter().flat_map(|c| c.to_le_bytes()).collect();
+        journal.write_all(&bytes)?;
+        journal.sync_data()?;
+        unsynced.clear();
+        *first_unsynced = None;
+        Ok(())
+    }
+
+    /// Every chunk is verified: sync, move `OUT.part` to `OUT`, drop the journal, and keep
+    /// serving the file from its final name. Returns the final path.
+    pub fn complete(
+        &mut self,
+        slot: u16,
+        id: FileId,
+        header: &ManifestHeader,
+    ) -> io::Result<PathBuf> {
+        self.sync_journal(slot)?;
+        let Some(Slot::Fetch {
+            out,
+            part: Some(part),
+            hashes,
+            ..
+        }) = self.slots.remove(&slot)
+        else {
+            return Err(io::Error::other("no download in that slot"));
+        };
+        part.sync_all()?;
+        let (part_path, journal_path) = part_paths(&out);
+        fs::rename(&part_path, &out)?;
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        let _ = fs::remove_file(&journal_path);
+        // Sharing the finished file later needs no rehash.
+        if let (Ok(meta), Ok(abs)) = (fs::metadata(&out), fs::canonicalize(&out)) {
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            let cache = state_dir().join("shared").join(format!(
+                "{}.manifest",
+                hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes()))
+            ));
+            let _ = write_cached(
+                &cache,
+                meta.len(),
+                mtime,
+                &Manifest {
+                    id,
+                    header: header.clone(),
+                    hashes: hashes.clone(),
+                },
+            );
+        }
+        self.slots.insert(slot, Slot::Shared { data: part, hashes });
+        Ok(out)
+    }
+
+    /// Syncs every pending journal (on shutdown).
+    pub fn flush(&mut self) -> io::Result<()> {
+        let slots: Vec<u16> = self.slots.keys().copied().collect();
+        for s in slots {
+            self.sync_journal(s)?;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FileStore {
+    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> io::Result<()> {
+        match (self.slots.get_mut(&key.slot), key.region) {
+            (Some(Slot::Fetch { hashes, .. }), Region::Hashes) => {
+                let end = offset as usize + data.len();
+                if hashes.len() < end {
+                    hashes.resize(end, 0);
+                }
+                hashes[offset as usize..end].copy_from_slice(data);
+                Ok(())
+            }
+            (
+                Some(Slot::Fetch {
+                    part: Some(part), ..
+                }),
+                Region::Data,
+            ) => part.write_all_at(data, offset),
+            _ => Err(io::Error::other("no writable storage for that slot")),
+        }
+    }
+
+    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let (file, hashes) = match self.slots.get(&key.slot) {
+            Some(Slot::Shared { data, hashes }) => (Some(data), hashes),
+            Some(Slot::Fetch { part, hashes, .. }) => (part.as_ref(), hashes),
+            None => return Err(io::Error::other("no storage for that slot")),
+        };
+        match key.region {
+            Region::Hashes => {
+                let start = (offset as usize).min(hashes.len());
+                let n = buf.len().min(hashes.len() - start);
+                buf[..n].copy_from_slice(&hashes[start..start + n]);
+                Ok(n)
+            }
+            Region::Data => file
+                .ok_or_else(|| io::Error::other("no data yet"))?
+                .read_at(buf, offset),
+        }
+    }
+
+    fn discard(&mut self, key: StorageKey) {
+        if let (Some(Slot::Fetch { hashes, .. }), Region::Hashes) =
+            (self.slots.get_mut(&key.slot), key.region)
+        {
+            hashes.clear();
+        }
+    }
+}
