@@ -63,6 +63,7 @@ fn peer_driver(
     listener: Option<TcpListener>,
     register: bool,
     signals: bool,
+    upload_limit: Option<u64>,
 ) -> anyhow::Result<Driver<Box<HostPeer>, FileStore>> {
     let port = listener
         .as_ref()
@@ -70,6 +71,7 @@ fn peer_driver(
         .map_or(0, |a| a.port());
     let mut config = PeerConfig::new(random_node(), port, Some(tracker));
     config.register = register;
+    config.upload_rate = upload_limit;
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
     config.rng_seed = u64::from_le_bytes(seed);
@@ -161,6 +163,7 @@ pub fn share(
     files: &[PathBuf],
     tracker_text: &str,
     listen: SocketAddr,
+    upload_limit: Option<u64>,
     signals: bool,
     mut links: impl FnMut(String),
     mut stop: impl FnMut() -> bool,
@@ -170,7 +173,7 @@ pub fn share(
     for f in files {
         manifests.push((f.clone(), manifest_for(f, None, HostPeer::MAX_FILE_CHUNKS)?));
     }
-    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, signals)?;
+    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, signals, upload_limit)?;
     let now = Instant::now();
     for (path, m) in &manifests {
         let slot = driver
@@ -299,6 +302,8 @@ pub struct GetOptions {
     pub no_seed: bool,
     /// Listen address for serving others.
     pub listen: SocketAddr,
+    /// Upload limit in bytes per second.
+    pub upload_limit: Option<u64>,
     /// Catch SIGINT/SIGTERM.
     pub signals: bool,
 }
@@ -325,7 +330,13 @@ pub fn get(
     if let Some(out) = &output {
         check_output(out)?;
     }
-    let mut driver = peer_driver(tracker, Some(bind(opts.listen)?), true, opts.signals)?;
+    let mut driver = peer_driver(
+        tracker,
+        Some(bind(opts.listen)?),
+        true,
+        opts.signals,
+        opts.upload_limit,
+    )?;
     let now = Instant::now();
     let resume = output.as_ref().and_then(|o| read_journal(o, &link.file));
     let slot = match (&resume, &output) {
@@ -541,7 +552,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
     let tracker = resolve(tracker_text)?;
     // Listing peers needs the pushed list, which only registered peers get.
     let register = matches!(q, Query::Peers);
-    let mut driver = peer_driver(tracker, None, register, true)?;
+    let mut driver = peer_driver(tracker, None, register, true, None)?;
     let mut answers = Answers::default();
     let by_id = match &q {
         Query::Where(w) => Link::parse(w).ok().map(|l| l.file),

@@ -78,6 +78,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
             &[src],
             &tracker_addr.to_string(),
             loopback,
+            None,
             false,
             |l| drop(tx.send(l)),
             || s.load(Ordering::Relaxed),
@@ -104,6 +105,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
             tracker: None,
             no_seed: false,
             listen: loopback,
+            upload_limit: None,
             signals: false,
         };
         let bar = bars.add(ProgressBar::hidden());

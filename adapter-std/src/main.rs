@@ -44,6 +44,9 @@ enum Cmd {
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
+        /// Upload at most this many bytes per second.
+        #[arg(long)]
+        upload_limit: Option<u64>,
     },
     /// Download a file by link or id; prints its path, then seeds until interrupted.
     Get {
@@ -61,6 +64,9 @@ enum Cmd {
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
+        /// Upload at most this many bytes per second.
+        #[arg(long)]
+        upload_limit: Option<u64>,
     },
     /// List the files the tracker knows.
     Ls(QueryArgs),
@@ -122,10 +128,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             files,
             tracker,
             listen,
+            upload_limit,
         } => cli::share(
             &files,
             &tracker,
             listen,
+            upload_limit,
             true,
             |l| cli::println_flush(&l),
             || false,
@@ -136,12 +144,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             tracker,
             no_seed,
             listen,
+            upload_limit,
         } => {
             let opts = GetOptions {
                 output,
                 tracker: tracker.or_else(|| std::env::var("SHOAL_TRACKER").ok()),
                 no_seed,
                 listen,
+                upload_limit,
                 signals: true,
             };
             let mut bar = Bar::new(false);

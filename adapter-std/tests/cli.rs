@@ -1,0 +1,383 @@
+//! The seed documents' flows end to end with the built `shoal` binary: real processes on
+//! 127.0.0.1, every wait bounded by a deadline, every process stopped when its handle drops.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A scratch folder per test, with its own state directory.
+fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "shoal-it-{}-{}-{}",
+        std::process::id(),
+        name,
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(d.join("state")).unwrap();
+    d
+}
+
+fn shoal(dir: &Path) -> Command {
+    let mut c = Command::new(SHOAL);
+    c.current_dir(dir)
+        .env("SHOAL_STATE_DIR", dir.join("state"))
+        .env_remove("SHOAL_TRACKER")
+        .env("SHOAL_WAIT", "3");
+    c
+}
+
+/// A running process, killed when dropped.
+struct Proc {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Proc {
+    fn start(dir: &Path, tag: &str, args: &[&str]) -> Proc {
+        let out = dir.join(format!("{tag}.out"));
+        let err = dir.join(format!("{tag}.err"));
+        let child = shoal(dir)
+            .args(args)
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the shoal binary runs");
+        Proc { child, out, err }
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit; panics (killing it) past the deadline.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "process did not exit in time; stderr: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics past the deadline.
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tracker(dir: &Path, listen: &str) -> (Proc, String) {
+    let p = Proc::start(
+        dir,
+        &format!("tracker-{}", listen.replace(':', "_")),
+        &["tracker", "--listen", listen],
+    );
+    let mut addr = String::new();
+    until("the tracker to listen", || {
+        addr = p
+            .stderr()
+            .lines()
+            .find_map(|l| l.split("tracker listening on ").nth(1).map(str::to_owned))
+            .unwrap_or_default();
+        !addr.is_empty()
+    });
+    (p, addr)
+}
+
+fn share(dir: &Path, tag: &str, tracker: &str, file: &Path, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec![
+        "share",
+        file.to_str().unwrap(),
+        "--tracker",
+        tracker,
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    let p = Proc::start(dir, tag, &args);
+    let mut link = String::new();
+    until("the share link", || {
+        link = p.stdout().lines().next().unwrap_or_default().to_owned();
+        !link.is_empty()
+    });
+    assert!(link.starts_with("shoal:"), "{link}");
+    (p, link)
+}
+
+/// Chunks recorded in a download's journal: the journal is a header (magic, id, manifest with
+/// 32 bytes per chunk) followed by 4 bytes per verified chunk. Files here are 8 MiB in 256 KiB
+/// chunks, so the header is 8 + 32 + 2 + (postcard header) + 32 * 32 bytes.
+fn records(journal: &Path) -> u64 {
+    const HEADER: u64 = 8 + 32 + 2 + 15 + 32 * 32;
+    fs::metadata(journal).map_or(0, |m| m.len().saturating_sub(HEADER) / 4)
+}
+
+fn random_file(path: &Path, len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    fs::write(path, &data).unwrap();
+    data
+}
+
+fn get_args<'a>(link: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["get", link, "-o", out, "--listen", "127.0.0.1:0"];
+    a.extend_from_slice(extra);
+    a
+}
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    let mut p = Proc::start(dir, "run", args);
+    let status = p.wait();
+    Output {
+        status,
+        stdout: p.stdout().into_bytes(),
+        stderr: p.stderr().into_bytes(),
+    }
+}
+
+#[test]
+fn tracker_seeder_and_two_concurrent_getters() {
+    let dir = scratch("flow");
+    let data = random_file(&dir.join("src.bin"), 6_000_000);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    let mut a = Proc::start(&dir, "a", &get_args(&link, "a.bin", &["--no-seed"]));
+    let mut b = Proc::start(&dir, "b", &get_args(&link, "b.bin", &["--no-seed"]));
+    assert!(a.wait().success(), "{}", a.stderr());
+    assert!(b.wait().success(), "{}", b.stderr());
+    assert_eq!(fs::read(dir.join("a.bin")).unwrap(), data);
+    assert_eq!(fs::read(dir.join("b.bin")).unwrap(), data);
+    // The final path is printed on stdout, and nothing is left beside it.
+    assert_eq!(a.stdout().trim(), "a.bin");
+    assert!(!dir.join("a.bin.part").exists() && !dir.join("a.bin.shoal-journal").exists());
+
+    // ls / where / peers tell the truth: one file, one seeder online (the getters left).
+    let ls = run(&dir, &["ls", "--tracker", &tr]);
+    let ls_out = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success() && ls_out.contains("src.bin") && ls_out.contains("6000000"),
+        "{ls_out}"
+    );
+    let ls_json: serde_json::Value =
+        serde_json::from_slice(&run(&dir, &["ls", "--json", "--tracker", &tr]).stdout).unwrap();
+    assert_eq!(ls_json[0]["name"], "src.bin");
+    assert_eq!(ls_json[0]["size"], 6_000_000);
+    assert_eq!(ls_json[0]["seeders"], 1);
+    let chunks = ls_json[0]["chunks"].as_u64().unwrap();
+    let w: serde_json::Value = serde_json::from_slice(
+        &run(&dir, &["where", "src.bin", "--json", "--tracker", &tr]).stdout,
+    )
+    .unwrap();
+    assert_eq!(w.as_array().unwrap().len(), 1);
+    assert_eq!(w[0]["chunks"].as_u64().unwrap(), chunks);
+    assert_eq!(w[0]["ranges"][0][1].as_u64().unwrap(), chunks);
+    let where_text =
+        String::from_utf8_lossy(&run(&dir, &["where", &link, "--tracker", &tr]).stdout).to_string();
+    assert!(
+        where_text.contains(&format!("0-{}", chunks - 1)),
+        "{where_text}"
+    );
+    let peers: serde_json::Value =
+        serde_json::from_slice(&run(&dir, &["peers", "--json", "--tracker", &tr]).stdout).unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 1, "{peers}");
+}
+
+#[test]
+fn a_getter_killed_with_sigkill_resumes_without_fetching_verified_chunks_again() {
+    let dir = scratch("resume");
+    let data = random_file(&dir.join("src.bin"), 8 << 20);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    // A slow seeder (2 MB/s) so the getter is surely mid-transfer when it is killed.
+    let (_s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "2000000"],
+    );
+    let mut g = Proc::start(&dir, "g1", &get_args(&link, "out.bin", &["--no-seed"]));
+    let journal = dir.join("out.bin.shoal-journal");
+    until("a few journaled chunks", || records(&journal) >= 4);
+    g.kill();
+    assert!(
+        !dir.join("out.bin").exists(),
+        "a killed download must not appear under its final name"
+    );
+    let mut g2 = Proc::start(
+        &dir,
+        "g2",
+        &get_args(&link, "out.bin", &["--no-seed", "-v"]),
+    );
+    assert!(g2.wait().success(), "{}", g2.stderr());
+    let resumed = g2.stderr();
+    let line = resumed
+        .lines()
+        .find(|l| l.contains("resuming"))
+        .unwrap_or_else(|| panic!("no resume: {resumed}"));
+    let n: u32 = line
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(n >= 4, "{line}");
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_seeder_killed_mid_transfer_while_another_holds_the_file() {
+    let dir = scratch("seedkill");
+    let data = random_file(&dir.join("src.bin"), 8 << 20);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (mut s1, link) = share(
+        &dir,
+        "s1",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "1500000"],
+    );
+    let (_s2, _) = share(
+        &dir,
+        "s2",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "1500000"],
+    );
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
+    let journal = dir.join("out.bin.shoal-journal");
+    until("the transfer to start", || records(&journal) >= 1);
+    s1.kill();
+    assert!(g.wait().success(), "{}", g.stderr());
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+}
+
+#[test]
+fn the_tracker_killed_and_restarted_mid_transfer() {
+    let dir = scratch("trackerkill");
+    let data = random_file(&dir.join("src.bin"), 8 << 20);
+    let (mut t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "2000000"],
+    );
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
+    let journal = dir.join("out.bin.shoal-journal");
+    until("the transfer to start", || records(&journal) >= 1);
+    t.kill();
+    // The transfer goes on without the tracker.
+    let at_kill = records(&journal);
+    until("progress without the tracker", || {
+        records(&journal) >= at_kill + 4
+    });
+    let (_t2, _) = tracker(&dir, &tr);
+    assert!(g.wait().success(), "{}", g.stderr());
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+}
+
+/// Runs a command that must fail: exit code 1, exactly one line on stderr.
+fn fails(dir: &Path, args: &[&str], says: &str) {
+    let o = run(dir, args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "{args:?}: one line expected, got {err}"
+    );
+    assert!(err.contains(says), "{args:?}: {err}");
+}
+
+#[test]
+fn user_errors_get_one_clear_line_and_exit_1() {
+    let dir = scratch("errors");
+    random_file(&dir.join("src.bin"), 100_000);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    fails(
+        &dir,
+        &["share", "missing.bin", "--tracker", &tr],
+        "cannot read missing.bin",
+    );
+    fails(
+        &dir,
+        &["get", "shoal:xyz", "-o", "x.bin"],
+        "not 64 hex digits",
+    );
+    fails(
+        &dir,
+        &["get", "not a link", "-o", "x.bin"],
+        "not a shoal link",
+    );
+    let unknown = "ab".repeat(32);
+    fails(
+        &dir,
+        &[
+            "get",
+            &unknown,
+            "--tracker",
+            &tr,
+            "-o",
+            "u.bin",
+            "--no-seed",
+        ],
+        "knows no file",
+    );
+    assert!(!dir.join("u.bin").exists() && !dir.join("u.bin.part").exists());
+    fails(&dir, &["ls", "--tracker", "127.0.0.1:9"], "unreachable");
+    fails(
+        &dir,
+        &["get", &link, "-o", "/nonexistent-dir/out.bin", "--no-seed"],
+        "cannot write",
+    );
+    fails(&dir, &["tracker", "--listen", &tr], "already in use");
+    fs::write(dir.join("taken.bin"), b"mine").unwrap();
+    fails(
+        &dir,
+        &["get", &link, "-o", "taken.bin", "--no-seed"],
+        "already exists",
+    );
+    assert_eq!(fs::read(dir.join("taken.bin")).unwrap(), b"mine");
+    // Usage errors exit 2.
+    assert_eq!(run(&dir, &["frobnicate"]).status.code(), Some(2));
+    assert_eq!(run(&dir, &["get"]).status.code(), Some(2));
+}
