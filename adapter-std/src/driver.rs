@@ -245,8 +245,6 @@ pub struct Driver<N: Node, S: Storage> {
     next_token: usize,
     /// A reused buffer for reads from sockets.
     scratch: Vec<u8>,
-    /// A reused buffer for reads from storage (payload on its way to a socket).
-    fill: Vec<u8>,
     interrupted: bool,
 }
 
@@ -294,7 +292,6 @@ impl<N: Node, S: Storage> Driver<N, S> {
             tokens: HashMap::new(),
             next_token: 0,
             scratch: vec![0; READ_CHUNK],
-            fill: vec![0; READ_CHUNK],
             interrupted: false,
         })
     }
@@ -616,7 +613,8 @@ impl<N: Node, S: Storage> Driver<N, S> {
         }
     }
 
-    /// Copies pending payload from storage into the output buffer, up to [`OUT_HIGH`].
+    /// Reads pending payload from storage straight into the output buffer (the one copy in
+    /// user space), up to [`OUT_HIGH`].
     fn fill_from_storage(&mut self, conn: ConnId) {
         loop {
             let Some(s) = self.socks.get_mut(&conn) else {
@@ -628,10 +626,12 @@ impl<N: Node, S: Storage> Driver<N, S> {
             if s.queued() >= OUT_HIGH {
                 return;
             }
-            let want = (p.len as usize).min(self.fill.len());
-            match self.store.read(p.key, p.offset, &mut self.fill[..want]) {
+            let want = (p.len as usize).min(READ_CHUNK);
+            let at = s.out.len();
+            s.out.resize(at + want, 0);
+            match self.store.read(p.key, p.offset, &mut s.out[at..]) {
                 Ok(n) if n > 0 => {
-                    s.out.extend_from_slice(&self.fill[..n]);
+                    s.out.truncate(at + n);
                     let rest = p.len - n as u64;
                     s.pending = (rest > 0).then_some(StorageSend {
                         key: p.key,
@@ -646,9 +646,9 @@ impl<N: Node, S: Storage> Driver<N, S> {
                         "storage read failed for {:?}; closing the connection",
                         p.key
                     );
+                    s.out.truncate(at);
                     s.pending = None;
                     s.closing = true;
-                    s.out.truncate(s.out_pos);
                     return;
                 }
             }

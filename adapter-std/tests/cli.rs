@@ -381,3 +381,48 @@ fn user_errors_get_one_clear_line_and_exit_1() {
     assert_eq!(run(&dir, &["frobnicate"]).status.code(), Some(2));
     assert_eq!(run(&dir, &["get"]).status.code(), Some(2));
 }
+
+#[test]
+fn a_getter_is_served_by_another_getter() {
+    let dir = scratch("relay");
+    let data = random_file(&dir.join("src.bin"), 8 << 20);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (mut s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "4000000"],
+    );
+    // A keeps seeding after it completes; B starts while A is still fetching.
+    let a = Proc::start(&dir, "a", &get_args(&link, "a.bin", &[]));
+    until("A to be under way", || {
+        records(&dir.join("a.bin.shoal-journal")) >= 2
+    });
+    let mut b = Proc::start(&dir, "b", &get_args(&link, "b.bin", &["--no-seed"]));
+    until("A to complete", || a.stdout().contains("a.bin"));
+    // With the seeder gone, whatever B still lacks can only come from A.
+    s.kill();
+    assert!(b.wait().success(), "{}", b.stderr());
+    assert_eq!(fs::read(dir.join("b.bin")).unwrap(), data);
+    assert_eq!(fs::read(dir.join("a.bin")).unwrap(), data);
+}
+
+#[test]
+fn sigint_makes_a_peer_tell_the_tracker_it_leaves() {
+    let dir = scratch("sigint");
+    random_file(&dir.join("src.bin"), 100_000);
+    let (t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (mut s, _) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = s.wait();
+    assert!(status.success(), "{}", s.stderr());
+    until("the tracker to log the leave", || {
+        t.stderr().contains("left (Left)")
+    });
+}
