@@ -58,7 +58,10 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
-fn peer_driver(
+/// A peer driven over real sockets with file storage.
+pub type PeerDriver = Driver<Box<HostPeer>, FileStore>;
+
+pub(crate) fn peer_driver(
     tracker: SocketAddr,
     listener: Option<TcpListener>,
     register: bool,
@@ -231,7 +234,7 @@ pub fn share(
 }
 
 /// Tells the tracker we leave and gives the goodbye a moment to go out.
-fn leave<S: crate::driver::Storage>(driver: &mut Driver<Box<HostPeer>, S>) {
+pub(crate) fn leave<S: crate::driver::Storage>(driver: &mut Driver<Box<HostPeer>, S>) {
     driver.node.leave(Instant::now());
     let deadline = StdInstant::now() + StdDuration::from_millis(500);
     let _ = driver.run(|d, e| match e {

@@ -1,7 +1,8 @@
 //! shoal on a Linux host: the mio driver ([`driver`]), file storage ([`store`]) and the
-//! commands of the `shoal` binary ([`cli`]).
+//! commands of the `shoal` binary ([`cli`], and the interactive [`console`]).
 
 pub mod cli;
+pub mod console;
 pub mod driver;
 pub mod store;
 

@@ -79,6 +79,16 @@ enum Cmd {
     },
     /// List the active peers.
     Peers(QueryArgs),
+    /// An interactive console: share, get, ls, where, peers, status, help, quit; transfers
+    /// run in the background while the prompt stays usable.
+    Peer {
+        /// The tracker (host:port).
+        #[arg(long, env = "SHOAL_TRACKER", default_value = DEFAULT_TRACKER)]
+        tracker: String,
+        /// Address to serve peers on (port 0: any free port).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+    },
     /// Run a whole swarm on this machine: a tracker, a seeder of a generated 64 MiB file and
     /// three downloaders; verifies the copies and prints a summary.
     Demo,
@@ -101,6 +111,8 @@ fn main() -> ExitCode {
     let default = match (&cli.cmd, cli.verbose) {
         (_, 2..) => "debug",
         (_, 1) | (Cmd::Tracker { .. } | Cmd::Share { .. }, 0) => "info",
+        // The console's own lines are the interface; logs would interleave with them.
+        (Cmd::Peer { .. }, 0) => "error",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -169,6 +181,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             print_holders(cli::query(&q.tracker, Query::Where(file))?, q.json)
         }
         Cmd::Peers(q) => print_peers(cli::query(&q.tracker, Query::Peers)?, q.json),
+        Cmd::Peer { tracker, listen } => adapter_std::console::run(&tracker, listen),
         Cmd::Demo => demo::run(),
     }
 }

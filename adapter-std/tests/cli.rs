@@ -426,3 +426,43 @@ fn sigint_makes_a_peer_tell_the_tracker_it_leaves() {
         t.stderr().contains("left (Left)")
     });
 }
+
+#[test]
+fn the_console_shares_gets_lists_and_quits() {
+    use std::io::Write as _;
+    let dir = scratch("console");
+    let data = random_file(&dir.join("src.bin"), 3_000_000);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    let out = dir.join("console.out");
+    let mut child = shoal(&dir)
+        .args(["peer", "--tracker", &tr, "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let said = || fs::read_to_string(&out).unwrap_or_default();
+    writeln!(stdin, "ls").unwrap();
+    until("the file list", || {
+        said().contains("1 files") && said().contains("src.bin")
+    });
+    writeln!(stdin, "get {link} got.bin").unwrap();
+    until("the download", || said().contains("done: got.bin"));
+    writeln!(stdin, "status").unwrap();
+    until("the status", || said().contains("-> got.bin"));
+    writeln!(stdin, "nonsense").unwrap();
+    until("an error line", || said().contains("unknown command"));
+    writeln!(stdin, "quit").unwrap();
+    let end = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the console did not quit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    assert_eq!(fs::read(dir.join("got.bin")).unwrap(), data);
+}
