@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mio::net::TcpListener;
 use proto_core::link::Link;
 use proto_core::manifest::{ManifestHeader, Name};
-use proto_core::peer::{HostPeer, PeerConfig, PeerEvent};
+use proto_core::peer::{FetchFailure, HostPeer, PeerConfig, PeerEvent};
 use proto_core::time::Instant;
 use proto_core::tracker::{HostTracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry};
@@ -456,7 +456,13 @@ pub fn get(
                     }
                 }
                 PeerEvent::FetchFailed { slot: s, reason } if s == slot => {
-                    error = Some(anyhow!("download failed: {reason:?}"));
+                    error = Some(match (reason, d.last_storage_error.take()) {
+                        (FetchFailure::Storage, Some(e)) => disk_error(e),
+                        (FetchFailure::Unavailable { missing }, _) => {
+                            anyhow!("{missing} chunks had no online holder; run the same command again later to resume")
+                        }
+                        (reason, _) => anyhow!("download failed: {reason:?}"),
+                    });
                     return ControlFlow::Break(());
                 }
                 PeerEvent::TrackerRefused(r) => tracing::warn!("tracker refused us: {r:?}; retrying"),

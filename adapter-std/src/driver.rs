@@ -246,6 +246,9 @@ pub struct Driver<N: Node, S: Storage> {
     /// A reused buffer for reads from sockets.
     scratch: Vec<u8>,
     interrupted: bool,
+    /// The last storage error, kept for the command to report (the node only learns that
+    /// storage failed, not why).
+    pub last_storage_error: Option<io::Error>,
 }
 
 /// Why [`Driver::run`] returned.
@@ -293,6 +296,7 @@ impl<N: Node, S: Storage> Driver<N, S> {
             next_token: 0,
             scratch: vec![0; READ_CHUNK],
             interrupted: false,
+            last_storage_error: None,
         })
     }
 
@@ -528,7 +532,8 @@ impl<N: Node, S: Storage> Driver<N, S> {
             let r = self.node.recv(now, conn, &input[at..]);
             if let Some(w) = r.write {
                 if let Err(e) = self.store.write(w.key, w.offset, w.data) {
-                    tracing::warn!("storage write failed: {e}");
+                    tracing::debug!("storage write failed: {e}");
+                    self.last_storage_error = Some(e);
                     self.node.storage_failed(now, w.key);
                 }
             }
@@ -541,7 +546,8 @@ impl<N: Node, S: Storage> Driver<N, S> {
                 }
                 if let Some(w) = again.write {
                     if let Err(e) = self.store.write(w.key, w.offset, w.data) {
-                        tracing::warn!("storage write failed: {e}");
+                        tracing::debug!("storage write failed: {e}");
+                        self.last_storage_error = Some(e);
                         self.node.storage_failed(now, w.key);
                     }
                 }

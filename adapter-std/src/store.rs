@@ -100,8 +100,13 @@ pub fn manifest_for(
         hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes()))
     ));
     if let Some(m) = read_cached(&cache, size, mtime, chunk) {
+        tracing::info!(
+            "{}: manifest from cache (unchanged since it was hashed)",
+            path.display()
+        );
         return Ok(m);
     }
+    tracing::info!("{}: hashing {size} bytes", path.display());
     let header = ManifestHeader::new(&name, size, chunk)
         .map_err(|e| anyhow::anyhow!("cannot share {}: {e}", path.display()))?;
     let mut builder = ManifestBuilder::new(header);

@@ -466,3 +466,67 @@ fn the_console_shares_gets_lists_and_quits() {
     assert!(status.success());
     assert_eq!(fs::read(dir.join("got.bin")).unwrap(), data);
 }
+
+#[test]
+fn sharing_the_same_unchanged_file_again_does_not_rehash_it() {
+    let dir = scratch("cache");
+    random_file(&dir.join("src.bin"), 1_000_000);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (mut first, link1) = share(&dir, "s1", &tr, &dir.join("src.bin"), &[]);
+    assert!(first.stderr().contains("hashing"), "{}", first.stderr());
+    first.kill();
+    let (second, link2) = share(&dir, "s2", &tr, &dir.join("src.bin"), &[]);
+    assert!(
+        second.stderr().contains("manifest from cache"),
+        "{}",
+        second.stderr()
+    );
+    assert_eq!(link1, link2);
+    // A changed file is hashed again.
+    drop(second);
+    random_file(&dir.join("src.bin"), 1_000_001);
+    let (third, link3) = share(&dir, "s3", &tr, &dir.join("src.bin"), &[]);
+    assert!(third.stderr().contains("hashing"), "{}", third.stderr());
+    assert_ne!(link3, link1);
+}
+
+#[test]
+fn a_full_disk_is_one_clear_line_and_resumable() {
+    let dir = scratch("diskfull");
+    let small = dir.join("small");
+    fs::create_dir_all(&small).unwrap();
+    // A 2 MiB filesystem of our own; needs root (CI runs as root), else the test says so.
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=2m",
+            "tmpfs",
+            small.to_str().unwrap(),
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipping: cannot mount a small tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    random_file(&dir.join("src.bin"), 4 << 20);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    let out = small.join("out.bin");
+    fails(
+        &dir,
+        &["get", &link, "-o", out.to_str().unwrap(), "--no-seed"],
+        "disk is full",
+    );
+    assert!(!out.exists());
+}
