@@ -31,6 +31,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use sha2::{Digest, Sha256};
 
 use super::{retain, Active, Conn, Ctl, Peer, PeerEvent, Phase, Req};
+use crate::bitmap::ChunkBitmap;
 use crate::conn::ConnId;
 use crate::time::{Duration, Instant};
 use crate::wire::{BlockRef, ChunkRange, NodeId};
@@ -224,11 +225,25 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         // run everyone holds, and every fetcher would pick the same one.
         let mut best: Option<(u32, (usize, usize))> = None;
         let mut ties = 0u64;
+        // The availability of every open connection for this file, gathered once: the scan
+        // below looks at it for each candidate chunk.
+        let offers: Vec<(&ChunkBitmap<W>, bool), C> = self
+            .conns
+            .iter()
+            .filter(|(_, o)| o.file == Some(slot) && o.is_open() && o.bitfield_in)
+            .map(|(_, o)| (&o.remote_has, !o.remote_has.is_full()))
+            .collect();
         for chunk in 0..count {
             if !c.remote_has.get(chunk) || f.have.get(chunk) || f.busy.get(chunk) {
                 continue;
             }
-            let (holders, partial) = self.holders(slot, chunk);
+            let (mut holders, mut partial) = (0, 0);
+            for (has, part) in &offers {
+                if has.get(chunk) {
+                    holders += 1;
+                    partial += usize::from(*part);
+                }
+            }
             if holders > 1 && self.failed_from(slot, chunk, node) {
                 // It sent us a bad copy of this chunk; someone else has it.
                 continue;
@@ -278,20 +293,6 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 self.release_chunk_from(i, owner);
             }
         }
-    }
-
-    /// Open connections for `slot` that offer `chunk`: all of them, and those that do not
-    /// hold the whole file.
-    fn holders(&self, slot: u16, chunk: u32) -> (usize, usize) {
-        let mut all = 0;
-        let mut partial = 0;
-        for (_, c) in self.conns.iter() {
-            if c.file == Some(slot) && c.is_open() && c.bitfield_in && c.remote_has.get(chunk) {
-                all += 1;
-                partial += usize::from(!c.remote_has.is_full());
-            }
-        }
-        (all, partial)
     }
 
     fn failed_from(&self, slot: u16, chunk: u32, node: NodeId) -> bool {
