@@ -17,7 +17,7 @@ use proto_core::tracker::{HostTracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry};
 
 use crate::driver::{Driver, MemoryHashes, Stop};
-use crate::store::{manifest_for, part_paths, read_journal, FileStore};
+use crate::store::{manifest_for, part_paths, read_journal, FileStore, Resume};
 
 /// The tracker address used when none is given.
 pub const DEFAULT_TRACKER: &str = "127.0.0.1:7070";
@@ -295,6 +295,44 @@ impl GetProgress for Bar {
     }
 }
 
+/// Starts fetching `file` into `out` (if known yet), resuming from its journal when a
+/// download to `out` was interrupted; returns the slot and what was resumed.
+pub(crate) fn start_download(
+    driver: &mut PeerDriver,
+    file: FileId,
+    out: Option<&PathBuf>,
+) -> anyhow::Result<(u16, Option<Resume>)> {
+    let now = Instant::now();
+    let resume = out.and_then(|o| read_journal(o, &file));
+    let slot = match (&resume, out) {
+        (Some(r), Some(out)) => {
+            let verified = r.verified.iter().copied();
+            let slot = driver
+                .node
+                .resume(now, file, r.manifest.header.clone(), verified)
+                .map_err(|e| anyhow!("cannot resume: {e}"))?;
+            driver
+                .store
+                .add_resumed(slot, out.clone(), r)
+                .with_context(|| format!("cannot reopen {}", out.display()))?;
+            tracing::info!(
+                "resuming {}: {} chunks already verified",
+                out.display(),
+                r.verified.len()
+            );
+            slot
+        }
+        _ => {
+            let slot = driver.node.fetch(now, file).map_err(|e| anyhow!("{e}"))?;
+            if let Some(out) = out {
+                driver.store.add_fetch(slot, out.clone());
+            }
+            slot
+        }
+    };
+    Ok((slot, resume))
+}
+
 /// Options of `get`.
 pub struct GetOptions {
     /// Where to write; `None`: the manifest's name in the current directory.
@@ -340,42 +378,10 @@ pub fn get(
         opts.signals,
         opts.upload_limit,
     )?;
-    let now = Instant::now();
-    let resume = output.as_ref().and_then(|o| read_journal(o, &link.file));
-    let slot = match (&resume, &output) {
-        (Some(r), Some(out)) => {
-            let slot = driver
-                .node
-                .resume(
-                    now,
-                    link.file,
-                    r.manifest.header.clone(),
-                    r.verified.iter().copied(),
-                )
-                .map_err(|e| anyhow!("cannot resume: {e}"))?;
-            driver
-                .store
-                .add_resumed(slot, out.clone(), r)
-                .with_context(|| format!("cannot reopen {}", out.display()))?;
-            tracing::info!(
-                "resuming {}: {} chunks already verified",
-                out.display(),
-                r.verified.len()
-            );
-            progress.start(&r.manifest.header.name, r.manifest.header.size);
-            slot
-        }
-        _ => {
-            let slot = driver
-                .node
-                .fetch(now, link.file)
-                .map_err(|e| anyhow!("{e}"))?;
-            if let Some(out) = &output {
-                driver.store.add_fetch(slot, out.clone());
-            }
-            slot
-        }
-    };
+    let (slot, resume) = start_download(&mut driver, link.file, output.as_ref())?;
+    if let Some(r) = &resume {
+        progress.start(&r.manifest.header.name, r.manifest.header.size);
+    }
     let started = StdInstant::now();
     let mut registered = false;
     let mut manifest: Option<ManifestHeader> = resume.as_ref().map(|r| r.manifest.header.clone());

@@ -15,7 +15,7 @@ use proto_core::time::Instant;
 use proto_core::wire::{FileEntry, FileId, HolderItem};
 
 use crate::cli::{bind, link_for, peer_driver, ranges_text, resolve, PeerDriver};
-use crate::store::{manifest_for, read_journal};
+use crate::store::manifest_for;
 
 const HELP: &str = "commands:
   share FILE            publish FILE and serve it
@@ -162,38 +162,17 @@ fn command(
                     return Err(anyhow!("{} already exists; give another path", o.display()));
                 }
             }
-            let resume = out.as_ref().and_then(|o| read_journal(o, &link.file));
-            let slot = match (&resume, &out) {
-                (Some(r), Some(o)) => {
-                    let slot = d
-                        .node
-                        .resume(
-                            now,
-                            link.file,
-                            r.manifest.header.clone(),
-                            r.verified.iter().copied(),
-                        )
-                        .map_err(|e| anyhow!("{e}"))?;
-                    d.store.add_resumed(slot, o.clone(), r)?;
-                    say(&format!(
-                        "resuming {}: {} chunks already verified",
-                        o.display(),
-                        r.verified.len()
-                    ));
-                    slot
-                }
-                _ => {
-                    let slot = d.node.fetch(now, link.file).map_err(|e| anyhow!("{e}"))?;
-                    if let Some(o) = &out {
-                        d.store.add_fetch(slot, o.clone());
-                    }
-                    say(&format!(
-                        "fetching {} in the background; `status` shows progress",
-                        link.file
-                    ));
-                    slot
-                }
-            };
+            let (slot, resume) = crate::cli::start_download(d, link.file, out.as_ref())?;
+            match resume {
+                Some(r) => say(&format!(
+                    "resuming: {} chunks already verified",
+                    r.verified.len()
+                )),
+                None => say(&format!(
+                    "fetching {} in the background; `status` shows progress",
+                    link.file
+                )),
+            }
             fetches.insert(
                 slot,
                 Fetch {
