@@ -1,0 +1,534 @@
+//! A peer (downloading and seeding) driven by an arbitrary sequence of tracker messages, peer
+//! connections and their messages (blocks with true or garbage payload among them), closes,
+//! time and commands, around one small known file.
+//!
+//! Invariants beyond "no panic":
+//! - every chunk the peer reports verified matches its hash in the bytes it wrote for it;
+//! - every write lands inside the file, and every request it sends is inside the manifest;
+//! - everything it sends decodes as frames.
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use proto_core::conn::ConnId;
+use proto_core::io::FRAME_BUF_LEN;
+use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
+use proto_core::peer::{Peer, PeerAction, PeerConfig, PeerEvent};
+use proto_core::storage::Region;
+use proto_core::time::{Duration, Instant};
+use proto_core::wire::{
+    encode_frame, BlockRef, ChunkRange, FileId, FrameDecoder, Hello, HolderItem, Item, Message,
+    NodeId, PeerEntry, RejectReason, PROTOCOL_VERSION,
+};
+
+struct Known {
+    data: Vec<u8>,
+    header: ManifestHeader,
+    id: FileId,
+    hashes: Vec<u8>,
+}
+
+/// 5 chunks of 1 KiB, the last one short.
+fn known() -> &'static Known {
+    static K: OnceLock<Known> = OnceLock::new();
+    K.get_or_init(|| {
+        let data: Vec<u8> = (0..4500u32).map(|i| (i * 7 + i / 13) as u8).collect();
+        let header = ManifestHeader::new("k.bin", data.len() as u64, 1024).unwrap();
+        let mut b = ManifestBuilder::new(header);
+        let mut hashes = Vec::new();
+        b.update(&data, |_, h| hashes.extend_from_slice(&h.0))
+            .unwrap();
+        let (header, id) = b.finish().unwrap();
+        Known {
+            data,
+            header,
+            id,
+            hashes,
+        }
+    })
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Fetch,
+    Share,
+    /// Complete the newest pending outgoing connection.
+    Connected {
+        ok: bool,
+    },
+    Accept {
+        port: u8,
+    },
+    FromTracker(T),
+    FromPeer {
+        conn: u8,
+        msg: P,
+    },
+    Raw {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        conn: u8,
+    },
+    Advance {
+        ms: u16,
+    },
+    Cancel,
+}
+
+#[derive(Arbitrary, Debug)]
+enum T {
+    Hello,
+    Registered,
+    Ping(u32),
+    PeerList(u8),
+    Holder {
+        port: u8,
+        ranges: Vec<(u8, u8)>,
+        more: bool,
+    },
+    LocateEnd,
+    Manifest {
+        corrupt: Option<u8>,
+    },
+    NotFound,
+    Refused,
+}
+
+#[derive(Arbitrary, Debug)]
+enum P {
+    Hello {
+        node: u8,
+        port: u16,
+    },
+    Bitfield {
+        chunks: u8,
+        bits: u8,
+    },
+    Have(Vec<(u8, u8)>),
+    Request {
+        chunk: u8,
+        offset: u16,
+        len: u16,
+    },
+    Block {
+        chunk: u8,
+        offset: u16,
+        len: u16,
+        garbage: Option<u8>,
+    },
+    Cancel {
+        chunk: u8,
+        offset: u16,
+        len: u16,
+    },
+    Reject {
+        chunk: u8,
+        offset: u16,
+        len: u16,
+        busy: bool,
+    },
+    GetManifest,
+    Ping(u32),
+}
+
+type Small = Peer<4, 2, 2, 4>;
+
+struct Net {
+    p: Small,
+    now: Instant,
+    tracker: Option<ConnId>,
+    pending: Vec<ConnId>,
+    conns: Vec<ConnId>,
+    decoders: HashMap<ConnId, FrameDecoder>,
+    /// What the peer wrote, per slot: hashes and data.
+    written: HashMap<u16, (Vec<u8>, Vec<u8>)>,
+    shared_slot: Option<u16>,
+}
+
+fn frame(m: &Message) -> Vec<u8> {
+    let mut buf = [0u8; FRAME_BUF_LEN];
+    let n = encode_frame(m, &mut buf).expect("valid messages encode");
+    buf[..n].to_vec()
+}
+
+impl Net {
+    fn feed(&mut self, c: ConnId, bytes: &[u8]) {
+        let k = known();
+        let mut rest = bytes;
+        for _ in 0..10_000 {
+            if rest.is_empty() {
+                break;
+            }
+            let r = self.p.handle_recv(self.now, c, rest);
+            assert!(r.consumed <= rest.len());
+            if let Some(w) = r.write {
+                let (hashes, data) = self.written.entry(w.key.slot).or_default();
+                let end = w.offset as usize + w.data.len();
+                let dst = match w.key.region {
+                    Region::Hashes => hashes,
+                    Region::Data => {
+                        assert!(
+                            end as u64 <= k.header.size,
+                            "a write past the end of the file"
+                        );
+                        data
+                    }
+                };
+                if dst.len() < end {
+                    dst.resize(end, 0);
+                }
+                dst[w.offset as usize..end].copy_from_slice(w.data);
+            }
+            rest = &rest[r.consumed..];
+            self.drain();
+            if r.consumed == 0 {
+                break;
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        let k = known();
+        let mut buf = [0u8; FRAME_BUF_LEN];
+        for _ in 0..100 {
+            let mut progressed = false;
+            while let Some(tx) = self.p.poll_transmit(&mut buf) {
+                progressed = true;
+                let d = self
+                    .decoders
+                    .entry(tx.conn)
+                    .or_insert_with(|| FrameDecoder::new(u64::MAX));
+                let mut bytes = buf[..tx.len].to_vec();
+                if let Some(s) = tx.then {
+                    let src = match s.key.region {
+                        Region::Hashes => &k.hashes,
+                        Region::Data => &k.data,
+                    };
+                    let end = (s.offset + s.len) as usize;
+                    assert!(end <= src.len(), "asks to send past the stored bytes");
+                    bytes.extend_from_slice(&src[s.offset as usize..end]);
+                }
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    let (n, item) = d.decode(rest).expect("the peer's output always decodes");
+                    rest = &rest[n..];
+                    if let Some(Item::Message(Message::Request(b))) = item {
+                        assert!(
+                            b.chunk < k.header.chunk_count(),
+                            "request past the last chunk"
+                        );
+                        assert!(
+                            b.len > 0 && b.offset + b.len <= k.header.chunk_len(b.chunk),
+                            "request outside its chunk"
+                        );
+                    }
+                }
+            }
+            while let Some(a) = self.p.poll_action() {
+                progressed = true;
+                match a {
+                    PeerAction::Connect { conn, .. } => {
+                        if Some(conn) != self.tracker && self.tracker.is_none() {
+                            self.tracker = Some(conn);
+                        }
+                        self.pending.push(conn);
+                    }
+                    PeerAction::Close(c) => {
+                        self.conns.retain(|x| *x != c);
+                        self.pending.retain(|x| *x != c);
+                        if self.tracker == Some(c) {
+                            self.tracker = None;
+                        }
+                    }
+                    PeerAction::ReadHash { key, chunk } => {
+                        let mut h = [0u8; 32];
+                        let i = chunk as usize * 32;
+                        if let Some(src) = k.hashes.get(i..i + 32) {
+                            h.copy_from_slice(src);
+                        }
+                        self.p.handle_hash(self.now, key.slot, chunk, ChunkHash(h));
+                    }
+                    PeerAction::Discard(key) => {
+                        if let Some((h, _)) = self.written.get_mut(&key.slot) {
+                            h.clear();
+                        }
+                    }
+                }
+            }
+            while let Some(e) = self.p.poll_event() {
+                progressed = true;
+                if let PeerEvent::ChunkVerified { slot, chunk } = e {
+                    if Some(slot) == self.shared_slot {
+                        continue;
+                    }
+                    let data = self.written.get(&slot).map(|w| &w.1[..]).unwrap_or(&[]);
+                    let start = k.header.chunk_offset(chunk) as usize;
+                    let end = start + k.header.chunk_len(chunk) as usize;
+                    let got = data.get(start..end).map(ChunkHash::of).unwrap_or_default();
+                    let i = chunk as usize * 32;
+                    assert_eq!(
+                        &got.0[..],
+                        &k.hashes[i..i + 32],
+                        "chunk {chunk} reported verified with bytes that do not match"
+                    );
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+fn block(chunk: u8, offset: u16, len: u16) -> BlockRef {
+    BlockRef {
+        file: known().id,
+        chunk: u32::from(chunk % 6),
+        offset: u32::from(offset % 1100),
+        len: u32::from(len % 1100),
+    }
+}
+
+fn ranges(v: Vec<(u8, u8)>) -> heapless::Vec<ChunkRange, 32> {
+    v.into_iter()
+        .take(32)
+        .map(|(a, b)| ChunkRange {
+            start: u32::from(a % 7),
+            end: u32::from(b % 7),
+        })
+        .collect()
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let k = known();
+    let mut config = PeerConfig::new(NodeId([1; 16]), 7000, Some(([10, 0, 0, 1], 7070).into()));
+    config.ban_after = 3;
+    let mut net = Net {
+        p: Small::new(config, Instant::ZERO),
+        now: Instant::ZERO,
+        tracker: None,
+        pending: Vec::new(),
+        conns: Vec::new(),
+        decoders: HashMap::new(),
+        written: HashMap::new(),
+        shared_slot: None,
+    };
+    net.drain();
+    for op in ops.into_iter().take(200) {
+        match op {
+            Op::Fetch => {
+                let _ = net.p.fetch(net.now, k.id);
+                net.drain();
+            }
+            Op::Share => {
+                if let Ok(s) = net.p.share(net.now, k.id, k.header.clone()) {
+                    net.shared_slot = Some(s);
+                }
+                net.drain();
+            }
+            Op::Connected { ok } => {
+                if let Some(c) = net.pending.pop() {
+                    if ok {
+                        net.p.handle_connected(net.now, c);
+                        net.conns.push(c);
+                    } else {
+                        net.p.handle_closed(net.now, c);
+                        if net.tracker == Some(c) {
+                            net.tracker = None;
+                        }
+                    }
+                    net.drain();
+                }
+            }
+            Op::Accept { port } => {
+                if let Ok(c) = net
+                    .p
+                    .handle_accept(net.now, ([10, 0, 0, 9], u16::from(port) + 1000).into())
+                {
+                    net.conns.push(c);
+                }
+            }
+            Op::FromTracker(t) => {
+                let Some(c) = net.tracker.filter(|t| net.conns.contains(t)) else {
+                    continue;
+                };
+                let (m, body) = match t {
+                    T::Hello => (
+                        Message::Hello(Hello {
+                            version: PROTOCOL_VERSION,
+                            node: NodeId([0xee; 16]),
+                            listen_port: 0,
+                        }),
+                        vec![],
+                    ),
+                    T::Registered => (
+                        Message::Registered {
+                            addr: ([10, 0, 0, 2], 7000).into(),
+                        },
+                        vec![],
+                    ),
+                    T::Ping(n) => (Message::Ping(n), vec![]),
+                    T::PeerList(n) => (
+                        Message::PeerListEnd {
+                            count: u16::from(n % 2),
+                        },
+                        vec![],
+                    ),
+                    T::Holder {
+                        port,
+                        ranges: r,
+                        more,
+                    } => (
+                        Message::HolderItem(HolderItem {
+                            file: k.id,
+                            peer: PeerEntry {
+                                node: NodeId([port; 16]),
+                                addr: ([10, 0, 0, 3], u16::from(port) + 2000).into(),
+                            },
+                            ranges: ranges(r),
+                            more,
+                        }),
+                        vec![],
+                    ),
+                    T::LocateEnd => (
+                        Message::LocateEnd {
+                            file: k.id,
+                            holders: 1,
+                        },
+                        vec![],
+                    ),
+                    T::Manifest { corrupt } => {
+                        let mut body = k.hashes.clone();
+                        if let Some(x) = corrupt {
+                            let i = x as usize % body.len();
+                            body[i] ^= 0x55;
+                        }
+                        (
+                            Message::Manifest {
+                                file: k.id,
+                                header: k.header.clone(),
+                            },
+                            body,
+                        )
+                    }
+                    T::NotFound => (Message::NotFound { file: k.id }, vec![]),
+                    T::Refused => (
+                        Message::Refused(proto_core::wire::Refusal::DuplicateNode),
+                        vec![],
+                    ),
+                };
+                let mut bytes = frame(&m);
+                bytes.extend_from_slice(&body);
+                net.feed(c, &bytes);
+            }
+            Op::FromPeer { conn, msg } => {
+                if net.conns.is_empty() {
+                    continue;
+                }
+                let c = net.conns[conn as usize % net.conns.len()];
+                if Some(c) == net.tracker {
+                    continue;
+                }
+                let (m, body) = match msg {
+                    P::Hello { node, port } => (
+                        Message::Hello(Hello {
+                            version: PROTOCOL_VERSION,
+                            node: NodeId([node % 4 + 2; 16]),
+                            listen_port: port,
+                        }),
+                        vec![],
+                    ),
+                    P::Bitfield { chunks, bits } => {
+                        let chunks = u32::from(chunks % 7);
+                        let body = vec![bits; chunks.div_ceil(8) as usize];
+                        (Message::Bitfield { file: k.id, chunks }, body)
+                    }
+                    P::Have(r) => (
+                        Message::Have {
+                            file: k.id,
+                            ranges: ranges(r),
+                        },
+                        vec![],
+                    ),
+                    P::Request { chunk, offset, len } => {
+                        (Message::Request(block(chunk, offset, len)), vec![])
+                    }
+                    P::Block {
+                        chunk,
+                        offset,
+                        len,
+                        garbage,
+                    } => {
+                        let b = block(chunk, offset, len);
+                        let start = (k.header.chunk_offset(b.chunk) + u64::from(b.offset)) as usize;
+                        let body: Vec<u8> = match garbage {
+                            Some(g) => vec![g; b.len as usize],
+                            None => (0..b.len as usize)
+                                .map(|i| k.data.get(start + i).copied().unwrap_or(0))
+                                .collect(),
+                        };
+                        (Message::Block(b), body)
+                    }
+                    P::Cancel { chunk, offset, len } => {
+                        (Message::Cancel(block(chunk, offset, len)), vec![])
+                    }
+                    P::Reject {
+                        chunk,
+                        offset,
+                        len,
+                        busy,
+                    } => (
+                        Message::Reject {
+                            block: block(chunk, offset, len),
+                            reason: if busy {
+                                RejectReason::Busy
+                            } else {
+                                RejectReason::NotHeld
+                            },
+                        },
+                        vec![],
+                    ),
+                    P::GetManifest => (Message::GetManifest { file: k.id }, vec![]),
+                    P::Ping(n) => (Message::Ping(n), vec![]),
+                };
+                let mut bytes = frame(&m);
+                bytes.extend_from_slice(&body);
+                net.feed(c, &bytes);
+            }
+            Op::Raw { conn, bytes } => {
+                if !net.conns.is_empty() {
+                    let c = net.conns[conn as usize % net.conns.len()];
+                    net.feed(c, &bytes);
+                }
+            }
+            Op::Closed { conn } => {
+                if !net.conns.is_empty() {
+                    let c = net.conns.remove(conn as usize % net.conns.len());
+                    net.p.handle_closed(net.now, c);
+                    if net.tracker == Some(c) {
+                        net.tracker = None;
+                    }
+                    net.drain();
+                }
+            }
+            Op::Advance { ms } => {
+                net.now += Duration::from_millis(u64::from(ms) * 10);
+                net.p.handle_timeout(net.now);
+                net.drain();
+            }
+            Op::Cancel => {
+                for slot in 0..2 {
+                    let _ = net.p.cancel(net.now, slot);
+                    net.written.remove(&slot);
+                }
+                net.shared_slot = None;
+                net.drain();
+            }
+        }
+    }
+});

@@ -1,0 +1,306 @@
+//! The tracker driven by an arbitrary sequence of connections, messages (valid ones, so the
+//! fuzzer gets past the decoder), raw bytes, closes, time and storage failures.
+//!
+//! Invariants beyond "no panic": every byte the tracker sends decodes as frames; every body it
+//! sends from storage is hashes it stored and did not discard; memory is the fixed struct.
+#![no_main]
+
+use std::collections::HashMap;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use proto_core::conn::ConnId;
+use proto_core::io::FRAME_BUF_LEN;
+use proto_core::manifest::{FileIdHasher, ManifestHeader};
+use proto_core::storage::{Region, StorageKey};
+use proto_core::time::{Duration, Instant};
+use proto_core::tracker::{Action, Tracker, TrackerConfig};
+use proto_core::wire::{
+    encode_frame, ChunkRange, FileId, FrameDecoder, Hello, Message, NodeId, PROTOCOL_VERSION,
+};
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Accept { ip: u8 },
+    Raw { conn: u8, bytes: Vec<u8> },
+    Msg { conn: u8, msg: M },
+    Closed { conn: u8 },
+    Advance { ms: u16 },
+    Blocked { conn: u8, on: bool },
+    StorageFailed { slot: u8 },
+}
+
+#[derive(Arbitrary, Debug)]
+enum M {
+    Hello {
+        good_version: bool,
+        node: u8,
+        port: u16,
+    },
+    Register,
+    Ping(u32),
+    Pong(u32),
+    Leave,
+    Publish {
+        true_id: bool,
+        size: u16,
+        chunk_log: u8,
+        name: u8,
+        seed: u8,
+    },
+    ListFiles,
+    Locate {
+        f: u8,
+    },
+    GetManifest {
+        f: u8,
+    },
+    Have {
+        f: u8,
+        ranges: Vec<(u16, u16)>,
+    },
+    PeerOnly(u8),
+}
+
+struct Net {
+    t: Tracker<6, 3, 8, 2>,
+    now: Instant,
+    conns: Vec<ConnId>,
+    decoders: HashMap<ConnId, FrameDecoder>,
+    store: HashMap<u16, Vec<u8>>,
+    ids: Vec<FileId>,
+}
+
+impl Net {
+    fn conn(&self, i: u8) -> Option<ConnId> {
+        (!self.conns.is_empty()).then(|| self.conns[i as usize % self.conns.len()])
+    }
+
+    fn feed(&mut self, c: ConnId, bytes: &[u8]) {
+        let mut rest = bytes;
+        for _ in 0..10_000 {
+            if rest.is_empty() {
+                break;
+            }
+            let r = self.t.handle_recv(self.now, c, rest);
+            assert!(r.consumed <= rest.len());
+            if let Some(w) = r.write {
+                assert_eq!(w.key.region, Region::Hashes);
+                let v = self.store.entry(w.key.slot).or_default();
+                let end = w.offset as usize + w.data.len();
+                if v.len() < end {
+                    v.resize(end, 0);
+                }
+                v[w.offset as usize..end].copy_from_slice(w.data);
+            }
+            rest = &rest[r.consumed..];
+            self.drain();
+            if r.consumed == 0 {
+                break;
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; FRAME_BUF_LEN];
+        while let Some(tx) = self.t.poll_transmit(&mut buf) {
+            let d = self
+                .decoders
+                .entry(tx.conn)
+                .or_insert_with(|| FrameDecoder::new(u64::MAX));
+            let mut bytes = buf[..tx.len].to_vec();
+            if let Some(s) = tx.then {
+                let stored = self
+                    .store
+                    .get(&s.key.slot)
+                    .expect("sends only hashes it stored");
+                let end = (s.offset + s.len) as usize;
+                assert!(end <= stored.len(), "sends past what it stored");
+                bytes.extend_from_slice(&stored[s.offset as usize..end]);
+            }
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let (n, _) = d.decode(rest).expect("the tracker's output always decodes");
+                rest = &rest[n..];
+            }
+        }
+        while let Some(a) = self.t.poll_action() {
+            match a {
+                Action::Close(c) => {
+                    self.conns.retain(|x| *x != c);
+                    self.decoders.remove(&c);
+                }
+                Action::Discard(k) => {
+                    self.store.remove(&k.slot);
+                }
+            }
+        }
+        while self.t.poll_event().is_some() {}
+    }
+}
+
+fn frame(m: &Message) -> Vec<u8> {
+    let mut buf = [0u8; FRAME_BUF_LEN];
+    let n = encode_frame(m, &mut buf).expect("valid messages encode");
+    buf[..n].to_vec()
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mut net = Net {
+        t: Tracker::new(TrackerConfig::new(NodeId([0xee; 16])), Instant::ZERO),
+        now: Instant::ZERO,
+        conns: Vec::new(),
+        decoders: HashMap::new(),
+        store: HashMap::new(),
+        ids: Vec::new(),
+    };
+    for op in ops.into_iter().take(200) {
+        match op {
+            Op::Accept { ip } => {
+                if let Ok(c) = net
+                    .t
+                    .handle_accept(net.now, ([10, 0, 0, ip % 4], 5000).into())
+                {
+                    net.conns.push(c);
+                }
+            }
+            Op::Raw { conn, bytes } => {
+                if let Some(c) = net.conn(conn) {
+                    net.feed(c, &bytes);
+                }
+            }
+            Op::Msg { conn, msg } => {
+                let Some(c) = net.conn(conn) else { continue };
+                let pick = |net: &Net, f: u8| {
+                    net.ids
+                        .get(f as usize % net.ids.len().max(1))
+                        .copied()
+                        .unwrap_or(FileId([f; 32]))
+                };
+                let (m, body) = match msg {
+                    M::Hello {
+                        good_version,
+                        node,
+                        port,
+                    } => (
+                        Message::Hello(Hello {
+                            version: if good_version {
+                                PROTOCOL_VERSION
+                            } else {
+                                PROTOCOL_VERSION + 1
+                            },
+                            node: NodeId([node % 8; 16]),
+                            listen_port: port % 4,
+                        }),
+                        Vec::new(),
+                    ),
+                    M::Register => (Message::Register, Vec::new()),
+                    M::Ping(n) => (Message::Ping(n), Vec::new()),
+                    M::Pong(n) => (Message::Pong(n), Vec::new()),
+                    M::Leave => (Message::Leave, Vec::new()),
+                    M::Publish {
+                        true_id,
+                        size,
+                        chunk_log,
+                        name,
+                        seed,
+                    } => {
+                        let chunk = 1024u32 << (chunk_log % 3);
+                        let Ok(header) = ManifestHeader::new(
+                            &format!("f{}", name % 4),
+                            u64::from(size) * 4,
+                            chunk,
+                        ) else {
+                            continue;
+                        };
+                        let body: Vec<u8> = (0..header.hashes_len())
+                            .map(|i| (i as u8).wrapping_mul(seed))
+                            .collect();
+                        let mut h = FileIdHasher::new(&header);
+                        h.update(&body);
+                        let id = if true_id {
+                            h.finish().unwrap_or_default()
+                        } else {
+                            FileId([seed; 32])
+                        };
+                        if !net.ids.contains(&id) {
+                            net.ids.push(id);
+                        }
+                        (Message::Publish { file: id, header }, body)
+                    }
+                    M::ListFiles => (Message::ListFiles, Vec::new()),
+                    M::Locate { f } => (
+                        Message::Locate {
+                            file: pick(&net, f),
+                        },
+                        Vec::new(),
+                    ),
+                    M::GetManifest { f } => (
+                        Message::GetManifest {
+                            file: pick(&net, f),
+                        },
+                        Vec::new(),
+                    ),
+                    M::Have { f, ranges } => {
+                        let ranges = ranges
+                            .into_iter()
+                            .take(32)
+                            .map(|(a, b)| ChunkRange {
+                                start: u32::from(a % 300),
+                                end: u32::from(b % 300),
+                            })
+                            .collect();
+                        (
+                            Message::Have {
+                                file: pick(&net, f),
+                                ranges,
+                            },
+                            Vec::new(),
+                        )
+                    }
+                    M::PeerOnly(n) => (
+                        Message::PeerListEnd {
+                            count: u16::from(n),
+                        },
+                        Vec::new(),
+                    ),
+                };
+                let mut bytes = frame(&m);
+                bytes.extend_from_slice(&body);
+                net.feed(c, &bytes);
+            }
+            Op::Closed { conn } => {
+                if let Some(c) = net.conn(conn) {
+                    net.t.handle_closed(net.now, c);
+                    net.conns.retain(|x| *x != c);
+                    net.decoders.remove(&c);
+                    net.drain();
+                }
+            }
+            Op::Advance { ms } => {
+                net.now += Duration::from_millis(u64::from(ms) * 10);
+                net.t.handle_timeout(net.now);
+                net.drain();
+            }
+            Op::Blocked { conn, on } => {
+                if let Some(c) = net.conn(conn) {
+                    if on {
+                        net.t.handle_send_blocked(c);
+                    } else {
+                        net.t.handle_send_ready(c);
+                    }
+                    net.drain();
+                }
+            }
+            Op::StorageFailed { slot } => {
+                net.t.handle_storage_failed(StorageKey {
+                    slot: u16::from(slot % 4),
+                    region: Region::Hashes,
+                });
+                net.drain();
+            }
+        }
+        // Time never runs backwards from the tracker's point of view.
+        assert!(net.t.poll_timeout() >= Instant::ZERO);
+    }
+});
