@@ -24,6 +24,8 @@
 //!
 //! - A peer registers after its `Hello`; a second registration of the same node id or the same
 //!   address, or one past `max_peers`, is refused with a [`Refusal`] and the connection closed.
+//! - One IP address holds at most [`TrackerConfig::max_conns_per_ip`] connections, so a single
+//!   host cannot fill the tables with fake peers and lock honest ones out.
 //! - The address recorded for a peer is the IP its connection came from with the listen port it
 //!   announced, never an address it claims.
 //! - Every [`TrackerConfig::ping_interval`] each connection that finished its handshake is
@@ -44,8 +46,8 @@
 //!
 //! | configuration | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,477,480 |
-//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 40,680 |
+//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,477,488 |
+//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 40,688 |
 //!
 //! Most of it is per connection (a 512-byte frame buffer, an 8-entry reply queue and a
 //! publish-in-progress) and per holding (`4 * W` bytes of bitmap). Chunk hashes are never in
@@ -94,6 +96,9 @@ pub struct TrackerConfig {
     pub handshake_timeout: Duration,
     /// Most registered peers (at most the connection count). Default: no limit but the table.
     pub max_peers: usize,
+    /// Most connections from one IP address. One host opening (or registering) connection after
+    /// connection would otherwise fill the tables and lock honest peers out. Default 64.
+    pub max_conns_per_ip: usize,
 }
 
 impl TrackerConfig {
@@ -105,6 +110,7 @@ impl TrackerConfig {
             max_missed_pings: 3,
             handshake_timeout: Duration::from_secs(10),
             max_peers: usize::MAX,
+            max_conns_per_ip: 64,
         }
     }
 }
@@ -152,6 +158,8 @@ pub enum Offence {
 pub enum Table {
     /// The holdings table: a have-chunks update was not recorded.
     Holdings,
+    /// One IP address reached its connection limit: a new connection from it was refused.
+    ConnectionsPerIp,
 }
 
 /// What happened, for the adapter's log.
@@ -400,8 +408,18 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     // ---- inputs -------------------------------------------------------------------------
 
-    /// A connection from `remote` was accepted. `Err` means the table is full: close the socket.
+    /// A connection from `remote` was accepted. `Err` means the table is full, or full for
+    /// that IP address ([`TrackerConfig::max_conns_per_ip`]): close the socket.
     pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+        let from_ip = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.remote.ip() == remote.ip())
+            .count();
+        if from_ip >= self.config.max_conns_per_ip {
+            self.event(TrackerEvent::Overloaded(Table::ConnectionsPerIp));
+            return Err(TableFull);
+        }
         let conn = Conn {
             remote,
             // Any body the wire allows is read (and skipped if refused), so a publisher with a

@@ -9,8 +9,8 @@ use proto_core::manifest::{ManifestBuilder, ManifestHeader};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{
-    Action, HostTracker, LeaveReason, Offence, SmallTracker, Tracker, TrackerConfig, TrackerEvent,
-    FRAME_BUF_LEN,
+    Action, HostTracker, LeaveReason, Offence, SmallTracker, Table, Tracker, TrackerConfig,
+    TrackerEvent, FRAME_BUF_LEN,
 };
 use proto_core::wire::{
     encode_frame, ChunkRange, FileEntry, FileId, FrameDecoder, FrameError, Hello, Item, Message,
@@ -398,6 +398,33 @@ fn full_peer_table_is_refused_and_full_connection_table_is_an_error() {
         net.connect(&format!("10.0.1.{i}:1"));
     }
     assert!(net.t.handle_accept(net.now, addr("10.0.2.1:1")).is_err());
+}
+
+#[test]
+fn one_host_cannot_fill_the_tables_with_fake_peers() {
+    let mut config = TrackerConfig::new(node(0xee));
+    config.max_conns_per_ip = 3;
+    let mut net = Net::with(config);
+    // A host registering fake peer after fake peer gets three, then is refused.
+    for i in 0..3u8 {
+        net.peer(
+            &format!("10.6.6.6:{}", 1000 + u16::from(i)),
+            100 + i,
+            7000 + u16::from(i),
+        );
+    }
+    assert!(net.t.handle_accept(net.now, addr("10.6.6.6:2000")).is_err());
+    net.drain();
+    assert!(net
+        .events
+        .iter()
+        .any(|e| matches!(e, TrackerEvent::Overloaded(Table::ConnectionsPerIp))));
+    // Honest peers elsewhere still get in and are served.
+    let honest = net.peer("10.0.0.1:1", 1, 7000);
+    net.take(honest);
+    net.send(honest, &Message::Ping(9));
+    assert_eq!(net.take(honest), vec![Message::Pong(9)]);
+    assert_eq!(net.t.peer_count(), 4);
 }
 
 #[test]
@@ -1006,8 +1033,8 @@ fn stale_connection_ids_are_ignored() {
 #[test]
 fn worst_case_ram_matches_the_documented_figures() {
     // These numbers are quoted in the tracker module docs; update both together.
-    assert_eq!(HostTracker::ram_bytes(), 1_477_480);
-    assert_eq!(SmallTracker::ram_bytes(), 40_680);
+    assert_eq!(HostTracker::ram_bytes(), 1_477_488);
+    assert_eq!(SmallTracker::ram_bytes(), 40_688);
     assert_eq!(
         std::mem::size_of::<SmallTracker>(),
         SmallTracker::ram_bytes()
