@@ -528,8 +528,10 @@ impl<N: Node, S: Storage> Driver<N, S> {
     /// Feeds input to the node, storing what it asks to store; returns the bytes it took.
     fn feed(&mut self, now: Instant, conn: ConnId, input: &[u8]) -> usize {
         let mut at = 0;
+        let mut retried = false;
         while at < input.len() {
             let r = self.node.recv(now, conn, &input[at..]);
+            let wrote = r.write.is_some();
             if let Some(w) = r.write {
                 if let Err(e) = self.store.write(w.key, w.offset, w.data) {
                     tracing::debug!("storage write failed: {e}");
@@ -537,24 +539,17 @@ impl<N: Node, S: Storage> Driver<N, S> {
                     self.node.storage_failed(now, w.key);
                 }
             }
-            if r.consumed == 0 {
-                // The node wants its answers sent first.
-                self.drain(now);
-                let again = self.node.recv(now, conn, &input[at..]);
-                if again.consumed == 0 && again.write.is_none() {
-                    break;
-                }
-                if let Some(w) = again.write {
-                    if let Err(e) = self.store.write(w.key, w.offset, w.data) {
-                        tracing::debug!("storage write failed: {e}");
-                        self.last_storage_error = Some(e);
-                        self.node.storage_failed(now, w.key);
-                    }
-                }
-                at += again.consumed;
+            at += r.consumed;
+            if r.consumed > 0 || wrote {
+                retried = false;
                 continue;
             }
-            at += r.consumed;
+            // The node wants its answers sent before it reads more: send them, try once more.
+            if retried {
+                break;
+            }
+            self.drain(now);
+            retried = true;
         }
         at
     }
