@@ -185,13 +185,18 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         }
     }
 
-    /// A started chunk with no source that `id` can continue; the furthest along first.
-    fn orphan_for(&self, id: ConnId, slot: u16) -> Option<usize> {
-        let c = self.conns.get(id)?;
+    /// The chunks in flight, with their index in the table.
+    fn in_flight(&self) -> impl Iterator<Item = (usize, &Active)> {
         self.active
             .iter()
             .enumerate()
             .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
+    }
+
+    /// A started chunk with no source that `id` can continue; the furthest along first.
+    fn orphan_for(&self, id: ConnId, slot: u16) -> Option<usize> {
+        let c = self.conns.get(id)?;
+        self.in_flight()
             .filter(|(_, a)| {
                 a.slot == slot
                     && a.owner.is_none()
@@ -336,10 +341,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             return None;
         }
         let c = self.conns.get(id)?;
-        self.active
-            .iter()
-            .enumerate()
-            .filter_map(|(i, a)| a.as_ref().map(|a| (i, a)))
+        self.in_flight()
             .filter(|(_, a)| {
                 a.slot == slot
                     && a.owner.is_some()
