@@ -4,17 +4,19 @@ use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use mio::net::TcpListener;
+use proto_core::auth::SwarmKey;
 use proto_core::link::Link;
 use proto_core::manifest::{ManifestHeader, Name};
 use proto_core::peer::{FetchFailure, HostPeer, PeerConfig, PeerEvent};
 use proto_core::time::Instant;
 use proto_core::tracker::{HostTracker, TrackerConfig, TrackerEvent};
-use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry};
+use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry, Refusal};
 
 use crate::driver::{Driver, MemoryHashes, Stop};
 use crate::store::{manifest_for, part_paths, read_journal, FileStore, Resume};
@@ -29,6 +31,84 @@ pub fn wait_limit() -> StdDuration {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(10.0);
     StdDuration::from_secs_f64(secs.clamp(0.1, 86_400.0))
+}
+
+/// The swarm key every node this process runs proves, once loaded.
+static SWARM_KEY: OnceLock<SwarmKey> = OnceLock::new();
+
+fn swarm_key() -> Option<SwarmKey> {
+    SWARM_KEY.get().copied()
+}
+
+/// Reads a swarm key file (64 hex digits) and uses that key for every node this process runs.
+pub fn load_swarm_key(path: &Path) -> anyhow::Result<()> {
+    let make = format!("make one with `shoal keygen {}`", path.display());
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read swarm key file {}: {e}; {make}", path.display()))?;
+    let text = text.trim();
+    let mut key = [0u8; 32];
+    let ok = text.len() == 64
+        && text.is_ascii()
+        && key.iter_mut().enumerate().all(|(i, b)| {
+            u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                .map(|v| *b = v)
+                .is_ok()
+        });
+    if !ok {
+        bail!(
+            "swarm key file {} must hold exactly 64 hex digits (32 bytes); {make}",
+            path.display()
+        );
+    }
+    // Set once, by main, before any node starts.
+    let _ = SWARM_KEY.set(SwarmKey(key));
+    Ok(())
+}
+
+/// Writes a new random swarm key to `path`, readable by its owner only; never overwrites.
+pub fn keygen(path: &Path) -> anyhow::Result<()> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow!("no randomness from the OS: {e}"))?;
+    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => anyhow!(
+            "{} already exists; keys are never overwritten, choose another path",
+            path.display()
+        ),
+        _ => anyhow!("cannot create {}: {e}", path.display()),
+    })?;
+    writeln!(f, "{text}")
+        .and_then(|()| f.sync_all())
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// A seed from the OS generator: with a swarm key, handshake nonces must be unpredictable.
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    u64::from_le_bytes(seed)
+}
+
+/// The error for a refusal by the tracker that retrying cannot fix; `None` for one that it can
+/// (a full table, a duplicate that will time out).
+pub(crate) fn fatal_refusal(tracker: &str, r: Refusal) -> Option<anyhow::Error> {
+    match r {
+        Refusal::SwarmKey if swarm_key().is_some() => Some(anyhow!(
+            "the tracker at {tracker} refused our swarm key: it uses another key, or none; check --swarm-key-file"
+        )),
+        Refusal::SwarmKey => Some(anyhow!(
+            "the tracker at {tracker} serves a private swarm: pass its key with --swarm-key-file"
+        )),
+        Refusal::VersionMismatch { supported } => Some(anyhow!(
+            "the tracker at {tracker} speaks protocol version {supported}, this shoal speaks {}; use matching versions",
+            proto_core::wire::PROTOCOL_VERSION
+        )),
+        _ => None,
+    }
 }
 
 /// A fresh random node id.
@@ -75,9 +155,8 @@ pub(crate) fn peer_driver(
     let mut config = PeerConfig::new(random_node(), port, Some(tracker));
     config.register = register;
     config.upload_rate = upload_limit;
-    let mut seed = [0u8; 8];
-    let _ = getrandom::fill(&mut seed);
-    config.rng_seed = u64::from_le_bytes(seed);
+    config.rng_seed = random_seed();
+    config.swarm_key = swarm_key();
     let peer = Box::new(HostPeer::new(config, Instant::now()));
     Ok(Driver::new(peer, FileStore::default(), listener, signals)?)
 }
@@ -91,13 +170,20 @@ pub fn tracker(
     mut stop: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
     let listener = bind(listen)?;
-    let tracker = Box::new(HostTracker::new(
-        TrackerConfig::new(random_node()),
-        Instant::now(),
-    ));
+    let mut config = TrackerConfig::new(random_node());
+    config.swarm_key = swarm_key();
+    config.rng_seed = random_seed();
+    let tracker = Box::new(HostTracker::new(config, Instant::now()));
     let mut driver = Driver::new(tracker, MemoryHashes::default(), Some(listener), signals)?;
     let addr = driver.local_addr().unwrap_or(listen);
-    tracing::info!("tracker listening on {addr}");
+    tracing::info!(
+        "tracker listening on {addr}{}",
+        if swarm_key().is_some() {
+            " (private swarm: nodes must prove the swarm key)"
+        } else {
+            ""
+        }
+    );
     ready(addr);
     driver.run(|_, e| match e {
         Some(e) => {
@@ -207,8 +293,15 @@ pub fn share(
                 error = Some(anyhow!("the tracker refused to list {file}: {reason:?}"));
                 return ControlFlow::Break(());
             }
-            Some(PeerEvent::TrackerRefused(r)) => {
-                tracing::warn!("tracker refused us: {r:?}; retrying")
+            Some(PeerEvent::TrackerRefused(r)) => match fatal_refusal(tracker_text, r) {
+                Some(e) => {
+                    error = Some(e);
+                    return ControlFlow::Break(());
+                }
+                None => tracing::warn!("tracker refused us: {r:?}; retrying"),
+            },
+            Some(PeerEvent::SwarmKeyMismatch { addr, .. }) => {
+                tracing::warn!("{addr} does not share our swarm key; disconnected")
             }
             Some(PeerEvent::TrackerLost) if registered => {
                 tracing::warn!("lost the tracker; still serving peers, reconnecting")
@@ -471,7 +564,16 @@ pub fn get(
                     });
                     return ControlFlow::Break(());
                 }
-                PeerEvent::TrackerRefused(r) => tracing::warn!("tracker refused us: {r:?}; retrying"),
+                PeerEvent::TrackerRefused(r) => match fatal_refusal(&tracker_text, r) {
+                    Some(e) => {
+                        error = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                    None => tracing::warn!("tracker refused us: {r:?}; retrying"),
+                },
+                PeerEvent::SwarmKeyMismatch { addr, .. } => {
+                    tracing::warn!("{addr} does not share our swarm key; disconnected")
+                }
                 _ => {}
             }
             ControlFlow::Continue(())
@@ -648,6 +750,12 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
             PeerEvent::NotFound { file } => {
                 error = Some(anyhow!("the tracker lists no file {file}; see `shoal ls`"));
                 return ControlFlow::Break(());
+            }
+            PeerEvent::TrackerRefused(r) => {
+                if let Some(e) = fatal_refusal(tracker_text, r) {
+                    error = Some(e);
+                    return ControlFlow::Break(());
+                }
             }
             _ => {}
         }

@@ -344,6 +344,15 @@ fn on_event(
             say(&format!("\ndownload in slot {slot} failed: {reason:?}"));
             prompt();
         }
+        PeerEvent::TrackerRefused(r) => {
+            // Said once per refusal; the core retries with backoff (a full table clears).
+            let why = crate::cli::fatal_refusal(tracker_text, r).map_or_else(
+                || format!("tracker refused us: {r:?}; retrying"),
+                |e| e.to_string(),
+            );
+            say(&format!("\n{why}"));
+            prompt();
+        }
         _ => {}
     }
     let _ = d.store.tick();

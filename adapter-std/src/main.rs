@@ -23,6 +23,10 @@ struct Cli {
     /// Log more (repeat for more still).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// A private swarm: prove this key (64 hex digits in the file) at every handshake, and
+    /// refuse nodes that cannot. Make one with `shoal keygen FILE`.
+    #[arg(long, global = true, env = "SHOAL_SWARM_KEY_FILE", value_name = "FILE")]
+    swarm_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -92,6 +96,11 @@ enum Cmd {
     /// Run a whole swarm on this machine: a tracker, a seeder of a generated 64 MiB file and
     /// three downloaders; verifies the copies and prints a summary.
     Demo,
+    /// Write a new random swarm key to FILE (readable by you only), for --swarm-key-file.
+    Keygen {
+        /// Where to write the key; an existing file is never overwritten.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -124,7 +133,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    match run(cli.cmd) {
+    let key = match &cli.swarm_key_file {
+        Some(path) if !matches!(cli.cmd, Cmd::Keygen { .. }) => cli::load_swarm_key(path),
+        _ => Ok(()),
+    };
+    match key.and_then(|()| run(cli.cmd)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("shoal: {e:#}");
@@ -183,6 +196,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Peers(q) => print_peers(cli::query(&q.tracker, Query::Peers)?, q.json),
         Cmd::Peer { tracker, listen } => adapter_std::console::run(&tracker, listen),
         Cmd::Demo => demo::run(),
+        Cmd::Keygen { file } => {
+            cli::keygen(&file)?;
+            cli::println_flush(&format!(
+                "wrote a new swarm key to {}; give it to every node of the swarm with --swarm-key-file",
+                file.display()
+            ));
+            Ok(())
+        }
     }
 }
 

@@ -101,18 +101,22 @@ fn until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn tracker(dir: &Path, listen: &str) -> (Proc, String) {
-    let p = Proc::start(
-        dir,
-        &format!("tracker-{}", listen.replace(':', "_")),
-        &["tracker", "--listen", listen],
-    );
+    tracker_with(dir, listen, &[])
+}
+
+fn tracker_with(dir: &Path, listen: &str, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["tracker", "--listen", listen];
+    args.extend_from_slice(extra);
+    let p = Proc::start(dir, &format!("tracker-{}", listen.replace(':', "_")), &args);
     let mut addr = String::new();
     until("the tracker to listen", || {
         addr = p
             .stderr()
             .lines()
-            .find_map(|l| l.split("tracker listening on ").nth(1).map(str::to_owned))
-            .unwrap_or_default();
+            .find_map(|l| l.split("tracker listening on ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_default()
+            .to_owned();
         !addr.is_empty()
     });
     (p, addr)
@@ -529,4 +533,78 @@ fn a_full_disk_is_one_clear_line_and_resumable() {
         "disk is full",
     );
     assert!(!out.exists());
+}
+
+#[test]
+fn a_private_swarm_serves_members_and_refuses_everyone_else() {
+    let dir = scratch("swarmkey");
+    // keygen writes 64 hex digits readable by the owner only, and never overwrites.
+    assert!(run(&dir, &["keygen", "key.hex"]).status.success());
+    let key = fs::read_to_string(dir.join("key.hex")).unwrap();
+    assert_eq!(key.trim().len(), 64, "{key}");
+    assert!(key.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.join("key.hex"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    fails(&dir, &["keygen", "key.hex"], "already exists");
+    assert_eq!(fs::read_to_string(dir.join("key.hex")).unwrap(), key);
+    assert!(run(&dir, &["keygen", "other.hex"]).status.success());
+    fs::write(dir.join("bad.hex"), "not a key\n").unwrap();
+
+    let k = ["--swarm-key-file", "key.hex"];
+    let data = random_file(&dir.join("src.bin"), 3_000_000);
+    let (_t, tr) = tracker_with(&dir, "127.0.0.1:0", &k);
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &k);
+    let mut member = Proc::start(
+        &dir,
+        "member",
+        &get_args(&link, "m.bin", &["--no-seed", k[0], k[1]]),
+    );
+    assert!(member.wait().success(), "{}", member.stderr());
+    assert_eq!(fs::read(dir.join("m.bin")).unwrap(), data);
+    let ls = run(&dir, &["ls", "--tracker", &tr, k[0], k[1]]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("src.bin"));
+
+    // Without the key, or with another one: one line saying what to do, nothing downloaded.
+    fails(
+        &dir,
+        &get_args(&link, "x.bin", &["--no-seed"]),
+        "private swarm: pass its key with --swarm-key-file",
+    );
+    fails(
+        &dir,
+        &get_args(
+            &link,
+            "y.bin",
+            &["--no-seed", "--swarm-key-file", "other.hex"],
+        ),
+        "refused our swarm key",
+    );
+    fails(&dir, &["ls", "--tracker", &tr], "private swarm");
+    for out in ["x.bin", "x.bin.part", "y.bin", "y.bin.part"] {
+        assert!(!dir.join(out).exists(), "{out} left behind");
+    }
+    // A key where the tracker has none is refused too.
+    let (_open, open_tr) = tracker(&dir, "127.0.0.1:0");
+    fails(
+        &dir,
+        &["ls", "--tracker", &open_tr, k[0], k[1]],
+        "refused our swarm key",
+    );
+    // Unusable key files.
+    fails(
+        &dir,
+        &["ls", "--tracker", &tr, "--swarm-key-file", "bad.hex"],
+        "64 hex digits",
+    );
+    fails(
+        &dir,
+        &["ls", "--tracker", &tr, "--swarm-key-file", "missing.hex"],
+        "cannot read swarm key file missing.hex",
+    );
 }

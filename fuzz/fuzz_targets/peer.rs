@@ -5,14 +5,17 @@
 //! Invariants beyond "no panic":
 //! - every chunk the peer reports verified matches its hash in the bytes it wrote for it;
 //! - every write lands inside the file, and every request it sends is inside the manifest;
-//! - everything it sends decodes as frames.
+//! - everything it sends decodes as frames;
+//! - with a swarm key (chosen by the input), a connection whose remote has not sent a good proof
+//!   gets nothing from the peer but its Hello, its own proof (opener) and a refusal.
 #![no_main]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
 use proto_core::io::FRAME_BUF_LEN;
 use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
@@ -23,6 +26,10 @@ use proto_core::wire::{
     encode_frame, BlockRef, ChunkRange, FileId, FrameDecoder, Hello, HolderItem, Item, Message,
     NodeId, PeerEntry, RejectReason, PROTOCOL_VERSION,
 };
+
+const KEY: SwarmKey = SwarmKey([0x4b; 32]);
+/// The nonce the fuzzer's tracker and peers put in every Hello.
+const THEIR_NONCE: [u8; 16] = [0x33; 16];
 
 struct Known {
     data: Vec<u8>,
@@ -97,6 +104,9 @@ enum T {
     },
     NotFound,
     Refused,
+    Auth {
+        good: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -134,6 +144,10 @@ enum P {
     },
     GetManifest,
     Ping(u32),
+    /// A swarm-key proof, made right (with the peer's nonce and the right side) or not.
+    Auth {
+        good: bool,
+    },
 }
 
 type Small = Peer<4, 2, 2, 4>;
@@ -148,6 +162,13 @@ struct Net {
     /// What the peer wrote, per slot: hashes and data.
     written: HashMap<u16, (Vec<u8>, Vec<u8>)>,
     shared_slot: Option<u16>,
+    keyed: bool,
+    /// The peer's nonce per connection, from its Hello.
+    nonces: HashMap<ConnId, [u8; 16]>,
+    /// Connections the fuzzer accepted (the peer opened them).
+    opened_by_peer: HashSet<ConnId>,
+    /// Connections on which the fuzzer sent a good proof.
+    proven: HashSet<ConnId>,
 }
 
 fn frame(m: &Message) -> Vec<u8> {
@@ -217,6 +238,20 @@ impl Net {
                 while !rest.is_empty() {
                     let (n, item) = d.decode(rest).expect("the peer's output always decodes");
                     rest = &rest[n..];
+                    if let Some(Item::Message(Message::Hello(h))) = &item {
+                        self.nonces.insert(tx.conn, h.nonce);
+                    }
+                    if self.keyed && !self.proven.contains(&tx.conn) {
+                        let opener = self.opened_by_peer.contains(&tx.conn);
+                        assert!(
+                            matches!(
+                                &item,
+                                None | Some(Item::Message(Message::Hello(_) | Message::Refused(_)))
+                            ) || (opener
+                                && matches!(&item, Some(Item::Message(Message::Auth { .. })))),
+                            "sent {item:?} to a remote that has not proved the swarm key"
+                        );
+                    }
                     if let Some(Item::Message(Message::Request(b))) = item {
                         assert!(
                             b.chunk < k.header.chunk_count(),
@@ -233,6 +268,7 @@ impl Net {
                 progressed = true;
                 match a {
                     PeerAction::Connect { conn, .. } => {
+                        self.opened_by_peer.insert(conn);
                         if Some(conn) != self.tracker && self.tracker.is_none() {
                             self.tracker = Some(conn);
                         }
@@ -285,6 +321,26 @@ impl Net {
     }
 }
 
+impl Net {
+    /// The fuzzer's proof on `c`: right, or made with the wrong side (a reflection).
+    fn auth(&mut self, c: ConnId, good: bool) -> Message {
+        let ours = self.nonces.get(&c).copied().unwrap_or_default();
+        // We are the acceptor where the peer opened the connection.
+        let side = if self.opened_by_peer.contains(&c) {
+            Side::Acceptor
+        } else {
+            Side::Opener
+        };
+        let side = if good { side } else { side.other() };
+        if good {
+            self.proven.insert(c);
+        }
+        Message::Auth {
+            proof: KEY.prove(side, &THEIR_NONCE, &ours),
+        }
+    }
+}
+
 fn block(chunk: u8, offset: u16, len: u16) -> BlockRef {
     BlockRef {
         file: known().id,
@@ -304,10 +360,12 @@ fn ranges(v: Vec<(u8, u8)>) -> heapless::Vec<ChunkRange, 32> {
         .collect()
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: (bool, Vec<Op>)| {
+    let (keyed, ops) = input;
     let k = known();
     let mut config = PeerConfig::new(NodeId([1; 16]), 7000, Some(([10, 0, 0, 1], 7070).into()));
     config.ban_after = 3;
+    config.swarm_key = keyed.then_some(KEY);
     let mut net = Net {
         p: Small::new(config, Instant::ZERO),
         now: Instant::ZERO,
@@ -317,6 +375,10 @@ fuzz_target!(|ops: Vec<Op>| {
         decoders: HashMap::new(),
         written: HashMap::new(),
         shared_slot: None,
+        keyed,
+        nonces: HashMap::new(),
+        opened_by_peer: HashSet::new(),
+        proven: HashSet::new(),
     };
     net.drain();
     for op in ops.into_iter().take(200) {
@@ -363,6 +425,7 @@ fuzz_target!(|ops: Vec<Op>| {
                             version: PROTOCOL_VERSION,
                             node: NodeId([0xee; 16]),
                             listen_port: 0,
+                            nonce: THEIR_NONCE,
                         }),
                         vec![],
                     ),
@@ -421,6 +484,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         Message::Refused(proto_core::wire::Refusal::DuplicateNode),
                         vec![],
                     ),
+                    T::Auth { good } => (net.auth(c, good), vec![]),
                 };
                 let mut bytes = frame(&m);
                 bytes.extend_from_slice(&body);
@@ -440,6 +504,7 @@ fuzz_target!(|ops: Vec<Op>| {
                             version: PROTOCOL_VERSION,
                             node: NodeId([node % 4 + 2; 16]),
                             listen_port: port,
+                            nonce: THEIR_NONCE,
                         }),
                         vec![],
                     ),
@@ -495,6 +560,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     ),
                     P::GetManifest => (Message::GetManifest { file: k.id }, vec![]),
                     P::Ping(n) => (Message::Ping(n), vec![]),
+                    P::Auth { good } => (net.auth(c, good), vec![]),
                 };
                 let mut bytes = frame(&m);
                 bytes.extend_from_slice(&body);

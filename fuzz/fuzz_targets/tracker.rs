@@ -2,13 +2,16 @@
 //! fuzzer gets past the decoder), raw bytes, closes, time and storage failures.
 //!
 //! Invariants beyond "no panic": every byte the tracker sends decodes as frames; every body it
-//! sends from storage is hashes it stored and did not discard; memory is the fixed struct.
+//! sends from storage is hashes it stored and did not discard; memory is the fixed struct; with
+//! a swarm key (chosen by the input), a connection that has not sent a good proof gets nothing
+//! but the tracker's Hello and a refusal.
 #![no_main]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
 use proto_core::io::FRAME_BUF_LEN;
 use proto_core::manifest::{FileIdHasher, ManifestHeader};
@@ -16,8 +19,12 @@ use proto_core::storage::{Region, StorageKey};
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{Action, Tracker, TrackerConfig};
 use proto_core::wire::{
-    encode_frame, ChunkRange, FileId, FrameDecoder, Hello, Message, NodeId, PROTOCOL_VERSION,
+    encode_frame, ChunkRange, FileId, FrameDecoder, Hello, Item, Message, NodeId, PROTOCOL_VERSION,
 };
+
+const KEY: SwarmKey = SwarmKey([0x4b; 32]);
+/// The nonce in every Hello the fuzzer sends.
+const OUR_NONCE: [u8; 16] = [0x33; 16];
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -60,6 +67,10 @@ enum M {
         ranges: Vec<(u16, u16)>,
     },
     PeerOnly(u8),
+    /// A swarm-key proof, made right (with the tracker's nonce) or not.
+    Auth {
+        good: bool,
+    },
 }
 
 struct Net {
@@ -69,6 +80,11 @@ struct Net {
     decoders: HashMap<ConnId, FrameDecoder>,
     store: HashMap<u16, Vec<u8>>,
     ids: Vec<FileId>,
+    keyed: bool,
+    /// The tracker's nonce per connection, from its Hello.
+    nonces: HashMap<ConnId, [u8; 16]>,
+    /// Connections on which the fuzzer sent a good proof.
+    proven: HashSet<ConnId>,
 }
 
 impl Net {
@@ -120,8 +136,20 @@ impl Net {
             }
             let mut rest = &bytes[..];
             while !rest.is_empty() {
-                let (n, _) = d.decode(rest).expect("the tracker's output always decodes");
+                let (n, item) = d.decode(rest).expect("the tracker's output always decodes");
                 rest = &rest[n..];
+                if let Some(Item::Message(Message::Hello(h))) = &item {
+                    self.nonces.insert(tx.conn, h.nonce);
+                }
+                if self.keyed && !self.proven.contains(&tx.conn) {
+                    assert!(
+                        matches!(
+                            &item,
+                            None | Some(Item::Message(Message::Hello(_) | Message::Refused(_)))
+                        ),
+                        "sent {item:?} to a connection that has not proved the swarm key"
+                    );
+                }
             }
         }
         while let Some(a) = self.t.poll_action() {
@@ -145,14 +173,20 @@ fn frame(m: &Message) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: (bool, Vec<Op>)| {
+    let (keyed, ops) = input;
+    let mut config = TrackerConfig::new(NodeId([0xee; 16]));
+    config.swarm_key = keyed.then_some(KEY);
     let mut net = Net {
-        t: Tracker::new(TrackerConfig::new(NodeId([0xee; 16])), Instant::ZERO),
+        t: Tracker::new(config, Instant::ZERO),
         now: Instant::ZERO,
         conns: Vec::new(),
         decoders: HashMap::new(),
         store: HashMap::new(),
         ids: Vec::new(),
+        keyed,
+        nonces: HashMap::new(),
+        proven: HashSet::new(),
     };
     for op in ops.into_iter().take(200) {
         match op {
@@ -191,6 +225,7 @@ fuzz_target!(|ops: Vec<Op>| {
                             },
                             node: NodeId([node % 8; 16]),
                             listen_port: port % 4,
+                            nonce: OUR_NONCE,
                         }),
                         Vec::new(),
                     ),
@@ -264,6 +299,20 @@ fuzz_target!(|ops: Vec<Op>| {
                         },
                         Vec::new(),
                     ),
+                    M::Auth { good } => {
+                        let theirs = net.nonces.get(&c).copied().unwrap_or_default();
+                        // A bad proof is the tracker's own, reflected.
+                        let side = if good { Side::Opener } else { Side::Acceptor };
+                        if good {
+                            net.proven.insert(c);
+                        }
+                        (
+                            Message::Auth {
+                                proof: KEY.prove(side, &OUR_NONCE, &theirs),
+                            },
+                            Vec::new(),
+                        )
+                    }
                 };
                 let mut bytes = frame(&m);
                 bytes.extend_from_slice(&body);

@@ -9,6 +9,7 @@
 //! - [`wire`]: framing and every [`Message`](wire::Message); decoding is bounded and fallible.
 //! - [`manifest`]: manifests, file ids and the streaming [`ManifestBuilder`](manifest::ManifestBuilder).
 //! - [`link`]: `shoal:` link text.
+//! - [`auth`]: the optional swarm key and the handshake proof built from it.
 //! - [`tracker`]: the [`Tracker`](tracker::Tracker) state machine.
 //! - [`storage`]: the storage requests nodes make of their adapter.
 //!
@@ -29,7 +30,7 @@
 //! // A peer connects from 10.0.0.2 and says hello, announcing that it listens on port 7000.
 //! let conn = tracker.handle_accept(now, "10.0.0.2:51000".parse().unwrap()).unwrap();
 //! let mut wire = [0u8; 64];
-//! let mut n = encode_frame(&Message::Hello(Hello { version: PROTOCOL_VERSION, node: NodeId([2; 16]), listen_port: 7000 }), &mut wire).unwrap();
+//! let mut n = encode_frame(&Message::Hello(Hello { version: PROTOCOL_VERSION, node: NodeId([2; 16]), listen_port: 7000, nonce: [9; 16] }), &mut wire).unwrap();
 //! n += encode_frame(&Message::Register, &mut wire[n..]).unwrap();
 //!
 //! let mut input = &wire[..n];
@@ -84,6 +85,7 @@
 #[macro_use]
 mod fmt;
 
+pub mod auth;
 pub mod bitmap;
 pub mod conn;
 pub mod io;

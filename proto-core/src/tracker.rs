@@ -46,8 +46,8 @@
 //!
 //! | configuration | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,477,488 |
-//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 40,688 |
+//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,485,752 |
+//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 41,272 |
 //!
 //! Most of it is per connection (a 512-byte frame buffer, an 8-entry reply queue and a
 //! publish-in-progress) and per holding (`4 * W` bytes of bitmap). Chunk hashes are never in
@@ -59,6 +59,10 @@ use core::net::SocketAddr;
 
 use heapless::Deque;
 
+use rand_xoshiro::rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::auth::{self, Nonce, Side, SwarmKey};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{round_robin, ConnId, Slots, TableFull};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
@@ -92,13 +96,20 @@ pub struct TrackerConfig {
     pub ping_interval: Duration,
     /// Pings in a row a connection may leave unanswered before it is dropped. Default 3.
     pub max_missed_pings: u8,
-    /// How long a new connection has to send its `Hello`. Default 10 s.
+    /// How long a new connection has to send its `Hello` (and, with a swarm key, its proof).
+    /// Default 10 s.
     pub handshake_timeout: Duration,
     /// Most registered peers (at most the connection count). Default: no limit but the table.
     pub max_peers: usize,
     /// Most connections from one IP address. One host opening (or registering) connection after
     /// connection would otherwise fill the tables and lock honest peers out. Default 64.
     pub max_conns_per_ip: usize,
+    /// The swarm key, if this swarm uses one: a connection must prove it before anything else
+    /// (see [`crate::auth`]). Default `None`.
+    pub swarm_key: Option<SwarmKey>,
+    /// Seed for the handshake nonces. With a swarm key it must come from an entropy source.
+    /// Default: derived from the node id.
+    pub rng_seed: u64,
 }
 
 impl TrackerConfig {
@@ -111,6 +122,11 @@ impl TrackerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_peers: usize::MAX,
             max_conns_per_ip: 64,
+            swarm_key: None,
+            rng_seed: u64::from_le_bytes([
+                node.0[8], node.0[9], node.0[10], node.0[11], node.0[12], node.0[13], node.0[14],
+                node.0[15],
+            ]),
         }
     }
 }
@@ -184,7 +200,7 @@ pub enum TrackerEvent {
         /// Why.
         reason: LeaveReason,
     },
-    /// A registration was refused.
+    /// A registration or a handshake was refused.
     Refused {
         /// The connection's remote address.
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
@@ -236,7 +252,9 @@ pub enum TrackerEvent {
 /// queue holds small descriptions instead of encoded bytes.
 #[derive(Clone, Copy, Debug)]
 enum Reply {
-    Hello,
+    Hello(Nonce),
+    /// Our swarm-key proof (the remote's checked out).
+    Auth(auth::Proof),
     Ping(u32),
     Pong(u32),
     Registered(SocketAddr),
@@ -300,6 +318,8 @@ struct Conn {
     decoder: FrameDecoder,
     phase: Phase,
     hello: Option<Hello>,
+    /// Our handshake nonce on this connection.
+    nonce: Nonce,
     /// The recorded address, once registered.
     registered: Option<SocketAddr>,
     missed_pings: u8,
@@ -351,6 +371,8 @@ pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usiz
     ping_nonce: u32,
     /// Where `poll_transmit` resumes its round-robin over connections.
     rr: usize,
+    /// Handshake nonces.
+    rng: Xoshiro256PlusPlus,
 }
 
 impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, F, H, W> {
@@ -377,6 +399,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
             rr: 0,
+            rng: Xoshiro256PlusPlus::seed_from_u64(config.rng_seed),
         }
     }
 
@@ -429,6 +452,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                 deadline: now + self.config.handshake_timeout,
             },
             hello: None,
+            nonce: auth::nonce(&mut self.rng),
             registered: None,
             missed_pings: 0,
             replies: Deque::new(),
@@ -537,7 +561,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             .map(|(id, _)| id)
             .collect();
         for id in late {
-            debug!("closing {:?}: no hello in time", id);
+            debug!("closing {:?}: handshake not finished in time", id);
             self.close_now(id);
         }
         if now < self.next_ping {
@@ -631,22 +655,31 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             return;
         };
         let registered = c.registered.is_some();
+        // With a swarm key, a connection that sent its Hello stays in the handshake phase until
+        // its proof checks out; nothing but that proof is taken from it meanwhile.
+        let proving = c.hello.is_some() && matches!(c.phase, Phase::Handshake { .. });
+        if proving {
+            self.check_proof(id, msg);
+            return;
+        }
         match (c.hello.is_some(), msg) {
             (false, Message::Hello(hello)) => {
                 if hello.version != PROTOCOL_VERSION {
                     let reason = Refusal::VersionMismatch {
                         supported: PROTOCOL_VERSION,
                     };
-                    let remote = c.remote;
-                    self.reply(id, Reply::Refused(reason));
-                    self.event(TrackerEvent::Refused { remote, reason });
-                    self.close_after_flush(id);
+                    self.refuse(id, reason);
                 } else {
                     c.hello = Some(hello);
-                    c.phase = Phase::Open;
-                    self.reply(id, Reply::Hello);
+                    let nonce = c.nonce;
+                    if self.config.swarm_key.is_none() {
+                        c.phase = Phase::Open;
+                    }
+                    self.reply(id, Reply::Hello(nonce));
                 }
             }
+            // A proof where no key is configured: the two ends disagree about the swarm.
+            (true, Message::Auth { .. }) => self.refuse(id, Refusal::SwarmKey),
             (false, _) | (true, Message::Hello(_)) => self.misbehaved(id, Offence::Unexpected),
             (true, Message::Ping(n)) => self.reply(id, Reply::Pong(n)),
             (true, Message::Pong(_)) => c.missed_pings = 0,
@@ -687,6 +720,37 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             (true, Message::Have { .. }) => self.reply(id, Reply::Refused(Refusal::NotRegistered)),
             (true, _) => self.misbehaved(id, Offence::Unexpected),
         }
+    }
+
+    /// The handshake's last step with a swarm key: the opener's proof, or a refusal.
+    fn check_proof(&mut self, id: ConnId, msg: Message) {
+        let (Some(key), Some(c)) = (self.config.swarm_key, self.conns.get_mut(id)) else {
+            return;
+        };
+        let Some(theirs) = c.hello.map(|h| h.nonce) else {
+            return;
+        };
+        let ok = match msg {
+            Message::Auth { proof } => key.verify(Side::Opener, &theirs, &c.nonce, &proof),
+            _ => false,
+        };
+        if !ok {
+            self.refuse(id, Refusal::SwarmKey);
+            return;
+        }
+        c.phase = Phase::Open;
+        let proof = key.prove(Side::Acceptor, &c.nonce, &theirs);
+        self.reply(id, Reply::Auth(proof));
+    }
+
+    /// Answers `Refused(reason)`, reports it, and closes once that is sent.
+    fn refuse(&mut self, id: ConnId, reason: Refusal) {
+        let Some(remote) = self.conns.get(id).map(|c| c.remote) else {
+            return;
+        };
+        self.reply(id, Reply::Refused(reason));
+        self.event(TrackerEvent::Refused { remote, reason });
+        self.close_after_flush(id);
     }
 
     fn register(&mut self, id: ConnId) {
@@ -1110,13 +1174,14 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// The frame for `reply`, the rest of the stream it starts (if any), and bytes to send
     /// from storage after it.
     fn render(&self, reply: Reply) -> (Message, Option<Reply>, Option<StorageSend>) {
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-            node: self.config.node,
-            listen_port: 0,
-        };
         let msg = match reply {
-            Reply::Hello => Message::Hello(hello),
+            Reply::Hello(nonce) => Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                node: self.config.node,
+                listen_port: 0,
+                nonce,
+            }),
+            Reply::Auth(proof) => Message::Auth { proof },
             Reply::Ping(n) => Message::Ping(n),
             Reply::Pong(n) => Message::Pong(n),
             Reply::Registered(addr) => Message::Registered { addr },

@@ -28,6 +28,7 @@ use core::net::SocketAddr;
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Nonce, Proof};
 use crate::manifest::{ManifestError, ManifestHeader, Name, MAX_CHUNKS};
 
 /// The protocol version spoken by this build; sent in every [`Hello`].
@@ -74,6 +75,9 @@ pub struct Hello {
     pub node: NodeId,
     /// The TCP port the sender accepts peer connections on (0: it accepts none).
     pub listen_port: u16,
+    /// A fresh random nonce for this connection; the swarm-key proofs are made over both
+    /// sides' nonces (see [`crate::auth`]). Sent even without a key, so the frame is the same.
+    pub nonce: Nonce,
 }
 
 /// An online peer as the tracker knows it.
@@ -142,6 +146,9 @@ pub enum Refusal {
     TrackerFull,
     /// The request needs registration first (publish, have).
     NotRegistered,
+    /// The swarm-key handshake failed: the proof was missing or wrong, or a proof came where no
+    /// key is configured. Both ends need the same swarm key (or neither one).
+    SwarmKey,
 }
 
 /// Why a tracker refused to publish a manifest.
@@ -188,7 +195,8 @@ pub enum Message {
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
         addr: SocketAddr,
     },
-    /// Tracker to peer: request refused; the connection is closed after this frame.
+    /// Request or connection refused (tracker to peer, or an acceptor to an opener that failed the
+    /// swarm-key handshake); the connection is closed after this frame.
     Refused(Refusal),
     /// Peer to tracker: I am leaving; forget me and what I hold.
     Leave,
@@ -290,6 +298,13 @@ pub enum Message {
         block: BlockRef,
         /// Why.
         reason: RejectReason,
+    },
+    /// Handshake, with a swarm key only: proof of the key over both nonces (see
+    /// [`crate::auth`]). The opener sends it after the acceptor's `Hello`; the acceptor answers
+    /// with its own once the opener's checks out.
+    Auth {
+        /// HMAC-SHA-256 over the label, the sender's side and both nonces.
+        proof: Proof,
     },
 }
 

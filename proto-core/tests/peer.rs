@@ -33,6 +33,7 @@ fn hello(n: u8, port: u16) -> Message {
         version: PROTOCOL_VERSION,
         node: NodeId([n; 16]),
         listen_port: port,
+        nonce: [0x11; 16],
     })
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
 use proto_core::manifest::{ManifestBuilder, ManifestHeader};
 use proto_core::storage::{Region, StorageKey};
@@ -190,6 +191,7 @@ impl Net {
             version: PROTOCOL_VERSION,
             node: node(n),
             listen_port: port,
+            nonce: [n; 16],
         };
         self.send(c, &Message::Hello(h));
     }
@@ -319,13 +321,18 @@ fn registration_records_observed_ip_with_announced_port() {
     let mut net = Net::new();
     let c = net.connect("192.0.2.7:40000");
     net.hello(c, 1, 7001);
-    assert_eq!(
-        net.take(c),
-        vec![Message::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            node: node(0xee),
-            listen_port: 0
-        })]
+    let got = net.take(c);
+    assert!(
+        matches!(
+            got[..],
+            [Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                node: n,
+                listen_port: 0,
+                ..
+            })] if n == node(0xee)
+        ),
+        "{got:?}"
     );
     net.send(c, &Message::Register);
     let got = net.take(c);
@@ -435,6 +442,7 @@ fn version_mismatch_is_refused_with_the_supported_version() {
         version: PROTOCOL_VERSION + 1,
         node: node(1),
         listen_port: 1,
+        nonce: [0; 16],
     };
     net.send(c, &Message::Hello(h));
     assert_eq!(
@@ -1033,10 +1041,133 @@ fn stale_connection_ids_are_ignored() {
 #[test]
 fn worst_case_ram_matches_the_documented_figures() {
     // These numbers are quoted in the tracker module docs; update both together.
-    assert_eq!(HostTracker::ram_bytes(), 1_477_488);
-    assert_eq!(SmallTracker::ram_bytes(), 40_688);
+    assert_eq!(HostTracker::ram_bytes(), 1_485_752);
+    assert_eq!(SmallTracker::ram_bytes(), 41_272);
     assert_eq!(
         std::mem::size_of::<SmallTracker>(),
         SmallTracker::ram_bytes()
     );
+}
+
+// ---- swarm key ------------------------------------------------------------------------------
+
+const KEY: SwarmKey = SwarmKey([0x5e; 32]);
+
+fn keyed() -> Net {
+    let mut config = TrackerConfig::new(node(0xee));
+    config.swarm_key = Some(KEY);
+    Net::with(config)
+}
+
+/// The tracker's Hello nonce from what `c` received first.
+fn tracker_nonce(got: &[Message]) -> [u8; 16] {
+    match got.first() {
+        Some(Message::Hello(h)) => h.nonce,
+        other => panic!("expected the tracker's Hello first, got {other:?}"),
+    }
+}
+
+#[test]
+fn with_a_swarm_key_a_proven_peer_registers_and_the_tracker_proves_itself() {
+    let mut net = keyed();
+    let c = net.connect("192.0.2.7:40000");
+    net.hello(c, 1, 7001); // our nonce: [1; 16]
+    let got = net.take(c);
+    assert_eq!(got.len(), 1, "only the Hello before our proof: {got:?}");
+    let theirs = tracker_nonce(&got);
+    let ours = [1u8; 16];
+    net.send(
+        c,
+        &Message::Auth {
+            proof: KEY.prove(Side::Opener, &ours, &theirs),
+        },
+    );
+    let got = net.take(c);
+    let [Message::Auth { proof }] = got[..] else {
+        panic!("expected the tracker's proof, got {got:?}");
+    };
+    assert!(KEY.verify(Side::Acceptor, &theirs, &ours, &proof));
+    net.send(c, &Message::Register);
+    assert!(matches!(net.take(c)[0], Message::Registered { .. }));
+    assert_eq!(net.t.peer_count(), 1);
+}
+
+#[test]
+fn with_a_swarm_key_a_node_without_it_gets_only_a_refusal() {
+    let mut net = keyed();
+    let c = net.connect("192.0.2.7:40000");
+    // A node without the key pipelines its registration right behind its Hello.
+    net.hello(c, 1, 7001);
+    net.send(c, &Message::Register);
+    net.send(c, &Message::ListFiles);
+    let got = net.take(c);
+    tracker_nonce(&got);
+    assert_eq!(got[1..], [Message::Refused(Refusal::SwarmKey)]);
+    assert!(net.closed(c));
+    assert_eq!(net.t.peer_count(), 0);
+    assert!(net.events.iter().any(|e| matches!(
+        e,
+        TrackerEvent::Refused {
+            reason: Refusal::SwarmKey,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn with_a_swarm_key_a_wrong_or_replayed_proof_is_refused() {
+    let other = SwarmKey([0x5f; 32]);
+    let forge = |kind: usize, theirs: [u8; 16]| match kind {
+        // The right construction with another key.
+        0 => other.prove(Side::Opener, &[1; 16], &theirs),
+        // The right key, but the acceptor's side: a reflected proof.
+        1 => KEY.prove(Side::Acceptor, &[1; 16], &theirs),
+        // A proof made for another session's nonce (a replay).
+        _ => KEY.prove(Side::Opener, &[1; 16], &[0; 16]),
+    };
+    for kind in 0..3 {
+        let mut net = keyed();
+        let c = net.connect("192.0.2.7:40000");
+        net.hello(c, 1, 7001);
+        let theirs = tracker_nonce(&net.take(c));
+        net.send(
+            c,
+            &Message::Auth {
+                proof: forge(kind, theirs),
+            },
+        );
+        assert_eq!(net.take(c), [Message::Refused(Refusal::SwarmKey)]);
+        assert!(net.closed(c));
+    }
+}
+
+#[test]
+fn each_connection_gets_a_fresh_nonce() {
+    let mut net = keyed();
+    let a = net.connect("192.0.2.7:40000");
+    let b = net.connect("192.0.2.8:40000");
+    net.hello(a, 1, 7001);
+    net.hello(b, 2, 7001);
+    assert_ne!(tracker_nonce(&net.take(a)), tracker_nonce(&net.take(b)));
+}
+
+#[test]
+fn without_a_swarm_key_a_proof_is_refused() {
+    let mut net = Net::new();
+    let c = net.connect("192.0.2.7:40000");
+    net.hello(c, 1, 7001);
+    net.take(c);
+    net.send(c, &Message::Auth { proof: [0; 32] });
+    assert_eq!(net.take(c), [Message::Refused(Refusal::SwarmKey)]);
+    assert!(net.closed(c));
+}
+
+#[test]
+fn with_a_swarm_key_the_handshake_must_finish_in_time() {
+    let mut net = keyed();
+    let c = net.connect("192.0.2.7:40000");
+    net.hello(c, 1, 7001);
+    net.take(c);
+    net.advance(Duration::from_secs(11));
+    assert!(net.closed(c));
 }

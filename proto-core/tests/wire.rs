@@ -69,6 +69,7 @@ fn refusal() -> impl Strategy<Value = Refusal> {
         Just(Refusal::DuplicateAddress),
         Just(Refusal::TrackerFull),
         Just(Refusal::NotRegistered),
+        Just(Refusal::SwarmKey),
     ]
 }
 
@@ -86,13 +87,17 @@ fn publish_refusal() -> impl Strategy<Value = PublishRefusal> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), node(), any::<u16>()).prop_map(|(version, node, listen_port)| {
-            Message::Hello(Hello {
-                version,
-                node,
-                listen_port,
-            })
-        }),
+        (any::<u16>(), node(), any::<u16>(), any::<[u8; 16]>()).prop_map(
+            |(version, node, listen_port, nonce)| {
+                Message::Hello(Hello {
+                    version,
+                    node,
+                    listen_port,
+                    nonce,
+                })
+            }
+        ),
+        any::<[u8; 32]>().prop_map(|proof| Message::Auth { proof }),
         any::<u32>().prop_map(Message::Ping),
         any::<u32>().prop_map(Message::Pong),
         Just(Message::Register),
@@ -327,8 +332,10 @@ fn the_largest_instance_of_every_message_fits_a_frame() {
             version: u16::MAX,
             node: NodeId([0xff; 16]),
             listen_port: u16::MAX,
+            nonce: [0xff; 16],
         }),
         Message::Registered { addr: max_addr },
+        Message::Auth { proof: [0xff; 32] },
         Message::PeerListItem(peer),
         Message::Publish {
             file: id,

@@ -44,8 +44,8 @@
 //!
 //! | configuration | C | F | W | A | bytes |
 //! |---|---|---|---|---|---|
-//! | [`SmallPeer`] | 4 | 1 | 32 (1024 chunks) | 8 | 36,552 |
-//! | [`HostPeer`] | 64 | 16 | 256 (8192 chunks) | 128 | 475,248 |
+//! | [`SmallPeer`] | 4 | 1 | 32 (1024 chunks) | 8 | 36,712 |
+//! | [`HostPeer`] | 64 | 16 | 256 (8192 chunks) | 128 | 477,328 |
 //!
 //! Per connection: a 512-byte frame buffer, the remote's chunk bitmap (`4 * W` bytes), and
 //! bounded queues of requests (32), blocks to serve (16) and control frames (16). Per chunk in
@@ -66,6 +66,7 @@ use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sha2::{Digest, Sha256};
 
+use crate::auth::{self, Nonce, Side, SwarmKey};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{round_robin, ConnId, Slots, TableFull};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
@@ -113,8 +114,12 @@ pub struct PeerConfig {
     /// Register with the tracker (join the active peer list). A peer that only queries the
     /// tracker (list, locate) sets this to false. Default true.
     pub register: bool,
-    /// Seed for the random choices (tie-breaks, jitter); a simulation is reproducible by it.
+    /// Seed for the random choices (tie-breaks, jitter, handshake nonces); a simulation is
+    /// reproducible by it. With a swarm key it must come from an entropy source.
     pub rng_seed: u64,
+    /// The swarm key, if this swarm uses one: every connection (tracker and peers) must prove
+    /// it before anything else is sent or taken (see [`crate::auth`]). Default `None`.
+    pub swarm_key: Option<SwarmKey>,
     /// Bytes asked for in one block request. Default 64 KiB.
     pub block_len: u32,
     /// Connections served at once. Default 16.
@@ -158,6 +163,7 @@ impl PeerConfig {
                 node.0[0], node.0[1], node.0[2], node.0[3], node.0[4], node.0[5], node.0[6],
                 node.0[7],
             ]),
+            swarm_key: None,
             block_len: 64 * 1024,
             upload_slots: 16,
             upload_rate: None,
@@ -390,6 +396,15 @@ pub enum PeerEvent {
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
         addr: SocketAddr,
     },
+    /// A peer connection failed the swarm-key handshake and was closed: the two ends do not
+    /// share the same swarm key.
+    SwarmKeyMismatch {
+        /// The remote's address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+        /// True when the remote refused us, false when we refused the remote.
+        by_remote: bool,
+    },
     /// A remote broke the protocol and was disconnected.
     Misbehaved {
         /// Its address.
@@ -449,7 +464,7 @@ enum Phase {
     Connecting {
         asked: bool,
     },
-    /// Connected, waiting for the remote's Hello.
+    /// Connected, waiting for the remote's Hello (and, with a swarm key, its proof).
     Handshake {
         deadline: Instant,
     },
@@ -464,6 +479,9 @@ enum Phase {
 #[derive(Clone, Copy, Debug)]
 enum Ctl {
     Hello,
+    /// Our swarm-key proof, made from the connection's nonces when sent.
+    Auth,
+    Refused(Refusal),
     Register,
     Ping(u32),
     Pong(u32),
@@ -516,6 +534,8 @@ struct Conn<const W: usize> {
     decoder: FrameDecoder,
     sink: Sink,
     hello: Option<Hello>,
+    /// Our handshake nonce on this connection.
+    nonce: Nonce,
     /// The file this peer connection is about.
     file: Option<u16>,
     ctl: Deque<Ctl, CTL_QUEUE>,
@@ -544,7 +564,7 @@ struct Conn<const W: usize> {
 }
 
 impl<const W: usize> Conn<W> {
-    fn new(role: Role, remote: SocketAddr, phase: Phase, now: Instant) -> Self {
+    fn new(role: Role, remote: SocketAddr, phase: Phase, now: Instant, nonce: Nonce) -> Self {
         Conn {
             role,
             remote,
@@ -552,6 +572,7 @@ impl<const W: usize> Conn<W> {
             decoder: FrameDecoder::new(MAX_CHUNKS as u64 * HASH_LEN as u64),
             sink: Sink::None,
             hello: None,
+            nonce,
             file: None,
             ctl: Deque::new(),
             reqs: Deque::new(),
@@ -579,6 +600,14 @@ impl<const W: usize> Conn<W> {
 
     fn is_open(&self) -> bool {
         self.phase == Phase::Open
+    }
+
+    /// Our side of the swarm-key handshake.
+    fn side(&self) -> Side {
+        match self.role {
+            Role::Tracker | Role::Peer { outgoing: true } => Side::Opener,
+            Role::Peer { outgoing: false } => Side::Acceptor,
+        }
     }
 
     /// The listen address of the remote, as others would reach it.
@@ -1026,11 +1055,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let phase = Phase::Handshake {
             deadline: now + self.config.ping_interval.saturating_mul(2),
         };
+        let nonce = auth::nonce(&mut self.rng);
         self.conns.insert(Conn::new(
             Role::Peer { outgoing: false },
             remote,
             phase,
             now,
+            nonce,
         ))
     }
 
@@ -1047,19 +1078,26 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             deadline: now + self.config.ping_interval.saturating_mul(2),
         };
         c.last_rx = now;
-        let role = c.role;
-        let file = c.file;
         self.ctl(conn, Ctl::Hello);
-        match role {
-            Role::Tracker if self.config.register => self.ctl(conn, Ctl::Register),
-            Role::Tracker => {}
-            Role::Peer { .. } => {
-                if let Some(slot) = file {
-                    self.ctl(conn, Ctl::Bitfield(slot));
-                }
-            }
+        // Without a swarm key the first requests ride right behind the Hello; with one they wait
+        // until the acceptor has proved the key too.
+        if self.config.swarm_key.is_none() {
+            self.greet(conn);
         }
         self.after_command(now);
+    }
+
+    /// An opener's first requests on a connection: register with the tracker, or offer our
+    /// bitfield to a peer.
+    fn greet(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(conn) else {
+            return;
+        };
+        match (c.role, c.file) {
+            (Role::Tracker, _) if self.config.register => self.ctl(conn, Ctl::Register),
+            (Role::Peer { outgoing: true }, Some(slot)) => self.ctl(conn, Ctl::Bitfield(slot)),
+            _ => {}
+        }
     }
 
     /// The connection closed (or an outgoing connect failed). The id is dead from now on.
@@ -1536,7 +1574,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         if self.leaving || self.tracker.is_some() {
             return;
         }
-        let conn = Conn::new(Role::Tracker, addr, Phase::Connecting { asked: false }, now);
+        let nonce = auth::nonce(&mut self.rng);
+        let conn = Conn::new(
+            Role::Tracker,
+            addr,
+            Phase::Connecting { asked: false },
+            now,
+            nonce,
+        );
         match self.conns.insert(conn) {
             Ok(id) => self.tracker = Some(id),
             Err(TableFull) => self.tracker_retry_at = now + self.config.reconnect_min,
@@ -1764,11 +1809,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             let Some(cand) = self.candidates[i] else {
                 return;
             };
+            let nonce = auth::nonce(&mut self.rng);
             let mut conn = Conn::new(
                 Role::Peer { outgoing: true },
                 cand.peer.addr,
                 Phase::Connecting { asked: false },
                 self.now,
+                nonce,
             );
             conn.file = Some(cand.slot);
             let Ok(id) = self.conns.insert(conn) else {
@@ -1886,17 +1933,84 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 return;
             }
             c.hello = Some(h);
-            c.phase = Phase::Open;
-            match role {
-                Role::Peer { outgoing: false } => self.ctl(id, Ctl::Hello),
-                Role::Tracker => self.event(PeerEvent::TrackerReady),
-                Role::Peer { outgoing: true } => {}
+            let side = c.side();
+            if side == Side::Acceptor {
+                self.ctl(id, Ctl::Hello);
             }
+            match (self.config.swarm_key.is_some(), side) {
+                (false, _) => self.opened(id),
+                // The opener proves first; the acceptor waits for that proof (see `auth`).
+                (true, Side::Opener) => self.ctl(id, Ctl::Auth),
+                (true, Side::Acceptor) => {}
+            }
+            return;
+        }
+        if matches!(c.phase, Phase::Handshake { .. }) {
+            self.check_proof(id, msg);
             return;
         }
         match role {
             Role::Tracker => self.on_tracker_message(id, msg),
             Role::Peer { .. } => self.on_peer_message(id, msg),
+        }
+    }
+
+    /// The handshake is done: the connection can carry requests.
+    fn opened(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.phase = Phase::Open;
+        let role = c.role;
+        if self.config.swarm_key.is_some() {
+            self.greet(id);
+        }
+        if role == Role::Tracker {
+            self.event(PeerEvent::TrackerReady);
+        }
+    }
+
+    /// With a swarm key, after the Hellos: the remote's proof, or the end of the connection.
+    fn check_proof(&mut self, id: ConnId, msg: Message) {
+        let (Some(key), Some(c)) = (self.config.swarm_key, self.conns.get(id)) else {
+            return;
+        };
+        let Some(theirs) = c.hello.map(|h| h.nonce) else {
+            return;
+        };
+        let side = c.side();
+        let addr = c.listen_addr();
+        let role = c.role;
+        match msg {
+            Message::Auth { proof } if key.verify(side.other(), &theirs, &c.nonce, &proof) => {
+                if side == Side::Acceptor {
+                    self.ctl(id, Ctl::Auth);
+                }
+                self.opened(id);
+            }
+            // The acceptor refused our proof (or has no key).
+            Message::Refused(reason) if side == Side::Opener => {
+                match role {
+                    Role::Tracker => self.event(PeerEvent::TrackerRefused(reason)),
+                    Role::Peer { .. } => self.event(PeerEvent::SwarmKeyMismatch {
+                        addr,
+                        by_remote: true,
+                    }),
+                }
+                self.close_now(id);
+            }
+            _ => {
+                if side == Side::Acceptor {
+                    self.ctl(id, Ctl::Refused(Refusal::SwarmKey));
+                }
+                if role != Role::Tracker {
+                    self.event(PeerEvent::SwarmKeyMismatch {
+                        addr,
+                        by_remote: false,
+                    });
+                }
+                self.close_after_flush(id);
+            }
         }
     }
 
@@ -2110,6 +2224,18 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             }
             Message::NotFound { .. } => self.close_now(id),
             Message::Manifest { file, header } => self.start_manifest(id, file, header),
+            // The remote has a swarm key and we have none (or the other way round).
+            Message::Auth { .. } | Message::Refused(Refusal::SwarmKey) => {
+                if let Some(c) = self.conns.get(id) {
+                    let by_remote = matches!(msg, Message::Refused(_));
+                    let addr = c.listen_addr();
+                    if !by_remote {
+                        self.ctl(id, Ctl::Refused(Refusal::SwarmKey));
+                    }
+                    self.event(PeerEvent::SwarmKeyMismatch { addr, by_remote });
+                    self.close_after_flush(id);
+                }
+            }
             _ => self.misbehaved(id, Offence::Unexpected),
         }
     }

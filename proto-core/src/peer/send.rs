@@ -83,7 +83,17 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 version: PROTOCOL_VERSION,
                 node: self.config.node,
                 listen_port: self.config.listen_port,
+                nonce: self.conns.get(id)?.nonce,
             }),
+            Ctl::Auth => {
+                let c = self.conns.get(id)?;
+                let key = self.config.swarm_key?;
+                let theirs = c.hello?.nonce;
+                Message::Auth {
+                    proof: key.prove(c.side(), &c.nonce, &theirs),
+                }
+            }
+            Ctl::Refused(reason) => Message::Refused(reason),
             Ctl::Register => Message::Register,
             Ctl::Ping(n) => Message::Ping(n),
             Ctl::Pong(n) => Message::Pong(n),
