@@ -18,6 +18,14 @@ impl ConnId {
     pub fn index(self) -> usize {
         self.index as usize
     }
+
+    /// An id made by something that is not a core: a test harness playing a node by hand (the
+    /// simulator's hostile peers) needs handles of the same type for its own connections. A
+    /// core looks every id up in its own table, index and generation, so an id it did not hand
+    /// out is simply ignored.
+    pub const fn from_parts(index: u16, generation: u16) -> Self {
+        ConnId { index, generation }
+    }
 }
 
 impl fmt::Debug for ConnId {

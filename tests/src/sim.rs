@@ -23,6 +23,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 
+use proto_core::auth::SwarmKey;
 use proto_core::conn::ConnId;
 use proto_core::io::FRAME_BUF_LEN;
 use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
@@ -34,6 +35,8 @@ use proto_core::wire::{BlockRef, FileId, FrameDecoder, Item, Message, NodeId};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use crate::hostile::{Attack, Hostile};
+
 /// The peer configuration simulated: 32 connections, 2 files of up to 4096 chunks, 64 chunks
 /// in flight.
 pub type SimPeer = Peer<32, 2, 128, 64>;
@@ -43,7 +46,7 @@ pub type SimTracker = Tracker<160, 8, 512, 128>;
 /// Largest segment a link sends at once.
 pub const SEGMENT: usize = 16 * 1024;
 /// Bytes a connection may have queued for sending before the core is told to hold back.
-const SEND_BUFFER: usize = 64 * 1024;
+pub const SEND_BUFFER: usize = 64 * 1024;
 const TRACKER_PORT: u16 = 7070;
 const PEER_PORT: u16 = 7000;
 
@@ -83,6 +86,10 @@ pub struct SimConfig {
     /// Changes applied to each peer's configuration, given the peer's node index (tuning
     /// experiments, a slow or limited peer).
     pub tune: fn(usize, &mut PeerConfig),
+    /// The swarm key of the tracker and of every peer (before `tune`, which may change it).
+    pub swarm_key: Option<SwarmKey>,
+    /// A hostile node added after the peers (node `peers + 1`), and what it does.
+    pub hostile: Option<Attack>,
 }
 
 impl Default for SimConfig {
@@ -104,6 +111,8 @@ impl Default for SimConfig {
             time_limit: Duration::from_secs(600),
             sniff: false,
             tune: |_, _| {},
+            swarm_key: None,
+            hostile: None,
         }
     }
 }
@@ -193,6 +202,7 @@ enum Ev {
 enum Core {
     Tracker(Box<SimTracker>),
     Peer(Box<SimPeer>),
+    Hostile(Box<Hostile>),
     Down,
 }
 
@@ -235,6 +245,9 @@ struct Node {
     completed_at: Option<Instant>,
     /// Bytes this node's uplink has sent.
     uploaded: u64,
+    /// The most bytes this node ever had queued on one connection (its send buffer's peak).
+    peak_queued: usize,
+    hostile: bool,
 }
 
 /// One TCP connection: side 0 opened it, side 1 accepted it.
@@ -344,6 +357,12 @@ impl Sim {
             n.corrupt = i <= sim.cfg.corrupt_seeders;
             sim.nodes.push(n);
         }
+        if sim.cfg.hostile.is_some() {
+            let addr = SocketAddr::from(([10, 9, 9, 9], PEER_PORT));
+            let mut n = sim.node_shell(addr, sim.cfg.up, sim.cfg.down);
+            n.hostile = true;
+            sim.nodes.push(n);
+        }
         setup(&mut sim);
         for i in 0..sim.nodes.len() {
             sim.start_node(i);
@@ -371,6 +390,8 @@ impl Sim {
             slot: None,
             completed_at: None,
             uploaded: 0,
+            peak_queued: 0,
+            hostile: false,
         }
     }
 
@@ -411,8 +432,25 @@ impl Sim {
             self.tracker_store.clear();
             let mut node = NodeId([0; 16]);
             node.0[0] = 0xff;
-            self.nodes[i].core =
-                Core::Tracker(Box::new(SimTracker::new(TrackerConfig::new(node), now)));
+            let mut config = TrackerConfig::new(node);
+            config.swarm_key = self.cfg.swarm_key;
+            config.rng_seed = self.rng.next_u64();
+            self.nodes[i].core = Core::Tracker(Box::new(SimTracker::new(config, now)));
+            self.drain(i);
+            return;
+        }
+        if let (true, Some(attack)) = (self.nodes[i].hostile, self.cfg.hostile) {
+            let targets = (1..=self.cfg.peers).map(|p| self.nodes[p].addr).collect();
+            let h = Hostile::new(
+                attack,
+                self.file,
+                self.header.clone(),
+                self.nodes[TRACKER].addr,
+                targets,
+                self.rng.next_u64(),
+                now,
+            );
+            self.nodes[i].core = Core::Hostile(Box::new(h));
             self.drain(i);
             return;
         }
@@ -421,6 +459,7 @@ impl Sim {
         id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         let mut config = PeerConfig::new(NodeId(id), PEER_PORT, Some(self.nodes[TRACKER].addr));
         config.rng_seed = self.rng.next_u64();
+        config.swarm_key = self.cfg.swarm_key;
         (self.cfg.tune)(i, &mut config);
         let mut peer = Box::new(SimPeer::new(config, now));
         let n = &mut self.nodes[i];
@@ -508,7 +547,7 @@ impl Sim {
             .iter()
             .enumerate()
             .skip(1)
-            .filter(|(_, n)| !n.seeder && !matches!(n.core, Core::Down))
+            .filter(|(_, n)| !n.seeder && !n.hostile && !matches!(n.core, Core::Down))
     }
 
     fn all_done(&self) -> bool {
@@ -600,6 +639,34 @@ impl Sim {
         self.nodes[i].slot
     }
 
+    /// The hostile node, if the swarm has one (and it is up).
+    pub fn hostile(&self) -> Option<&Hostile> {
+        self.nodes.iter().find_map(|n| match &n.core {
+            Core::Hostile(h) => Some(&**h),
+            _ => None,
+        })
+    }
+
+    /// The node index of the hostile node, if any.
+    pub fn hostile_index(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| n.hostile)
+    }
+
+    /// The tracker core, if it is up.
+    pub fn tracker(&self) -> Option<&SimTracker> {
+        match &self.nodes[TRACKER].core {
+            Core::Tracker(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The most bytes node `i` ever had queued for sending on one connection. The simulated
+    /// socket tells a core to hold back past [`SEND_BUFFER`], so this stays near that bound
+    /// unless a core ignores backpressure.
+    pub fn peak_queued(&self, i: usize) -> usize {
+        self.nodes[i].peak_queued
+    }
+
     /// Bytes each node's uplink sent, by node index.
     pub fn uploaded(&self) -> Vec<u64> {
         self.nodes.iter().map(|n| n.uploaded).collect()
@@ -640,6 +707,7 @@ impl Sim {
                     match &mut self.nodes[node].core {
                         Core::Tracker(t) => t.handle_timeout(now),
                         Core::Peer(p) => p.handle_timeout(now),
+                        Core::Hostile(h) => h.handle_timeout(now),
                         Core::Down => return,
                     }
                     self.drain(node);
@@ -659,15 +727,19 @@ impl Sim {
                     return;
                 };
                 let now = self.now;
-                if let Core::Peer(p) = &mut self.nodes[node].core {
-                    p.handle_connected(now, conn);
+                match &mut self.nodes[node].core {
+                    Core::Peer(p) => p.handle_connected(now, conn),
+                    Core::Hostile(h) => h.handle_connected(now, conn),
+                    _ => {}
                 }
                 self.drain(node);
             }
             Ev::Refused { node, conn } => {
                 let now = self.now;
-                if let Core::Peer(p) = &mut self.nodes[node].core {
-                    p.handle_closed(now, conn);
+                match &mut self.nodes[node].core {
+                    Core::Peer(p) => p.handle_closed(now, conn),
+                    Core::Hostile(h) => h.handle_closed(now, conn),
+                    _ => {}
                 }
                 self.drain(node);
             }
@@ -727,6 +799,7 @@ impl Sim {
         let accepted = match &mut self.nodes[t].core {
             Core::Tracker(tr) => tr.handle_accept(now, remote).ok(),
             Core::Peer(p) => p.handle_accept(now, remote).ok(),
+            Core::Hostile(h) => h.handle_accept(now, remote),
             Core::Down => None,
         };
         let delay = self.one_way();
@@ -777,6 +850,7 @@ impl Sim {
             match &mut self.nodes[node].core {
                 Core::Tracker(t) => t.handle_closed(now, conn),
                 Core::Peer(p) => p.handle_closed(now, conn),
+                Core::Hostile(h) => h.handle_closed(now, conn),
                 Core::Down => continue,
             }
             self.drain(node);
@@ -797,6 +871,7 @@ impl Sim {
             match &mut self.nodes[node].core {
                 Core::Tracker(t) => t.handle_closed(now, conn),
                 Core::Peer(p) => p.handle_closed(now, conn),
+                Core::Hostile(h) => h.handle_closed(now, conn),
                 Core::Down => {}
             }
             self.drain(node);
@@ -927,7 +1002,7 @@ impl Sim {
                     match &mut self.nodes[node].core {
                         Core::Tracker(t) => t.handle_send_ready(c),
                         Core::Peer(p) => p.handle_send_ready(c),
-                        Core::Down => {}
+                        Core::Hostile(_) | Core::Down => {}
                     }
                     self.drain(node);
                 }
@@ -976,6 +1051,7 @@ impl Sim {
                             r.write.map(|w| (w.key, w.offset, w.data.to_vec())),
                         )
                     }
+                    Core::Hostile(h) => (h.handle_recv(now, conn, input), None),
                     Core::Down => return,
                 };
                 if let Some((key, offset, data)) = write {
@@ -1011,6 +1087,10 @@ impl Sim {
 
     /// Drains a node's outputs, carrying them out, until it has nothing more to say.
     fn drain(&mut self, i: usize) {
+        if let Core::Hostile(_) = self.nodes[i].core {
+            self.drain_hostile(i);
+            return;
+        }
         let mut buf = [0u8; FRAME_BUF_LEN];
         loop {
             let mut progressed = false;
@@ -1018,7 +1098,7 @@ impl Sim {
                 let tx = match &mut self.nodes[i].core {
                     Core::Tracker(t) => t.poll_transmit(&mut buf),
                     Core::Peer(p) => p.poll_transmit(&mut buf),
-                    Core::Down => return,
+                    Core::Hostile(_) | Core::Down => return,
                 };
                 let Some(tx) = tx else {
                     break;
@@ -1037,12 +1117,14 @@ impl Sim {
                     .get_mut(&link)
                     .expect("link exists: it was just sent on");
                 let side = usize::from(l.ends[0].0 != i);
-                if l.out[side].len() > SEND_BUFFER && !l.blocked[side] {
+                let queued = l.out[side].len();
+                self.nodes[i].peak_queued = self.nodes[i].peak_queued.max(queued);
+                if queued > SEND_BUFFER && !l.blocked[side] {
                     l.blocked[side] = true;
                     match &mut self.nodes[i].core {
                         Core::Tracker(t) => t.handle_send_blocked(tx.conn),
                         Core::Peer(p) => p.handle_send_blocked(tx.conn),
-                        Core::Down => {}
+                        Core::Hostile(_) | Core::Down => {}
                     }
                 }
             }
@@ -1054,7 +1136,7 @@ impl Sim {
                         Action::Discard(k) => PeerAction::Discard(k),
                     }),
                     Core::Peer(p) => p.poll_action(),
-                    Core::Down => return,
+                    Core::Hostile(_) | Core::Down => return,
                 };
                 let Some(action) = action else {
                     break;
@@ -1062,23 +1144,7 @@ impl Sim {
                 progressed = true;
                 match action {
                     PeerAction::Connect { conn, addr } => self.connect(i, conn, addr),
-                    PeerAction::Close(conn) => {
-                        if let Some(link) = self.nodes[i].links.remove(&conn) {
-                            if let Some(l) = self.links.get_mut(&link) {
-                                let side = usize::from(l.ends[0].0 != i);
-                                l.fin[side] = true;
-                                l.ends[side].1 = None;
-                                let empty = l.out[side].is_empty();
-                                if empty {
-                                    self.nodes[i].up_queue.push_back(link);
-                                    if !self.nodes[i].up_busy {
-                                        self.nodes[i].up_busy = true;
-                                        self.push(now, Ev::Uplink { node: i });
-                                    }
-                                }
-                            }
-                        }
-                    }
+                    PeerAction::Close(conn) => self.close_conn(i, conn),
                     PeerAction::ReadHash { key, chunk } => {
                         let bytes = self.read_store(i, key, u64::from(chunk) * 32, 32);
                         let mut h = [0u8; 32];
@@ -1109,7 +1175,7 @@ impl Sim {
                         None
                     }
                     Core::Peer(p) => p.poll_event(),
-                    Core::Down => return,
+                    Core::Hostile(_) | Core::Down => return,
                 };
                 let Some(ev) = ev else {
                     break;
@@ -1120,6 +1186,49 @@ impl Sim {
             }
             if !progressed {
                 break;
+            }
+        }
+        self.rearm(i);
+    }
+
+    /// Sends a node's FIN on `conn` after what it has queued.
+    fn close_conn(&mut self, i: usize, conn: ConnId) {
+        let now = self.now;
+        if let Some(link) = self.nodes[i].links.remove(&conn) {
+            if let Some(l) = self.links.get_mut(&link) {
+                let side = usize::from(l.ends[0].0 != i);
+                l.fin[side] = true;
+                l.ends[side].1 = None;
+                let empty = l.out[side].is_empty();
+                if empty {
+                    self.nodes[i].up_queue.push_back(link);
+                    if !self.nodes[i].up_busy {
+                        self.nodes[i].up_busy = true;
+                        self.push(now, Ev::Uplink { node: i });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out what the hostile node wants sent, opened and closed. It ignores
+    /// backpressure: an attacker's own buffers are its problem.
+    fn drain_hostile(&mut self, i: usize) {
+        loop {
+            let Core::Hostile(h) = &mut self.nodes[i].core else {
+                return;
+            };
+            if let Some((conn, bytes)) = h.poll_transmit() {
+                if let Some(&link) = self.nodes[i].links.get(&conn) {
+                    self.send(i, link, &bytes);
+                }
+                continue;
+            }
+            match h.poll_action() {
+                Some(PeerAction::Connect { conn, addr }) => self.connect(i, conn, addr),
+                Some(PeerAction::Close(conn)) => self.close_conn(i, conn),
+                Some(_) => {}
+                None => break,
             }
         }
         self.rearm(i);
@@ -1163,6 +1272,7 @@ impl Sim {
         let at = match &self.nodes[i].core {
             Core::Tracker(t) => t.poll_timeout(),
             Core::Peer(p) => p.poll_timeout(),
+            Core::Hostile(h) => h.poll_timeout(),
             Core::Down => return,
         };
         let n = &mut self.nodes[i];

@@ -10,8 +10,22 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tests::hostile::Attack;
+use tests::proto_core::auth::SwarmKey;
 use tests::proto_core::time::Duration;
 use tests::sim::{Sim, SimConfig};
+
+/// The hostile node's attack (see `tests::hostile::Attack`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum HostileArg {
+    Oversized,
+    Flood,
+    FalseAvailability,
+    Unsolicited,
+    WrongManifest,
+    FakePeers,
+    NoKey,
+}
 
 /// A deterministic shoal swarm: one tracker, S seeders, N-S downloaders.
 #[derive(Parser, Debug)]
@@ -62,6 +76,12 @@ struct Args {
     /// Give up after this many simulated seconds.
     #[arg(long, default_value_t = 3600)]
     time_limit_s: u64,
+    /// Add a hostile node doing this to the swarm.
+    #[arg(long, value_enum)]
+    hostile: Option<HostileArg>,
+    /// Give the tracker and every peer a swarm key (the hostile node never has it).
+    #[arg(long)]
+    swarm_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +111,16 @@ fn main() -> ExitCode {
         seed: a.seed,
         time_limit: Duration::from_secs(a.time_limit_s),
         sniff: a.trace,
+        swarm_key: a.swarm_key.then_some(SwarmKey([0x5a; 32])),
+        hostile: a.hostile.map(|h| match h {
+            HostileArg::Oversized => Attack::OversizedFrames,
+            HostileArg::Flood => Attack::RequestFlood,
+            HostileArg::FalseAvailability => Attack::FalseAvailability,
+            HostileArg::Unsolicited => Attack::UnsolicitedBlocks,
+            HostileArg::WrongManifest => Attack::WrongManifest,
+            HostileArg::FakePeers => Attack::FakePeers(1000),
+            HostileArg::NoKey => Attack::NoKey,
+        }),
         tune: |_, c| {
             let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
             if let Some(v) = env("SIM_SLOTS") {
