@@ -12,7 +12,7 @@
 //! - input the node does not take (its reply queue is full) is kept, and the socket is not
 //!   read again until the node has taken it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -249,6 +249,10 @@ pub struct Driver<N: Node, S: Storage> {
     /// The last storage error, kept for the command to report (the node only learns that
     /// storage failed, not why).
     pub last_storage_error: Option<io::Error>,
+    /// Events taken from the node while feeding it, not yet handed to the callback. A node
+    /// stops reading while its own event queue is nearly full; taking its events here is what
+    /// lets it read on, without losing one.
+    held: VecDeque<N::Event>,
 }
 
 /// Why [`Driver::run`] returned.
@@ -297,6 +301,7 @@ impl<N: Node, S: Storage> Driver<N, S> {
             scratch: vec![0; READ_CHUNK],
             interrupted: false,
             last_storage_error: None,
+            held: VecDeque::new(),
         })
     }
 
@@ -315,7 +320,7 @@ impl<N: Node, S: Storage> Driver<N, S> {
         loop {
             let now = Instant::now();
             self.drain(now);
-            while let Some(e) = self.node.event() {
+            while let Some(e) = self.held.pop_front() {
                 if on(self, Some(e)).is_break() {
                     self.flush_all();
                     return Ok(Stop::Done);
@@ -589,6 +594,9 @@ impl<N: Node, S: Storage> Driver<N, S> {
             }
         }
         self.flush_all();
+        while let Some(e) = self.node.event() {
+            self.held.push_back(e);
+        }
     }
 
     fn act(&mut self, now: Instant, action: PeerAction) {

@@ -8,6 +8,10 @@
 //! `None`: [`Peer::poll_transmit`], [`Peer::poll_action`], [`Peer::poll_event`]; then sleep
 //! until [`Peer::poll_timeout`] or the next socket event.
 //!
+//! `handle_recv` may take only part of its input: it stops while the replies or events it
+//! has queued need draining first (backpressure, so its queues stay small and nothing is
+//! dropped). Drain, then offer the rest again.
+//!
 //! - [`PeerAction::Connect`]: open a TCP connection, then report [`Peer::handle_connected`] or
 //!   [`Peer::handle_closed`].
 //! - [`PeerAction::ReadHash`]: read the stored hash of a chunk and hand it to
@@ -44,12 +48,14 @@
 //!
 //! | configuration | C | F | W | A | bytes |
 //! |---|---|---|---|---|---|
-//! | [`SmallPeer`] | 4 | 1 | 32 (1024 chunks) | 8 | 36,712 |
-//! | [`HostPeer`] | 64 | 16 | 256 (8192 chunks) | 128 | 477,328 |
+//! | [`SmallPeer`] | 4 | 1 | 32 (1024 chunks) | 4 | 22,440 |
+//! | [`HostPeer`] | 64 | 16 | 256 (8192 chunks) | 128 | 361,104 |
 //!
 //! Per connection: a 512-byte frame buffer, the remote's chunk bitmap (`4 * W` bytes), and
-//! bounded queues of requests (32), blocks to serve (16) and control frames (16). Per chunk in
-//! flight: a SHA-256 state and who supplied it. No chunk payload and no chunk hash is ever held:
+//! bounded queues of requests (32), blocks to serve (16) and control frames (16); queued blocks
+//! are 12 bytes, without the file id (a connection is about one file). Events wait in a queue
+//! of 16. Per chunk in flight: a SHA-256 state and who supplied it. No chunk payload and no
+//! chunk hash is ever held:
 //! payload streams from the receive buffer to storage, and hashes are read from storage one
 //! at a time as chunks start.
 //!
@@ -86,13 +92,17 @@ use rate::{RateMeter, TokenBucket};
 pub type HostPeer = Peer<64, 16, 256, 128>;
 
 /// A peer small enough for a microcontroller: 4 connections, 1 file of up to 1024 chunks,
-/// 8 chunks in flight.
-pub type SmallPeer = Peer<4, 1, 32, 8>;
+/// 4 chunks in flight.
+pub type SmallPeer = Peer<4, 1, 32, 4>;
 
 const CTL_QUEUE: usize = 16;
 const REQ_QUEUE: usize = 32;
 const SERVE_QUEUE: usize = 16;
-const EVENT_QUEUE: usize = 32;
+const EVENT_QUEUE: usize = 16;
+/// The most events one message can cause (a block that completes a chunk and the file, a
+/// remote that misbehaves and is banned and lost, ...). `handle_recv` stops reading while fewer
+/// than this many places are free, so no event is ever dropped by a peer whose adapter drains.
+const EVENT_ROOM: usize = 8;
 const HAVE_LOG: usize = 64;
 const REPUTATION: usize = 16;
 /// How long a connection that answered "busy" gets no requests.
@@ -495,13 +505,42 @@ enum Ctl {
     Join(u16),
     NotFound(FileId),
     Manifest(u16),
-    Reject(BlockRef, RejectReason),
-    Cancel(BlockRef),
+    Reject(Blk, RejectReason),
+    Cancel(Blk),
+}
+
+/// A block of the file its connection is about. Queues keep these rather than [`BlockRef`]s:
+/// the file id is the connection's, and leaving it out more than halves every queue entry
+/// (which is most of a small peer's RAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Blk {
+    chunk: u32,
+    offset: u32,
+    len: u32,
+}
+
+impl Blk {
+    fn of(b: &BlockRef) -> Self {
+        Blk {
+            chunk: b.chunk,
+            offset: b.offset,
+            len: b.len,
+        }
+    }
+
+    fn in_file(self, file: FileId) -> BlockRef {
+        BlockRef {
+            file,
+            chunk: self.chunk,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Req {
-    block: BlockRef,
+    block: Blk,
     sent: Option<Instant>,
 }
 
@@ -540,7 +579,7 @@ struct Conn<const W: usize> {
     file: Option<u16>,
     ctl: Deque<Ctl, CTL_QUEUE>,
     reqs: Deque<Req, REQ_QUEUE>,
-    serve: Deque<BlockRef, SERVE_QUEUE>,
+    serve: Deque<Blk, SERVE_QUEUE>,
     remote_has: ChunkBitmap<W>,
     bitfield_in: bool,
     bitfield_out: bool,
@@ -1122,7 +1161,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 break Recv::all(input);
             }
             let rest = &input[used..];
-            let full = c.ctl.len() + 1 >= CTL_QUEUE || c.serve.is_full();
+            let full = c.ctl.len() + 1 >= CTL_QUEUE
+                || c.serve.is_full()
+                || self.events.len() + EVENT_ROOM > EVENT_QUEUE;
             if rest.is_empty() || (full && c.decoder.is_idle()) {
                 break Recv {
                     consumed: used,
@@ -1838,20 +1879,25 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let wanted = self
             .file(cand.slot)
             .is_some_and(|f| f.fetching && f.header().is_some() && !f.have.is_full());
-        // Only connections we opened count: peers that reach us are welcome on top, and
-        // counting them would leave a popular early peer with no say in its neighbours.
+        // Connections we opened count against the limit: peers that reach us are welcome on
+        // top, and counting them would leave a popular early peer with no say in its
+        // neighbours. But a peer few others chose keeps dialling up to twice the limit in all,
+        // or it would download from fewer sources than the rest and finish last.
+        let ours = |c: &Conn<W>| c.file == Some(cand.slot) && !matches!(c.role, Role::Tracker);
         let dialed = self
             .conns
             .iter()
-            .filter(|(_, c)| c.file == Some(cand.slot) && c.role == (Role::Peer { outgoing: true }))
+            .filter(|(_, c)| ours(c) && c.role == (Role::Peer { outgoing: true }))
             .count();
+        let all = self.conns.iter().filter(|(_, c)| ours(c)).count();
         let already = self.conns.iter().any(|(_, c)| {
             c.file == Some(cand.slot)
                 && (c.hello.is_some_and(|h| h.node == cand.peer.node)
                     || c.listen_addr() == cand.peer.addr)
         });
+        let max = self.config.max_conns_per_file;
         wanted
-            && dialed < self.config.max_conns_per_file
+            && (dialed < max || all < max.saturating_mul(2))
             && !already
             && !self.banned(cand.peer.node, cand.peer.addr)
     }
@@ -2207,8 +2253,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             }
             Message::Request(b) => self.on_request(id, b),
             Message::Cancel(b) => {
+                if self.conn_slot(id, &b.file).is_none() {
+                    self.misbehaved(id, Offence::Unexpected);
+                    return;
+                }
                 if let Some(c) = self.conns.get_mut(id) {
-                    retain(&mut c.serve, |s| *s != b);
+                    retain(&mut c.serve, |s| *s != Blk::of(&b));
                 }
             }
             Message::Block(b) => self.on_block(id, b),
@@ -2351,6 +2401,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         } else {
             None
         };
+        let b = Blk::of(&b);
         if let Some(reason) = reason {
             self.ctl(id, Ctl::Reject(b, reason));
             return;
@@ -2380,7 +2431,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        retain(&mut c.reqs, |r| r.block != b);
+        if c.file
+            .and_then(|s| self.files[s as usize].as_ref())
+            .map(|f| f.id)
+            != Some(b.file)
+        {
+            return;
+        }
+        retain(&mut c.reqs, |r| r.block != Blk::of(&b));
         match reason {
             RejectReason::Busy => c.pause_until = self.now + BUSY_PAUSE,
             RejectReason::NotHeld | RejectReason::OutOfRange => {
@@ -2403,7 +2461,10 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        let pos = c.reqs.iter().position(|r| r.block == b && r.sent.is_some());
+        let pos = c
+            .reqs
+            .iter()
+            .position(|r| r.block == Blk::of(&b) && r.sent.is_some());
         let mut active = None;
         if let Some(pos) = pos {
             if pos == 0 {

@@ -30,11 +30,11 @@ use rand_xoshiro::rand_core::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sha2::{Digest, Sha256};
 
-use super::{retain, Active, Conn, Ctl, Peer, PeerEvent, Phase, Req};
+use super::{retain, Active, Blk, Conn, Ctl, Peer, PeerEvent, Phase, Req};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::ConnId;
 use crate::time::{Duration, Instant};
-use crate::wire::{BlockRef, ChunkRange, NodeId};
+use crate::wire::{ChunkRange, NodeId};
 
 /// Blocks every pipeline may hold whatever its measured rate.
 const MIN_PIPELINE_BLOCKS: u64 = 4;
@@ -155,9 +155,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         };
         let (slot, chunk) = (a.slot, a.chunk);
         let len = self.chunk_len(slot, chunk);
-        let Some(file) = self.file(slot).map(|f| f.id) else {
+        if self.file(slot).is_none() {
             return;
-        };
+        }
         let Some(a) = self.active[i].as_mut() else {
             return;
         };
@@ -173,8 +173,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         if take == 0 {
             return;
         }
-        let block = BlockRef {
-            file,
+        let block = Blk {
             chunk,
             offset: start,
             len: take,
@@ -476,12 +475,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// Drops the requests of `id` that match; those already sent are cancelled.
-    fn drop_requests(&mut self, id: ConnId, matches: impl Fn(&BlockRef) -> bool) {
+    fn drop_requests(&mut self, id: ConnId, matches: impl Fn(&Blk) -> bool) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         let live = c.is_open();
-        let mut cancels: Vec<BlockRef, { super::REQ_QUEUE }> = Vec::new();
+        let mut cancels: Vec<Blk, { super::REQ_QUEUE }> = Vec::new();
         retain(&mut c.reqs, |r| {
             if !matches(&r.block) {
                 return true;

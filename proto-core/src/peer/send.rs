@@ -12,7 +12,7 @@ use super::{key, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
 use crate::conn::ConnId;
 use crate::io::Transmit;
 use crate::storage::{Region, StorageSend};
-use crate::wire::{encode_frame, ChunkRange, Hello, Message, MAX_RANGES, PROTOCOL_VERSION};
+use crate::wire::{encode_frame, ChunkRange, FileId, Hello, Message, MAX_RANGES, PROTOCOL_VERSION};
 
 impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
     pub(super) fn next_frame(
@@ -102,8 +102,11 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             Ctl::Locate(file) => Message::Locate { file },
             Ctl::GetManifest(file) => Message::GetManifest { file },
             Ctl::NotFound(file) => Message::NotFound { file },
-            Ctl::Reject(block, reason) => Message::Reject { block, reason },
-            Ctl::Cancel(b) => Message::Cancel(b),
+            Ctl::Reject(b, reason) => Message::Reject {
+                block: b.in_file(self.conn_file(id)?),
+                reason,
+            },
+            Ctl::Cancel(b) => Message::Cancel(b.in_file(self.conn_file(id)?)),
             Ctl::Join(slot) => Message::Have {
                 file: self.file(slot)?.id,
                 ranges: Vec::new(),
@@ -142,6 +145,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         Some((msg, None))
     }
 
+    /// The id of the file connection `id` is about.
+    fn conn_file(&self, id: ConnId) -> Option<FileId> {
+        let slot = self.conns.get(id)?.file?;
+        Some(self.files[slot as usize].as_ref()?.id)
+    }
+
     /// A `Have` for the tracker: newly verified chunks of any file it lists.
     fn tracker_have(&mut self) -> Option<Message> {
         self.registered?;
@@ -172,10 +181,11 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 return Some((Message::Have { file: f.id, ranges }, None));
             }
         }
+        let file = self.files[slot as usize].as_ref()?.id;
         let c = self.conns.get_mut(id)?;
         if let Some(r) = c.reqs.iter_mut().find(|r| r.sent.is_none()) {
             r.sent = Some(now);
-            return Some((Message::Request(r.block), None));
+            return Some((Message::Request(r.block.in_file(file)), None));
         }
         if c.serve.is_empty() {
             return None;
@@ -197,7 +207,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             offset,
             len: u64::from(b.len),
         };
-        Some((Message::Block(b), Some(then)))
+        Some((Message::Block(b.in_file(file)), Some(then)))
     }
 }
 
