@@ -307,7 +307,7 @@ fn on_event(
             say(&format!("\nthe tracker does not list {file}"));
             prompt();
         }
-        PeerEvent::ManifestReceived { slot, header } => {
+        PeerEvent::ManifestReceived { slot, header, .. } => {
             if let Some(f) = fetches.get_mut(&slot) {
                 if f.out.is_none() {
                     let out = PathBuf::from(header.name.as_str());

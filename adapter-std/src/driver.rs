@@ -21,12 +21,12 @@ use std::time::Duration as StdDuration;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use proto_core::conn::{ConnId, TableFull};
-use proto_core::io::{Recv, Transmit, FRAME_BUF_LEN};
+use proto_core::io::FRAME_BUF_LEN;
 use proto_core::manifest::ChunkHash;
-use proto_core::peer::{Peer, PeerAction, PeerEvent};
+pub use proto_core::node::Node;
+use proto_core::peer::PeerAction;
 use proto_core::storage::{Region, StorageKey, StorageSend};
 use proto_core::time::Instant;
-use proto_core::tracker::{Action, Tracker, TrackerEvent};
 
 /// Above this many buffered output bytes a connection counts as blocked.
 pub const OUT_HIGH: usize = 1 << 20;
@@ -47,164 +47,6 @@ pub trait Storage {
     fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
     /// The bytes under `key` are no longer wanted.
     fn discard(&mut self, key: StorageKey);
-}
-
-/// What the driver needs of a node; implemented for the tracker and the peer.
-pub trait Node {
-    /// The node's events.
-    type Event;
-    /// See `handle_accept` on the node.
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull>;
-    /// See `handle_connected` (peers only).
-    fn connected(&mut self, now: Instant, conn: ConnId);
-    /// See `handle_recv`.
-    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a>;
-    /// See `handle_closed`.
-    fn closed(&mut self, now: Instant, conn: ConnId);
-    /// See `handle_timeout`.
-    fn timeout(&mut self, now: Instant);
-    /// See `handle_send_blocked` / `handle_send_ready`.
-    fn send_blocked(&mut self, conn: ConnId, blocked: bool);
-    /// See `handle_storage_failed`.
-    fn storage_failed(&mut self, now: Instant, key: StorageKey);
-    /// See `handle_hash` (peers only).
-    fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash);
-    /// See `poll_transmit`.
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit>;
-    /// See `poll_action`; the tracker's actions are a subset of the peer's.
-    fn action(&mut self) -> Option<PeerAction>;
-    /// See `poll_event`.
-    fn event(&mut self) -> Option<Self::Event>;
-    /// See `poll_timeout`.
-    fn next_timeout(&self) -> Instant;
-}
-
-/// Nodes are large fixed-size structs, kept on the heap.
-impl<N: Node> Node for Box<N> {
-    type Event = N::Event;
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
-        (**self).accept(now, remote)
-    }
-    fn connected(&mut self, now: Instant, conn: ConnId) {
-        (**self).connected(now, conn)
-    }
-    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a> {
-        (**self).recv(now, conn, data)
-    }
-    fn closed(&mut self, now: Instant, conn: ConnId) {
-        (**self).closed(now, conn)
-    }
-    fn timeout(&mut self, now: Instant) {
-        (**self).timeout(now)
-    }
-    fn send_blocked(&mut self, conn: ConnId, blocked: bool) {
-        (**self).send_blocked(conn, blocked)
-    }
-    fn storage_failed(&mut self, now: Instant, key: StorageKey) {
-        (**self).storage_failed(now, key)
-    }
-    fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
-        (**self).hash(now, slot, chunk, hash)
-    }
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        (**self).transmit(buf)
-    }
-    fn action(&mut self) -> Option<PeerAction> {
-        (**self).action()
-    }
-    fn event(&mut self) -> Option<N::Event> {
-        (**self).event()
-    }
-    fn next_timeout(&self) -> Instant {
-        (**self).next_timeout()
-    }
-}
-
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Node for Tracker<C, F, H, W> {
-    type Event = TrackerEvent;
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
-        self.handle_accept(now, remote)
-    }
-    fn connected(&mut self, _: Instant, _: ConnId) {}
-    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a> {
-        self.handle_recv(now, conn, data)
-    }
-    fn closed(&mut self, now: Instant, conn: ConnId) {
-        self.handle_closed(now, conn)
-    }
-    fn timeout(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn send_blocked(&mut self, conn: ConnId, blocked: bool) {
-        if blocked {
-            self.handle_send_blocked(conn)
-        } else {
-            self.handle_send_ready(conn)
-        }
-    }
-    fn storage_failed(&mut self, _: Instant, key: StorageKey) {
-        self.handle_storage_failed(key)
-    }
-    fn hash(&mut self, _: Instant, _: u16, _: u32, _: ChunkHash) {}
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        self.poll_transmit(buf)
-    }
-    fn action(&mut self) -> Option<PeerAction> {
-        self.poll_action().map(|a| match a {
-            Action::Close(c) => PeerAction::Close(c),
-            Action::Discard(k) => PeerAction::Discard(k),
-        })
-    }
-    fn event(&mut self) -> Option<TrackerEvent> {
-        self.poll_event()
-    }
-    fn next_timeout(&self) -> Instant {
-        self.poll_timeout()
-    }
-}
-
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Node for Peer<C, F, W, A> {
-    type Event = PeerEvent;
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
-        self.handle_accept(now, remote)
-    }
-    fn connected(&mut self, now: Instant, conn: ConnId) {
-        self.handle_connected(now, conn)
-    }
-    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a> {
-        self.handle_recv(now, conn, data)
-    }
-    fn closed(&mut self, now: Instant, conn: ConnId) {
-        self.handle_closed(now, conn)
-    }
-    fn timeout(&mut self, now: Instant) {
-        self.handle_timeout(now)
-    }
-    fn send_blocked(&mut self, conn: ConnId, blocked: bool) {
-        if blocked {
-            self.handle_send_blocked(conn)
-        } else {
-            self.handle_send_ready(conn)
-        }
-    }
-    fn storage_failed(&mut self, now: Instant, key: StorageKey) {
-        self.handle_storage_failed(now, key)
-    }
-    fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
-        self.handle_hash(now, slot, chunk, hash)
-    }
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        self.poll_transmit(buf)
-    }
-    fn action(&mut self) -> Option<PeerAction> {
-        self.poll_action()
-    }
-    fn event(&mut self) -> Option<PeerEvent> {
-        self.poll_event()
-    }
-    fn next_timeout(&self) -> Instant {
-        self.poll_timeout()
-    }
 }
 
 struct Sock {

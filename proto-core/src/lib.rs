@@ -12,6 +12,7 @@
 //! - [`auth`]: the optional swarm key and the handshake proof built from it.
 //! - [`tracker`]: the [`Tracker`](tracker::Tracker) state machine.
 //! - [`storage`]: the storage requests nodes make of their adapter.
+//! - [`node`]: the one [`Node`](node::Node) interface adapters drive a tracker or a peer through.
 //!
 //! # The run loop
 //!
@@ -91,6 +92,7 @@ pub mod conn;
 pub mod io;
 pub mod link;
 pub mod manifest;
+pub mod node;
 pub mod peer;
 pub mod storage;
 pub mod time;

@@ -355,6 +355,8 @@ pub enum PeerEvent {
     ManifestReceived {
         /// The slot.
         slot: u16,
+        /// The file id the manifest was checked against.
+        file: FileId,
         /// The header; the adapter can now create the output.
         header: ManifestHeader,
     },
@@ -2218,7 +2220,8 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         if let Some(t) = self.tracker_open().filter(|_| self.registered.is_some()) {
             self.ctl(t, Ctl::Join(slot));
         }
-        self.event(PeerEvent::ManifestReceived { slot, header });
+        let file = self.file(slot).map(|f| f.id).unwrap_or_default();
+        self.event(PeerEvent::ManifestReceived { slot, file, header });
         if count == 0 {
             self.complete_file(slot);
         } else {
