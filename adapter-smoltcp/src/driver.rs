@@ -82,6 +82,13 @@ pub struct Driver<'s, N: Node, S: Storage<N::Event>, const K: usize> {
     frame: [u8; FRAME_BUF_LEN],
 }
 
+#[cfg(feature = "defmt")]
+impl<N: Node, S: Storage<N::Event>, const K: usize> defmt::Format for Driver<'_, N, S, K> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "Driver {{ sockets: {} }}", self.socket_states())
+    }
+}
+
 fn to_smol(t: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_micros(i64::try_from(t.total_micros()).unwrap_or(i64::MAX))
 }
@@ -212,8 +219,12 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                             .remote_endpoint()
                             .map(|e| SocketAddr::new(IpAddr::from(e.addr), e.port));
                         match remote.map(|r| self.node.accept(now, r)) {
-                            Some(Ok(conn)) => self.slots[i].state = Socket::Open(conn),
+                            Some(Ok(conn)) => {
+                                debug!("accepted {:?} on socket {}", conn, i);
+                                self.slots[i].state = Socket::Open(conn)
+                            }
                             _ => {
+                                debug!("refused a connection: the node's table is full");
                                 sock.abort();
                                 self.slots[i].state = Socket::Idle;
                             }
@@ -228,6 +239,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                         self.node.connected(now, conn);
                     }
                     tcp::State::Closed => {
+                        debug!("connect for {:?} failed", conn);
                         self.slots[i].state = Socket::Idle;
                         self.node.closed(now, conn);
                     }
@@ -263,7 +275,8 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
             let took = sock.recv(|input| {
                 let r = node.recv(now, conn, input);
                 if let Some(w) = r.write {
-                    if store.write(w.key, w.offset, w.data).is_err() {
+                    if let Err(e) = store.write(w.key, w.offset, w.data) {
+                        warn!("storage write failed: {:?}", e);
                         node.storage_failed(now, w.key);
                     }
                 }
@@ -317,6 +330,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
             }
         }
         if failed {
+            warn!("cannot read payload from storage; dropping the connection");
             // The remote was promised bytes we cannot read: the stream cannot go on.
             sock.abort();
             self.node.storage_failed(now, p.key);
@@ -359,6 +373,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                 if sock.send_slice(&self.frame[..t.len]) != Ok(t.len) {
                     // Cannot happen while the blocked flag is kept (a frame always fits an
                     // unblocked socket); if it did, the stream would be corrupt: end it.
+                    warn!("a frame did not fit its socket; dropping {:?}", t.conn);
                     sock.abort();
                     continue;
                 }
@@ -374,7 +389,8 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
             }
             while let Some(e) = self.node.event() {
                 progressed = true;
-                if let Err((key, _)) = self.store.note(&e) {
+                if let Err((key, e)) = self.store.note(&e) {
+                    warn!("storage could not record an event: {:?}", e);
                     self.node.storage_failed(now, key);
                 }
                 on_event(&mut self.node, e);
@@ -397,6 +413,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                 let free =
                     free.or_else(|| self.slots.iter().position(|s| s.state == Socket::Listening));
                 let (Some(i), Some(remote)) = (free, endpoint(addr)) else {
+                    debug!("no socket (or no IPv4 address) for {:?}", conn);
                     self.node.closed(now, conn);
                     return;
                 };

@@ -80,6 +80,13 @@ pub struct RamFlash<B> {
     pub erases: u32,
 }
 
+#[cfg(feature = "defmt")]
+impl<B> defmt::Format for RamFlash<B> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "RamFlash {{ sector: {}, erases: {} }}", self.sector, self.erases)
+    }
+}
+
 impl<B: AsRef<[u8]> + AsMut<[u8]>> RamFlash<B> {
     /// Flash over `mem` with sectors of `sector` bytes; starts erased.
     ///
@@ -177,6 +184,18 @@ pub struct FlashStore<F: Flash> {
     manifest: Option<(FileId, ManifestHeader)>,
     /// Chunk records in the journal.
     records: u32,
+}
+
+#[cfg(feature = "defmt")]
+impl<F: Flash> defmt::Format for FlashStore<F> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "FlashStore {{ file: {}, verified: {} }}",
+            self.manifest.as_ref().map(|(id, _)| *id),
+            self.records
+        )
+    }
 }
 
 impl<F: Flash> FlashStore<F> {

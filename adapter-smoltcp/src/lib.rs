@@ -24,6 +24,9 @@
 #[cfg(all(feature = "defmt", feature = "log"))]
 compile_error!("adapter-smoltcp: enable at most one of the `defmt` and `log` features");
 
+#[macro_use]
+mod fmt;
+
 mod driver;
 pub mod flash;
 
