@@ -83,7 +83,12 @@ pub struct RamFlash<B> {
 #[cfg(feature = "defmt")]
 impl<B> defmt::Format for RamFlash<B> {
     fn format(&self, f: defmt::Formatter<'_>) {
-        defmt::write!(f, "RamFlash {{ sector: {}, erases: {} }}", self.sector, self.erases)
+        defmt::write!(
+            f,
+            "RamFlash {{ sector: {}, erases: {} }}",
+            self.sector,
+            self.erases
+        )
     }
 }
 
