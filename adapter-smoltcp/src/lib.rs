@@ -11,6 +11,34 @@
 //!
 //! No allocation, no std, no clock: the caller passes `now`.
 //!
+//! # The run loop
+//!
+//! ```no_run
+//! use adapter_smoltcp::flash::{FlashStore, RamFlash};
+//! use adapter_smoltcp::Driver;
+//! use proto_core::peer::{PeerEvent, SmallPeer};
+//! use proto_core::time::Instant;
+//!
+//! fn run<D: smoltcp::phy::Device>(
+//!     device: &mut D,
+//!     driver: &mut Driver<'static, SmallPeer, FlashStore<RamFlash<[u8; 1 << 20]>>, 4>,
+//!     now: impl Fn() -> Instant,
+//!     sleep_until: impl Fn(Instant),
+//! ) {
+//!     loop {
+//!         let wake = driver.poll(now(), device, |_peer, event| {
+//!             // The store has already journalled it; show progress, act on completion.
+//!             if let PeerEvent::FileComplete { .. } = event { /* boot the new image */ }
+//!         });
+//!         // Until `wake`, or until the network interrupt says a frame arrived.
+//!         sleep_until(wake);
+//!     }
+//! }
+//! ```
+//!
+//! `adapter-smoltcp/firmware` is a whole firmware built around this loop, and
+//! `examples/tap_peer.rs` the same peer on a Linux TAP device.
+//!
 //! # Features
 //!
 //! - `defmt`: log through defmt (and derive `defmt::Format` on public types), for firmware.
