@@ -50,8 +50,8 @@ pub enum Socket {
     Connecting(ConnId),
     /// Carrying a connection.
     Open(ConnId),
-    /// Closing; free again once the close is done.
-    Closing,
+    /// Closing since the given time; free again once the close is done (or has taken too long).
+    Closing(Instant),
 }
 
 #[derive(Clone, Copy)]
@@ -214,7 +214,12 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
             match slot.state {
                 Socket::Idle => {}
                 Socket::Listening => {
-                    if sock.state() == tcp::State::Established {
+                    // A remote may connect and close again before we look: take it all the
+                    // same, and let the node see the close.
+                    if matches!(
+                        sock.state(),
+                        tcp::State::Established | tcp::State::CloseWait
+                    ) {
                         let remote = sock
                             .remote_endpoint()
                             .map(|e| SocketAddr::new(IpAddr::from(e.addr), e.port));
@@ -248,8 +253,11 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                 Socket::Open(conn) => {
                     read |= self.serve_open(i, conn, now);
                 }
-                Socket::Closing => {
-                    if matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                Socket::Closing(since) => {
+                    // A remote that never sends its FIN would hold the socket in FIN-WAIT-2
+                    // for good (nothing is left to retransmit, so no timeout fires).
+                    let stuck = now - since > Duration::from_micros(SOCKET_TIMEOUT.total_micros());
+                    if stuck || matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
                         // TIME-WAIT only guards against stray segments of this connection;
                         // a device with a handful of sockets cannot hold one for it.
                         sock.abort();
@@ -292,7 +300,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
         if ended {
             // The remote closed or reset: the node forgets the connection; we finish ours.
             sock.close();
-            self.slots[i].state = Socket::Closing;
+            self.slots[i].state = Socket::Closing(now);
             self.slots[i].pending = None;
             self.node.closed(now, conn);
         } else {
@@ -339,7 +347,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
         if self.slots[i].pending.is_none() && self.slots[i].close_after {
             self.slots[i].close_after = false;
             sock.close();
-            self.slots[i].state = Socket::Closing;
+            self.slots[i].state = Socket::Closing(now);
         }
     }
 
@@ -449,7 +457,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                     self.sockets
                         .get_mut::<tcp::Socket>(self.slots[i].handle)
                         .close();
-                    self.slots[i].state = Socket::Closing;
+                    self.slots[i].state = Socket::Closing(now);
                 }
             }
             PeerAction::ReadHash { key, chunk } => {
