@@ -105,20 +105,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> RamFlash<B> {
         }
     }
 
-    /// The memory, as a reset leaves it.
-    pub fn into_inner(self) -> B {
-        self.mem
-    }
-
-    /// Flash over memory that already holds data (what a reset leaves behind).
-    pub fn reopen(mem: B, sector: u32) -> Self {
-        RamFlash {
-            mem,
-            sector,
-            erases: 0,
-        }
-    }
-
     fn range(&self, addr: u32, len: usize) -> Result<core::ops::Range<usize>, FlashError> {
         let start = addr as usize;
         let end = start.checked_add(len).ok_or(FlashError::OutOfBounds)?;
@@ -324,6 +310,7 @@ impl<F: Flash> FlashStore<F> {
         (c != EMPTY && c < count).then_some(c)
     }
 
+    /// The journal is everything before the hashes.
     fn journal_len(&self) -> u32 {
         self.hashes_base
     }

@@ -647,11 +647,6 @@ impl Sim {
         })
     }
 
-    /// The node index of the hostile node, if any.
-    pub fn hostile_index(&self) -> Option<usize> {
-        self.nodes.iter().position(|n| n.hostile)
-    }
-
     /// The tracker core, if it is up.
     pub fn tracker(&self) -> Option<&SimTracker> {
         match &self.nodes[TRACKER].core {
