@@ -18,4 +18,6 @@ elf=target/thumbv7em-none-eabihf/release/shoal-firmware
     printf "firmware: flash .text+.rodata %d bytes (%.1f KiB, budget 96 KiB); .data image %d more\n", flash, flash / 1024, data
     printf "firmware: static RAM .data+.bss %d bytes (%.1f KiB, budget 48 KiB)\n", ram, ram / 1024
     if (flash >= 96 * 1024 || ram >= 48 * 1024) { print "firmware: over budget"; exit 1 }
+    # A firmware that panics unconditionally at start-up links to almost nothing: catch that.
+    if (flash < 32 * 1024) { print "firmware: suspiciously small; did the compiler prove a panic at boot?"; exit 1 }
   }'

@@ -22,6 +22,7 @@ use proto_core::link::Link;
 use proto_core::peer::{Peer, PeerConfig};
 use proto_core::time::Instant;
 use proto_core::wire::NodeId;
+use rand_core::RngCore;
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{EthernetAddress, IpCidr, Ipv4Address};
@@ -30,6 +31,7 @@ use stm32_eth::hal::flash::{FlashExt, LockedFlash};
 use stm32_eth::hal::gpio::GpioExt;
 use stm32_eth::hal::prelude::_fugit_RateExtU32 as _;
 use stm32_eth::hal::rcc::RccExt;
+use stm32_eth::hal::rng::RngExt;
 use stm32_eth::stm32::{CorePeripherals, Peripherals, SYST};
 use stm32_eth::{EthPins, Parts, PartsIn};
 
@@ -129,6 +131,8 @@ fn main() -> ! {
         .cfgr
         .sysclk(96_u32.MHz())
         .hclk(96_u32.MHz())
+        // The hardware RNG runs from the 48 MHz PLL output.
+        .require_pll48clk()
         .freeze();
     let gpioa = p.GPIOA.split();
     let gpiob = p.GPIOB.split();
@@ -157,9 +161,11 @@ fn main() -> ! {
     cp.SYST.enable_counter();
     cp.SYST.enable_interrupt();
 
+    // The hardware RNG seeds everything random: TCP sequence numbers and ports, the peer's
+    // choices and its handshake nonces (which a swarm key needs unpredictable on every boot).
+    let mut rng = p.RNG.constrain(&clocks);
+    let seed = rng.next_u64();
     let mut config = Config::new(EthernetAddress(MAC).into());
-    // Different on every boot would be better (a hardware RNG); the device id will do here.
-    let seed = u64::from_le_bytes([MAC[0], MAC[1], MAC[2], MAC[3], MAC[4], MAC[5], 0, 0]);
     config.random_seed = seed;
     let mut iface = Interface::new(config, &mut dma, smoltcp::time::Instant::ZERO);
     iface.update_ip_addrs(|a| {
@@ -182,7 +188,7 @@ fn main() -> ! {
     let mut node = [0u8; 16];
     node[..6].copy_from_slice(&MAC);
     let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, tracker);
-    peer_config.rng_seed = seed;
+    peer_config.rng_seed = rng.next_u64();
     let mut peer = DevicePeer::new(peer_config, now());
     let Ok(mut store) = FlashStore::open(Bank2(LockedFlash::new(p.FLASH)), MAX_CHUNKS) else {
         halt()
@@ -195,7 +201,13 @@ fn main() -> ! {
         }
     }
     let node = NODE.write(Driver::new(
-        peer, store, iface, sockets, handles, PEER_PORT, seed,
+        peer,
+        store,
+        iface,
+        sockets,
+        handles,
+        PEER_PORT,
+        rng.next_u64(),
     ));
 
     loop {
