@@ -605,7 +605,15 @@ struct Conn<const W: usize> {
 }
 
 impl<const W: usize> Conn<W> {
-    fn new(role: Role, remote: SocketAddr, phase: Phase, now: Instant, nonce: Nonce) -> Self {
+    /// A connection with a fresh handshake nonce from `rng`.
+    fn new(
+        role: Role,
+        remote: SocketAddr,
+        phase: Phase,
+        now: Instant,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Self {
+        let nonce = auth::nonce(rng);
         Conn {
             role,
             remote,
@@ -1096,13 +1104,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let phase = Phase::Handshake {
             deadline: now + self.config.ping_interval.saturating_mul(2),
         };
-        let nonce = auth::nonce(&mut self.rng);
         self.conns.insert(Conn::new(
             Role::Peer { outgoing: false },
             remote,
             phase,
             now,
-            nonce,
+            &mut self.rng,
         ))
     }
 
@@ -1617,13 +1624,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         if self.leaving || self.tracker.is_some() {
             return;
         }
-        let nonce = auth::nonce(&mut self.rng);
         let conn = Conn::new(
             Role::Tracker,
             addr,
             Phase::Connecting { asked: false },
             now,
-            nonce,
+            &mut self.rng,
         );
         match self.conns.insert(conn) {
             Ok(id) => self.tracker = Some(id),
@@ -1852,13 +1858,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             let Some(cand) = self.candidates[i] else {
                 return;
             };
-            let nonce = auth::nonce(&mut self.rng);
             let mut conn = Conn::new(
                 Role::Peer { outgoing: true },
                 cand.peer.addr,
                 Phase::Connecting { asked: false },
                 self.now,
-                nonce,
+                &mut self.rng,
             );
             conn.file = Some(cand.slot);
             let Ok(id) = self.conns.insert(conn) else {
