@@ -158,8 +158,7 @@ fn run() -> Result<(), String> {
                     slot: 0,
                     region: Region::Data,
                 };
-                Storage::<PeerEvent>::read(&mut driver.store, key, 0, &mut bytes)
-                    .map_err(|e| e.to_string())?;
+                Storage::read(&mut driver.store, key, 0, &mut bytes).map_err(|e| e.to_string())?;
                 std::fs::write(out, &bytes).map_err(|e| format!("cannot write {out}: {e}"))?;
                 return Ok(());
             }

@@ -15,10 +15,8 @@
 use core::net::{IpAddr, SocketAddr};
 
 use proto_core::conn::ConnId;
-use proto_core::io::FRAME_BUF_LEN;
-use proto_core::manifest::ChunkHash;
+use proto_core::io::{Action, Output, FRAME_BUF_LEN};
 use proto_core::node::Node;
-use proto_core::peer::PeerAction;
 use proto_core::storage::StorageSend;
 use proto_core::time::{Duration, Instant};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
@@ -67,7 +65,7 @@ struct Slot {
 }
 
 /// Drives node `N` with storage `S` over `K` TCP sockets of a smoltcp interface.
-pub struct Driver<'s, N: Node, S: Storage<N::Event>, const K: usize> {
+pub struct Driver<'s, N: Node, S: Storage, const K: usize> {
     /// The node.
     pub node: N,
     /// Its storage.
@@ -80,10 +78,12 @@ pub struct Driver<'s, N: Node, S: Storage<N::Event>, const K: usize> {
     listen_port: u16,
     next_port: u16,
     frame: [u8; FRAME_BUF_LEN],
+    /// When the node next needs `handle_timeout`, as its last drain said.
+    wake: Instant,
 }
 
 #[cfg(feature = "defmt")]
-impl<N: Node, S: Storage<N::Event>, const K: usize> defmt::Format for Driver<'_, N, S, K> {
+impl<N: Node, S: Storage, const K: usize> defmt::Format for Driver<'_, N, S, K> {
     fn format(&self, f: defmt::Formatter<'_>) {
         defmt::write!(f, "Driver {{ sockets: {} }}", self.socket_states())
     }
@@ -104,7 +104,7 @@ fn endpoint(addr: SocketAddr) -> Option<IpEndpoint> {
     }
 }
 
-impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
+impl<'s, N: Node, S: Storage, const K: usize> Driver<'s, N, S, K> {
     /// A driver for `node`, owning `iface` and `sockets`, of which `handles` are the TCP
     /// sockets it may use (their buffer sizes are the firmware's choice). With a non-zero
     /// `listen_port` one idle socket always listens there for peers. `seed` picks where the
@@ -135,6 +135,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
             listen_port,
             next_port: EPHEMERAL + (seed % u64::from(u16::MAX - EPHEMERAL)) as u16,
             frame: [0; FRAME_BUF_LEN],
+            wake: Instant::ZERO,
         }
     }
 
@@ -144,7 +145,8 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
     }
 
     /// Runs everything due at `now`: the interface, the sockets, the node's timers and its
-    /// output. Every event goes to storage's [`Storage::note`], then to `on_event`. Returns
+    /// output. Every event is journalled in storage (see [`Node::poll_stored`]), then handed to
+    /// `on_event`. Returns
     /// the time by which `poll` must run again (sooner if the device receives a frame).
     pub fn poll<D: Device + ?Sized>(
         &mut self,
@@ -154,7 +156,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
     ) -> Instant {
         let ts = to_smol(now);
         self.iface.poll(ts, device, &mut self.sockets);
-        if now >= self.node.next_timeout() {
+        if now >= self.wake {
             self.node.timeout(now);
         }
         for _ in 0..ROUNDS {
@@ -167,7 +169,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
         self.keep_listening();
         // Send what the node just queued now, not on the next call.
         self.iface.poll(ts, device, &mut self.sockets);
-        let core = self.node.next_timeout();
+        let core = self.wake;
         let wake = self
             .iface
             .poll_at(ts, &self.sockets)
@@ -281,14 +283,10 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
             }
             let (node, store) = (&mut self.node, &mut self.store);
             let took = sock.recv(|input| {
-                let r = node.recv(now, conn, input);
-                if let Some(w) = r.write {
-                    if let Err(e) = store.write(w.key, w.offset, w.data) {
-                        warn!("storage write failed: {:?}", e);
-                        node.storage_failed(now, w.key);
-                    }
-                }
-                (r.consumed, r.consumed)
+                let (consumed, _) = node.recv_stored(now, conn, input, store, &mut |_, _| {
+                    warn!("storage write failed");
+                });
+                (consumed, consumed)
             });
             match took {
                 Ok(n) if n > 0 => read = true,
@@ -368,50 +366,47 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
             .position(|s| matches!(s.state, Socket::Open(c) | Socket::Connecting(c) if c == conn))
     }
 
-    /// Carries out everything the node wants: frames, actions, events; until it is quiet.
+    /// Carries out everything the node wants until it says `Timeout`: frames, connects,
+    /// closes and events (storage actions and the journal are `poll_stored`'s).
     fn drain(&mut self, now: Instant, on_event: &mut impl FnMut(&mut N, N::Event)) {
         loop {
-            let mut progressed = false;
-            while let Some(t) = self.node.transmit(&mut self.frame) {
-                progressed = true;
-                let Some(i) = self.slot_of(t.conn) else {
-                    continue;
-                };
-                let sock = self.sockets.get_mut::<tcp::Socket>(self.slots[i].handle);
-                if sock.send_slice(&self.frame[..t.len]) != Ok(t.len) {
-                    // Cannot happen while the blocked flag is kept (a frame always fits an
-                    // unblocked socket); if it did, the stream would be corrupt: end it.
-                    warn!("a frame did not fit its socket; dropping {:?}", t.conn);
-                    sock.abort();
-                    continue;
+            let out = self
+                .node
+                .poll_stored(now, &mut self.store, &mut self.frame, &mut |_, _| {
+                    warn!("storage failed");
+                });
+            match out {
+                Output::Transmit(t) => {
+                    let Some(i) = self.slot_of(t.conn) else {
+                        continue;
+                    };
+                    let sock = self.sockets.get_mut::<tcp::Socket>(self.slots[i].handle);
+                    if sock.send_slice(&self.frame[..t.len]) != Ok(t.len) {
+                        // Cannot happen while the blocked flag is kept (a frame always fits an
+                        // unblocked socket); if it did, the stream would be corrupt: end it.
+                        warn!("a frame did not fit its socket; dropping {:?}", t.conn);
+                        sock.abort();
+                        continue;
+                    }
+                    if let Some(then) = t.then {
+                        self.slots[i].pending = Some(then);
+                        self.push_payload(i, now);
+                    }
+                    self.update_blocked(i, t.conn);
                 }
-                if let Some(then) = t.then {
-                    self.slots[i].pending = Some(then);
-                    self.push_payload(i, now);
+                Output::Action(a) => self.act(now, a),
+                Output::Event(e) => on_event(&mut self.node, e),
+                Output::Timeout(at) => {
+                    self.wake = at;
+                    return;
                 }
-                self.update_blocked(i, t.conn);
-            }
-            while let Some(a) = self.node.action() {
-                progressed = true;
-                self.act(now, a);
-            }
-            while let Some(e) = self.node.event() {
-                progressed = true;
-                if let Err((key, e)) = self.store.note(&e) {
-                    warn!("storage could not record an event: {:?}", e);
-                    self.node.storage_failed(now, key);
-                }
-                on_event(&mut self.node, e);
-            }
-            if !progressed {
-                return;
             }
         }
     }
 
-    fn act(&mut self, now: Instant, action: PeerAction) {
+    fn act(&mut self, now: Instant, action: Action) {
         match action {
-            PeerAction::Connect { conn, addr } => {
+            Action::Connect { conn, addr } => {
                 let port = self.next_port;
                 self.next_port = self.next_port.checked_add(1).unwrap_or(EPHEMERAL);
                 let port = port.max(EPHEMERAL);
@@ -445,7 +440,7 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                     }
                 }
             }
-            PeerAction::Close(conn) => {
+            Action::Close(conn) => {
                 let Some(i) = self.slot_of(conn) else {
                     return;
                 };
@@ -460,14 +455,8 @@ impl<'s, N: Node, S: Storage<N::Event>, const K: usize> Driver<'s, N, S, K> {
                     self.slots[i].state = Socket::Closing(now);
                 }
             }
-            PeerAction::ReadHash { key, chunk } => {
-                let mut h = [0u8; 32];
-                match self.store.read(key, u64::from(chunk) * 32, &mut h) {
-                    Ok(32) => self.node.hash(now, key.slot, chunk, ChunkHash(h)),
-                    _ => self.node.storage_failed(now, key),
-                }
-            }
-            PeerAction::Discard(key) => self.store.discard(key),
+            // poll_stored carries out the storage actions itself.
+            Action::ReadHash { .. } | Action::Discard(_) => {}
         }
     }
 }

@@ -25,7 +25,7 @@
 //! [`FlashStore::resume`] hands it back to a peer.
 
 use proto_core::manifest::ManifestHeader;
-use proto_core::peer::{CommandError, Peer, PeerEvent};
+use proto_core::peer::{CommandError, Peer};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::time::Instant;
 use proto_core::wire::FileId;
@@ -393,7 +393,9 @@ fn read_manifest<F: Flash>(flash: &mut F) -> Option<(FileId, ManifestHeader)> {
     Some((r.file, r.header))
 }
 
-impl<F: Flash> Storage<PeerEvent> for FlashStore<F> {
+impl<F: Flash> Storage for FlashStore<F> {
+    type Error = StorageError;
+
     fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), StorageError> {
         let (base, cap) = self.region(key)?;
         let len = u32::try_from(data.len()).map_err(|_| StorageError::OutOfSpace)?;
@@ -435,20 +437,22 @@ impl<F: Flash> Storage<PeerEvent> for FlashStore<F> {
         // journal was already cleared when they started.
     }
 
-    fn note(&mut self, event: &PeerEvent) -> Result<(), (StorageKey, StorageError)> {
-        let key = StorageKey {
-            slot: 0,
-            region: Region::Data,
-        };
-        match event {
-            PeerEvent::ManifestReceived {
-                slot: 0,
-                file,
-                header,
-            } => self.begin(*file, header.clone()),
-            PeerEvent::ChunkVerified { slot: 0, chunk } => self.append(*chunk),
-            _ => Ok(()),
+    fn manifest_received(
+        &mut self,
+        slot: u16,
+        file: FileId,
+        header: &ManifestHeader,
+    ) -> Result<(), StorageError> {
+        if slot != 0 {
+            return Err(StorageError::NoSuchSlot);
         }
-        .map_err(|e| (key, e))
+        self.begin(file, header.clone())
+    }
+
+    fn chunk_verified(&mut self, slot: u16, chunk: u32) -> Result<(), StorageError> {
+        if slot != 0 {
+            return Err(StorageError::NoSuchSlot);
+        }
+        self.append(chunk)
     }
 }

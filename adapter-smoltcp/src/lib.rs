@@ -5,7 +5,7 @@
 //!   sockets (the firmware chooses how many and how large their buffers are). The firmware's
 //!   main loop (or an executor) calls [`Driver::poll`] with the time and the network device;
 //!   it returns when it next needs to run.
-//! - [`Storage`]: what the driver needs of storage; [`flash::FlashStore`] implements it on any
+//! - [`Storage`]: proto-core's storage contract; [`flash::FlashStore`] implements it on any
 //!   [`flash::Flash`] (erase by sector, program in order), and keeps a journal so a device
 //!   resumes after a reset with every chunk it had verified.
 //!
@@ -27,7 +27,7 @@
 //! ) {
 //!     loop {
 //!         let wake = driver.poll(now(), device, |_peer, event| {
-//!             // The store has already journalled it; show progress, act on completion.
+//!             // The store has journalled it already; show progress, act on completion.
 //!             if let PeerEvent::FileComplete { .. } = event { /* boot the new image */ }
 //!         });
 //!         // Until `wake`, or until the network interrupt says a frame arrived.
@@ -62,26 +62,9 @@ pub use driver::{Driver, Socket};
 pub use proto_core;
 pub use smoltcp;
 
-use proto_core::storage::StorageKey;
-
-/// Where a node's bytes live: chunk hashes and file data, by the core's [`StorageKey`].
-///
-/// `E` is the node's event type: [`Storage::note`] sees every event before the firmware does,
-/// which is where a store keeps its journal (verified chunks, the manifest).
-pub trait Storage<E> {
-    /// Stores `data` at `offset` of `key`.
-    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), StorageError>;
-    /// Reads up to `buf.len()` bytes at `offset` of `key`; returns how many.
-    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8])
-        -> Result<usize, StorageError>;
-    /// The bytes under `key` are no longer wanted.
-    fn discard(&mut self, key: StorageKey);
-    /// An event from the node, before the firmware sees it. An error fails the key's file.
-    fn note(&mut self, event: &E) -> Result<(), (StorageKey, StorageError)> {
-        let _ = event;
-        Ok(())
-    }
-}
+/// What the driver needs of storage: proto-core's one storage contract (writes, reads and the
+/// journal of verified chunks), with [`StorageError`] as the error of [`flash::FlashStore`].
+pub use proto_core::storage::Storage;
 
 /// Why storage failed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -6,7 +6,8 @@ mod common;
 use adapter_smoltcp::flash::{Flash, FlashError, FlashStore, RamFlash};
 use adapter_smoltcp::{Storage, StorageError};
 use common::*;
-use proto_core::peer::{PeerConfig, PeerEvent};
+use proto_core::node::Node;
+use proto_core::peer::{PeerConfig, PeerEvent, SmallPeer};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::time::Instant;
 use proto_core::wire::NodeId;
@@ -32,15 +33,22 @@ fn write_chunk(store: &mut PeerStore, f: &TestFile, c: u32, upto: u32) {
     }
 }
 
+/// What the driver does with every event the peer hands out: journal it in the store.
+fn note(store: &mut PeerStore, e: &PeerEvent) -> Result<(), (StorageKey, StorageError)> {
+    <SmallPeer as Node>::journal(e, store)
+}
+
 fn fetched_manifest(store: &mut PeerStore, f: &TestFile) {
     store.write(HASHES, 0, &f.hashes).unwrap();
-    store
-        .note(&PeerEvent::ManifestReceived {
+    note(
+        store,
+        &PeerEvent::ManifestReceived {
             slot: 0,
             file: f.id,
             header: f.header.clone(),
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
 }
 
 #[test]
@@ -63,9 +71,7 @@ fn a_reset_keeps_verified_chunks_and_drops_the_half_written_one() {
     fetched_manifest(&mut store, &f);
     for c in [0, 3, 1] {
         write_chunk(&mut store, &f, c, u32::MAX);
-        store
-            .note(&PeerEvent::ChunkVerified { slot: 0, chunk: c })
-            .unwrap();
+        note(&mut store, &PeerEvent::ChunkVerified { slot: 0, chunk: c }).unwrap();
     }
     // Chunk 2 is half written when the power goes.
     write_chunk(&mut store, &f, 2, 5000);
@@ -108,9 +114,7 @@ fn a_new_file_clears_the_old_journal_before_its_hashes_land() {
     let b = test_file(50_000, 16 * 1024, 2);
     let mut store = FlashStore::open(fresh_flash(), MAX_CHUNKS).unwrap();
     fetched_manifest(&mut store, &a);
-    store
-        .note(&PeerEvent::ChunkVerified { slot: 0, chunk: 0 })
-        .unwrap();
+    note(&mut store, &PeerEvent::ChunkVerified { slot: 0, chunk: 0 }).unwrap();
     // A reset while b's hashes stream in must not resume a with b's hashes.
     store.write(HASHES, 0, &b.hashes[..40]).unwrap();
     let store = FlashStore::open(store.into_flash(), MAX_CHUNKS).unwrap();
@@ -124,11 +128,14 @@ fn files_the_flash_cannot_hold_are_refused() {
     // Chunks smaller than a sector cannot be rewritten alone.
     let small = test_file(10_000, 1024, 1);
     store.write(HASHES, 0, &small.hashes).unwrap();
-    let e = store.note(&PeerEvent::ManifestReceived {
-        slot: 0,
-        file: small.id,
-        header: small.header.clone(),
-    });
+    let e = note(
+        &mut store,
+        &PeerEvent::ManifestReceived {
+            slot: 0,
+            file: small.id,
+            header: small.header.clone(),
+        },
+    );
     assert_eq!(
         e.map_err(|(_, e)| e),
         Err(StorageError::ChunkNotSectorAligned)
@@ -136,11 +143,14 @@ fn files_the_flash_cannot_hold_are_refused() {
     // Bigger than the data region.
     let big = test_file(FLASH, 64 * 1024, 1);
     store.write(HASHES, 0, &big.hashes).unwrap();
-    let e = store.note(&PeerEvent::ManifestReceived {
-        slot: 0,
-        file: big.id,
-        header: big.header.clone(),
-    });
+    let e = note(
+        &mut store,
+        &PeerEvent::ManifestReceived {
+            slot: 0,
+            file: big.id,
+            header: big.header.clone(),
+        },
+    );
     assert_eq!(e.map_err(|(_, e)| e), Err(StorageError::OutOfSpace));
     // A flash too small for even the journal.
     assert!(FlashStore::open(RamFlash::new(vec![0u8; 8192], SECTOR), MAX_CHUNKS).is_err());

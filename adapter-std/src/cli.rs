@@ -69,7 +69,7 @@ pub fn load_swarm_key(path: &Path) -> anyhow::Result<()> {
 pub fn keygen(path: &Path) -> anyhow::Result<()> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key).map_err(|e| anyhow!("no randomness from the OS: {e}"))?;
-    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let text = hex::encode(key);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -327,7 +327,9 @@ pub fn share(
 }
 
 /// Tells the tracker we leave and gives the goodbye a moment to go out.
-pub(crate) fn leave<S: crate::driver::Storage>(driver: &mut Driver<Box<HostPeer>, S>) {
+pub(crate) fn leave<S: crate::driver::Storage<Error = std::io::Error>>(
+    driver: &mut Driver<Box<HostPeer>, S>,
+) {
     driver.node.leave(Instant::now());
     let deadline = StdInstant::now() + StdDuration::from_millis(500);
     let _ = driver.run(|d, e| match e {
@@ -417,9 +419,7 @@ pub(crate) fn start_download(
         }
         _ => {
             let slot = driver.node.fetch(now, file).map_err(|e| anyhow!("{e}"))?;
-            if let Some(out) = out {
-                driver.store.add_fetch(slot, out.clone());
-            }
+            driver.store.add_fetch(slot, out.cloned());
             slot
         }
     };
@@ -481,7 +481,6 @@ pub fn get(
     let mut not_found_since: Option<StdInstant> = None;
     let mut final_path: Option<PathBuf> = None;
     let mut error: Option<anyhow::Error> = None;
-    let output_fixed = output.clone();
     let result = driver.run(|d, e| {
         let Some(e) = e else {
             if let Err(e) = d.store.tick() {
@@ -506,28 +505,10 @@ pub fn get(
                 PeerEvent::NotFound { file } if file == link.file && manifest.is_none() => {
                     not_found_since.get_or_insert_with(StdInstant::now);
                 }
+                // The store has journalled it (and created the part file) already.
                 PeerEvent::ManifestReceived { header, .. } => {
-                    if output_fixed.is_none() {
-                        // The manifest's name, checked safe by the core, in the current directory.
-                        let out = PathBuf::from(header.name.as_str());
-                        if let Err(e) = check_output(&out) {
-                            error = Some(e);
-                            return ControlFlow::Break(());
-                        }
-                        d.store.add_fetch(slot, out);
-                    }
-                    if let Err(e) = d.store.manifest_received(slot, link.file, &header) {
-                        error = Some(anyhow!("cannot create the download file: {e}"));
-                        return ControlFlow::Break(());
-                    }
                     progress.start(&header.name, header.size);
                     manifest = Some(header);
-                }
-                PeerEvent::ChunkVerified { slot: s, chunk } if s == slot => {
-                    if let Err(e) = d.store.chunk_verified(slot, chunk) {
-                        error = Some(disk_error(e));
-                        return ControlFlow::Break(());
-                    }
                 }
                 PeerEvent::Progress(p) if p.slot == slot => progress.update(p.bytes_done, p.rate, p.peers),
                 PeerEvent::ChunkRejected { chunk, from, .. } => tracing::warn!("chunk {chunk} from {from} failed its hash; fetching it again"),
@@ -535,12 +516,11 @@ pub fn get(
                 PeerEvent::Unavailable { missing, first, .. } => {
                     tracing::warn!("{missing} chunks have no online holder (first: {}-{}); waiting for one", first.start, first.end - 1)
                 }
+                // The store has moved the part file to its final name already, or failed to.
                 PeerEvent::FileComplete { slot: s } if s == slot => {
-                    let Some(h) = manifest.clone() else {
-                        return ControlFlow::Continue(());
-                    };
-                    match d.store.complete(slot, link.file, &h) {
-                        Ok(path) => {
+                    match (d.store.is_complete(slot), d.store.path(slot)) {
+                        (true, Some(path)) => {
+                            let path = path.to_path_buf();
                             progress.finish();
                             on_done(&path);
                             final_path = Some(path);
@@ -548,8 +528,10 @@ pub fn get(
                                 return ControlFlow::Break(());
                             }
                         }
-                        Err(e) => {
-                            error = Some(disk_error(e));
+                        _ => {
+                            error = Some(disk_error(d.last_storage_error.take().unwrap_or_else(|| {
+                                std::io::Error::other("the download could not be moved to its final name")
+                            })));
                             return ControlFlow::Break(());
                         }
                     }
@@ -609,8 +591,11 @@ fn d_flush(driver: &mut Driver<Box<HostPeer>, FileStore>) -> std::io::Result<()>
 }
 
 fn disk_error(e: std::io::Error) -> anyhow::Error {
-    if e.raw_os_error() == Some(28) {
+    if e.kind() == std::io::ErrorKind::StorageFull {
         anyhow!("the disk is full; free some space and run the same command again to resume")
+    } else if e.kind() == std::io::ErrorKind::AlreadyExists {
+        // check_output's own words (an output named by the manifest that already exists).
+        anyhow!("{e}")
     } else {
         anyhow!("cannot write the download: {e}")
     }
@@ -618,29 +603,7 @@ fn disk_error(e: std::io::Error) -> anyhow::Error {
 
 /// The output must not exist yet, and its folder must be writable.
 fn check_output(out: &Path) -> anyhow::Result<()> {
-    if out.exists() {
-        bail!(
-            "{} already exists; remove it or choose another path with -o",
-            out.display()
-        );
-    }
-    let (part, journal) = part_paths(out);
-    if part.exists() && journal.exists() {
-        return Ok(());
-    }
-    // Creating the part file is the test of writability; it is sized when the manifest comes.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&part)
-        .map_err(|e| {
-            anyhow!(
-                "cannot write {}: {e}; choose another path with -o",
-                part.display()
-            )
-        })?;
-    Ok(())
+    crate::store::check_output(out).map_err(|e| anyhow!("{e}"))
 }
 
 /// Answers of the tracker to a query.

@@ -307,37 +307,28 @@ fn on_event(
             say(&format!("\nthe tracker does not list {file}"));
             prompt();
         }
-        PeerEvent::ManifestReceived { slot, header, .. } => {
+        // The store journals manifests and chunks itself (see proto_core::storage::Storage).
+        PeerEvent::ManifestReceived { slot, .. } => {
             if let Some(f) = fetches.get_mut(&slot) {
-                if f.out.is_none() {
-                    let out = PathBuf::from(header.name.as_str());
-                    d.store.add_fetch(slot, out.clone());
-                    f.out = Some(out);
-                }
-                if let Err(e) = d.store.manifest_received(slot, f.id, &header) {
-                    say(&format!("\ncannot create the download: {e}"));
-                    let _ = d.node.cancel(now, slot);
-                }
-            }
-        }
-        PeerEvent::ChunkVerified { slot, chunk } => {
-            if let Err(e) = d.store.chunk_verified(slot, chunk) {
-                say(&format!("\ncannot record progress: {e}"));
+                f.out = d.store.path(slot).map(std::path::Path::to_path_buf);
             }
         }
         PeerEvent::FileComplete { slot } => {
             if let Some(f) = fetches.get_mut(&slot) {
-                let header = d.node.file_info(slot).and_then(|(_, h)| h.cloned());
-                if let Some(h) = header {
-                    match d.store.complete(slot, f.id, &h) {
-                        Ok(p) => {
-                            say(&format!("\ndone: {} (now sharing it)", p.display()));
-                            f.done = Some(p);
-                        }
-                        Err(e) => say(&format!("\ncannot finish the download: {e}")),
+                match (d.store.is_complete(slot), d.store.path(slot)) {
+                    (true, Some(p)) => {
+                        say(&format!("\ndone: {} (now sharing it)", p.display()));
+                        f.done = Some(p.to_path_buf());
                     }
-                    prompt();
+                    _ => {
+                        let why = d
+                            .last_storage_error
+                            .take()
+                            .map_or_else(|| "unknown error".to_owned(), |e| e.to_string());
+                        say(&format!("\ncannot finish the download: {why}"));
+                    }
                 }
+                prompt();
             }
         }
         PeerEvent::FetchFailed { slot, reason } => {

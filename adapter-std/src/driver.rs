@@ -2,8 +2,8 @@
 //!
 //! One [`Driver`] runs one node (a [`Tracker`] or a [`Peer`]) on one thread. It owns the
 //! sockets and a [`Storage`], feeds the node what happens (`handle_*`) and carries out what it
-//! asks (`poll_*`), in the order the core documents: after every input, frames, then actions,
-//! then events, until the node has nothing more to say.
+//! asks through [`Node::poll_stored`] until it says `Timeout` (storage actions and the journal
+//! are carried out there, the same way on every adapter).
 //!
 //! Backpressure, both ways, so no queue here grows without bound:
 //! - each connection's output buffer is bounded: past [`OUT_HIGH`] bytes the node is told the
@@ -21,10 +21,9 @@ use std::time::Duration as StdDuration;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use proto_core::conn::{ConnId, TableFull};
-use proto_core::io::FRAME_BUF_LEN;
-use proto_core::manifest::ChunkHash;
+use proto_core::io::{Action, Output, FRAME_BUF_LEN};
 pub use proto_core::node::Node;
-use proto_core::peer::PeerAction;
+pub use proto_core::storage::Storage;
 use proto_core::storage::{Region, StorageKey, StorageSend};
 use proto_core::time::Instant;
 
@@ -38,16 +37,6 @@ const READ_CHUNK: usize = 256 * 1024;
 pub const TICK: StdDuration = StdDuration::from_millis(100);
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
-
-/// Where a node's bytes live: chunk hashes and file data, by the core's [`StorageKey`].
-pub trait Storage {
-    /// Stores `data` at `offset` of `key`.
-    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> io::Result<()>;
-    /// Reads up to `buf.len()` bytes at `offset` of `key`; returns how many (0 at the end).
-    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
-    /// The bytes under `key` are no longer wanted.
-    fn discard(&mut self, key: StorageKey);
-}
 
 struct Sock {
     stream: TcpStream,
@@ -74,7 +63,7 @@ impl Sock {
 }
 
 /// Runs a node over real sockets.
-pub struct Driver<N: Node, S: Storage> {
+pub struct Driver<N: Node, S: Storage<Error = io::Error>> {
     poll: Poll,
     listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
@@ -95,6 +84,8 @@ pub struct Driver<N: Node, S: Storage> {
     /// stops reading while its own event queue is nearly full; taking its events here is what
     /// lets it read on, without losing one.
     held: VecDeque<N::Event>,
+    /// When the node next needs `handle_timeout`, as its last drain said.
+    wake: Instant,
 }
 
 /// Why [`Driver::run`] returned.
@@ -106,7 +97,7 @@ pub enum Stop {
     Interrupted,
 }
 
-impl<N: Node, S: Storage> Driver<N, S> {
+impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
     /// A driver for `node`, accepting connections on `listener` if given. With
     /// `catch_signals`, SIGINT and SIGTERM end [`Driver::run`] with [`Stop::Interrupted`].
     pub fn new(
@@ -144,6 +135,7 @@ impl<N: Node, S: Storage> Driver<N, S> {
             interrupted: false,
             last_storage_error: None,
             held: VecDeque::new(),
+            wake: Instant::ZERO,
         })
     }
 
@@ -178,8 +170,7 @@ impl<N: Node, S: Storage> Driver<N, S> {
                 return Ok(Stop::Done);
             }
             let now = Instant::now();
-            let wake = self.node.next_timeout();
-            let wait = wake.saturating_since(now);
+            let wait = self.wake.saturating_since(now);
             // Sockets with input left over, or more to read, need another turn at once.
             let busy = self.socks.values().any(|s| s.readable && !s.connecting);
             let timeout = if busy {
@@ -219,8 +210,9 @@ impl<N: Node, S: Storage> Driver<N, S> {
                 }
             }
             self.read_all(now);
-            if Instant::now() >= self.node.next_timeout() {
+            if Instant::now() >= self.wake {
                 self.node.timeout(Instant::now());
+                self.drain(Instant::now());
             }
         }
     }
@@ -377,17 +369,15 @@ impl<N: Node, S: Storage> Driver<N, S> {
         let mut at = 0;
         let mut retried = false;
         while at < input.len() {
-            let r = self.node.recv(now, conn, &input[at..]);
-            let wrote = r.write.is_some();
-            if let Some(w) = r.write {
-                if let Err(e) = self.store.write(w.key, w.offset, w.data) {
-                    tracing::debug!("storage write failed: {e}");
-                    self.last_storage_error = Some(e);
-                    self.node.storage_failed(now, w.key);
-                }
-            }
-            at += r.consumed;
-            if r.consumed > 0 || wrote {
+            let last_error = &mut self.last_storage_error;
+            let (consumed, wrote) =
+                self.node
+                    .recv_stored(now, conn, &input[at..], &mut self.store, &mut |_, e| {
+                        tracing::debug!("storage write failed: {e}");
+                        *last_error = Some(e);
+                    });
+            at += consumed;
+            if consumed > 0 || wrote {
                 retried = false;
                 continue;
             }
@@ -401,67 +391,59 @@ impl<N: Node, S: Storage> Driver<N, S> {
         at
     }
 
-    /// Carries out everything the node wants: frames, then actions.
+    /// Carries out everything the node wants until it says `Timeout`: frames, connects and
+    /// closes here; events are held for the callback.
     fn drain(&mut self, now: Instant) {
         let mut buf = [0u8; FRAME_BUF_LEN];
         loop {
-            let mut progressed = false;
-            while let Some(t) = self.node.transmit(&mut buf) {
-                progressed = true;
-                let Some(s) = self.socks.get_mut(&t.conn) else {
-                    continue;
-                };
-                s.out.extend_from_slice(&buf[..t.len]);
-                if let Some(then) = t.then {
-                    s.pending = Some(then);
-                    // Payload goes out before anything else on this connection.
-                    self.fill_from_storage(t.conn);
-                }
-                let queued = self.socks.get(&t.conn).map_or(0, Sock::queued);
-                if queued > OUT_HIGH {
-                    if let Some(s) = self.socks.get_mut(&t.conn) {
-                        if !s.blocked {
-                            s.blocked = true;
-                            self.node.send_blocked(t.conn, true);
+            let last_error = &mut self.last_storage_error;
+            let out = self
+                .node
+                .poll_stored(now, &mut self.store, &mut buf, &mut |key, e| {
+                    tracing::debug!("storage failed for {key:?}: {e}");
+                    *last_error = Some(e);
+                });
+            match out {
+                Output::Transmit(t) => {
+                    let Some(s) = self.socks.get_mut(&t.conn) else {
+                        continue;
+                    };
+                    s.out.extend_from_slice(&buf[..t.len]);
+                    if let Some(then) = t.then {
+                        s.pending = Some(then);
+                        // Payload goes out before anything else on this connection.
+                        self.fill_from_storage(t.conn);
+                    }
+                    let queued = self.socks.get(&t.conn).map_or(0, Sock::queued);
+                    if queued > OUT_HIGH {
+                        if let Some(s) = self.socks.get_mut(&t.conn) {
+                            if !s.blocked {
+                                s.blocked = true;
+                                self.node.send_blocked(t.conn, true);
+                            }
                         }
                     }
                 }
-            }
-            while let Some(a) = self.node.action() {
-                progressed = true;
-                self.act(now, a);
-            }
-            if !progressed {
-                break;
+                Output::Action(Action::Connect { conn, addr }) => match TcpStream::connect(addr) {
+                    Ok(stream) => self.add_sock(conn, stream, true),
+                    Err(_) => self.node.closed(now, conn),
+                },
+                Output::Action(Action::Close(conn)) => {
+                    if let Some(s) = self.socks.get_mut(&conn) {
+                        s.closing = true;
+                    }
+                    self.flush(now, conn);
+                }
+                // poll_stored carries out the storage actions itself.
+                Output::Action(Action::ReadHash { .. } | Action::Discard(_)) => {}
+                Output::Event(e) => self.held.push_back(e),
+                Output::Timeout(at) => {
+                    self.wake = at;
+                    break;
+                }
             }
         }
         self.flush_all();
-        while let Some(e) = self.node.event() {
-            self.held.push_back(e);
-        }
-    }
-
-    fn act(&mut self, now: Instant, action: PeerAction) {
-        match action {
-            PeerAction::Connect { conn, addr } => match TcpStream::connect(addr) {
-                Ok(stream) => self.add_sock(conn, stream, true),
-                Err(_) => self.node.closed(now, conn),
-            },
-            PeerAction::Close(conn) => {
-                if let Some(s) = self.socks.get_mut(&conn) {
-                    s.closing = true;
-                }
-                self.flush(now, conn);
-            }
-            PeerAction::ReadHash { key, chunk } => {
-                let mut h = [0u8; 32];
-                match self.store.read(key, u64::from(chunk) * 32, &mut h) {
-                    Ok(32) => self.node.hash(now, key.slot, chunk, ChunkHash(h)),
-                    _ => self.node.storage_failed(now, key),
-                }
-            }
-            PeerAction::Discard(key) => self.store.discard(key),
-        }
     }
 
     /// Reads pending payload from storage straight into the output buffer (the one copy in
@@ -570,6 +552,7 @@ pub struct MemoryHashes {
 }
 
 impl Storage for MemoryHashes {
+    type Error = io::Error;
     fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> io::Result<()> {
         if key.region != Region::Hashes {
             return Err(io::Error::other("a tracker stores hashes only"));

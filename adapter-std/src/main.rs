@@ -124,9 +124,12 @@ fn main() -> ExitCode {
         (Cmd::Peer { .. }, 0) => "error",
         _ => "warn",
     };
+    // `.init()` also routes the `log` records of proto-core (its `log` feature) into tracing,
+    // so `-v` and the filter variables show what the core decides.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+                .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
                 .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)

@@ -32,7 +32,7 @@ use proto_core::storage::{Region, StorageKey};
 use proto_core::wire::FileId;
 use sha2::{Digest, Sha256};
 
-use crate::driver::Storage;
+use proto_core::storage::Storage;
 
 const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ1\n";
 const MANIFEST_MAGIC: &[u8; 8] = b"SHOALM1\n";
@@ -97,7 +97,7 @@ pub fn manifest_for(
     let chunk = chunk_size.unwrap_or_else(|| ManifestHeader::pick_chunk_size(size, max_chunks));
     let cache = state_dir().join("shared").join(format!(
         "{}.manifest",
-        hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes()))
+        hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()))
     ));
     if let Some(m) = read_cached(&cache, size, mtime, chunk) {
         tracing::info!(
@@ -197,11 +197,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// What a resumable download left behind.
 pub struct Resume {
     /// The manifest (hashes included).
@@ -247,12 +242,18 @@ pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
 }
 
 enum Slot {
-    /// A whole file being shared.
-    Shared { data: File, hashes: Vec<u8> },
+    /// A whole file being shared; `path` is where a finished download put it.
+    Shared {
+        data: File,
+        hashes: Vec<u8>,
+        path: Option<PathBuf>,
+    },
     /// A download: hashes stream in before the manifest is checked; the part file exists once
-    /// it is.
+    /// it is. Without an output path the manifest's name (in the current folder) is taken.
     Fetch {
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Boxed: a header is large, and a store holds a slot per file.
+        manifest: Option<Box<(FileId, ManifestHeader)>>,
         hashes: Vec<u8>,
         part: Option<File>,
         journal: Option<File>,
@@ -276,17 +277,20 @@ impl FileStore {
             Slot::Shared {
                 data,
                 hashes: m.hashes.clone(),
+                path: None,
             },
         );
         Ok(())
     }
 
-    /// A new download to `out` under `slot`; its manifest will stream in.
-    pub fn add_fetch(&mut self, slot: u16, out: PathBuf) {
+    /// A new download under `slot` to `out`, or (if `None`) to the manifest's name in the
+    /// current folder; its manifest will stream in.
+    pub fn add_fetch(&mut self, slot: u16, out: Option<PathBuf>) {
         self.slots.insert(
             slot,
             Slot::Fetch {
                 out,
+                manifest: None,
                 hashes: Vec::new(),
                 part: None,
                 journal: None,
@@ -305,7 +309,8 @@ impl FileStore {
         self.slots.insert(
             slot,
             Slot::Fetch {
-                out,
+                out: Some(out),
+                manifest: Some(Box::new((r.manifest.id, r.manifest.header.clone()))),
                 hashes: r.manifest.hashes.clone(),
                 part: Some(part),
                 journal: Some(journal),
@@ -316,62 +321,20 @@ impl FileStore {
         Ok(())
     }
 
-    /// The manifest of a download arrived and was checked: create the part file and journal.
-    pub fn manifest_received(
-        &mut self,
-        slot: u16,
-        id: FileId,
-        header: &ManifestHeader,
-    ) -> io::Result<()> {
-        let Some(Slot::Fetch {
-            out,
-            hashes,
-            part,
-            journal,
-            ..
-        }) = self.slots.get_mut(&slot)
-        else {
-            return Ok(());
-        };
-        let (part_path, journal_path) = part_paths(out);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&part_path)?;
-        f.set_len(header.size)?;
-        let mut bytes = JOURNAL_MAGIC.to_vec();
-        encode_manifest(
-            &mut bytes,
-            &Manifest {
-                id,
-                header: header.clone(),
-                hashes: hashes.clone(),
-            },
-        );
-        write_atomically(&journal_path, &bytes)?;
-        *journal = Some(OpenOptions::new().append(true).open(&journal_path)?);
-        *part = Some(f);
-        Ok(())
+    /// Where the download in `slot` is written (or, once complete, was moved to).
+    pub fn path(&self, slot: u16) -> Option<&Path> {
+        match self.slots.get(&slot)? {
+            Slot::Shared { path, .. } => path.as_deref(),
+            Slot::Fetch { out, .. } => out.as_deref(),
+        }
     }
 
-    /// A chunk was verified: record it (durably, in a batch).
-    pub fn chunk_verified(&mut self, slot: u16, chunk: u32) -> io::Result<()> {
-        let Some(Slot::Fetch {
-            unsynced,
-            first_unsynced,
-            ..
-        }) = self.slots.get_mut(&slot)
-        else {
-            return Ok(());
-        };
-        unsynced.push(chunk);
-        first_unsynced.get_or_insert_with(Instant::now);
-        if unsynced.len() >= JOURNAL_BATCH {
-            self.sync_journal(slot)?;
-        }
-        Ok(())
+    /// Whether the download in `slot` is complete and in its final place.
+    pub fn is_complete(&self, slot: u16) -> bool {
+        matches!(
+            self.slots.get(&slot),
+            Some(Slot::Shared { path: Some(_), .. })
+        )
     }
 
     /// Syncs journals whose oldest unsynced record is older than the batch delay.
@@ -417,24 +380,140 @@ impl FileStore {
         Ok(())
     }
 
-    /// Every chunk is verified: sync, move `OUT.part` to `OUT`, drop the journal, and keep
-    /// serving the file from its final name. Returns the final path.
-    pub fn complete(
+    /// Syncs every pending journal (on shutdown).
+    pub fn flush(&mut self) -> io::Result<()> {
+        let slots: Vec<u16> = self.slots.keys().copied().collect();
+        for s in slots {
+            self.sync_journal(s)?;
+        }
+        Ok(())
+    }
+}
+
+/// `out` must not exist yet, and its folder must be writable. A download whose part file and
+/// journal are both there is being resumed, which is fine.
+pub fn check_output(out: &Path) -> io::Result<()> {
+    if out.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} already exists; remove it or choose another path with -o",
+                out.display()
+            ),
+        ));
+    }
+    let (part, journal) = part_paths(out);
+    if part.exists() && journal.exists() {
+        return Ok(());
+    }
+    // Creating the part file is the test of writability; it is sized when the manifest comes.
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&part)
+        .map(drop)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot write {}: {e}; choose another path with -o",
+                    part.display()
+                ),
+            )
+        })
+}
+
+impl Storage for FileStore {
+    type Error = io::Error;
+
+    /// The manifest of a download arrived and was checked: create the part file and journal.
+    fn manifest_received(
         &mut self,
         slot: u16,
         id: FileId,
         header: &ManifestHeader,
-    ) -> io::Result<PathBuf> {
-        self.sync_journal(slot)?;
+    ) -> io::Result<()> {
         let Some(Slot::Fetch {
             out,
+            manifest,
+            hashes,
+            part,
+            journal,
+            ..
+        }) = self.slots.get_mut(&slot)
+        else {
+            return Ok(());
+        };
+        let out = match out {
+            Some(out) => out,
+            None => {
+                // The manifest's name, checked safe by the core, in the current folder.
+                let named = PathBuf::from(header.name.as_str());
+                check_output(&named)?;
+                out.insert(named)
+            }
+        };
+        let (part_path, journal_path) = part_paths(out);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part_path)?;
+        f.set_len(header.size)?;
+        let mut bytes = JOURNAL_MAGIC.to_vec();
+        encode_manifest(
+            &mut bytes,
+            &Manifest {
+                id,
+                header: header.clone(),
+                hashes: hashes.clone(),
+            },
+        );
+        write_atomically(&journal_path, &bytes)?;
+        *journal = Some(OpenOptions::new().append(true).open(&journal_path)?);
+        *part = Some(f);
+        *manifest = Some(Box::new((id, header.clone())));
+        Ok(())
+    }
+
+    /// A chunk was verified: record it (durably, in a batch).
+    fn chunk_verified(&mut self, slot: u16, chunk: u32) -> io::Result<()> {
+        let Some(Slot::Fetch {
+            unsynced,
+            first_unsynced,
+            ..
+        }) = self.slots.get_mut(&slot)
+        else {
+            return Ok(());
+        };
+        unsynced.push(chunk);
+        first_unsynced.get_or_insert_with(Instant::now);
+        if unsynced.len() >= JOURNAL_BATCH {
+            self.sync_journal(slot)?;
+        }
+        Ok(())
+    }
+
+    /// Every chunk is verified: sync, move `OUT.part` to `OUT`, drop the journal, and keep
+    /// serving the file from its final name ([`FileStore::path`]).
+    fn file_complete(&mut self, slot: u16) -> io::Result<()> {
+        if !matches!(self.slots.get(&slot), Some(Slot::Fetch { .. })) {
+            return Ok(());
+        }
+        self.sync_journal(slot)?;
+        let Some(Slot::Fetch {
+            out: Some(out),
+            manifest: Some(manifest),
             part: Some(part),
             hashes,
             ..
         }) = self.slots.remove(&slot)
         else {
-            return Err(io::Error::other("no download in that slot"));
+            return Err(io::Error::other("the download has no part file"));
         };
+        let (id, header) = *manifest;
         part.sync_all()?;
         let (part_path, journal_path) = part_paths(&out);
         fs::rename(&part_path, &out)?;
@@ -453,7 +532,7 @@ impl FileStore {
                 .map_or(0, |d| d.as_nanos());
             let cache = state_dir().join("shared").join(format!(
                 "{}.manifest",
-                hex(&Sha256::digest(abs.as_os_str().as_encoded_bytes()))
+                hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()))
             ));
             let _ = write_cached(
                 &cache,
@@ -461,26 +540,22 @@ impl FileStore {
                 mtime,
                 &Manifest {
                     id,
-                    header: header.clone(),
+                    header,
                     hashes: hashes.clone(),
                 },
             );
         }
-        self.slots.insert(slot, Slot::Shared { data: part, hashes });
-        Ok(out)
-    }
-
-    /// Syncs every pending journal (on shutdown).
-    pub fn flush(&mut self) -> io::Result<()> {
-        let slots: Vec<u16> = self.slots.keys().copied().collect();
-        for s in slots {
-            self.sync_journal(s)?;
-        }
+        self.slots.insert(
+            slot,
+            Slot::Shared {
+                data: part,
+                hashes,
+                path: Some(out),
+            },
+        );
         Ok(())
     }
-}
 
-impl Storage for FileStore {
     fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> io::Result<()> {
         match (self.slots.get_mut(&key.slot), key.region) {
             (Some(Slot::Fetch { hashes, .. }), Region::Hashes) => {
@@ -503,7 +578,7 @@ impl Storage for FileStore {
 
     fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let (file, hashes) = match self.slots.get(&key.slot) {
-            Some(Slot::Shared { data, hashes }) => (Some(data), hashes),
+            Some(Slot::Shared { data, hashes, .. }) => (Some(data), hashes),
             Some(Slot::Fetch { part, hashes, .. }) => (part.as_ref(), hashes),
             None => return Err(io::Error::other("no storage for that slot")),
         };

@@ -18,8 +18,9 @@ use libfuzzer_sys::fuzz_target;
 use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
 use proto_core::io::FRAME_BUF_LEN;
+use proto_core::io::{Action, Output};
 use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
-use proto_core::peer::{Peer, PeerAction, PeerConfig, PeerEvent};
+use proto_core::peer::{Peer, PeerConfig, PeerEvent};
 use proto_core::storage::Region;
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::{
@@ -216,10 +217,9 @@ impl Net {
     fn drain(&mut self) {
         let k = known();
         let mut buf = [0u8; FRAME_BUF_LEN];
-        for _ in 0..100 {
-            let mut progressed = false;
-            while let Some(tx) = self.p.poll_transmit(&mut buf) {
-                progressed = true;
+        for _ in 0..10_000 {
+            let out = self.p.poll_output(&mut buf);
+            if let Output::Transmit(tx) = out {
                 let d = self
                     .decoders
                     .entry(tx.conn)
@@ -264,24 +264,23 @@ impl Net {
                     }
                 }
             }
-            while let Some(a) = self.p.poll_action() {
-                progressed = true;
+            if let Output::Action(a) = out {
                 match a {
-                    PeerAction::Connect { conn, .. } => {
+                    Action::Connect { conn, .. } => {
                         self.opened_by_peer.insert(conn);
                         if Some(conn) != self.tracker && self.tracker.is_none() {
                             self.tracker = Some(conn);
                         }
                         self.pending.push(conn);
                     }
-                    PeerAction::Close(c) => {
+                    Action::Close(c) => {
                         self.conns.retain(|x| *x != c);
                         self.pending.retain(|x| *x != c);
                         if self.tracker == Some(c) {
                             self.tracker = None;
                         }
                     }
-                    PeerAction::ReadHash { key, chunk } => {
+                    Action::ReadHash { key, chunk } => {
                         let mut h = [0u8; 32];
                         let i = chunk as usize * 32;
                         if let Some(src) = k.hashes.get(i..i + 32) {
@@ -289,16 +288,15 @@ impl Net {
                         }
                         self.p.handle_hash(self.now, key.slot, chunk, ChunkHash(h));
                     }
-                    PeerAction::Discard(key) => {
+                    Action::Discard(key) => {
                         if let Some((h, _)) = self.written.get_mut(&key.slot) {
                             h.clear();
                         }
                     }
                 }
             }
-            while let Some(e) = self.p.poll_event() {
-                progressed = true;
-                if let PeerEvent::ChunkVerified { slot, chunk } = e {
+            if let Output::Event(e) = &out {
+                if let &PeerEvent::ChunkVerified { slot, chunk } = e {
                     if Some(slot) == self.shared_slot {
                         continue;
                     }
@@ -314,7 +312,7 @@ impl Net {
                     );
                 }
             }
-            if !progressed {
+            if let Output::Timeout(_) = out {
                 break;
             }
         }

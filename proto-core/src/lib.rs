@@ -2,7 +2,7 @@
 //!
 //! This crate reads no clock, no socket, no file and no randomness. A node is an object; the
 //! adapter around it (mio on Linux, smoltcp on a device, the simulator in tests) feeds it events
-//! through `handle_*` methods and carries out what it asks for through `poll_*` methods. The
+//! through `handle_*` methods and carries out what it asks for through one `poll_output`. The
 //! same code therefore runs on a host, in firmware, and in a deterministic simulation.
 //!
 //! - [`time`]: the core's own [`Instant`](time::Instant) and [`Duration`](time::Duration).
@@ -11,18 +11,22 @@
 //! - [`link`]: `shoal:` link text.
 //! - [`auth`]: the optional swarm key and the handshake proof built from it.
 //! - [`tracker`]: the [`Tracker`](tracker::Tracker) state machine.
-//! - [`storage`]: the storage requests nodes make of their adapter.
+//! - [`io`]: the contract: [`Output`](io::Output), [`Action`](io::Action), what `handle_recv` answers.
+//! - [`storage`]: the storage requests nodes make, and the [`Storage`](storage::Storage) contract.
 //! - [`node`]: the one [`Node`](node::Node) interface adapters drive a tracker or a peer through.
 //!
 //! # The run loop
 //!
-//! Every node follows the same contract: after each `handle_*` call, drain the `poll_*` methods
-//! until they return `None`, then wait until `poll_timeout` or the next I/O event. Here is a
-//! whole tracker run over an in-memory "socket", compiled as a doc test:
+//! Every node follows the same contract: after each `handle_*` call (or command), call
+//! `poll_output` until it returns [`Output::Timeout`](io::Output::Timeout), carrying out each
+//! output as it comes; then wait until that instant or the next I/O event. The order of the
+//! outputs is the core's (see [`io`]). Here is a whole tracker run over an in-memory "socket",
+//! compiled as a doc test:
 //!
 //! ```
+//! use proto_core::io::{Action, Output, FRAME_BUF_LEN};
 //! use proto_core::time::Instant;
-//! use proto_core::tracker::{Action, SmallTracker, TrackerConfig, FRAME_BUF_LEN};
+//! use proto_core::tracker::{SmallTracker, TrackerConfig};
 //! use proto_core::wire::{encode_frame, FrameDecoder, Hello, Item, Message, NodeId, PROTOCOL_VERSION};
 //!
 //! let mut now = Instant::ZERO;
@@ -43,22 +47,19 @@
 //!     input = &input[recv.consumed..];
 //! }
 //!
-//! // Drain: frames to send, then actions, then events.
+//! // Drain until `Timeout`: frames to send, actions, events; the core picks the order.
 //! let mut buf = [0u8; FRAME_BUF_LEN];
 //! let mut sent = Vec::new();
-//! while let Some(t) = tracker.poll_transmit(&mut buf) {
-//!     sent.extend_from_slice(&buf[..t.len]); // and then t.then's bytes from storage
-//! }
-//! while let Some(action) = tracker.poll_action() {
-//!     match action {
-//!         Action::Close(_conn) => { /* close the socket */ }
-//!         Action::Discard(_key) => { /* delete stored hashes */ }
+//! let wake = loop {
+//!     match tracker.poll_output(&mut buf) {
+//!         Output::Transmit(t) => sent.extend_from_slice(&buf[..t.len]), // then t.then from storage
+//!         Output::Action(Action::Close(_conn)) => { /* close the socket */ }
+//!         Output::Action(_) => { /* a tracker asks for nothing else but Discard */ }
+//!         Output::Event(event) => println!("{event:?}"),
+//!         Output::Timeout(at) => break at,
 //!     }
-//! }
-//! while let Some(event) = tracker.poll_event() {
-//!     println!("{event:?}");
-//! }
-//! now = tracker.poll_timeout(); // sleep until then (or until a socket wakes us)
+//! };
+//! now = wake; // sleep until then (or until a socket wakes us)
 //! tracker.handle_timeout(now);
 //!
 //! // The peer sees Hello, Registered with the address the tracker recorded, and the peer list.
@@ -73,11 +74,15 @@
 //! assert_eq!(got.last(), Some(&Message::PeerListEnd { count: 1 }));
 //! ```
 //!
+//! An adapter with storage lets [`Node::poll_stored`](node::Node::poll_stored) carry out the
+//! storage actions and the journal, so it only handles the network and the user.
+//!
 //! # Features
 //!
 //! - `std`: `Instant::now()` for hosts. The state machines never need it.
 //! - `defmt`: log through defmt and derive `defmt::Format` on public types.
 //! - `log`: log through the `log` facade. At most one of `defmt` and `log`.
+//! - `testing`: [`testing`], the helpers every test harness shares (needs `std`).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![warn(missing_docs)]
 // Input from the network or a file must never panic the core: no unwrap/expect outside tests.
@@ -95,6 +100,8 @@ pub mod manifest;
 pub mod node;
 pub mod peer;
 pub mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod time;
 pub mod tracker;
 pub mod wire;

@@ -46,9 +46,7 @@ impl ChunkHash {
 impl fmt::Debug for ChunkHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ChunkHash(")?;
-        for b in &self.0[..6] {
-            write!(f, "{b:02x}")?;
-        }
+        crate::wire::write_hex(f, &self.0[..6])?;
         f.write_str("..)")
     }
 }

@@ -1,18 +1,25 @@
-//! One interface over both node kinds, for adapters.
+//! One interface over both node kinds, for adapters, and the storage half of every driver.
+//!
+//! A driver feeds a [`Node`] its inputs and carries out its outputs. Everything about storage
+//! is the same on every adapter, so it is written here once: [`Node::recv_stored`] stores what
+//! `handle_recv` hands back, and [`Node::poll_stored`] answers hash reads and discards from
+//! storage and journals events, handing the adapter only what concerns the network and the
+//! user.
 
 use core::net::SocketAddr;
 
 use crate::conn::{ConnId, TableFull};
-use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
-use crate::manifest::ChunkHash;
-use crate::peer::{Peer, PeerAction, PeerEvent};
-use crate::storage::StorageKey;
+use crate::io::{Action, Output, Recv, FRAME_BUF_LEN};
+use crate::manifest::{ChunkHash, HASH_LEN};
+use crate::peer::{Peer, PeerEvent};
+use crate::storage::{Region, Storage, StorageKey};
 use crate::time::Instant;
-use crate::tracker::{Action, Tracker, TrackerEvent};
+use crate::tracker::{Tracker, TrackerEvent};
 
 /// What an adapter needs of a node, whichever it is: the same calls for a [`Tracker`] and a
 /// [`Peer`], so one driver loop runs either. Each method is the node's own `handle_*` or
-/// `poll_*` of the same name; the contract is theirs (drain after every input).
+/// `poll_output`; the contract is theirs: after every input, drain `poll_output` until
+/// [`Output::Timeout`].
 pub trait Node {
     /// The node's events.
     type Event;
@@ -32,17 +39,76 @@ pub trait Node {
     fn storage_failed(&mut self, now: Instant, key: StorageKey);
     /// See `handle_hash` (peers only).
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash);
-    /// See `poll_transmit`.
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit>;
-    /// See `poll_action`; the tracker's actions are a subset of the peer's.
-    fn action(&mut self) -> Option<PeerAction>;
-    /// See `poll_event`.
-    fn event(&mut self) -> Option<Self::Event>;
-    /// See `poll_timeout`.
-    fn next_timeout(&self) -> Instant;
+    /// See `poll_output`.
+    fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<Self::Event>;
+
+    /// Records in `store` what `event` changes about what must survive a restart.
+    fn journal<S: Storage + ?Sized>(
+        event: &Self::Event,
+        store: &mut S,
+    ) -> Result<(), (StorageKey, S::Error)>;
+
+    /// One `handle_recv` with its storage write carried out: returns the bytes consumed and
+    /// whether anything was written. A failed write is reported to the node (which gives up
+    /// the fetch) and handed to `on_error`.
+    fn recv_stored<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        input: &[u8],
+        store: &mut S,
+        on_error: &mut dyn FnMut(StorageKey, S::Error),
+    ) -> (usize, bool) {
+        let r = self.recv(now, conn, input);
+        let Some(w) = r.write else {
+            return (r.consumed, false);
+        };
+        if let Err(e) = store.write(w.key, w.offset, w.data) {
+            on_error(w.key, e);
+            self.storage_failed(now, w.key);
+        }
+        (r.consumed, true)
+    }
+
+    /// `poll_output`, with the storage actions carried out on `store` and every event
+    /// journalled in it before it is handed out. What is left for the adapter is frames,
+    /// [`Action::Connect`], [`Action::Close`], events and the timeout. A storage failure is
+    /// reported to the node and handed to `on_error`.
+    fn poll_stored<S: Storage + ?Sized>(
+        &mut self,
+        now: Instant,
+        store: &mut S,
+        buf: &mut [u8; FRAME_BUF_LEN],
+        on_error: &mut dyn FnMut(StorageKey, S::Error),
+    ) -> Output<Self::Event> {
+        loop {
+            match self.poll_output(buf) {
+                Output::Action(Action::ReadHash { key, chunk }) => {
+                    let mut h = [0u8; HASH_LEN];
+                    match store.read(key, u64::from(chunk) * HASH_LEN as u64, &mut h) {
+                        Ok(HASH_LEN) => self.hash(now, key.slot, chunk, ChunkHash(h)),
+                        Ok(_) => self.storage_failed(now, key),
+                        Err(e) => {
+                            on_error(key, e);
+                            self.storage_failed(now, key);
+                        }
+                    }
+                }
+                Output::Action(Action::Discard(key)) => store.discard(key),
+                Output::Event(e) => {
+                    if let Err((key, err)) = Self::journal(&e, store) {
+                        on_error(key, err);
+                        self.storage_failed(now, key);
+                    }
+                    return Output::Event(e);
+                }
+                out => return out,
+            }
+        }
+    }
 }
 
-/// Nodes are large fixed-size structs; a host keeps them on the heap.
+/// Nodes are large structs; a host keeps them on the heap.
 #[cfg(feature = "std")]
 impl<N: Node + ?Sized> Node for std::boxed::Box<N> {
     type Event = N::Event;
@@ -70,17 +136,14 @@ impl<N: Node + ?Sized> Node for std::boxed::Box<N> {
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
         (**self).hash(now, slot, chunk, hash)
     }
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        (**self).transmit(buf)
+    fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<N::Event> {
+        (**self).poll_output(buf)
     }
-    fn action(&mut self) -> Option<PeerAction> {
-        (**self).action()
-    }
-    fn event(&mut self) -> Option<N::Event> {
-        (**self).event()
-    }
-    fn next_timeout(&self) -> Instant {
-        (**self).next_timeout()
+    fn journal<S: Storage + ?Sized>(
+        event: &N::Event,
+        store: &mut S,
+    ) -> Result<(), (StorageKey, S::Error)> {
+        N::journal(event, store)
     }
 }
 
@@ -110,20 +173,15 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Node for Tr
         self.handle_storage_failed(key)
     }
     fn hash(&mut self, _: Instant, _: u16, _: u32, _: ChunkHash) {}
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        self.poll_transmit(buf)
+    fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<TrackerEvent> {
+        Tracker::poll_output(self, buf)
     }
-    fn action(&mut self) -> Option<PeerAction> {
-        self.poll_action().map(|a| match a {
-            Action::Close(c) => PeerAction::Close(c),
-            Action::Discard(k) => PeerAction::Discard(k),
-        })
-    }
-    fn event(&mut self) -> Option<TrackerEvent> {
-        self.poll_event()
-    }
-    fn next_timeout(&self) -> Instant {
-        self.poll_timeout()
+    fn journal<S: Storage + ?Sized>(
+        _: &TrackerEvent,
+        _: &mut S,
+    ) -> Result<(), (StorageKey, S::Error)> {
+        // A tracker's state is soft: peers tell a restarted tracker everything again.
+        Ok(())
     }
 }
 
@@ -157,16 +215,28 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Node for Pe
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
         self.handle_hash(now, slot, chunk, hash)
     }
-    fn transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        self.poll_transmit(buf)
+    fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<PeerEvent> {
+        Peer::poll_output(self, buf)
     }
-    fn action(&mut self) -> Option<PeerAction> {
-        self.poll_action()
-    }
-    fn event(&mut self) -> Option<PeerEvent> {
-        self.poll_event()
-    }
-    fn next_timeout(&self) -> Instant {
-        self.poll_timeout()
+    fn journal<S: Storage + ?Sized>(
+        event: &PeerEvent,
+        store: &mut S,
+    ) -> Result<(), (StorageKey, S::Error)> {
+        let data = |slot| StorageKey {
+            slot,
+            region: Region::Data,
+        };
+        match event {
+            PeerEvent::ManifestReceived { slot, file, header } => store
+                .manifest_received(*slot, *file, header)
+                .map_err(|e| (data(*slot), e)),
+            PeerEvent::ChunkVerified { slot, chunk } => store
+                .chunk_verified(*slot, *chunk)
+                .map_err(|e| (data(*slot), e)),
+            PeerEvent::FileComplete { slot } => {
+                store.file_complete(*slot).map_err(|e| (data(*slot), e))
+            }
+            _ => Ok(()),
+        }
     }
 }

@@ -44,3 +44,49 @@ pub struct StorageSend {
     /// How many bytes.
     pub len: u64,
 }
+
+/// What a node needs of storage, on every adapter: the file store on a host, flash on a
+/// device, memory in the simulator and the tests.
+///
+/// The node asks for reads and writes by [`StorageKey`]; the journal methods are called with
+/// the events that change what must survive a restart, right when the node hands them out and
+/// before the user sees them (see [`Node::poll_stored`](crate::node::Node::poll_stored)). A
+/// store that keeps nothing across restarts leaves them as they are.
+pub trait Storage {
+    /// Why an operation failed.
+    type Error;
+
+    /// Stores `data` at `offset` of `key`.
+    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), Self::Error>;
+
+    /// Reads up to `buf.len()` bytes at `offset` of `key`; returns how many (0 at the end).
+    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> Result<usize, Self::Error>;
+
+    /// The bytes under `key` are no longer wanted.
+    fn discard(&mut self, key: StorageKey);
+
+    /// A fetch's manifest arrived and matched its id: its hashes are stored under `slot`.
+    /// Record `file` and `header` so a restart can resume the fetch.
+    fn manifest_received(
+        &mut self,
+        slot: u16,
+        file: crate::wire::FileId,
+        header: &crate::manifest::ManifestHeader,
+    ) -> Result<(), Self::Error> {
+        let _ = (slot, file, header);
+        Ok(())
+    }
+
+    /// Chunk `chunk` of `slot` is verified. Record it durably only after its bytes are durable
+    /// (they were all written before this call), so a restart never trusts a chunk it lost.
+    fn chunk_verified(&mut self, slot: u16, chunk: u32) -> Result<(), Self::Error> {
+        let _ = (slot, chunk);
+        Ok(())
+    }
+
+    /// Every chunk of `slot` is verified and recorded: the download may take its final form.
+    fn file_complete(&mut self, slot: u16) -> Result<(), Self::Error> {
+        let _ = slot;
+        Ok(())
+    }
+}

@@ -46,8 +46,8 @@
 //!
 //! | configuration | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,485,752 |
-//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 41,272 |
+//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,485,760 |
+//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 41,280 |
 //!
 //! Most of it is per connection (a 512-byte frame buffer, an 8-entry reply queue and a
 //! publish-in-progress) and per holding (`4 * W` bytes of bitmap). Chunk hashes are never in
@@ -65,6 +65,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use crate::auth::{self, Nonce, Side, SwarmKey};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{round_robin, ConnId, Slots, TableFull};
+use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{FileIdHasher, ManifestHeader, Name, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
@@ -129,17 +130,6 @@ impl TrackerConfig {
             ]),
         }
     }
-}
-
-/// Something for the adapter to do besides sending frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Action {
-    /// Send what is already buffered for this connection, then close it. The id is dead from
-    /// now on.
-    Close(ConnId),
-    /// The chunk hashes stored under this key are no longer needed.
-    Discard(StorageKey),
 }
 
 /// Why a peer left the active list.
@@ -373,6 +363,8 @@ pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usiz
     rr: usize,
     /// Handshake nonces.
     rng: Xoshiro256PlusPlus,
+    /// Where `poll_output` stands.
+    drain: Drain,
 }
 
 impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, F, H, W> {
@@ -400,6 +392,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             ping_nonce: 0,
             rr: 0,
             rng: Xoshiro256PlusPlus::seed_from_u64(config.rng_seed),
+            drain: Drain::default(),
         }
     }
 
@@ -434,6 +427,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// A connection from `remote` was accepted. `Err` means the table is full, or full for
     /// that IP address ([`TrackerConfig::max_conns_per_ip`]): close the socket.
     pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+        self.drain.input();
         let from_ip = self
             .conns
             .iter()
@@ -466,6 +460,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
     pub fn handle_recv<'a>(&mut self, now: Instant, conn: ConnId, input: &'a [u8]) -> Recv<'a> {
+        self.drain.input();
         let mut used = 0;
         loop {
             let done = Recv {
@@ -516,6 +511,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// The socket of `conn` closed (by the remote, or an error). The id is dead from now on.
     pub fn handle_closed(&mut self, _now: Instant, conn: ConnId) {
+        self.drain.input();
         let Some(c) = self.conns.get(conn) else {
             return;
         };
@@ -529,6 +525,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// The adapter cannot take more output for `conn` until [`Tracker::handle_send_ready`].
     pub fn handle_send_blocked(&mut self, conn: ConnId) {
+        self.drain.input();
         if let Some(c) = self.conns.get_mut(conn) {
             c.blocked = true;
         }
@@ -536,6 +533,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// The adapter can take output for `conn` again.
     pub fn handle_send_ready(&mut self, conn: ConnId) {
+        self.drain.input();
         if let Some(c) = self.conns.get_mut(conn) {
             c.blocked = false;
         }
@@ -543,6 +541,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// A [`StorageWrite`] for `key` failed; the publish it belongs to is refused at its end.
     pub fn handle_storage_failed(&mut self, key: StorageKey) {
+        self.drain.input();
         for (_, c) in self.conns.iter_mut() {
             if let Some(rx) = &mut c.publish {
                 if matches!(rx.target, Target::New(slot) if slot == key.slot) {
@@ -554,6 +553,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// Time passed; call when [`Tracker::poll_timeout`] is reached (calling early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.drain.input();
         let late: heapless::Vec<ConnId, C> = self
             .conns
             .iter()
@@ -593,8 +593,15 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     // ---- outputs ------------------------------------------------------------------------
 
+    /// The next thing to do: a frame to send (encoded into `buf`), an action, an event, or
+    /// `Timeout` when the drain is over. Call it after every input until `Timeout`; see
+    /// [`crate::io`] for the contract.
+    pub fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<TrackerEvent> {
+        Drain::poll(self, buf)
+    }
+
     /// When the tracker next needs [`Tracker::handle_timeout`].
-    pub fn poll_timeout(&self) -> Instant {
+    fn poll_timeout(&self) -> Instant {
         self.conns
             .iter()
             .filter_map(|(_, c)| match c.phase {
@@ -605,8 +612,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     }
 
     /// Encodes the next frame to send into `buf`.
-    #[must_use]
-    pub fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+    fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
         let mut rr = self.rr;
         let t = round_robin(&mut rr, C, |index| {
             let id = self.conns.id_at(index)?;
@@ -617,8 +623,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     }
 
     /// The next action, after `poll_transmit` is drained.
-    #[must_use]
-    pub fn poll_action(&mut self) -> Option<Action> {
+    fn poll_action(&mut self) -> Option<Action> {
         if self.pending_actions == 0 {
             return None;
         }
@@ -642,8 +647,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     }
 
     /// The next event for the log.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<TrackerEvent> {
+    fn poll_event(&mut self) -> Option<TrackerEvent> {
         self.events.pop_front()
     }
 
@@ -1310,6 +1314,27 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             more,
         };
         (Message::HolderItem(item), Some(next), None)
+    }
+}
+
+impl<const C: usize, const F: usize, const H: usize, const W: usize> Outputs
+    for Tracker<C, F, H, W>
+{
+    type Event = TrackerEvent;
+    fn drain_state(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+    fn next_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        self.poll_transmit(buf)
+    }
+    fn next_action(&mut self) -> Option<Action> {
+        self.poll_action()
+    }
+    fn next_event(&mut self) -> Option<TrackerEvent> {
+        self.poll_event()
+    }
+    fn next_timeout(&self) -> Instant {
+        self.poll_timeout()
     }
 }
 

@@ -550,11 +550,13 @@ impl fmt::Debug for FrameDecoder {
     }
 }
 
-fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
-    }
-    Ok(())
+/// Lower-case hex of at most 32 bytes, without an allocator.
+pub(crate) fn write_hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let mut buf = [0u8; 64];
+    let bytes = &bytes[..bytes.len().min(32)];
+    let out = &mut buf[..bytes.len() * 2];
+    hex::encode_to_slice(bytes, out).map_err(|_| fmt::Error)?;
+    f.write_str(core::str::from_utf8(out).map_err(|_| fmt::Error)?)
 }
 
 impl fmt::Display for FileId {
@@ -589,16 +591,7 @@ impl fmt::Debug for NodeId {
 
 /// Parses hex digits into `out`; `None` unless `text` is exactly `2 * out.len()` hex digits.
 pub(crate) fn parse_hex(text: &str, out: &mut [u8]) -> Option<()> {
-    let bytes = text.as_bytes();
-    if bytes.len() != out.len() * 2 {
-        return None;
-    }
-    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        *o = (hi * 16 + lo) as u8;
-    }
-    Some(())
+    hex::decode_to_slice(text, out).ok()
 }
 
 impl FileId {

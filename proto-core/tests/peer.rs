@@ -4,15 +4,13 @@
 use std::net::SocketAddr;
 
 use proto_core::conn::ConnId;
-use proto_core::io::FRAME_BUF_LEN;
+use proto_core::io::Action;
 use proto_core::manifest::{ManifestBuilder, ManifestHeader};
-use proto_core::peer::{FetchFailure, Peer, PeerAction, PeerConfig, PeerEvent};
+use proto_core::peer::{FetchFailure, Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, StorageKey};
+use proto_core::testing::{self, frame, Frames, MemStore};
 use proto_core::time::Instant;
-use proto_core::wire::{
-    encode_frame, BlockRef, FileId, FrameDecoder, Hello, Item, Message, NodeId, RejectReason,
-    PROTOCOL_VERSION,
-};
+use proto_core::wire::{BlockRef, FileId, Hello, Message, NodeId, RejectReason, PROTOCOL_VERSION};
 
 type P = Peer<6, 2, 8, 8>;
 
@@ -21,9 +19,10 @@ const TRACKER: &str = "10.0.0.1:7070";
 struct Harness {
     p: P,
     now: Instant,
-    decoders: std::collections::HashMap<ConnId, FrameDecoder>,
+    store: MemStore,
+    frames: Frames,
     got: std::collections::HashMap<ConnId, Vec<Message>>,
-    actions: Vec<PeerAction>,
+    actions: Vec<Action>,
     events: Vec<PeerEvent>,
     tracker: ConnId,
 }
@@ -37,34 +36,33 @@ fn hello(n: u8, port: u16) -> Message {
     })
 }
 
-fn frame(m: &Message) -> Vec<u8> {
-    let mut buf = [0u8; FRAME_BUF_LEN];
-    let n = encode_frame(m, &mut buf).unwrap();
-    buf[..n].to_vec()
-}
-
 impl Harness {
     /// A peer registered with a (pretend) tracker.
     fn new(config: impl FnOnce(&mut PeerConfig)) -> Self {
         let mut c = PeerConfig::new(NodeId([1; 16]), 7000, Some(TRACKER.parse().unwrap()));
         config(&mut c);
-        let mut p = P::new(c, Instant::ZERO);
-        let tracker_addr: SocketAddr = TRACKER.parse().unwrap();
-        let tracker = std::iter::from_fn(|| p.poll_action())
-            .find_map(|a| match a {
-                PeerAction::Connect { conn, addr } if addr == tracker_addr => Some(conn),
-                _ => None,
-            })
-            .expect("connects to the tracker at once");
+        let p = P::new(c, Instant::ZERO);
         let mut h = Harness {
             p,
             now: Instant::ZERO,
-            decoders: Default::default(),
+            store: MemStore::default(),
+            frames: Frames::default(),
             got: Default::default(),
             actions: Vec::new(),
             events: Vec::new(),
-            tracker,
+            tracker: ConnId::from_parts(u16::MAX, 0),
         };
+        h.drain();
+        let tracker_addr: SocketAddr = TRACKER.parse().unwrap();
+        h.tracker = h
+            .actions
+            .iter()
+            .find_map(|a| match *a {
+                Action::Connect { conn, addr } if addr == tracker_addr => Some(conn),
+                _ => None,
+            })
+            .expect("connects to the tracker at once");
+        let tracker = h.tracker;
         h.p.handle_connected(h.now, tracker);
         h.drain();
         h.feed(tracker, &hello(0xee, 0));
@@ -77,58 +75,33 @@ impl Harness {
         h
     }
 
-    fn feed_bytes(&mut self, c: ConnId, bytes: &[u8]) -> Vec<(StorageKey, u64, Vec<u8>)> {
-        let mut writes = Vec::new();
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let r = self.p.handle_recv(self.now, c, rest);
-            if let Some(w) = r.write {
-                writes.push((w.key, w.offset, w.data.to_vec()));
-            }
-            rest = &rest[r.consumed..];
-            self.drain();
-            if r.consumed == 0 {
-                break;
-            }
-        }
-        writes
+    /// Feeds bytes from a remote; returns the bytes the peer wrote to storage meanwhile.
+    fn feed_bytes(&mut self, c: ConnId, bytes: &[u8]) -> u64 {
+        let before = self.store.written;
+        let d = testing::feed(&mut self.p, self.now, c, bytes, &mut self.store);
+        self.take_drained(d);
+        self.store.written - before
     }
 
-    fn feed(&mut self, c: ConnId, m: &Message) -> Vec<(StorageKey, u64, Vec<u8>)> {
+    fn feed(&mut self, c: ConnId, m: &Message) -> u64 {
         self.feed_bytes(c, &frame(m))
     }
 
     fn drain(&mut self) {
-        let mut buf = [0u8; FRAME_BUF_LEN];
-        while let Some(t) = self.p.poll_transmit(&mut buf) {
-            let d = self
-                .decoders
-                .entry(t.conn)
-                .or_insert_with(|| FrameDecoder::new(u64::MAX));
-            let mut rest = &buf[..t.len];
-            while !rest.is_empty() {
-                let (n, item) = d.decode(rest).unwrap();
-                rest = &rest[n..];
-                if let Some(Item::Message(m)) = item {
-                    self.got.entry(t.conn).or_default().push(m);
-                }
-            }
-            // Bodies from storage are not needed by these tests; skip them in the decoder.
-            if let Some(s) = t.then {
-                let zeros = vec![0u8; s.len as usize];
-                let mut rest = &zeros[..];
-                while !rest.is_empty() {
-                    let (n, _) = d.decode(rest).unwrap();
-                    rest = &rest[n..];
-                }
-            }
+        let d = testing::drain(&mut self.p, self.now, &mut self.store);
+        self.take_drained(d);
+    }
+
+    fn take_drained(&mut self, d: testing::Drained<PeerEvent>) {
+        for (conn, bytes) in d.sent {
+            let msgs = self.frames.push(conn, &bytes);
+            self.got
+                .entry(conn)
+                .or_default()
+                .extend(msgs.into_iter().map(|(m, _)| m));
         }
-        while let Some(a) = self.p.poll_action() {
-            self.actions.push(a);
-        }
-        while let Some(e) = self.p.poll_event() {
-            self.events.push(e);
-        }
+        self.actions.extend(d.actions);
+        self.events.extend(d.events);
     }
 
     fn take(&mut self, c: ConnId) -> Vec<Message> {
@@ -163,18 +136,15 @@ fn a_manifest_that_does_not_hash_to_its_id_is_discarded_and_asked_for_again() {
     });
     bytes.extend_from_slice(&hashes);
     let t = h.tracker;
-    let writes = h.feed_bytes(t, &bytes);
+    let written = h.feed_bytes(t, &bytes);
     // The hashes streamed to storage as they came...
-    assert_eq!(
-        writes.iter().map(|w| w.2.len()).sum::<usize>(),
-        hashes.len()
-    );
+    assert_eq!(written, hashes.len() as u64);
     // ...and are thrown away once they do not match the id.
     assert!(h.events.contains(&PeerEvent::ManifestRejected { slot }));
-    assert!(h.actions.contains(&PeerAction::Discard(StorageKey {
+    assert!(h.store.discarded.contains(&StorageKey {
         slot,
         region: Region::Hashes
-    })));
+    }));
     assert!(!h
         .events
         .iter()
@@ -277,7 +247,7 @@ fn a_peer_asking_for_a_file_we_do_not_have_is_told_and_closed() {
         },
     );
     assert!(h.take(a).contains(&Message::NotFound { file: other }));
-    assert!(h.actions.contains(&PeerAction::Close(a)));
+    assert!(h.actions.contains(&Action::Close(a)));
 }
 
 #[test]
@@ -308,7 +278,7 @@ fn bytes_before_hello_are_misbehaviour() {
         h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
             .unwrap();
     h.feed(a, &Message::Ping(1));
-    assert!(h.actions.contains(&PeerAction::Close(a)));
+    assert!(h.actions.contains(&Action::Close(a)));
     assert!(h
         .events
         .iter()

@@ -6,16 +6,19 @@ use std::net::SocketAddr;
 
 use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
+use proto_core::io::Action;
 use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::node::Node;
 use proto_core::storage::{Region, StorageKey};
+use proto_core::testing::{self, Frames, MemStore};
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{
-    Action, HostTracker, LeaveReason, Offence, SmallTracker, Table, Tracker, TrackerConfig,
-    TrackerEvent, FRAME_BUF_LEN,
+    HostTracker, LeaveReason, Offence, SmallTracker, Table, Tracker, TrackerConfig, TrackerEvent,
+    FRAME_BUF_LEN,
 };
 use proto_core::wire::{
-    encode_frame, ChunkRange, FileEntry, FileId, FrameDecoder, FrameError, Hello, Item, Message,
-    NodeId, PeerEntry, PublishRefusal, Refusal, PROTOCOL_VERSION,
+    encode_frame, ChunkRange, FileEntry, FileId, FrameError, Hello, Message, NodeId, PeerEntry,
+    PublishRefusal, Refusal, PROTOCOL_VERSION,
 };
 
 type T = Tracker<8, 4, 16, 4>; // up to 128 chunks per file
@@ -23,7 +26,6 @@ type T = Tracker<8, 4, 16, 4>; // up to 128 chunks per file
 /// What a fake remote received: messages, each with the body bytes that followed it.
 #[derive(Default)]
 struct Remote {
-    decoder: Option<FrameDecoder>,
     got: Vec<(Message, Vec<u8>)>,
     closed: bool,
 }
@@ -31,11 +33,11 @@ struct Remote {
 struct Net {
     t: T,
     now: Instant,
-    store: HashMap<u16, Vec<u8>>,
+    store: MemStore,
+    frames: Frames,
     remotes: HashMap<ConnId, Remote>,
     events: Vec<TrackerEvent>,
-    discarded: Vec<StorageKey>,
-    writes: usize,
+    timeout: Instant,
     /// Feed input to the tracker this many bytes at a time (exercises every split).
     piece: usize,
 }
@@ -48,6 +50,13 @@ fn node(n: u8) -> NodeId {
     NodeId([n; 16])
 }
 
+fn hashes(slot: u16) -> StorageKey {
+    StorageKey {
+        slot,
+        region: Region::Hashes,
+    }
+}
+
 impl Net {
     fn new() -> Self {
         Self::with(TrackerConfig::new(node(0xee)))
@@ -57,24 +66,18 @@ impl Net {
         Net {
             t: T::new(config, Instant::ZERO),
             now: Instant::ZERO,
-            store: HashMap::new(),
+            store: MemStore::default(),
+            frames: Frames::default(),
             remotes: HashMap::new(),
             events: Vec::new(),
-            discarded: Vec::new(),
-            writes: 0,
+            timeout: Instant::ZERO,
             piece: usize::MAX,
         }
     }
 
     fn connect(&mut self, from: &str) -> ConnId {
         let c = self.t.handle_accept(self.now, addr(from)).unwrap();
-        self.remotes.insert(
-            c,
-            Remote {
-                decoder: Some(FrameDecoder::new(1 << 20)),
-                ..Remote::default()
-            },
-        );
+        self.remotes.insert(c, Remote::default());
         c
     }
 
@@ -84,19 +87,11 @@ impl Net {
         let mut stuck = 0;
         while !rest.is_empty() {
             let piece = &rest[..rest.len().min(self.piece)];
-            let r = self.t.handle_recv(self.now, c, piece);
-            if let Some(w) = r.write {
-                assert_eq!(w.key.region, Region::Hashes);
-                let v = self.store.entry(w.key.slot).or_default();
-                let end = w.offset as usize + w.data.len();
-                if v.len() < end {
-                    v.resize(end, 0);
-                }
-                v[w.offset as usize..end].copy_from_slice(w.data);
-                self.writes += 1;
-            }
-            rest = &rest[r.consumed..];
-            if r.consumed == 0 {
+            let (n, _) =
+                self.t
+                    .recv_stored(self.now, c, piece, &mut self.store, &mut |_, e| match e {});
+            rest = &rest[n..];
+            if n == 0 {
                 stuck += 1;
                 assert!(stuck < 1000, "tracker never takes the input");
             }
@@ -109,58 +104,38 @@ impl Net {
     }
 
     fn send_with_body(&mut self, c: ConnId, msg: &Message, body: &[u8]) {
-        let mut buf = vec![0u8; FRAME_BUF_LEN];
-        let n = encode_frame(msg, &mut buf).unwrap();
-        buf.truncate(n);
-        buf.extend_from_slice(body);
-        self.send_raw(c, &buf);
+        let mut bytes = testing::frame(msg);
+        bytes.extend_from_slice(body);
+        self.send_raw(c, &bytes);
     }
 
     fn drain(&mut self) {
-        let mut buf = [0u8; FRAME_BUF_LEN];
-        while let Some(tx) = self.t.poll_transmit(&mut buf) {
-            let mut bytes = buf[..tx.len].to_vec();
-            if let Some(s) = tx.then {
-                let stored = &self.store[&s.key.slot];
-                bytes.extend_from_slice(&stored[s.offset as usize..(s.offset + s.len) as usize]);
-            }
+        let d = testing::drain(&mut self.t, self.now, &mut self.store);
+        self.timeout = d.timeout;
+        for (conn, bytes) in d.sent {
+            let got = self.frames.push(conn, &bytes);
             let remote = self
                 .remotes
-                .get_mut(&tx.conn)
+                .get_mut(&conn)
                 .expect("transmit to unknown conn");
             assert!(!remote.closed, "transmit after close");
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let (n, item) = remote.decoder.as_mut().unwrap().decode(rest).unwrap();
-                rest = &rest[n..];
-                match item {
-                    Some(Item::Message(m)) => remote.got.push((m, Vec::new())),
-                    Some(Item::Body { data, .. }) => {
-                        remote.got.last_mut().unwrap().1.extend_from_slice(data)
-                    }
-                    None => {}
-                }
-            }
+            remote.got.extend(got);
         }
-        while let Some(a) = self.t.poll_action() {
+        for a in d.actions {
             match a {
                 Action::Close(c) => self.remotes.get_mut(&c).unwrap().closed = true,
-                Action::Discard(k) => {
-                    self.store.remove(&k.slot);
-                    self.discarded.push(k);
-                }
+                other => panic!("a tracker asked for {other:?}"),
             }
         }
-        while let Some(e) = self.t.poll_event() {
-            self.events.push(e);
-        }
+        self.events.extend(d.events);
     }
 
     /// Moves time forward, firing every timeout on the way.
     fn advance(&mut self, d: Duration) {
         let end = self.now + d;
+        self.drain();
         loop {
-            let next = self.t.poll_timeout();
+            let next = self.timeout;
             if next > end {
                 break;
             }
@@ -565,7 +540,8 @@ fn tracker_answers_pings_from_peers() {
 fn connection_without_hello_is_closed_after_the_handshake_timeout() {
     let mut net = Net::new();
     let c = net.connect("10.0.0.1:1");
-    assert_eq!(net.t.poll_timeout(), Instant::from_secs(5));
+    net.drain();
+    assert_eq!(net.timeout, Instant::from_secs(5));
     net.advance(Duration::from_secs(9));
     assert!(!net.closed(c));
     net.advance(Duration::from_secs(1));
@@ -673,8 +649,8 @@ fn publish_body_split_into_single_bytes_gives_the_same_result() {
     let p = net.peer("10.0.0.1:1", 1, 7000);
     let f = file("a.bin", 20 * 1024 + 5, 3);
     assert_eq!(publish(&mut net, p, &f), Message::Published { file: f.1 });
-    assert_eq!(net.store[&0], f.2);
-    assert_eq!(net.writes, f.2.len());
+    assert_eq!(net.store.bytes(hashes(0)), f.2);
+    assert_eq!(net.store.writes, f.2.len());
 }
 
 #[test]
@@ -684,10 +660,10 @@ fn second_publish_of_same_id_adds_a_holder_without_storing_again() {
     let b = net.peer("10.0.0.2:1", 2, 7000);
     let f = file("a.bin", 5000, 1);
     publish(&mut net, a, &f);
-    let writes = net.writes;
+    let writes = net.store.writes;
     assert_eq!(publish(&mut net, b, &f), Message::Published { file: f.1 });
     assert_eq!(
-        net.writes, writes,
+        net.store.writes, writes,
         "a known file's hashes are checked, not stored again"
     );
     assert!(net
@@ -716,7 +692,7 @@ fn different_file_under_a_listed_name_is_refused() {
     );
     assert_eq!(net.list(a).len(), 1);
     // The pending slot's hashes are discarded.
-    assert_eq!(net.discarded.len(), 1);
+    assert_eq!(net.store.discarded.len(), 1);
     assert_eq!(net.store.len(), 1);
 }
 
@@ -943,7 +919,7 @@ fn file_is_delisted_when_no_online_peer_holds_all_of_it() {
     // One complete holder leaves: still listed.
     net.send(s1, &Message::Leave);
     assert_eq!(net.list(partial).len(), 1);
-    assert!(net.discarded.is_empty());
+    assert!(net.store.discarded.is_empty());
     // The last complete holder times out; a partial holder alone does not keep it listed.
     net.t.handle_closed(net.now, s2);
     net.drain();
@@ -954,7 +930,7 @@ fn file_is_delisted_when_no_online_peer_holds_all_of_it() {
         .iter()
         .any(|e| matches!(e, TrackerEvent::Delisted { file, .. } if *file == f.1)));
     assert_eq!(
-        net.discarded,
+        net.store.discarded,
         vec![StorageKey {
             slot: 0,
             region: Region::Hashes
@@ -1041,8 +1017,8 @@ fn stale_connection_ids_are_ignored() {
 #[test]
 fn worst_case_ram_matches_the_documented_figures() {
     // These numbers are quoted in the tracker module docs; update both together.
-    assert_eq!(HostTracker::ram_bytes(), 1_485_752);
-    assert_eq!(SmallTracker::ram_bytes(), 41_272);
+    assert_eq!(HostTracker::ram_bytes(), 1_485_760);
+    assert_eq!(SmallTracker::ram_bytes(), 41_280);
     assert_eq!(
         std::mem::size_of::<SmallTracker>(),
         SmallTracker::ram_bytes()

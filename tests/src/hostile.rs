@@ -5,13 +5,13 @@
 //! `tests/tests/hostile.rs` check that the swarm shrugs it off: downloads complete with correct
 //! bytes, honest peers keep being served, and no node's buffers grow past their bounds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use proto_core::conn::ConnId;
+use proto_core::io::Action;
 use proto_core::io::FRAME_BUF_LEN;
 use proto_core::manifest::ManifestHeader;
-use proto_core::peer::PeerAction;
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::{
     encode_frame, BlockRef, ChunkRange, FileId, FrameDecoder, Hello, Item, Message, NodeId,
@@ -66,10 +66,10 @@ pub struct Hostile {
     header: ManifestHeader,
     tracker: SocketAddr,
     targets: Vec<SocketAddr>,
-    conns: HashMap<ConnId, Conn>,
+    conns: BTreeMap<ConnId, Conn>,
     next_conn: u16,
     out: VecDeque<(ConnId, Vec<u8>)>,
-    actions: VecDeque<PeerAction>,
+    actions: VecDeque<Action>,
     next_round: Instant,
     rng: Xoshiro256PlusPlus,
     /// Every message the honest side sent us, with the role of its connection.
@@ -105,7 +105,7 @@ impl Hostile {
             header,
             tracker,
             targets,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             next_conn: 0,
             out: VecDeque::new(),
             actions: VecDeque::new(),
@@ -134,7 +134,7 @@ impl Hostile {
             },
         );
         self.connections += 1;
-        self.actions.push_back(PeerAction::Connect { conn, addr });
+        self.actions.push_back(Action::Connect { conn, addr });
     }
 
     fn send(&mut self, conn: ConnId, msg: &Message, body: &[u8]) {
@@ -433,7 +433,7 @@ impl Hostile {
     }
 
     /// The next connect or close.
-    pub fn poll_action(&mut self) -> Option<PeerAction> {
+    pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 }

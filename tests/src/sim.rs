@@ -25,12 +25,12 @@ use std::net::SocketAddr;
 
 use proto_core::auth::SwarmKey;
 use proto_core::conn::ConnId;
-use proto_core::io::FRAME_BUF_LEN;
+use proto_core::io::{Action, Output, Transmit, FRAME_BUF_LEN};
 use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
-use proto_core::peer::{Peer, PeerAction, PeerConfig, PeerEvent};
+use proto_core::peer::{Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::time::{Duration, Instant};
-use proto_core::tracker::{Action, Tracker, TrackerConfig, TrackerEvent};
+use proto_core::tracker::{Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{BlockRef, FileId, FrameDecoder, Item, Message, NodeId};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -235,7 +235,7 @@ struct Node {
     down_free_at: Instant,
     /// Outgoing directions with bytes to send, in turn.
     up_queue: VecDeque<u64>,
-    links: HashMap<ConnId, u64>,
+    links: BTreeMap<ConnId, u64>,
     timer: Option<(Instant, u64)>,
     generation: u64,
     store: Store,
@@ -381,7 +381,7 @@ impl Sim {
             up_free_at: Instant::ZERO,
             down_free_at: Instant::ZERO,
             up_queue: VecDeque::new(),
-            links: HashMap::new(),
+            links: BTreeMap::new(),
             timer: None,
             generation: 0,
             store: Store::default(),
@@ -1088,102 +1088,78 @@ impl Sim {
         }
         let mut buf = [0u8; FRAME_BUF_LEN];
         loop {
-            let mut progressed = false;
-            loop {
-                let tx = match &mut self.nodes[i].core {
-                    Core::Tracker(t) => t.poll_transmit(&mut buf),
-                    Core::Peer(p) => p.poll_transmit(&mut buf),
-                    Core::Hostile(_) | Core::Down => return,
-                };
-                let Some(tx) = tx else {
-                    break;
-                };
-                progressed = true;
-                let Some(&link) = self.nodes[i].links.get(&tx.conn) else {
-                    continue;
-                };
-                let mut bytes = buf[..tx.len].to_vec();
-                if let Some(s) = tx.then {
-                    bytes.extend_from_slice(&self.read_store(i, s.key, s.offset, s.len));
-                }
-                self.send(i, link, &bytes);
-                let l = self
-                    .links
-                    .get_mut(&link)
-                    .expect("link exists: it was just sent on");
-                let side = usize::from(l.ends[0].0 != i);
-                let queued = l.out[side].len();
-                self.nodes[i].peak_queued = self.nodes[i].peak_queued.max(queued);
-                if queued > SEND_BUFFER && !l.blocked[side] {
-                    l.blocked[side] = true;
-                    match &mut self.nodes[i].core {
-                        Core::Tracker(t) => t.handle_send_blocked(tx.conn),
-                        Core::Peer(p) => p.handle_send_blocked(tx.conn),
-                        Core::Hostile(_) | Core::Down => {}
+            let now = self.now;
+            let out = match &mut self.nodes[i].core {
+                Core::Tracker(t) => match t.poll_output(&mut buf) {
+                    Output::Event(e) => {
+                        self.tracker_events.push((now, e));
+                        continue;
+                    }
+                    Output::Transmit(t) => Output::Transmit(t),
+                    Output::Action(a) => Output::Action(a),
+                    Output::Timeout(t) => Output::Timeout(t),
+                },
+                Core::Peer(p) => p.poll_output(&mut buf),
+                Core::Hostile(_) | Core::Down => return,
+            };
+            match out {
+                Output::Transmit(tx) => self.transmit(i, tx, &buf),
+                Output::Action(Action::Connect { conn, addr }) => self.connect(i, conn, addr),
+                Output::Action(Action::Close(conn)) => self.close_conn(i, conn),
+                Output::Action(Action::ReadHash { key, chunk }) => {
+                    let bytes = self.read_store(i, key, u64::from(chunk) * 32, 32);
+                    let mut h = [0u8; 32];
+                    if bytes.len() == 32 {
+                        h.copy_from_slice(&bytes);
+                    }
+                    if let Core::Peer(p) = &mut self.nodes[i].core {
+                        p.handle_hash(now, key.slot, chunk, ChunkHash(h));
                     }
                 }
-            }
-            loop {
-                let now = self.now;
-                let action = match &mut self.nodes[i].core {
-                    Core::Tracker(t) => t.poll_action().map(|a| match a {
-                        Action::Close(c) => PeerAction::Close(c),
-                        Action::Discard(k) => PeerAction::Discard(k),
-                    }),
-                    Core::Peer(p) => p.poll_action(),
-                    Core::Hostile(_) | Core::Down => return,
-                };
-                let Some(action) = action else {
-                    break;
-                };
-                progressed = true;
-                match action {
-                    PeerAction::Connect { conn, addr } => self.connect(i, conn, addr),
-                    PeerAction::Close(conn) => self.close_conn(i, conn),
-                    PeerAction::ReadHash { key, chunk } => {
-                        let bytes = self.read_store(i, key, u64::from(chunk) * 32, 32);
-                        let mut h = [0u8; 32];
-                        if bytes.len() == 32 {
-                            h.copy_from_slice(&bytes);
-                        }
-                        if let Core::Peer(p) = &mut self.nodes[i].core {
-                            p.handle_hash(now, key.slot, chunk, ChunkHash(h));
-                        }
-                    }
-                    PeerAction::Discard(key) => {
-                        if i == TRACKER {
-                            self.tracker_store.remove(&key.slot);
-                        } else if key.region == Region::Hashes {
-                            self.nodes[i].store.hashes.clear();
-                        }
+                Output::Action(Action::Discard(key)) => {
+                    if i == TRACKER {
+                        self.tracker_store.remove(&key.slot);
+                    } else if key.region == Region::Hashes {
+                        self.nodes[i].store.hashes.clear();
                     }
                 }
-            }
-            loop {
-                let ev = match &mut self.nodes[i].core {
-                    Core::Tracker(t) => {
-                        if let Some(e) = t.poll_event() {
-                            self.tracker_events.push((self.now, e));
-                            progressed = true;
-                            continue;
-                        }
-                        None
-                    }
-                    Core::Peer(p) => p.poll_event(),
-                    Core::Hostile(_) | Core::Down => return,
-                };
-                let Some(ev) = ev else {
-                    break;
-                };
-                progressed = true;
-                self.on_peer_event(i, &ev);
-                self.events.push((self.now, i, ev));
-            }
-            if !progressed {
-                break;
+                Output::Event(ev) => {
+                    self.on_peer_event(i, &ev);
+                    self.events.push((now, i, ev));
+                }
+                Output::Timeout(at) => {
+                    self.rearm(i, at);
+                    return;
+                }
             }
         }
-        self.rearm(i);
+    }
+
+    /// Sends a frame (and the body it promises) on the link of `tx.conn`.
+    fn transmit(&mut self, i: usize, tx: Transmit, buf: &[u8]) {
+        let Some(&link) = self.nodes[i].links.get(&tx.conn) else {
+            return;
+        };
+        let mut bytes = buf[..tx.len].to_vec();
+        if let Some(s) = tx.then {
+            bytes.extend_from_slice(&self.read_store(i, s.key, s.offset, s.len));
+        }
+        self.send(i, link, &bytes);
+        let l = self
+            .links
+            .get_mut(&link)
+            .expect("link exists: it was just sent on");
+        let side = usize::from(l.ends[0].0 != i);
+        let queued = l.out[side].len();
+        self.nodes[i].peak_queued = self.nodes[i].peak_queued.max(queued);
+        if queued > SEND_BUFFER && !l.blocked[side] {
+            l.blocked[side] = true;
+            match &mut self.nodes[i].core {
+                Core::Tracker(t) => t.handle_send_blocked(tx.conn),
+                Core::Peer(p) => p.handle_send_blocked(tx.conn),
+                Core::Hostile(_) | Core::Down => {}
+            }
+        }
     }
 
     /// Sends a node's FIN on `conn` after what it has queued.
@@ -1220,13 +1196,16 @@ impl Sim {
                 continue;
             }
             match h.poll_action() {
-                Some(PeerAction::Connect { conn, addr }) => self.connect(i, conn, addr),
-                Some(PeerAction::Close(conn)) => self.close_conn(i, conn),
+                Some(Action::Connect { conn, addr }) => self.connect(i, conn, addr),
+                Some(Action::Close(conn)) => self.close_conn(i, conn),
                 Some(_) => {}
                 None => break,
             }
         }
-        self.rearm(i);
+        if let Core::Hostile(h) = &self.nodes[i].core {
+            let at = h.poll_timeout();
+            self.rearm(i, at);
+        }
     }
 
     fn on_peer_event(&mut self, i: usize, ev: &PeerEvent) {
@@ -1263,13 +1242,8 @@ impl Sim {
         }
     }
 
-    fn rearm(&mut self, i: usize) {
-        let at = match &self.nodes[i].core {
-            Core::Tracker(t) => t.poll_timeout(),
-            Core::Peer(p) => p.poll_timeout(),
-            Core::Hostile(h) => h.poll_timeout(),
-            Core::Down => return,
-        };
+    /// Sets node `i`'s timer to `at` (the instant its drain ended with).
+    fn rearm(&mut self, i: usize, at: Instant) {
         let n = &mut self.nodes[i];
         if n.timer.is_some_and(|(t, _)| t == at) {
             return;

@@ -12,12 +12,12 @@ use adapter_smoltcp::smoltcp::iface::{Config, Interface, SocketSet, SocketStorag
 use adapter_smoltcp::smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use adapter_smoltcp::smoltcp::socket::tcp;
 use adapter_smoltcp::smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
-use adapter_smoltcp::{Driver, Storage, StorageError};
+use adapter_smoltcp::{Driver, Storage};
 use proto_core::manifest::{ManifestBuilder, ManifestHeader};
 use proto_core::peer::{Peer, PeerConfig};
 use proto_core::storage::StorageKey;
 use proto_core::time::{Duration, Instant};
-use proto_core::tracker::{Tracker, TrackerConfig, TrackerEvent};
+use proto_core::tracker::{Tracker, TrackerConfig};
 use proto_core::wire::{FileId, NodeId};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -167,38 +167,8 @@ pub fn stack<D: Device>(
     (iface, sockets, handles)
 }
 
-/// The tracker's hash store: in RAM, per slot.
-#[derive(Default)]
-pub struct RamHashes(HashMap<u16, Vec<u8>>);
-
-impl Storage<TrackerEvent> for RamHashes {
-    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), StorageError> {
-        let v = self.0.entry(key.slot).or_default();
-        let end = offset as usize + data.len();
-        if v.len() < end {
-            v.resize(end, 0);
-        }
-        v[offset as usize..end].copy_from_slice(data);
-        Ok(())
-    }
-
-    fn read(
-        &mut self,
-        key: StorageKey,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, StorageError> {
-        let v = self.0.get(&key.slot).map(Vec::as_slice).unwrap_or(&[]);
-        let start = (offset as usize).min(v.len());
-        let n = buf.len().min(v.len() - start);
-        buf[..n].copy_from_slice(&v[start..start + n]);
-        Ok(n)
-    }
-
-    fn discard(&mut self, key: StorageKey) {
-        self.0.remove(&key.slot);
-    }
-}
+/// The tracker's hash store: proto-core's shared memory store.
+pub type RamHashes = proto_core::testing::MemStore;
 
 pub type PeerStore = FlashStore<RamFlash<Vec<u8>>>;
 pub type PeerDriver = Driver<'static, DevicePeer, PeerStore, SOCKETS>;
@@ -291,7 +261,7 @@ pub fn stored_file(flash: RamFlash<Vec<u8>>, f: &TestFile) -> (RamFlash<Vec<u8>>
         slot: 0,
         region: proto_core::storage::Region::Data,
     };
-    let n = Storage::<proto_core::peer::PeerEvent>::read(&mut store, key, 0, &mut out).unwrap();
+    let n = Storage::read(&mut store, key, 0, &mut out).unwrap();
     assert_eq!(n, out.len());
     (store.into_flash(), out)
 }

@@ -12,9 +12,9 @@
 //! has queued need draining first (backpressure, so its queues stay small and nothing is
 //! dropped). Drain, then offer the rest again.
 //!
-//! - [`PeerAction::Connect`]: open a TCP connection, then report [`Peer::handle_connected`] or
+//! - [`Action::Connect`]: open a TCP connection, then report [`Peer::handle_connected`] or
 //!   [`Peer::handle_closed`].
-//! - [`PeerAction::ReadHash`]: read the stored hash of a chunk and hand it to
+//! - [`Action::ReadHash`]: read the stored hash of a chunk and hand it to
 //!   [`Peer::handle_hash`]. The core keeps no chunk hashes in RAM.
 //! - `handle_recv` may return a [`StorageWrite`]: chunk payload or manifest hashes to store at
 //!   once, straight from the adapter's receive buffer. Payload is written before it is verified;
@@ -75,6 +75,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::{self, Nonce, Side, SwarmKey};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{round_robin, ConnId, Slots, TableFull};
+use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{ChunkHash, FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageWrite};
@@ -189,33 +190,6 @@ impl PeerConfig {
             reconnect_max: Duration::from_secs(30),
         }
     }
-}
-
-/// Something for the adapter to do besides sending frames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum PeerAction {
-    /// Open a TCP connection to `addr` for `conn`; report the outcome with
-    /// [`Peer::handle_connected`] or [`Peer::handle_closed`].
-    Connect {
-        /// The handle to report on.
-        conn: ConnId,
-        /// Where to connect.
-        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
-        addr: SocketAddr,
-    },
-    /// Send what is buffered for this connection, then close it. The id is dead from now on.
-    Close(ConnId),
-    /// Read the stored hash of `chunk` (32 bytes at `chunk * 32` of the key's region) and call
-    /// [`Peer::handle_hash`].
-    ReadHash {
-        /// The hashes of this slot.
-        key: StorageKey,
-        /// The chunk.
-        chunk: u32,
-    },
-    /// Stored bytes under this key are not valid (hashes that did not match the file id).
-    Discard(StorageKey),
 }
 
 /// Where a download stands.
@@ -876,6 +850,8 @@ pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> 
     pending_header: Option<(u16, ManifestHeader)>,
     /// A user's locate of a file this peer neither shares nor fetches.
     user_locates_untracked: Option<FileId>,
+    /// Where `poll_output` stands.
+    drain: Drain,
 }
 
 impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
@@ -921,9 +897,17 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             recent_bad: Deque::new(),
             pending_header: None,
             user_locates_untracked: None,
+            drain: Drain::default(),
         };
         peer.connect_tracker(now);
         peer
+    }
+
+    /// Every input starts here: the time moves on, and the drain must hand out whatever the
+    /// input queues.
+    fn enter(&mut self, now: Instant) {
+        self.now = now;
+        self.drain.input();
     }
 
     /// The exact RAM this peer type occupies, in bytes.
@@ -982,7 +966,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Stops sharing or fetching `slot`: its connections close and the slot is freed.
     pub fn cancel(&mut self, now: Instant, slot: u16) -> Result<(), CommandError> {
-        self.now = now;
+        self.enter(now);
         if self.file(slot).is_none() {
             return Err(CommandError::NoSuchSlot);
         }
@@ -992,7 +976,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Asks the tracker for its file list; answers come as [`PeerEvent::FileListed`].
     pub fn list_files(&mut self, now: Instant) -> Result<(), CommandError> {
-        self.now = now;
+        self.enter(now);
         let t = self.tracker_open().ok_or(CommandError::NoTracker)?;
         self.user_list = true;
         self.ctl(t, Ctl::ListFiles);
@@ -1001,7 +985,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Asks the tracker who holds `file`; answers come as [`PeerEvent::Holder`].
     pub fn locate(&mut self, now: Instant, file: FileId) -> Result<(), CommandError> {
-        self.now = now;
+        self.enter(now);
         let t = self.tracker_open().ok_or(CommandError::NoTracker)?;
         match self.slot_of(&file) {
             Some(slot) => {
@@ -1017,7 +1001,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Leaves: tells the tracker, closes every connection, and stops reconnecting.
     pub fn leave(&mut self, now: Instant) {
-        self.now = now;
+        self.enter(now);
         self.leaving = true;
         if let Some(t) = self.tracker_open() {
             self.ctl(t, Ctl::Leave);
@@ -1094,7 +1078,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// A remote connected to our listen port. `Err`: the table is full, close the socket.
     pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
-        self.now = now;
+        self.enter(now);
         // Keep a slot for the tracker connection.
         let used = self.conns.iter().count()
             + usize::from(self.tracker.is_none() && self.config.tracker.is_some());
@@ -1113,9 +1097,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         ))
     }
 
-    /// An outgoing connection (from [`PeerAction::Connect`]) is established.
+    /// An outgoing connection (from [`Action::Connect`]) is established.
     pub fn handle_connected(&mut self, now: Instant, conn: ConnId) {
-        self.now = now;
+        self.enter(now);
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
@@ -1150,7 +1134,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// The connection closed (or an outgoing connect failed). The id is dead from now on.
     pub fn handle_closed(&mut self, now: Instant, conn: ConnId) {
-        self.now = now;
+        self.enter(now);
         if self.conns.get(conn).is_none() {
             return;
         }
@@ -1160,7 +1144,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
     pub fn handle_recv<'a>(&mut self, now: Instant, conn: ConnId, input: &'a [u8]) -> Recv<'a> {
-        self.now = now;
+        self.enter(now);
         let mut used = 0;
         let result = loop {
             let Some(c) = self.conns.get_mut(conn) else {
@@ -1212,9 +1196,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         result
     }
 
-    /// The stored hash of `chunk` in `slot`, asked for by [`PeerAction::ReadHash`].
+    /// The stored hash of `chunk` in `slot`, asked for by [`Action::ReadHash`].
     pub fn handle_hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
-        self.now = now;
+        self.enter(now);
         if let Some(i) = self.active_index(slot, chunk) {
             if let Some(a) = self.active[i].as_mut() {
                 a.expected = Some(hash);
@@ -1226,7 +1210,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// A storage operation on `key` failed (disk full, flash error): the fetch is given up.
     pub fn handle_storage_failed(&mut self, now: Instant, key: StorageKey) {
-        self.now = now;
+        self.enter(now);
         if self.file(key.slot).is_some_and(|f| f.fetching) {
             self.fail_fetch(key.slot, FetchFailure::Storage);
         }
@@ -1234,6 +1218,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// The adapter cannot take more output for `conn` until [`Peer::handle_send_ready`].
     pub fn handle_send_blocked(&mut self, conn: ConnId) {
+        self.drain.input();
         if let Some(c) = self.conns.get_mut(conn) {
             c.blocked = true;
         }
@@ -1241,6 +1226,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// The adapter can take output for `conn` again.
     pub fn handle_send_ready(&mut self, conn: ConnId) {
+        self.drain.input();
         if let Some(c) = self.conns.get_mut(conn) {
             c.blocked = false;
         }
@@ -1248,7 +1234,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Time passed; call when [`Peer::poll_timeout`] is reached (early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now = now;
+        self.enter(now);
         self.check_handshakes(now);
         self.check_stalls(now);
         if now >= self.next_ping {
@@ -1266,11 +1252,18 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     // ---- outputs -----------------------------------------------------------------------
 
+    /// The next thing to do: a frame to send (encoded into `buf`), an action, an event, or
+    /// `Timeout` when the drain is over. Call it after every input until `Timeout`; see
+    /// [`crate::io`] for the contract.
+    pub fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<PeerEvent> {
+        Drain::poll(self, buf)
+    }
+
     /// When the peer next needs [`Peer::handle_timeout`].
     ///
     /// Every instant named here is one at which `handle_timeout` changes something, so a due
     /// timer never fires twice for nothing.
-    pub fn poll_timeout(&self) -> Instant {
+    fn poll_timeout(&self) -> Instant {
         let now = self.now;
         let mut t = self.next_ping;
         if self.tracker.is_none() && self.config.tracker.is_some() && !self.leaving {
@@ -1313,8 +1306,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// Encodes the next frame to send into `buf`.
-    #[must_use]
-    pub fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+    fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
         let mut rr = self.rr;
         let t = round_robin(&mut rr, C, |index| {
             let id = self.conns.id_at(index)?;
@@ -1325,12 +1317,11 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// The next action, after `poll_transmit` is drained.
-    #[must_use]
-    pub fn poll_action(&mut self) -> Option<PeerAction> {
+    fn poll_action(&mut self) -> Option<Action> {
         for (id, c) in self.conns.iter_mut() {
             if c.phase == (Phase::Connecting { asked: false }) {
                 c.phase = Phase::Connecting { asked: true };
-                return Some(PeerAction::Connect {
+                return Some(Action::Connect {
                     conn: id,
                     addr: c.remote,
                 });
@@ -1343,12 +1334,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             .map(|(id, _)| id);
         if let Some(id) = closed {
             self.conns.remove(id);
-            return Some(PeerAction::Close(id));
+            return Some(Action::Close(id));
         }
         for a in self.active.iter_mut().flatten() {
             if !a.hash_asked {
                 a.hash_asked = true;
-                return Some(PeerAction::ReadHash {
+                return Some(Action::ReadHash {
                     key: key(a.slot, Region::Hashes),
                     chunk: a.chunk,
                 });
@@ -1357,14 +1348,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         if self.discard_hashes != 0 {
             let slot = self.discard_hashes.trailing_zeros();
             self.discard_hashes &= !(1 << slot);
-            return Some(PeerAction::Discard(key(slot as u16, Region::Hashes)));
+            return Some(Action::Discard(key(slot as u16, Region::Hashes)));
         }
         None
     }
 
     /// The next event for the user.
-    #[must_use]
-    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+    fn poll_event(&mut self) -> Option<PeerEvent> {
         self.events.pop_front()
     }
 
@@ -1384,7 +1374,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         fetching: bool,
         have: ChunkBitmap<W>,
     ) -> Result<u16, CommandError> {
-        self.now = now;
+        self.enter(now);
         if let Some(slot) = self.slot_of(&id) {
             return Err(CommandError::AlreadyPresent(slot));
         }
@@ -2620,6 +2610,25 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 }
             }
         }
+    }
+}
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Outputs for Peer<C, F, W, A> {
+    type Event = PeerEvent;
+    fn drain_state(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+    fn next_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        self.poll_transmit(buf)
+    }
+    fn next_action(&mut self) -> Option<Action> {
+        self.poll_action()
+    }
+    fn next_event(&mut self) -> Option<PeerEvent> {
+        self.poll_event()
+    }
+    fn next_timeout(&self) -> Instant {
+        self.poll_timeout()
     }
 }
 

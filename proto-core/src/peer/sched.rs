@@ -41,7 +41,7 @@ const MIN_PIPELINE_BLOCKS: u64 = 4;
 
 impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
     pub(super) fn after_command(&mut self, now: Instant) {
-        self.now = now;
+        self.enter(now);
         self.schedule();
     }
 
