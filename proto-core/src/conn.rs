@@ -1,6 +1,18 @@
-//! Connection handles and the fixed slot table the core keeps them in.
+//! The connection core shared by the tracker and the peer: handles and the slot table, the
+//! state every connection has ([`Link`]: phase, frame decoder, hello, nonce, liveness), the
+//! frame decode loop, the handshake and ping sweeps, the round-robin transmit and the event
+//! queue. Each node keeps what is its own (replies, requests, files) beside a `Link`.
 
 use core::fmt;
+use core::net::SocketAddr;
+
+use heapless::{Deque, Vec};
+
+use crate::auth::Nonce;
+use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
+use crate::storage::StorageWrite;
+use crate::time::Instant;
+use crate::wire::{FrameDecoder, FrameError, Hello, Item, Message};
 
 /// An opaque handle for one connection, issued by the core.
 ///
@@ -153,6 +165,246 @@ pub(crate) fn round_robin<T>(
         }
     }
     None
+}
+
+/// Where a connection stands; the same steps for both nodes (a tracker never dials, so its
+/// connections start at `Handshake`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for the adapter to connect; `asked` once the Connect action went out.
+    Connecting { asked: bool },
+    /// Connected, waiting for the remote's Hello (and, with a swarm key, its proof) until the
+    /// deadline.
+    Handshake { deadline: Instant },
+    /// Carrying messages.
+    Open,
+    /// Send what is queued, then close.
+    Closing,
+    /// Report the close through `poll_output`, then free the slot.
+    Closed,
+}
+
+/// What every connection has, whichever node holds it.
+pub(crate) struct Link {
+    /// The address the connection came from or goes to.
+    pub(crate) remote: SocketAddr,
+    pub(crate) phase: Phase,
+    pub(crate) decoder: FrameDecoder,
+    /// The remote's Hello, once received.
+    pub(crate) hello: Option<Hello>,
+    /// Our handshake nonce on this connection.
+    pub(crate) nonce: Nonce,
+    /// Pings in a row left unanswered.
+    pub(crate) missed_pings: u8,
+    /// When the remote last sent anything.
+    pub(crate) last_rx: Instant,
+    /// The adapter cannot take more output for it now.
+    pub(crate) blocked: bool,
+}
+
+impl Link {
+    /// A connection in `phase` with a frame decoder that allows bodies up to `max_body`.
+    pub(crate) fn new(
+        remote: SocketAddr,
+        phase: Phase,
+        max_body: u64,
+        nonce: Nonce,
+        now: Instant,
+    ) -> Self {
+        Link {
+            remote,
+            phase,
+            decoder: FrameDecoder::new(max_body),
+            hello: None,
+            nonce,
+            missed_pings: 0,
+            last_rx: now,
+            blocked: false,
+        }
+    }
+
+    /// Whether the connection carries messages.
+    pub(crate) fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+}
+
+/// A node's per-connection state: a [`Link`] and the node's own.
+pub(crate) trait HasLink {
+    fn link(&self) -> &Link;
+    fn link_mut(&mut self) -> &mut Link;
+}
+
+impl<T: HasLink, const N: usize> Slots<T, N> {
+    /// Connections whose handshake did not finish by its deadline.
+    pub(crate) fn late_handshakes(&self, now: Instant) -> Vec<ConnId, N> {
+        self.iter()
+            .filter(
+                |(_, c)| matches!(c.link().phase, Phase::Handshake { deadline } if deadline <= now),
+            )
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// One ping round: every open connection that left `max_missed` pings in a row unanswered
+    /// is returned (to be closed); every other one gets a ping through `push`, which says
+    /// whether it was queued.
+    pub(crate) fn ping_round(
+        &mut self,
+        max_missed: u8,
+        nonce: &mut u32,
+        mut push: impl FnMut(&mut T, u32) -> bool,
+    ) -> Vec<ConnId, N> {
+        let mut dead = Vec::new();
+        for (id, c) in self.iter_mut() {
+            if c.link().phase != Phase::Open {
+                continue;
+            }
+            if c.link().missed_pings >= max_missed {
+                // Capacity N: at most one entry per connection.
+                let _ = dead.push(id);
+                continue;
+            }
+            *nonce = nonce.wrapping_add(1);
+            if push(c, *nonce) {
+                c.link_mut().missed_pings += 1;
+            }
+        }
+        dead
+    }
+}
+
+/// Events kept for the adapter between drains; when full, newer ones are counted as lost.
+pub(crate) struct EventQueue<E, const N: usize> {
+    queue: Deque<E, N>,
+    lost: u32,
+}
+
+impl<E, const N: usize> EventQueue<E, N> {
+    pub(crate) const fn new() -> Self {
+        EventQueue {
+            queue: Deque::new(),
+            lost: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, e: E) {
+        if self.queue.push_back(e).is_err() {
+            self.lost = self.lost.saturating_add(1);
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<E> {
+        self.queue.pop_front()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Events that did not fit.
+    pub(crate) fn lost(&self) -> u32 {
+        self.lost
+    }
+}
+
+/// The node side of the connection core: what the shared decode loop and transmit need.
+pub(crate) trait Wire {
+    /// The node's connection table size.
+    const CONNS: usize;
+    fn link_mut(&mut self, id: ConnId) -> Option<&mut Link>;
+    /// The id of the occupied slot at `index`, if any.
+    fn id_at(&self, index: usize) -> Option<ConnId>;
+    /// Where the round-robin transmit resumes.
+    fn rr(&mut self) -> &mut usize;
+    /// The next frame for `id`, if it has one.
+    fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit>;
+    /// Whether `id`'s replies (or the node's events) have room for what another message may
+    /// queue; the loop stops reading while they have not (backpressure).
+    fn may_read(&self, id: ConnId) -> bool;
+    /// Input arrived on `id` (before it is decoded).
+    fn on_input(&mut self, id: ConnId, now: Instant);
+    fn on_message(&mut self, id: ConnId, msg: Message);
+    fn on_body<'a>(
+        &mut self,
+        id: ConnId,
+        data: &'a [u8],
+        remaining: u64,
+    ) -> Option<StorageWrite<'a>>;
+    /// The remote's bytes did not decode: it is cut off.
+    fn on_frame_error(&mut self, id: ConnId, e: FrameError);
+}
+
+/// The frame decode loop of `handle_recv`, for either node: decodes messages and bodies until
+/// the input is used up, a body needs storing, or the node stops reading.
+pub(crate) fn recv<'a, N: Wire + ?Sized>(
+    node: &mut N,
+    now: Instant,
+    id: ConnId,
+    input: &'a [u8],
+) -> Recv<'a> {
+    let mut used = 0;
+    loop {
+        let Some(l) = node.link_mut(id) else {
+            // A closed connection: whatever is still in flight is dropped.
+            return Recv::all(input);
+        };
+        if !matches!(l.phase, Phase::Handshake { .. } | Phase::Open) {
+            return Recv::all(input);
+        }
+        let idle = l.decoder.is_idle();
+        let rest = &input[used..];
+        if rest.is_empty() || (idle && !node.may_read(id)) {
+            return Recv {
+                consumed: used,
+                write: None,
+            };
+        }
+        node.on_input(id, now);
+        let Some(l) = node.link_mut(id) else {
+            return Recv::all(input);
+        };
+        match l.decoder.decode(rest) {
+            Err(e) => {
+                node.on_frame_error(id, e);
+                return Recv::all(input);
+            }
+            Ok((0, None)) => {
+                return Recv {
+                    consumed: used,
+                    write: None,
+                }
+            }
+            Ok((n, None)) => used += n,
+            Ok((n, Some(Item::Message(msg)))) => {
+                used += n;
+                node.on_message(id, msg);
+            }
+            Ok((n, Some(Item::Body { data, remaining }))) => {
+                used += n;
+                if let Some(write) = node.on_body(id, data, remaining) {
+                    return Recv {
+                        consumed: used,
+                        write: Some(write),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The next frame of any connection, taking them in turn so none starves the others.
+pub(crate) fn transmit<N: Wire + ?Sized>(
+    node: &mut N,
+    buf: &mut [u8; FRAME_BUF_LEN],
+) -> Option<Transmit> {
+    let mut rr = *node.rr();
+    let t = round_robin(&mut rr, N::CONNS, |index| {
+        let id = node.id_at(index)?;
+        node.next_frame(id, buf)
+    });
+    *node.rr() = rr;
+    t
 }
 
 #[cfg(test)]

@@ -46,8 +46,8 @@
 //!
 //! | configuration | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,485,760 |
-//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 41,280 |
+//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,487,808 |
+//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 41,408 |
 //!
 //! Most of it is per connection (a 512-byte frame buffer, an 8-entry reply queue and a
 //! publish-in-progress) and per holding (`4 * W` bytes of bitmap). Chunk hashes are never in
@@ -64,15 +64,15 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::auth::{self, Nonce, Side, SwarmKey};
 use crate::bitmap::ChunkBitmap;
-use crate::conn::{round_robin, ConnId, Slots, TableFull};
+use crate::conn::{self, ConnId, EventQueue, HasLink, Link, Phase, Slots, TableFull, Wire};
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{FileIdHasher, ManifestHeader, Name, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
 use crate::time::{Duration, Instant};
 use crate::wire::{
-    encode_frame, ChunkRange, FileEntry, FileId, FrameDecoder, FrameError, Hello, HolderItem, Item,
-    Message, NodeId, PeerEntry, PublishRefusal, Refusal, MAX_RANGES, PROTOCOL_VERSION,
+    encode_frame, ChunkRange, FileEntry, FileId, FrameError, Hello, HolderItem, Message, NodeId,
+    PeerEntry, PublishRefusal, Refusal, MAX_RANGES, PROTOCOL_VERSION,
 };
 
 /// A tracker sized for a Linux host: 256 connections, 128 files, 1024 holdings, 8192 chunks
@@ -271,19 +271,6 @@ enum Reply {
     },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the remote's `Hello` until the deadline.
-    Handshake {
-        deadline: Instant,
-    },
-    Open,
-    /// Send what is queued, then close.
-    Closing,
-    /// Report the close through `poll_action`, then free the slot.
-    Closed,
-}
-
 /// Where a publish's body (the chunk hashes) goes.
 #[derive(Clone, Copy, Debug)]
 enum Target {
@@ -304,22 +291,24 @@ struct PublishRx {
 }
 
 struct Conn {
-    remote: SocketAddr,
-    decoder: FrameDecoder,
-    phase: Phase,
-    hello: Option<Hello>,
-    /// Our handshake nonce on this connection.
-    nonce: Nonce,
+    link: Link,
     /// The recorded address, once registered.
     registered: Option<SocketAddr>,
-    missed_pings: u8,
     replies: Deque<Reply, REPLY_QUEUE>,
     /// The peer list changed since it was last pushed (registered peers only).
     push_dirty: bool,
     /// A push in progress: next connection slot to look at, items sent.
     push: Option<(u16, u16)>,
     publish: Option<PublishRx>,
-    blocked: bool,
+}
+
+impl HasLink for Conn {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+    fn link_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
 }
 
 impl Conn {
@@ -353,8 +342,7 @@ pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usiz
     conns: Slots<Conn, C>,
     files: [FileState; F],
     holdings: [Option<Holding<W>>; H],
-    events: Deque<TrackerEvent, EVENT_QUEUE>,
-    events_lost: u32,
+    events: EventQueue<TrackerEvent, EVENT_QUEUE>,
     /// Connections in `Phase::Closed` plus files in `FileState::Discard`.
     pending_actions: usize,
     next_ping: Instant,
@@ -385,8 +373,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             conns: Slots::new(),
             files: core::array::from_fn(|_| FileState::Free),
             holdings: core::array::from_fn(|_| None),
-            events: Deque::new(),
-            events_lost: 0,
+            events: EventQueue::new(),
             pending_actions: 0,
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
@@ -403,7 +390,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// Events that did not fit the queue because the adapter did not drain it.
     pub fn events_lost(&self) -> u32 {
-        self.events_lost
+        self.events.lost()
     }
 
     /// Registered peers right now.
@@ -431,29 +418,29 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let from_ip = self
             .conns
             .iter()
-            .filter(|(_, c)| c.remote.ip() == remote.ip())
+            .filter(|(_, c)| c.link.remote.ip() == remote.ip())
             .count();
         if from_ip >= self.config.max_conns_per_ip {
             self.event(TrackerEvent::Overloaded(Table::ConnectionsPerIp));
             return Err(TableFull);
         }
         let conn = Conn {
-            remote,
-            // Any body the wire allows is read (and skipped if refused), so a publisher with a
-            // file too large for this tracker hears why instead of being cut off.
-            decoder: FrameDecoder::new(MAX_CHUNKS as u64 * HASH_LEN as u64),
-            phase: Phase::Handshake {
-                deadline: now + self.config.handshake_timeout,
-            },
-            hello: None,
-            nonce: auth::nonce(&mut self.rng),
+            link: Link::new(
+                remote,
+                Phase::Handshake {
+                    deadline: now + self.config.handshake_timeout,
+                },
+                // Any body the wire allows is read (and skipped if refused), so a publisher
+                // with a file too large for this tracker hears why instead of being cut off.
+                MAX_CHUNKS as u64 * HASH_LEN as u64,
+                auth::nonce(&mut self.rng),
+                now,
+            ),
             registered: None,
-            missed_pings: 0,
             replies: Deque::new(),
             push_dirty: false,
             push: None,
             publish: None,
-            blocked: false,
         };
         self.conns.insert(conn)
     }
@@ -461,52 +448,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
     pub fn handle_recv<'a>(&mut self, now: Instant, conn: ConnId, input: &'a [u8]) -> Recv<'a> {
         self.drain.input();
-        let mut used = 0;
-        loop {
-            let done = Recv {
-                consumed: used,
-                write: None,
-            };
-            let Some(c) = self.conns.get_mut(conn) else {
-                // A closed connection: whatever is still in flight is dropped.
-                return Recv::all(input);
-            };
-            if matches!(c.phase, Phase::Closing | Phase::Closed) {
-                return Recv::all(input);
-            }
-            let rest = &input[used..];
-            if rest.is_empty() || (c.replies.is_full() && c.decoder.is_idle()) {
-                return done;
-            }
-            match c.decoder.decode(rest) {
-                Err(e) => {
-                    self.misbehaved(conn, Offence::Frame(e));
-                    return Recv::all(input);
-                }
-                Ok((n, None)) => {
-                    used += n;
-                    if n == 0 {
-                        return Recv {
-                            consumed: used,
-                            write: None,
-                        };
-                    }
-                }
-                Ok((n, Some(Item::Message(msg)))) => {
-                    used += n;
-                    self.on_message(now, conn, msg);
-                }
-                Ok((n, Some(Item::Body { data, remaining }))) => {
-                    used += n;
-                    if let Some(write) = self.on_publish_body(conn, data, remaining) {
-                        return Recv {
-                            consumed: used,
-                            write: Some(write),
-                        };
-                    }
-                }
-            }
-        }
+        conn::recv(self, now, conn, input)
     }
 
     /// The socket of `conn` closed (by the remote, or an error). The id is dead from now on.
@@ -515,7 +457,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let Some(c) = self.conns.get(conn) else {
             return;
         };
-        if c.phase == Phase::Closed {
+        if c.link.phase == Phase::Closed {
             self.pending_actions -= 1;
         }
         self.unregister(conn, LeaveReason::Disconnected);
@@ -527,7 +469,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     pub fn handle_send_blocked(&mut self, conn: ConnId) {
         self.drain.input();
         if let Some(c) = self.conns.get_mut(conn) {
-            c.blocked = true;
+            c.link.blocked = true;
         }
     }
 
@@ -535,7 +477,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     pub fn handle_send_ready(&mut self, conn: ConnId) {
         self.drain.input();
         if let Some(c) = self.conns.get_mut(conn) {
-            c.blocked = false;
+            c.link.blocked = false;
         }
     }
 
@@ -554,13 +496,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// Time passed; call when [`Tracker::poll_timeout`] is reached (calling early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.drain.input();
-        let late: heapless::Vec<ConnId, C> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::Handshake { deadline } if deadline <= now))
-            .map(|(id, _)| id)
-            .collect();
-        for id in late {
+        for id in self.conns.late_handshakes(now) {
             debug!("closing {:?}: handshake not finished in time", id);
             self.close_now(id);
         }
@@ -569,21 +505,11 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         }
         self.next_ping = now + self.config.ping_interval;
         let max_missed = self.config.max_missed_pings;
-        let mut dead: heapless::Vec<ConnId, C> = heapless::Vec::new();
-        for (id, c) in self.conns.iter_mut() {
-            if c.phase != Phase::Open {
-                continue;
-            }
-            if c.missed_pings >= max_missed {
-                // Capacity C: at most one entry per connection.
-                let _ = dead.push(id);
-                continue;
-            }
-            self.ping_nonce = self.ping_nonce.wrapping_add(1);
-            if c.replies.push_back(Reply::Ping(self.ping_nonce)).is_ok() {
-                c.missed_pings += 1;
-            }
-        }
+        let dead = self
+            .conns
+            .ping_round(max_missed, &mut self.ping_nonce, |c, n| {
+                c.replies.push_back(Reply::Ping(n)).is_ok()
+            });
         for id in dead {
             debug!("{:?} missed {} pings", id, max_missed);
             self.unregister(id, LeaveReason::TimedOut);
@@ -604,7 +530,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     fn poll_timeout(&self) -> Instant {
         self.conns
             .iter()
-            .filter_map(|(_, c)| match c.phase {
+            .filter_map(|(_, c)| match c.link.phase {
                 Phase::Handshake { deadline } => Some(deadline),
                 _ => None,
             })
@@ -613,13 +539,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// Encodes the next frame to send into `buf`.
     fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        let mut rr = self.rr;
-        let t = round_robin(&mut rr, C, |index| {
-            let id = self.conns.id_at(index)?;
-            self.next_frame(id, buf)
-        });
-        self.rr = rr;
-        t
+        conn::transmit(self, buf)
     }
 
     /// The next action, after `poll_transmit` is drained.
@@ -630,7 +550,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let closed = self
             .conns
             .iter()
-            .find(|(_, c)| c.phase == Phase::Closed)
+            .find(|(_, c)| c.link.phase == Phase::Closed)
             .map(|(id, _)| id);
         if let Some(id) = closed {
             self.conns.remove(id);
@@ -648,25 +568,24 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// The next event for the log.
     fn poll_event(&mut self) -> Option<TrackerEvent> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     // ---- message handling ---------------------------------------------------------------
 
-    fn on_message(&mut self, now: Instant, id: ConnId, msg: Message) {
-        let _ = now;
+    fn on_message(&mut self, id: ConnId, msg: Message) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
         let registered = c.registered.is_some();
         // With a swarm key, a connection that sent its Hello stays in the handshake phase until
         // its proof checks out; nothing but that proof is taken from it meanwhile.
-        let proving = c.hello.is_some() && matches!(c.phase, Phase::Handshake { .. });
+        let proving = c.link.hello.is_some() && matches!(c.link.phase, Phase::Handshake { .. });
         if proving {
             self.check_proof(id, msg);
             return;
         }
-        match (c.hello.is_some(), msg) {
+        match (c.link.hello.is_some(), msg) {
             (false, Message::Hello(hello)) => {
                 if hello.version != PROTOCOL_VERSION {
                     let reason = Refusal::VersionMismatch {
@@ -674,10 +593,10 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                     };
                     self.refuse(id, reason);
                 } else {
-                    c.hello = Some(hello);
-                    let nonce = c.nonce;
+                    c.link.hello = Some(hello);
+                    let nonce = c.link.nonce;
                     if self.config.swarm_key.is_none() {
-                        c.phase = Phase::Open;
+                        c.link.phase = Phase::Open;
                     }
                     self.reply(id, Reply::Hello(nonce));
                 }
@@ -686,7 +605,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             (true, Message::Auth { .. }) => self.refuse(id, Refusal::SwarmKey),
             (false, _) | (true, Message::Hello(_)) => self.misbehaved(id, Offence::Unexpected),
             (true, Message::Ping(n)) => self.reply(id, Reply::Pong(n)),
-            (true, Message::Pong(_)) => c.missed_pings = 0,
+            (true, Message::Pong(_)) => c.link.missed_pings = 0,
             (true, Message::Register) if !registered => self.register(id),
             (true, Message::Leave) => {
                 self.unregister(id, LeaveReason::Left);
@@ -731,25 +650,25 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let (Some(key), Some(c)) = (self.config.swarm_key, self.conns.get_mut(id)) else {
             return;
         };
-        let Some(theirs) = c.hello.map(|h| h.nonce) else {
+        let Some(theirs) = c.link.hello.map(|h| h.nonce) else {
             return;
         };
         let ok = match msg {
-            Message::Auth { proof } => key.verify(Side::Opener, &theirs, &c.nonce, &proof),
+            Message::Auth { proof } => key.verify(Side::Opener, &theirs, &c.link.nonce, &proof),
             _ => false,
         };
         if !ok {
             self.refuse(id, Refusal::SwarmKey);
             return;
         }
-        c.phase = Phase::Open;
-        let proof = key.prove(Side::Acceptor, &c.nonce, &theirs);
+        c.link.phase = Phase::Open;
+        let proof = key.prove(Side::Acceptor, &c.link.nonce, &theirs);
         self.reply(id, Reply::Auth(proof));
     }
 
     /// Answers `Refused(reason)`, reports it, and closes once that is sent.
     fn refuse(&mut self, id: ConnId, reason: Refusal) {
-        let Some(remote) = self.conns.get(id).map(|c| c.remote) else {
+        let Some(remote) = self.conns.get(id).map(|c| c.link.remote) else {
             return;
         };
         self.reply(id, Reply::Refused(reason));
@@ -761,8 +680,8 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let Some(c) = self.conns.get(id) else {
             return;
         };
-        let remote = c.remote;
-        let Some(hello) = c.hello else {
+        let remote = c.link.remote;
+        let Some(hello) = c.link.hello else {
             return;
         };
         let addr = SocketAddr::new(remote.ip(), hello.listen_port);
@@ -773,7 +692,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                 continue;
             };
             count += 1;
-            if other.hello.map(|h| h.node) == Some(hello.node) {
+            if other.link.hello.map(|h| h.node) == Some(hello.node) {
                 refusal = Some(Refusal::DuplicateNode);
             } else if other_addr == addr && hello.listen_port != 0 {
                 refusal = refusal.or(Some(Refusal::DuplicateAddress));
@@ -807,7 +726,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let Some(addr) = c.registered.take() else {
             return;
         };
-        let node = c.hello.map(|h| h.node).unwrap_or_default();
+        let node = c.link.hello.map(|h| h.node).unwrap_or_default();
         self.event(TrackerEvent::PeerLeft { node, addr, reason });
         for i in 0..H {
             let Some(h) = &self.holdings[i] else {
@@ -824,7 +743,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     fn peers_changed(&mut self) {
         for (_, c) in self.conns.iter_mut() {
-            if c.registered.is_some() && c.phase == Phase::Open {
+            if c.registered.is_some() && c.link.phase == Phase::Open {
                 c.push_dirty = true;
             }
         }
@@ -1075,13 +994,11 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     }
 
     fn event(&mut self, event: TrackerEvent) {
-        if self.events.push_back(event).is_err() {
-            self.events_lost = self.events_lost.saturating_add(1);
-        }
+        self.events.push(event);
     }
 
     fn misbehaved(&mut self, id: ConnId, offence: Offence) {
-        let Some(remote) = self.conns.get(id).map(|c| c.remote) else {
+        let Some(remote) = self.conns.get(id).map(|c| c.link.remote) else {
             return;
         };
         warn!("{:?} misbehaved: {:?}", id, offence);
@@ -1094,8 +1011,8 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     fn close_now(&mut self, id: ConnId) {
         self.abandon_publish(id);
         if let Some(c) = self.conns.get_mut(id) {
-            if c.phase != Phase::Closed {
-                c.phase = Phase::Closed;
+            if c.link.phase != Phase::Closed {
+                c.link.phase = Phase::Closed;
                 c.replies.clear();
                 self.pending_actions += 1;
             }
@@ -1111,16 +1028,16 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         c.push = None;
         c.push_dirty = false;
         if c.replies.is_empty() {
-            c.phase = Phase::Closed;
+            c.link.phase = Phase::Closed;
             self.pending_actions += 1;
         } else {
-            c.phase = Phase::Closing;
+            c.link.phase = Phase::Closing;
         }
     }
 
     fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
         let c = self.conns.get_mut(id)?;
-        if c.blocked || c.phase == Phase::Closed || !c.has_output() {
+        if c.link.blocked || c.link.phase == Phase::Closed || !c.has_output() {
             return None;
         }
         let (msg, then) = if let Some(reply) = c.replies.pop_front() {
@@ -1144,7 +1061,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                 Some((
                     i,
                     PeerEntry {
-                        node: c.hello?.node,
+                        node: c.link.hello?.node,
                         addr,
                     },
                 ))
@@ -1162,8 +1079,8 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             }
         };
         let c = self.conns.get_mut(id)?;
-        if c.phase == Phase::Closing && c.replies.is_empty() {
-            c.phase = Phase::Closed;
+        if c.link.phase == Phase::Closing && c.replies.is_empty() {
+            c.link.phase = Phase::Closed;
             self.pending_actions += 1;
         }
         // Every message fits FRAME_BUF_LEN (checked by a test over the largest of each kind).
@@ -1272,7 +1189,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                 i,
                 h,
                 PeerEntry {
-                    node: c.hello?.node,
+                    node: c.link.hello?.node,
                     addr: c.registered?,
                 },
             ))
@@ -1335,6 +1252,42 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Outputs
     }
     fn next_timeout(&self) -> Instant {
         self.poll_timeout()
+    }
+}
+
+impl<const C: usize, const F: usize, const H: usize, const W: usize> Wire for Tracker<C, F, H, W> {
+    const CONNS: usize = C;
+    fn link_mut(&mut self, id: ConnId) -> Option<&mut Link> {
+        self.conns.get_mut(id).map(|c| &mut c.link)
+    }
+    fn id_at(&self, index: usize) -> Option<ConnId> {
+        self.conns.id_at(index)
+    }
+    fn rr(&mut self) -> &mut usize {
+        &mut self.rr
+    }
+    fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
+        Tracker::next_frame(self, id, buf)
+    }
+    /// A connection whose reply queue is full is not read until its remote reads.
+    fn may_read(&self, id: ConnId) -> bool {
+        self.conns.get(id).is_some_and(|c| !c.replies.is_full())
+    }
+    /// Only a `Pong` proves a connection alive to the tracker (see the ping rule).
+    fn on_input(&mut self, _: ConnId, _: Instant) {}
+    fn on_message(&mut self, id: ConnId, msg: Message) {
+        Tracker::on_message(self, id, msg)
+    }
+    fn on_body<'a>(
+        &mut self,
+        id: ConnId,
+        data: &'a [u8],
+        remaining: u64,
+    ) -> Option<StorageWrite<'a>> {
+        self.on_publish_body(id, data, remaining)
+    }
+    fn on_frame_error(&mut self, id: ConnId, e: FrameError) {
+        self.misbehaved(id, Offence::Frame(e));
     }
 }
 

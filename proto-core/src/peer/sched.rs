@@ -30,7 +30,7 @@ use rand_xoshiro::rand_core::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sha2::{Digest, Sha256};
 
-use super::{retain, Active, Blk, Conn, Ctl, Peer, PeerEvent, Phase, Req};
+use super::{retain, Active, Blk, Conn, Ctl, Peer, Phase, Req};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::ConnId;
 use crate::time::{Duration, Instant};
@@ -75,7 +75,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// How many bytes connection `c` should have asked for and not yet received.
-    fn pipeline_bytes(&self, c: &Conn<W>) -> u64 {
+    pub(super) fn pipeline_bytes(&self, c: &Conn<W>) -> u64 {
         let block = u64::from(self.config.block_len);
         let rtt = c.rtt.unwrap_or(Duration::from_millis(100));
         let horizon = rtt.saturating_mul(2) + Duration::from_millis(100);
@@ -84,7 +84,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             .min(u64::from(self.config.max_in_flight).max(block))
     }
 
-    fn fill(&mut self, id: ConnId) {
+    pub(super) fn fill(&mut self, id: ConnId) {
         loop {
             let Some(c) = self.conns.get(id) else {
                 return;
@@ -130,14 +130,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         })
     }
 
-    fn chunk_len(&self, slot: u16, chunk: u32) -> u32 {
+    pub(super) fn chunk_len(&self, slot: u16, chunk: u32) -> u32 {
         self.file(slot)
             .and_then(|f| f.header())
             .map_or(0, |h| h.chunk_len(chunk))
     }
 
     /// A chunk `id` fetches (as owner or duplicate) with blocks not yet asked for.
-    fn assigned_with_room(&self, id: ConnId) -> Option<usize> {
+    pub(super) fn assigned_with_room(&self, id: ConnId) -> Option<usize> {
         self.active.iter().position(|a| {
             a.as_ref().is_some_and(|a| {
                 let len = self.chunk_len(a.slot, a.chunk);
@@ -148,7 +148,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         })
     }
 
-    fn request_next(&mut self, i: usize, id: ConnId) {
+    pub(super) fn request_next(&mut self, i: usize, id: ConnId) {
         let block_len = self.config.block_len;
         let Some(a) = self.active[i].as_ref() else {
             return;
@@ -185,7 +185,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// The chunks in flight, with their index in the table.
-    fn in_flight(&self) -> impl Iterator<Item = (usize, &Active)> {
+    pub(super) fn in_flight(&self) -> impl Iterator<Item = (usize, &Active)> {
         self.active
             .iter()
             .enumerate()
@@ -193,7 +193,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// A started chunk with no source that `id` can continue; the furthest along first.
-    fn orphan_for(&self, id: ConnId, slot: u16) -> Option<usize> {
+    pub(super) fn orphan_for(&self, id: ConnId, slot: u16) -> Option<usize> {
         let c = self.conns.get(id)?;
         self.in_flight()
             .filter(|(_, a)| {
@@ -208,7 +208,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// The rarest chunk `id` offers that is neither held nor in flight.
-    fn pick_rarest(&mut self, id: ConnId, slot: u16) -> Option<u32> {
+    pub(super) fn pick_rarest(&mut self, id: ConnId, slot: u16) -> Option<u32> {
         // A local copy: the scan below borrows the tables while it draws numbers.
         let mut rng = self.rng.clone();
         let pick = self.pick_rarest_with(id, slot, &mut rng);
@@ -216,14 +216,19 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         pick
     }
 
-    fn pick_rarest_with(&self, id: ConnId, slot: u16, rng: &mut Xoshiro256PlusPlus) -> Option<u32> {
+    pub(super) fn pick_rarest_with(
+        &self,
+        id: ConnId,
+        slot: u16,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Option<u32> {
         let c = self.conns.get(id)?;
         let f = self.file(slot)?;
         let count = f.header()?.chunk_count();
         if count == 0 || self.active.iter().all(Option::is_some) {
             return None;
         }
-        let node = c.hello.map(|h| h.node).unwrap_or_default();
+        let node = c.link.hello.map(|h| h.node).unwrap_or_default();
         // The rarest candidates, one of them kept uniformly at random (reservoir sampling):
         // taking "the first rarest after a random start" would favour the chunk right after a
         // run everyone holds, and every fetcher would pick the same one.
@@ -299,13 +304,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         }
     }
 
-    fn failed_from(&self, slot: u16, chunk: u32, node: NodeId) -> bool {
+    pub(super) fn failed_from(&self, slot: u16, chunk: u32, node: NodeId) -> bool {
         self.recent_bad
             .iter()
             .any(|&(s, c, n)| s == slot && c == chunk && n == node)
     }
 
-    fn start_chunk(&mut self, slot: u16, chunk: u32, owner: ConnId) -> bool {
+    pub(super) fn start_chunk(&mut self, slot: u16, chunk: u32, owner: ConnId) -> bool {
         let Some(free) = self.active.iter().position(Option::is_none) else {
             return false;
         };
@@ -333,7 +338,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Endgame: a chunk in flight from another connection that `id` could also supply. Only
     /// once every missing chunk of the file is in flight.
-    fn endgame_for(&self, id: ConnId, slot: u16) -> Option<usize> {
+    pub(super) fn endgame_for(&self, id: ConnId, slot: u16) -> Option<usize> {
         let f = self.file(slot)?;
         let count = f.header()?.chunk_count();
         if f.have.count() + f.busy.count() < count {
@@ -348,134 +353,25 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     && a.dup.is_none()
                     && a.digest.is_none()
                     && c.remote_has.get(a.chunk)
-                    && !self.failed_from(slot, a.chunk, c.hello.map(|h| h.node).unwrap_or_default())
+                    && !self.failed_from(
+                        slot,
+                        a.chunk,
+                        c.link.hello.map(|h| h.node).unwrap_or_default(),
+                    )
             })
             .min_by_key(|(_, a)| a.frontier)
             .map(|(i, _)| i)
     }
 
-    /// A block's body ended on connection `id`.
-    pub(super) fn end_block(&mut self, id: ConnId, active: Option<usize>, chunk: u32) {
-        let Some(i) = active else {
-            return;
-        };
-        let Some(slot) = self.active[i].as_ref().map(|a| a.slot) else {
-            return;
-        };
-        let len = self.chunk_len(slot, chunk);
-        let Some(a) = self.active[i].as_mut() else {
-            return;
-        };
-        if a.receiving != Some(id) || a.chunk != chunk {
-            return;
-        }
-        a.receiving = None;
-        let Some(a) = self.active[i].as_mut() else {
-            return;
-        };
-        if a.frontier >= len && a.digest.is_none() {
-            a.digest = Some(a.sha.finalize_reset().into());
-            self.try_verify(i);
-        }
-    }
-
-    /// Compares a whole chunk's digest with its stored hash, once both are known.
-    pub(super) fn try_verify(&mut self, i: usize) {
-        let Some(a) = self.active[i].as_ref() else {
-            return;
-        };
-        let (Some(expected), Some(digest)) = (a.expected, a.digest) else {
-            return;
-        };
-        let Some(a) = self.active[i].take() else {
-            return;
-        };
-        if let Some(f) = self.file_mut(a.slot) {
-            f.busy.clear(a.chunk);
-        }
-        self.cancel_requests(a.slot, a.chunk);
-        if expected.0 == digest {
-            self.chunk_verified(a.slot, a.chunk);
-        } else {
-            self.chunk_failed(&a);
-        }
-    }
-
-    fn chunk_verified(&mut self, slot: u16, chunk: u32) {
-        let len = u64::from(self.chunk_len(slot, chunk));
-        let Some(f) = self.file_mut(slot) else {
-            return;
-        };
-        if !f.have.set(chunk) {
-            return;
-        }
-        f.log.push(chunk);
-        f.bytes_done += len;
-        self.event(PeerEvent::ChunkVerified { slot, chunk });
-        if let Some(p) = self.progress(slot) {
-            self.event(PeerEvent::Progress(p));
-        }
-        if self.file(slot).is_some_and(|f| f.have.is_full()) {
-            self.complete_file(slot);
-        }
-    }
-
-    fn chunk_failed(&mut self, a: &Active) {
-        let Some(&(_, from, _)) = a.contributors.first() else {
-            return;
-        };
-        self.event(PeerEvent::ChunkRejected {
-            slot: a.slot,
-            chunk: a.chunk,
-            from,
-        });
-        for &(_, addr, node) in &a.contributors {
-            if self.recent_bad.is_full() {
-                self.recent_bad.pop_front();
-            }
-            let _ = self.recent_bad.push_back((a.slot, a.chunk, node));
-            // With one sender the blame is certain; with several (endgame) it is shared, and
-            // the chunk will not go to any of them again while another holder has it.
-            if a.contributors.len() == 1 {
-                self.strike(node, addr);
-            }
-        }
-    }
-
-    /// Every chunk is verified: the fetch becomes a share.
-    pub(super) fn complete_file(&mut self, slot: u16) {
-        let tracker = self.tracker_open().filter(|_| self.registered.is_some());
-        let Some(f) = self.file_mut(slot) else {
-            return;
-        };
-        f.fetching = false;
-        f.unavailable_since = None;
-        self.event(PeerEvent::FileComplete { slot });
-        match tracker {
-            // Publishing also brings a delisted file back.
-            Some(t) => self.ctl(t, Ctl::Publish(slot)),
-            None => {
-                if let Some(f) = self.file_mut(slot) {
-                    f.publish_pending = true;
-                }
-            }
-        }
-        for cand in self.candidates.iter_mut() {
-            if cand.is_some_and(|c| c.slot == slot && c.conn.is_none()) {
-                *cand = None;
-            }
-        }
-    }
-
     /// Drops every request for `chunk` of `slot`; those already sent are cancelled.
-    fn cancel_requests(&mut self, slot: u16, chunk: u32) {
+    pub(super) fn cancel_requests(&mut self, slot: u16, chunk: u32) {
         for id in self.conns_for(slot) {
             self.drop_requests(id, |b| b.chunk == chunk);
         }
     }
 
     /// Drops the requests of `id` that match; those already sent are cancelled.
-    fn drop_requests(&mut self, id: ConnId, matches: impl Fn(&Blk) -> bool) {
+    pub(super) fn drop_requests(&mut self, id: ConnId, matches: impl Fn(&Blk) -> bool) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
@@ -508,7 +404,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         self.unassign(i, id);
     }
 
-    fn unassign(&mut self, i: usize, id: ConnId) {
+    pub(super) fn unassign(&mut self, i: usize, id: ConnId) {
         let Some(a) = self.active[i].as_mut() else {
             return;
         };
@@ -536,7 +432,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// After a source left chunk `i`: a remaining source none of whose requests starts where
     /// the next byte is needed would never be taken again (its blocks are cut elsewhere), so
     /// its requests for the chunk are dropped and it asks again from there.
-    fn resync(&mut self, i: usize) {
+    pub(super) fn resync(&mut self, i: usize) {
         let Some(a) = self.active[i].as_ref() else {
             return;
         };
@@ -583,9 +479,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             .conns
             .iter()
             .filter(|(_, c)| {
-                c.phase == Phase::Open
+                c.link.phase == Phase::Open
                     && c.reqs.iter().any(|r| r.sent.is_some())
-                    && now - c.last_rx >= timeout
+                    && now - c.link.last_rx >= timeout
             })
             .map(|(id, _)| id)
             .collect();
@@ -594,7 +490,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             if let Some(c) = self.conns.get_mut(id) {
                 c.pause_until = now + timeout;
                 // Give it a fresh chance to show progress once the pause is over.
-                c.last_rx = now;
+                c.link.last_rx = now;
             }
         }
     }

@@ -12,7 +12,7 @@ use super::{key, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
 use crate::conn::ConnId;
 use crate::io::Transmit;
 use crate::storage::{Region, StorageSend};
-use crate::wire::{encode_frame, ChunkRange, FileId, Hello, Message, MAX_RANGES, PROTOCOL_VERSION};
+use crate::wire::{encode_frame, FileId, Hello, Message, PROTOCOL_VERSION};
 
 impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
     pub(super) fn next_frame(
@@ -21,9 +21,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         buf: &mut [u8; FRAME_BUF_LEN],
     ) -> Option<Transmit> {
         let c = self.conns.get(id)?;
-        if c.blocked
+        if c.link.blocked
             || !matches!(
-                c.phase,
+                c.link.phase,
                 Phase::Handshake { .. } | Phase::Open | Phase::Closing
             )
         {
@@ -40,7 +40,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             Some(ctl) => self.render_ctl(id, ctl)?,
             None => {
                 let c = self.conns.get(id)?;
-                if c.phase != Phase::Open {
+                if c.link.phase != Phase::Open {
                     return None;
                 }
                 match c.role {
@@ -50,8 +50,8 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             }
         };
         if let Some(c) = self.conns.get_mut(id) {
-            if c.phase == Phase::Closing && c.ctl.is_empty() {
-                c.phase = Phase::Closed;
+            if c.link.phase == Phase::Closing && c.ctl.is_empty() {
+                c.link.phase = Phase::Closed;
             }
         }
         // Every message fits the buffer (a wire test checks the largest of each kind).
@@ -64,7 +64,11 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// The next piece of a bitfield body, if one is being sent on `id`.
-    fn bitfield_piece(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<usize> {
+    pub(super) fn bitfield_piece(
+        &mut self,
+        id: ConnId,
+        buf: &mut [u8; FRAME_BUF_LEN],
+    ) -> Option<usize> {
         let (slot, pos) = self.conns.get(id)?.bitfield_body?;
         let f = self.file(slot)?;
         let total = f.have.byte_len();
@@ -77,20 +81,24 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         Some(n as usize)
     }
 
-    fn render_ctl(&mut self, id: ConnId, ctl: Ctl) -> Option<(Message, Option<StorageSend>)> {
+    pub(super) fn render_ctl(
+        &mut self,
+        id: ConnId,
+        ctl: Ctl,
+    ) -> Option<(Message, Option<StorageSend>)> {
         let msg = match ctl {
             Ctl::Hello => Message::Hello(Hello {
                 version: PROTOCOL_VERSION,
                 node: self.config.node,
                 listen_port: self.config.listen_port,
-                nonce: self.conns.get(id)?.nonce,
+                nonce: self.conns.get(id)?.link.nonce,
             }),
             Ctl::Auth => {
                 let c = self.conns.get(id)?;
                 let key = self.config.swarm_key?;
-                let theirs = c.hello?.nonce;
+                let theirs = c.link.hello?.nonce;
                 Message::Auth {
-                    proof: key.prove(c.side(), &c.nonce, &theirs),
+                    proof: key.prove(c.side(), &c.link.nonce, &theirs),
                 }
             }
             Ctl::Refused(reason) => Message::Refused(reason),
@@ -146,13 +154,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// The id of the file connection `id` is about.
-    fn conn_file(&self, id: ConnId) -> Option<FileId> {
+    pub(super) fn conn_file(&self, id: ConnId) -> Option<FileId> {
         let slot = self.conns.get(id)?.file?;
         Some(self.files[slot as usize].as_ref()?.id)
     }
 
     /// A `Have` for the tracker: newly verified chunks of any file it lists.
-    fn tracker_have(&mut self) -> Option<Message> {
+    pub(super) fn tracker_have(&mut self) -> Option<Message> {
         self.registered?;
         for slot in 0..F as u16 {
             let Some(f) = self.files[slot as usize].as_mut() else {
@@ -170,7 +178,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// For a peer connection: a `Have`, else a request, else a block to serve.
-    fn peer_data(&mut self, id: ConnId) -> Option<(Message, Option<StorageSend>)> {
+    pub(super) fn peer_data(&mut self, id: ConnId) -> Option<(Message, Option<StorageSend>)> {
         let now = self.now;
         let c = self.conns.get(id)?;
         let slot = c.file?;
@@ -208,42 +216,5 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             len: u64::from(b.len),
         };
         Some((Message::Block(b.in_file(file)), Some(then)))
-    }
-}
-
-impl HaveCursor {
-    /// The next batch of held chunks this reader has not been told about, or `None`.
-    pub(super) fn next<const W: usize>(
-        &mut self,
-        have: &crate::bitmap::ChunkBitmap<W>,
-        log: &super::HaveLog,
-    ) -> Option<Vec<ChunkRange, MAX_RANGES>> {
-        if let Some(from) = self.full_from {
-            let mut ranges: Vec<ChunkRange, MAX_RANGES> = Vec::new();
-            let mut at = from;
-            while let Some(r) = have.next_range(at) {
-                if ranges.push(r).is_err() {
-                    break;
-                }
-                at = r.end;
-            }
-            self.full_from = if ranges.is_full() { Some(at) } else { None };
-            return (!ranges.is_empty()).then_some(ranges);
-        }
-        if self.seq >= log.end() {
-            return None;
-        }
-        match log.since(self.seq) {
-            Some((ranges, next)) => {
-                self.seq = next;
-                Some(ranges)
-            }
-            None => {
-                // Fell out of the log: tell everything again.
-                self.seq = log.end();
-                self.full_from = Some(0);
-                self.next(have, log)
-            }
-        }
     }
 }

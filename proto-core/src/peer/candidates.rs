@@ -1,0 +1,179 @@
+//! Candidates and reputation: holders to dial (a random sample, dialled at random, with backoff
+//! after failures), strikes against remotes that misbehave or send bad chunks, and bans.
+
+use super::*;
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Candidate {
+    pub(super) slot: u16,
+    pub(super) peer: PeerEntry,
+    pub(super) retry_at: Instant,
+    pub(super) failures: u8,
+    pub(super) conn: Option<ConnId>,
+}
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+    pub(super) fn misbehaved(&mut self, id: ConnId, offence: Offence) {
+        let Some(c) = self.conns.get(id) else {
+            return;
+        };
+        let addr = c.listen_addr();
+        let node = c.link.hello.map(|h| h.node);
+        self.event(PeerEvent::Misbehaved { addr, offence });
+        if let Some(node) = node {
+            self.strike(node, addr);
+        }
+        self.close_now(id);
+    }
+
+    /// One strike against a remote; at `ban_after` strikes it is banned.
+    pub(super) fn strike(&mut self, node: NodeId, addr: SocketAddr) {
+        let ban_after = self.config.ban_after;
+        let entry = self
+            .reputation
+            .iter_mut()
+            .find(|(n, a, _)| *n == node || *a == addr);
+        let strikes = match entry {
+            Some(e) => {
+                e.2 = e.2.saturating_add(1);
+                e.2
+            }
+            None => {
+                if self.reputation.is_full() {
+                    self.reputation.pop_front();
+                }
+                let _ = self.reputation.push_back((node, addr, 1));
+                1
+            }
+        };
+        if strikes == ban_after {
+            self.event(PeerEvent::PeerBanned { node, addr });
+            let ids: Vec<ConnId, C> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| {
+                    c.link.hello.is_some_and(|h| h.node == node) || c.listen_addr() == addr
+                })
+                .map(|(id, _)| id)
+                .collect();
+            for id in ids {
+                self.close_now(id);
+            }
+        }
+    }
+
+    pub(super) fn banned(&self, node: NodeId, addr: SocketAddr) -> bool {
+        self.reputation
+            .iter()
+            .any(|(n, a, s)| (*n == node || *a == addr) && *s >= self.config.ban_after)
+    }
+
+    /// Open connections to holders of files being fetched, up to the per-file limit.
+    ///
+    /// Each new connection goes to a candidate chosen uniformly among those eligible: the
+    /// tracker lists holders in the same order for everyone, and taking them in that order
+    /// would pile every fetcher onto the first few.
+    pub(super) fn connect_candidates(&mut self) {
+        while !self.leaving {
+            // Keep one slot for the tracker and one for a peer that connects to us.
+            if self.conns.iter().count() + 2 > C {
+                return;
+            }
+            let eligible: Vec<usize, C> = (0..C).filter(|&i| self.can_dial(i)).collect();
+            if eligible.is_empty() {
+                return;
+            }
+            let i = eligible[(self.rng.next_u64() % eligible.len() as u64) as usize];
+            let Some(cand) = self.candidates[i] else {
+                return;
+            };
+            let mut conn = Conn::new(
+                Role::Peer { outgoing: true },
+                cand.peer.addr,
+                Phase::Connecting { asked: false },
+                self.now,
+                &mut self.rng,
+            );
+            conn.file = Some(cand.slot);
+            let Ok(id) = self.conns.insert(conn) else {
+                return;
+            };
+            if let Some(c) = self.candidates[i].as_mut() {
+                c.conn = Some(id);
+            }
+        }
+    }
+
+    /// Whether candidate `i` may be dialled now.
+    pub(super) fn can_dial(&self, i: usize) -> bool {
+        let Some(cand) = self.candidates[i] else {
+            return false;
+        };
+        if cand.conn.is_some() || cand.retry_at > self.now {
+            return false;
+        }
+        let wanted = self
+            .file(cand.slot)
+            .is_some_and(|f| f.fetching && f.header().is_some() && !f.have.is_full());
+        // Connections we opened count against the limit: peers that reach us are welcome on
+        // top, and counting them would leave a popular early peer with no say in its
+        // neighbours. But a peer few others chose keeps dialling up to twice the limit in all,
+        // or it would download from fewer sources than the rest and finish last.
+        let ours = |c: &Conn<W>| c.file == Some(cand.slot) && !matches!(c.role, Role::Tracker);
+        let dialed = self
+            .conns
+            .iter()
+            .filter(|(_, c)| ours(c) && c.role == (Role::Peer { outgoing: true }))
+            .count();
+        let all = self.conns.iter().filter(|(_, c)| ours(c)).count();
+        let already = self.conns.iter().any(|(_, c)| {
+            c.file == Some(cand.slot)
+                && (c.link.hello.is_some_and(|h| h.node == cand.peer.node)
+                    || c.listen_addr() == cand.peer.addr)
+        });
+        let max = self.config.max_conns_per_file;
+        wanted
+            && (dialed < max || all < max.saturating_mul(2))
+            && !already
+            && !self.banned(cand.peer.node, cand.peer.addr)
+    }
+
+    pub(super) fn add_candidate(&mut self, slot: u16, peer: PeerEntry) {
+        if peer.node == self.config.node
+            || peer.addr.port() == 0
+            || self.banned(peer.node, peer.addr)
+        {
+            return;
+        }
+        if let Some(c) = self
+            .candidates
+            .iter_mut()
+            .flatten()
+            .find(|c| c.slot == slot && c.peer.node == peer.node)
+        {
+            c.peer.addr = peer.addr;
+            return;
+        }
+        // A full table keeps a random sample: the new holder replaces a random one we are not
+        // connected to. Keeping the first holders seen would give every fetcher the same ones.
+        let free = match self.candidates.iter().position(Option::is_none) {
+            Some(i) => Some(i),
+            None => {
+                let idle: Vec<usize, C> = (0..C)
+                    .filter(|&i| self.candidates[i].is_some_and(|c| c.conn.is_none()))
+                    .collect();
+                let pick = self.rng.next_u64() as usize;
+                (!idle.is_empty()).then(|| idle[pick % idle.len()])
+            }
+        };
+        if let Some(i) = free {
+            self.candidates[i] = Some(Candidate {
+                slot,
+                peer,
+                retry_at: self.now,
+                failures: 0,
+                conn: None,
+            });
+        }
+    }
+}

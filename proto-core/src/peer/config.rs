@@ -1,0 +1,125 @@
+//! What a peer is told: its settings ([`PeerConfig`]) and why a command is refused
+//! ([`CommandError`]).
+
+use core::net::SocketAddr;
+
+use crate::auth::SwarmKey;
+use crate::time::Duration;
+use crate::wire::NodeId;
+
+/// Settings for a [`Peer`].
+#[derive(Clone, Copy, Debug)]
+pub struct PeerConfig {
+    /// This peer's node id.
+    pub node: NodeId,
+    /// The port this peer accepts connections on (0: it accepts none).
+    pub listen_port: u16,
+    /// The tracker to connect to; `None` for a peer that only talks to peers it is given.
+    pub tracker: Option<SocketAddr>,
+    /// Register with the tracker (join the active peer list). A peer that only queries the
+    /// tracker (list, locate) sets this to false. Default true.
+    pub register: bool,
+    /// Seed for the random choices (tie-breaks, jitter, handshake nonces); a simulation is
+    /// reproducible by it. With a swarm key it must come from an entropy source.
+    pub rng_seed: u64,
+    /// The swarm key, if this swarm uses one: every connection (tracker and peers) must prove
+    /// it before anything else is sent or taken (see [`crate::auth`]). Default `None`.
+    pub swarm_key: Option<SwarmKey>,
+    /// Bytes asked for in one block request. Default 64 KiB.
+    pub block_len: u32,
+    /// Connections served at once. Default 16.
+    pub upload_slots: usize,
+    /// Upload limit in bytes per second; `None` for no limit.
+    pub upload_rate: Option<u64>,
+    /// Connections this peer opens per file being fetched (others may connect to it on top).
+    /// Default 8.
+    pub max_conns_per_file: usize,
+    /// Most bytes asked for and not yet received on one connection. Default 4 MiB.
+    pub max_in_flight: u32,
+    /// How often connections are pinged. Default 5 s.
+    pub ping_interval: Duration,
+    /// Pings in a row left unanswered before a connection is dropped. Default 3.
+    pub max_missed_pings: u8,
+    /// How long a connection may leave requests unanswered before its work moves elsewhere.
+    /// Default 5 s.
+    pub stall_timeout: Duration,
+    /// How often holders are looked up again while fetching. Default 3 s.
+    pub locate_interval: Duration,
+    /// Give up a fetch that has been stuck this long (no manifest, or chunks no one holds).
+    /// `None` (the default): wait for a holder for as long as it takes.
+    pub fetch_deadline: Option<Duration>,
+    /// Bad chunks from one peer before it is banned. Default 2.
+    pub ban_after: u8,
+    /// First delay before reconnecting to the tracker; doubled on each failure. Default 1 s.
+    pub reconnect_min: Duration,
+    /// Longest delay between reconnection attempts. Default 30 s.
+    pub reconnect_max: Duration,
+}
+
+impl PeerConfig {
+    /// Defaults for a peer with this node id, listen port and tracker.
+    pub fn new(node: NodeId, listen_port: u16, tracker: Option<SocketAddr>) -> Self {
+        PeerConfig {
+            node,
+            listen_port,
+            tracker,
+            register: true,
+            rng_seed: u64::from_le_bytes([
+                node.0[0], node.0[1], node.0[2], node.0[3], node.0[4], node.0[5], node.0[6],
+                node.0[7],
+            ]),
+            swarm_key: None,
+            block_len: 64 * 1024,
+            upload_slots: 16,
+            upload_rate: None,
+            max_conns_per_file: 8,
+            max_in_flight: 4 << 20,
+            ping_interval: Duration::from_secs(5),
+            max_missed_pings: 3,
+            stall_timeout: Duration::from_secs(5),
+            locate_interval: Duration::from_secs(3),
+            fetch_deadline: None,
+            ban_after: 2,
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a command was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CommandError {
+    /// The file table is full.
+    TooManyFiles,
+    /// The file is already shared or being fetched, in this slot.
+    AlreadyPresent(u16),
+    /// The file has more chunks than this peer can track.
+    TooManyChunks {
+        /// The most this peer can track.
+        max: u32,
+    },
+    /// The request needs the tracker and the peer is not connected to one.
+    NoTracker,
+    /// No such slot.
+    NoSuchSlot,
+}
+
+impl core::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CommandError::TooManyFiles => f.write_str("too many files at once for this peer"),
+            CommandError::AlreadyPresent(_) => {
+                f.write_str("that file is already shared or being fetched")
+            }
+            CommandError::TooManyChunks { max } => write!(
+                f,
+                "the file has more than {max} chunks; share it with a larger chunk size"
+            ),
+            CommandError::NoTracker => f.write_str("not connected to a tracker"),
+            CommandError::NoSuchSlot => f.write_str("no such file slot"),
+        }
+    }
+}
+
+impl core::error::Error for CommandError {}

@@ -1,0 +1,370 @@
+//! Per-connection state: what a peer keeps for each connection beside its [`Link`] (the
+//! control queue, the request pipeline, the serve queue, the remote's chunks), and the one
+//! teardown path every closing connection goes through.
+
+use super::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    Tracker,
+    Peer { outgoing: bool },
+}
+
+/// A control frame waiting to be sent; rendered when polled.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Ctl {
+    Hello,
+    /// Our swarm-key proof, made from the connection's nonces when sent.
+    Auth,
+    Refused(Refusal),
+    Register,
+    Ping(u32),
+    Pong(u32),
+    Leave,
+    Publish(u16),
+    GetManifest(FileId),
+    Locate(FileId),
+    ListFiles,
+    Bitfield(u16),
+    /// An empty `Have` to the tracker: we fetch this file and take connections for it.
+    Join(u16),
+    NotFound(FileId),
+    Manifest(u16),
+    Reject(Blk, RejectReason),
+    Cancel(Blk),
+}
+
+/// A block of the file its connection is about. Queues keep these rather than [`BlockRef`]s:
+/// the file id is the connection's, and leaving it out more than halves every queue entry
+/// (which is most of a small peer's RAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Blk {
+    pub(super) chunk: u32,
+    pub(super) offset: u32,
+    pub(super) len: u32,
+}
+
+impl Blk {
+    pub(super) fn of(b: &BlockRef) -> Self {
+        Blk {
+            chunk: b.chunk,
+            offset: b.offset,
+            len: b.len,
+        }
+    }
+
+    pub(super) fn in_file(self, file: FileId) -> BlockRef {
+        BlockRef {
+            file,
+            chunk: self.chunk,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Req {
+    pub(super) block: Blk,
+    pub(super) sent: Option<Instant>,
+}
+
+/// Where the body after the current message goes.
+pub(super) enum Sink {
+    None,
+    /// Block payload: into the in-flight chunk `active` (if accepted) at `file_offset`.
+    Block {
+        active: Option<usize>,
+        slot: u16,
+        chunk: u32,
+        file_offset: u64,
+    },
+    /// A bitfield: byte `pos` is next.
+    Bitfield {
+        pos: u32,
+    },
+    /// Manifest hashes for `slot`, checked against its id as they stream.
+    Hashes {
+        slot: u16,
+        hasher: FileIdHasher,
+        offset: u64,
+    },
+}
+
+pub(super) struct Conn<const W: usize> {
+    pub(super) link: Link,
+    pub(super) role: Role,
+    pub(super) sink: Sink,
+    /// The file this peer connection is about.
+    pub(super) file: Option<u16>,
+    pub(super) ctl: Deque<Ctl, CTL_QUEUE>,
+    pub(super) reqs: Deque<Req, REQ_QUEUE>,
+    pub(super) serve: Deque<Blk, SERVE_QUEUE>,
+    pub(super) remote_has: ChunkBitmap<W>,
+    pub(super) bitfield_in: bool,
+    pub(super) bitfield_out: bool,
+    /// Our bitfield body being sent: slot and next byte.
+    pub(super) bitfield_body: Option<(u16, u32)>,
+    /// What this remote has been told of our chunks.
+    pub(super) have: HaveCursor,
+    pub(super) rate: RateMeter,
+    pub(super) rtt: Option<Duration>,
+    /// No new work before this (after a stall or a busy answer).
+    pub(super) pause_until: Instant,
+    pub(super) upload_slot: bool,
+    pub(super) last_served: Instant,
+    /// Block bytes received that were never asked for (beyond `cancelled`).
+    pub(super) unsolicited: u64,
+    /// Bytes of requests we cancelled after sending: their blocks may still come, honestly.
+    pub(super) cancelled: u64,
+}
+
+impl<const W: usize> HasLink for Conn<W> {
+    fn link(&self) -> &Link {
+        &self.link
+    }
+    fn link_mut(&mut self) -> &mut Link {
+        &mut self.link
+    }
+}
+
+impl<const W: usize> Conn<W> {
+    /// A connection with a fresh handshake nonce from `rng`.
+    pub(super) fn new(
+        role: Role,
+        remote: SocketAddr,
+        phase: Phase,
+        now: Instant,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Self {
+        let nonce = auth::nonce(rng);
+        Conn {
+            link: Link::new(
+                remote,
+                phase,
+                MAX_CHUNKS as u64 * HASH_LEN as u64,
+                nonce,
+                now,
+            ),
+            role,
+            sink: Sink::None,
+            file: None,
+            ctl: Deque::new(),
+            reqs: Deque::new(),
+            serve: Deque::new(),
+            remote_has: ChunkBitmap::new(0).unwrap_or_else(|_| unreachable_bitmap()),
+            bitfield_in: false,
+            bitfield_out: false,
+            bitfield_body: None,
+            have: HaveCursor {
+                seq: 0,
+                full_from: None,
+            },
+            rate: RateMeter::new(now),
+            rtt: None,
+            pause_until: now,
+            upload_slot: false,
+            last_served: now,
+            unsolicited: 0,
+            cancelled: 0,
+        }
+    }
+
+    pub(super) fn is_open(&self) -> bool {
+        self.link.is_open()
+    }
+
+    /// Our side of the swarm-key handshake.
+    pub(super) fn side(&self) -> Side {
+        match self.role {
+            Role::Tracker | Role::Peer { outgoing: true } => Side::Opener,
+            Role::Peer { outgoing: false } => Side::Acceptor,
+        }
+    }
+
+    /// The listen address of the remote, as others would reach it.
+    pub(super) fn listen_addr(&self) -> SocketAddr {
+        match (self.role, self.link.hello) {
+            (Role::Peer { outgoing: false }, Some(h)) => {
+                SocketAddr::new(self.link.remote.ip(), h.listen_port)
+            }
+            _ => self.link.remote,
+        }
+    }
+
+    pub(super) fn in_flight_bytes(&self) -> u64 {
+        self.reqs.iter().map(|r| u64::from(r.block.len)).sum()
+    }
+}
+
+/// `ChunkBitmap::new(0)` cannot fail (0 chunks fit any capacity); this keeps the proof in one
+/// place without an `unwrap`.
+pub(super) fn unreachable_bitmap<const W: usize>() -> ChunkBitmap<W> {
+    loop {
+        if let Ok(b) = ChunkBitmap::new(0) {
+            return b;
+        }
+    }
+}
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+    /// The connections about `slot`, collected so the caller may change the table.
+    pub(super) fn conns_for(&self, slot: u16) -> Vec<ConnId, C> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.file == Some(slot))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    pub(super) fn file_conns(&self, slot: u16) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| {
+                c.file == Some(slot) && !matches!(c.link.phase, Phase::Closing | Phase::Closed)
+            })
+            .count()
+    }
+
+    /// Forget a connection whose socket is gone: its work moves elsewhere.
+    pub(super) fn forget_conn(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get(id) else {
+            return;
+        };
+        let (role, file, addr, opened) = (
+            c.role,
+            c.file,
+            c.listen_addr(),
+            c.bitfield_in || c.bitfield_out,
+        );
+        self.release_work(id, false);
+        if let Some(c) = self.conns.get_mut(id) {
+            if c.upload_slot {
+                c.upload_slot = false;
+                self.slots_used -= 1;
+            }
+        }
+        self.conns.remove(id);
+        match role {
+            Role::Tracker => {
+                self.tracker = None;
+                if self.registered.take().is_some() || !self.leaving {
+                    self.event(PeerEvent::TrackerLost);
+                }
+                let jitter = self.rng.next_u64() % (self.tracker_backoff.total_micros() / 4 + 1);
+                self.tracker_retry_at =
+                    self.now + self.tracker_backoff + Duration::from_micros(jitter);
+                self.tracker_backoff =
+                    (self.tracker_backoff.saturating_mul(2)).min(self.config.reconnect_max);
+            }
+            Role::Peer { .. } => {
+                for cand in self.candidates.iter_mut().flatten() {
+                    if cand.conn == Some(id) {
+                        cand.conn = None;
+                        cand.failures = cand.failures.saturating_add(1);
+                        let backoff =
+                            Duration::from_secs(1).saturating_mul(1 << cand.failures.min(5));
+                        cand.retry_at = self.now + backoff;
+                    }
+                }
+                if let (Some(slot), true) = (file, opened) {
+                    self.event(PeerEvent::PeerLost { slot, addr });
+                }
+            }
+        }
+    }
+
+    pub(super) fn close_now(&mut self, id: ConnId) {
+        self.release_work(id, false);
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.upload_slot {
+            c.upload_slot = false;
+            self.slots_used -= 1;
+        }
+        if matches!(c.link.phase, Phase::Connecting { asked: false }) {
+            // The adapter never heard of it.
+            self.forget_conn(id);
+            return;
+        }
+        let was_tracker = c.role == Role::Tracker;
+        c.link.phase = Phase::Closed;
+        c.ctl.clear();
+        c.serve.clear();
+        if was_tracker {
+            self.tracker = None;
+            self.registered = None;
+            if !self.leaving {
+                self.tracker_retry_at = self.now + self.tracker_backoff;
+                self.tracker_backoff =
+                    (self.tracker_backoff.saturating_mul(2)).min(self.config.reconnect_max);
+                self.event(PeerEvent::TrackerLost);
+            }
+        } else {
+            let file = c.file;
+            let addr = c.listen_addr();
+            let opened = c.bitfield_in;
+            for cand in self.candidates.iter_mut().flatten() {
+                if cand.conn == Some(id) {
+                    cand.conn = None;
+                    cand.retry_at = self.now + Duration::from_secs(2);
+                }
+            }
+            if let (Some(slot), true) = (file, opened) {
+                self.event(PeerEvent::PeerLost { slot, addr });
+            }
+        }
+    }
+
+    pub(super) fn close_after_flush(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.link.phase = if c.ctl.is_empty() {
+                Phase::Closed
+            } else {
+                Phase::Closing
+            };
+        }
+    }
+
+    pub(super) fn check_handshakes(&mut self, now: Instant) {
+        for id in self.conns.late_handshakes(now) {
+            self.close_now(id);
+        }
+    }
+
+    pub(super) fn ping_round(&mut self, now: Instant) {
+        self.next_ping = now + self.config.ping_interval;
+        let max = self.config.max_missed_pings;
+        let dead = self.conns.ping_round(max, &mut self.ping_nonce, |c, n| {
+            c.ctl.push_back(Ctl::Ping(n)).is_ok()
+        });
+        for id in dead {
+            self.close_now(id);
+        }
+    }
+
+    pub(super) fn release_idle_slots(&mut self, now: Instant) {
+        for (_, c) in self.conns.iter_mut() {
+            if c.upload_slot && c.serve.is_empty() && now - c.last_served >= SLOT_IDLE {
+                c.upload_slot = false;
+                self.slots_used -= 1;
+            }
+        }
+    }
+
+    pub(super) fn ctl(&mut self, id: ConnId, ctl: Ctl) {
+        if let Some(c) = self.conns.get_mut(id) {
+            // Remote-driven replies are bounded by backpressure in handle_recv (a full queue
+            // stops reading); our own control frames are few. A frame that still does not fit
+            // is one we can do without (a ping, a cancel) or will redo on the next tick.
+            let _ = c.ctl.push_back(ctl);
+        }
+    }
+
+    /// The slot of `file` if it is what connection `id` is about.
+    pub(super) fn conn_slot(&self, id: ConnId, file: &FileId) -> Option<u16> {
+        let slot = self.conns.get(id)?.file?;
+        (self.file(slot)?.id == *file).then_some(slot)
+    }
+}

@@ -1,0 +1,215 @@
+//! What a peer tells its user: [`PeerEvent`], with [`Progress`], [`FetchFailure`] and the
+//! [`Offence`]s a remote can commit.
+
+use core::net::SocketAddr;
+
+use crate::manifest::ManifestHeader;
+use crate::wire::{
+    ChunkRange, FileEntry, FileId, FrameError, HolderItem, NodeId, PublishRefusal, Refusal,
+};
+
+/// Where a download stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Progress {
+    /// The file slot.
+    pub slot: u16,
+    /// Verified chunks.
+    pub chunks_done: u32,
+    /// All chunks.
+    pub chunks_total: u32,
+    /// Verified bytes.
+    pub bytes_done: u64,
+    /// The file size.
+    pub bytes_total: u64,
+    /// Download rate in bytes per second.
+    pub rate: u64,
+    /// Peer connections open for this file.
+    pub peers: u16,
+}
+
+/// Why a fetch was given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FetchFailure {
+    /// No manifest for the id arrived before the deadline (the tracker does not know it).
+    ManifestNotFound,
+    /// Some chunks had no online holder until the deadline.
+    Unavailable {
+        /// How many chunks were missing.
+        missing: u32,
+    },
+    /// The file has more chunks than this peer can track.
+    TooManyChunks {
+        /// The most this peer can track.
+        max: u32,
+    },
+    /// Storage failed (disk full, flash error).
+    Storage,
+}
+
+/// What happened, for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum PeerEvent {
+    /// Registered with the tracker, which recorded this address for us.
+    Registered {
+        /// The recorded address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+    },
+    /// The tracker answered our hello: queries ([`Peer::list_files`], [`Peer::locate`]) can
+    /// be sent now.
+    TrackerReady,
+    /// The tracker connection ended (or could not be made); retrying with backoff.
+    TrackerLost,
+    /// The tracker refused to register us; retrying with backoff.
+    TrackerRefused(Refusal),
+    /// A new active peer list arrived from the tracker ([`Peer::peers`]).
+    PeerList {
+        /// Peers in it.
+        count: u16,
+    },
+    /// The tracker listed a shared file.
+    Published {
+        /// The file.
+        file: FileId,
+    },
+    /// The tracker refused to list a shared file.
+    PublishRefused {
+        /// The file.
+        file: FileId,
+        /// Why.
+        reason: PublishRefusal,
+    },
+    /// One file of an answer to [`Peer::list_files`].
+    FileListed(FileEntry),
+    /// End of an answer to [`Peer::list_files`].
+    FileListEnd {
+        /// Files listed.
+        count: u16,
+    },
+    /// One holder in an answer to [`Peer::locate`].
+    Holder(HolderItem),
+    /// End of an answer to [`Peer::locate`].
+    LocateEnd {
+        /// The file.
+        file: FileId,
+        /// Holders sent.
+        holders: u16,
+    },
+    /// The tracker does not know this file (an answer to a locate or a manifest request).
+    NotFound {
+        /// The file.
+        file: FileId,
+    },
+    /// A fetch has its manifest: its hashes are stored and match the file id.
+    ManifestReceived {
+        /// The slot.
+        slot: u16,
+        /// The file id the manifest was checked against.
+        file: FileId,
+        /// The header; the adapter can now create the output.
+        header: ManifestHeader,
+    },
+    /// A manifest did not match its file id and was discarded; it will be asked for again.
+    ManifestRejected {
+        /// The slot.
+        slot: u16,
+    },
+    /// A chunk arrived whole and matched its hash: it is held and served from now on.
+    ChunkVerified {
+        /// The slot.
+        slot: u16,
+        /// The chunk.
+        chunk: u32,
+    },
+    /// A chunk did not match its hash and was discarded; it will be fetched again.
+    ChunkRejected {
+        /// The slot.
+        slot: u16,
+        /// The chunk.
+        chunk: u32,
+        /// The peer that sent (the first bytes of) it.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        from: SocketAddr,
+    },
+    /// Download progress, after each verified chunk.
+    Progress(Progress),
+    /// A peer connection for a file opened.
+    PeerConnected {
+        /// The slot.
+        slot: u16,
+        /// The peer's address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+    },
+    /// A peer connection for a file ended.
+    PeerLost {
+        /// The slot.
+        slot: u16,
+        /// The peer's address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+    },
+    /// A peer sent too many bad chunks and is banned.
+    PeerBanned {
+        /// Its node id.
+        node: NodeId,
+        /// Its address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+    },
+    /// A peer connection failed the swarm-key handshake and was closed: the two ends do not
+    /// share the same swarm key.
+    SwarmKeyMismatch {
+        /// The remote's address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+        /// True when the remote refused us, false when we refused the remote.
+        by_remote: bool,
+    },
+    /// A remote broke the protocol and was disconnected.
+    Misbehaved {
+        /// Its address.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addr: SocketAddr,
+        /// What it did.
+        offence: Offence,
+    },
+    /// Some chunks have no online holder; the fetch waits for one (see [`Peer::missing`]).
+    Unavailable {
+        /// The slot.
+        slot: u16,
+        /// Chunks no one online holds.
+        missing: u32,
+        /// The first missing range.
+        first: ChunkRange,
+    },
+    /// Every chunk is verified; the file is now shared.
+    FileComplete {
+        /// The slot.
+        slot: u16,
+    },
+    /// A fetch was given up; the slot is free again.
+    FetchFailed {
+        /// The slot.
+        slot: u16,
+        /// Why.
+        reason: FetchFailure,
+    },
+}
+
+/// A protocol violation by a remote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Offence {
+    /// Its bytes did not decode.
+    Frame(FrameError),
+    /// A message not allowed now.
+    Unexpected,
+    /// A chunk range or bitfield that does not fit the file.
+    BadRange,
+    /// Too many block bytes that were never asked for.
+    Unsolicited,
+}

@@ -1,0 +1,446 @@
+//! Files: the file table, what each file tells the tracker and its connections (the have log
+//! and cursors), the periodic work of a fetch (locate, ask for the manifest, report what no one
+//! holds, give up at the deadline), and manifest intake (hashes streamed to storage and checked
+//! against the file id).
+
+use super::*;
+
+/// The chunks verified lately, so each connection (and the tracker) can be told in batches.
+/// A reader that falls behind the log gets the whole bitfield again.
+pub(super) struct HaveLog {
+    pub(super) entries: Deque<u32, HAVE_LOG>,
+    /// Sequence number of `entries[0]`.
+    pub(super) head: u64,
+}
+
+impl HaveLog {
+    pub(super) fn end(&self) -> u64 {
+        self.head + self.entries.len() as u64
+    }
+
+    pub(super) fn push(&mut self, chunk: u32) {
+        if self.entries.is_full() {
+            self.entries.pop_front();
+            self.head += 1;
+        }
+        // Room was made just above.
+        let _ = self.entries.push_back(chunk);
+    }
+
+    /// Ranges of the chunks logged from `seq` on (merged where adjacent), and the sequence
+    /// number after them; `None` if `seq` fell out of the log.
+    pub(super) fn since(&self, seq: u64) -> Option<(Vec<ChunkRange, MAX_RANGES>, u64)> {
+        if seq < self.head {
+            return None;
+        }
+        let mut ranges: Vec<ChunkRange, MAX_RANGES> = Vec::new();
+        let mut next = seq;
+        for &c in self.entries.iter().skip((seq - self.head) as usize) {
+            match ranges.last_mut() {
+                Some(r) if r.end == c => r.end += 1,
+                _ => {
+                    if ranges
+                        .push(ChunkRange {
+                            start: c,
+                            end: c + 1,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+            next += 1;
+        }
+        Some((ranges, next))
+    }
+}
+
+/// How far one reader (the tracker, or a peer connection) has been told about our chunks: up
+/// to `seq` in the have log, or, after falling behind it, everything held from `full_from` on.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct HaveCursor {
+    pub(super) seq: u64,
+    pub(super) full_from: Option<u32>,
+}
+
+// No allocator to box the header into; one per file slot either way.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum ManifestState {
+    /// Not yet known: asked of the tracker at `asked` (if it was).
+    Wanted {
+        asked: Option<Instant>,
+    },
+    Known(ManifestHeader),
+}
+
+pub(super) struct File<const W: usize> {
+    pub(super) id: FileId,
+    pub(super) manifest: ManifestState,
+    /// Being fetched (else shared whole).
+    pub(super) fetching: bool,
+    pub(super) have: ChunkBitmap<W>,
+    /// Chunks with an in-flight record.
+    pub(super) busy: ChunkBitmap<W>,
+    pub(super) log: HaveLog,
+    /// The tracker lists this file (a `NotFound` for it clears this until a locate finds it).
+    pub(super) tracker_knows: bool,
+    /// What the tracker has been told of our chunks of this file.
+    pub(super) tracker: HaveCursor,
+    pub(super) publish_pending: bool,
+    pub(super) next_locate: Instant,
+    /// Delay before the next locate: starts short so a new swarm finds itself quickly, then
+    /// doubles up to `locate_interval`.
+    pub(super) locate_backoff: Duration,
+    pub(super) located: bool,
+    pub(super) unavailable_since: Option<Instant>,
+    pub(super) unavailable_reported: u32,
+    pub(super) started: Instant,
+    pub(super) bytes_done: u64,
+    pub(super) rate: RateMeter,
+    pub(super) user_locate: bool,
+}
+
+impl<const W: usize> File<W> {
+    pub(super) fn header(&self) -> Option<&ManifestHeader> {
+        match &self.manifest {
+            ManifestState::Known(h) => Some(h),
+            ManifestState::Wanted { .. } => None,
+        }
+    }
+
+    pub(super) fn complete(&self) -> bool {
+        self.header().is_some() && self.have.is_full()
+    }
+}
+
+/// Bytes of the held chunks of a file.
+pub(super) fn held_bytes<const W: usize>(f: &File<W>) -> u64 {
+    let Some(h) = f.header() else {
+        return 0;
+    };
+    let mut bytes = 0;
+    let mut from = 0;
+    while let Some(r) = f.have.next_range(from) {
+        bytes += (r.start..r.end)
+            .map(|c| u64::from(h.chunk_len(c)))
+            .sum::<u64>();
+        from = r.end;
+    }
+    bytes
+}
+
+impl HaveCursor {
+    /// The next batch of held chunks this reader has not been told about, or `None`.
+    pub(super) fn next<const W: usize>(
+        &mut self,
+        have: &crate::bitmap::ChunkBitmap<W>,
+        log: &super::HaveLog,
+    ) -> Option<Vec<ChunkRange, MAX_RANGES>> {
+        if let Some(from) = self.full_from {
+            let mut ranges: Vec<ChunkRange, MAX_RANGES> = Vec::new();
+            let mut at = from;
+            while let Some(r) = have.next_range(at) {
+                if ranges.push(r).is_err() {
+                    break;
+                }
+                at = r.end;
+            }
+            self.full_from = if ranges.is_full() { Some(at) } else { None };
+            return (!ranges.is_empty()).then_some(ranges);
+        }
+        if self.seq >= log.end() {
+            return None;
+        }
+        match log.since(self.seq) {
+            Some((ranges, next)) => {
+                self.seq = next;
+                Some(ranges)
+            }
+            None => {
+                // Fell out of the log: tell everything again.
+                self.seq = log.end();
+                self.full_from = Some(0);
+                self.next(have, log)
+            }
+        }
+    }
+}
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+    pub(super) fn bitmap(&self, count: u32) -> Result<ChunkBitmap<W>, CommandError> {
+        ChunkBitmap::new(count).map_err(|_| CommandError::TooManyChunks {
+            max: Self::MAX_FILE_CHUNKS,
+        })
+    }
+
+    pub(super) fn new_file(
+        &mut self,
+        now: Instant,
+        id: FileId,
+        manifest: ManifestState,
+        fetching: bool,
+        have: ChunkBitmap<W>,
+    ) -> Result<u16, CommandError> {
+        self.enter(now);
+        if let Some(slot) = self.slot_of(&id) {
+            return Err(CommandError::AlreadyPresent(slot));
+        }
+        // At most 32 slots: hash discards are tracked in a u32 bitmask.
+        let slot = self
+            .files
+            .iter()
+            .take(32)
+            .position(Option::is_none)
+            .ok_or(CommandError::TooManyFiles)?;
+        let count = have.len();
+        let busy = self.bitmap(count)?;
+        let complete = have.is_full() && matches!(manifest, ManifestState::Known(_));
+        self.files[slot] = Some(File {
+            id,
+            manifest,
+            fetching,
+            have,
+            busy,
+            log: HaveLog {
+                entries: Deque::new(),
+                head: 0,
+            },
+            tracker_knows: true,
+            tracker: HaveCursor {
+                seq: 0,
+                full_from: None,
+            },
+            publish_pending: complete,
+            next_locate: now,
+            locate_backoff: FIRST_LOCATE_DELAY,
+            located: false,
+            unavailable_since: None,
+            unavailable_reported: 0,
+            started: now,
+            bytes_done: 0,
+            rate: RateMeter::new(now),
+            user_locate: false,
+        });
+        let slot = slot as u16;
+        if self.registered.is_some() {
+            self.announce_file(slot);
+        }
+        Ok(slot)
+    }
+
+    /// Chunks of `slot`'s file; 0 while its manifest is unknown.
+    pub(super) fn chunk_count(&self, slot: u16) -> u32 {
+        self.file(slot)
+            .and_then(File::header)
+            .map_or(0, ManifestHeader::chunk_count)
+    }
+
+    pub(super) fn file(&self, slot: u16) -> Option<&File<W>> {
+        self.files.get(slot as usize)?.as_ref()
+    }
+
+    pub(super) fn file_mut(&mut self, slot: u16) -> Option<&mut File<W>> {
+        self.files.get_mut(slot as usize)?.as_mut()
+    }
+
+    pub(super) fn slot_of(&self, id: &FileId) -> Option<u16> {
+        self.files
+            .iter()
+            .position(|f| f.as_ref().is_some_and(|f| f.id == *id))
+            .map(|i| i as u16)
+    }
+
+    /// Whether an open connection for `slot` offers `chunk`.
+    pub(super) fn offered(&self, slot: u16, chunk: u32) -> bool {
+        self.conns.iter().any(|(_, c)| {
+            c.file == Some(slot) && c.is_open() && c.bitfield_in && c.remote_has.get(chunk)
+        })
+    }
+
+    pub(super) fn drop_file(&mut self, slot: u16) {
+        for id in self.conns_for(slot) {
+            self.close_now(id);
+        }
+        for a in self.active.iter_mut() {
+            if a.as_ref().is_some_and(|a| a.slot == slot) {
+                *a = None;
+            }
+        }
+        for cand in self.candidates.iter_mut() {
+            if cand.is_some_and(|c| c.slot == slot) {
+                *cand = None;
+            }
+        }
+        self.files[slot as usize] = None;
+    }
+
+    pub(super) fn fail_fetch(&mut self, slot: u16, reason: FetchFailure) {
+        self.event(PeerEvent::FetchFailed { slot, reason });
+        self.drop_file(slot);
+    }
+
+    /// Periodic work for one file: locate holders, ask for a missing manifest, report chunks
+    /// no one holds, give up at the deadline.
+    pub(super) fn file_tick(&mut self, slot: u16, now: Instant) {
+        let interval = self.config.locate_interval;
+        let deadline = self.config.fetch_deadline;
+        let tracker = self.tracker_open().filter(|_| self.registered.is_some());
+        let Some(f) = self.file_mut(slot) else {
+            return;
+        };
+        if !f.fetching || now < f.next_locate {
+            return;
+        }
+        f.next_locate = now + f.locate_backoff;
+        f.locate_backoff = f.locate_backoff.saturating_mul(2).min(interval);
+        let id = f.id;
+        let started = f.started;
+        match f.manifest.clone() {
+            ManifestState::Wanted { asked } => {
+                if deadline.is_some_and(|d| now - started >= d) {
+                    self.fail_fetch(slot, FetchFailure::ManifestNotFound);
+                    return;
+                }
+                if let Some(t) = tracker {
+                    if asked.is_none_or(|at| now - at >= FIRST_LOCATE_DELAY) {
+                        if let Some(f) = self.file_mut(slot) {
+                            f.manifest = ManifestState::Wanted { asked: Some(now) };
+                        }
+                        self.ctl(t, Ctl::GetManifest(id));
+                    }
+                }
+            }
+            ManifestState::Known(_) => {
+                if let Some(t) = tracker {
+                    self.ctl(t, Ctl::Locate(id));
+                }
+                self.check_unavailable(slot, now);
+            }
+        }
+    }
+
+    pub(super) fn check_unavailable(&mut self, slot: u16, now: Instant) {
+        let mut missing = 0;
+        let mut first = None;
+        let mut from = 0;
+        while let Some(r) = self.missing(slot, from) {
+            missing += r.end - r.start;
+            first.get_or_insert(r);
+            from = r.end;
+        }
+        let connecting = self.conns.iter().any(|(_, c)| {
+            c.file == Some(slot)
+                && matches!(
+                    c.link.phase,
+                    Phase::Connecting { .. } | Phase::Handshake { .. }
+                )
+        });
+        let deadline = self.config.fetch_deadline;
+        let Some(f) = self.file_mut(slot) else {
+            return;
+        };
+        let Some(first) = first.filter(|_| f.located && !connecting) else {
+            if missing == 0 {
+                f.unavailable_since = None;
+                f.unavailable_reported = 0;
+            }
+            return;
+        };
+        let since = *f.unavailable_since.get_or_insert(now);
+        let report = f.unavailable_reported != missing;
+        f.unavailable_reported = missing;
+        if report {
+            self.event(PeerEvent::Unavailable {
+                slot,
+                missing,
+                first,
+            });
+        }
+        if deadline.is_some_and(|d| now - since >= d) {
+            self.fail_fetch(slot, FetchFailure::Unavailable { missing });
+        }
+    }
+
+    pub(super) fn start_manifest(&mut self, id: ConnId, file: FileId, header: ManifestHeader) {
+        let Some(slot) = self.slot_of(&file) else {
+            return;
+        };
+        let wanted = self
+            .file(slot)
+            .is_some_and(|f| matches!(f.manifest, ManifestState::Wanted { .. }));
+        let receiving = self
+            .conns
+            .iter()
+            .any(|(_, c)| matches!(&c.sink, Sink::Hashes { slot: s, .. } if *s == slot));
+        // One manifest streams in at a time; another copy is read past and dropped.
+        if !wanted || receiving || self.pending_header.is_some() {
+            return;
+        }
+        let hasher = FileIdHasher::new(&header);
+        if header.chunk_count() == 0 {
+            self.finish_manifest(slot, hasher, header);
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(id) {
+            c.sink = Sink::Hashes {
+                slot,
+                hasher,
+                offset: 0,
+            };
+        }
+        // Keep the header until the hashes are checked.
+        let now = self.now;
+        if let Some(f) = self.file_mut(slot) {
+            f.manifest = ManifestState::Wanted { asked: Some(now) };
+        }
+        self.pending_header = Some((slot, header));
+    }
+
+    pub(super) fn finish_manifest(
+        &mut self,
+        slot: u16,
+        hasher: FileIdHasher,
+        header: ManifestHeader,
+    ) {
+        let Some(f) = self.file(slot) else {
+            return;
+        };
+        if hasher.finish() != Some(f.id) {
+            self.discard_hashes |= 1 << slot;
+            self.event(PeerEvent::ManifestRejected { slot });
+            return;
+        }
+        let count = header.chunk_count();
+        let (Ok(have), Ok(busy)) = (self.bitmap(count), self.bitmap(count)) else {
+            self.fail_fetch(
+                slot,
+                FetchFailure::TooManyChunks {
+                    max: Self::MAX_FILE_CHUNKS,
+                },
+            );
+            return;
+        };
+        let now = self.now;
+        if let Some(f) = self.file_mut(slot) {
+            f.have = have;
+            f.busy = busy;
+            f.manifest = ManifestState::Known(header.clone());
+            f.next_locate = now;
+            f.locate_backoff = FIRST_LOCATE_DELAY;
+            f.located = false;
+            f.started = now;
+        }
+        if let Some(t) = self.tracker_open().filter(|_| self.registered.is_some()) {
+            self.ctl(t, Ctl::Join(slot));
+        }
+        let file = self.file(slot).map(|f| f.id).unwrap_or_default();
+        self.event(PeerEvent::ManifestReceived { slot, file, header });
+        if count == 0 {
+            self.complete_file(slot);
+        } else {
+            self.file_tick(slot, now);
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The receive path of the peer wire protocol: availability (bitfields and haves), requests
+//! to serve, rejects, and blocks whose payload streams through [`verify`](super::verify)'s
+//! frontier rule to storage.
+
+use super::*;
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+    pub(super) fn on_peer_message(&mut self, id: ConnId, msg: Message) {
+        match msg {
+            Message::Ping(n) => self.ctl(id, Ctl::Pong(n)),
+            Message::Pong(_) => {}
+            Message::Bitfield { file, chunks } => self.on_bitfield(id, file, chunks),
+            Message::Have { file, ranges } => {
+                let Some(slot) = self.conn_slot(id, &file) else {
+                    self.misbehaved(id, Offence::Unexpected);
+                    return;
+                };
+                let count = self.chunk_count(slot);
+                if ranges.iter().any(|r| r.start >= r.end || r.end > count) {
+                    self.misbehaved(id, Offence::BadRange);
+                    return;
+                }
+                let Some(c) = self.conns.get_mut(id) else {
+                    return;
+                };
+                for r in &ranges {
+                    c.remote_has.set_range(*r);
+                }
+                if !c.remote_has.is_full() {
+                    self.prefer_swarm(slot, &ranges);
+                }
+            }
+            Message::Request(b) => self.on_request(id, b),
+            Message::Cancel(b) => {
+                if self.conn_slot(id, &b.file).is_none() {
+                    self.misbehaved(id, Offence::Unexpected);
+                    return;
+                }
+                if let Some(c) = self.conns.get_mut(id) {
+                    retain(&mut c.serve, |s| *s != Blk::of(&b));
+                }
+            }
+            Message::Block(b) => self.on_block(id, b),
+            Message::Reject { block, reason } => self.on_reject(id, block, reason),
+            Message::GetManifest { file } => {
+                let known = self
+                    .slot_of(&file)
+                    .filter(|&s| self.file(s).is_some_and(|f| f.header().is_some()));
+                match known {
+                    Some(slot) => self.ctl(id, Ctl::Manifest(slot)),
+                    None => self.ctl(id, Ctl::NotFound(file)),
+                }
+            }
+            Message::NotFound { .. } => self.close_now(id),
+            Message::Manifest { file, header } => self.start_manifest(id, file, header),
+            // The remote has a swarm key and we have none (or the other way round).
+            Message::Auth { .. } | Message::Refused(Refusal::SwarmKey) => {
+                if let Some(c) = self.conns.get(id) {
+                    let by_remote = matches!(msg, Message::Refused(_));
+                    let addr = c.listen_addr();
+                    if !by_remote {
+                        self.ctl(id, Ctl::Refused(Refusal::SwarmKey));
+                    }
+                    self.event(PeerEvent::SwarmKeyMismatch { addr, by_remote });
+                    self.close_after_flush(id);
+                }
+            }
+            _ => self.misbehaved(id, Offence::Unexpected),
+        }
+    }
+
+    pub(super) fn on_bitfield(&mut self, id: ConnId, file: FileId, chunks: u32) {
+        let Some(c) = self.conns.get(id) else {
+            return;
+        };
+        let incoming = c.role == (Role::Peer { outgoing: false });
+        let slot = match c.file {
+            Some(s) if self.file(s).is_some_and(|f| f.id == file) => s,
+            None if incoming => {
+                let known = self
+                    .slot_of(&file)
+                    .filter(|&s| self.file(s).is_some_and(|f| f.header().is_some()));
+                let Some(s) = known else {
+                    // We do not have (the manifest of) that file.
+                    self.ctl(id, Ctl::NotFound(file));
+                    self.close_after_flush(id);
+                    return;
+                };
+                s
+            }
+            _ => {
+                self.misbehaved(id, Offence::Unexpected);
+                return;
+            }
+        };
+        let count = self.chunk_count(slot);
+        if chunks != count || c.bitfield_in {
+            self.misbehaved(id, Offence::BadRange);
+            return;
+        }
+        // Two connections between the same pair for the same file: keep the one opened by
+        // the lower node id, so both ends agree which one goes.
+        let node = c.link.hello.map(|h| h.node).unwrap_or_default();
+        let outgoing = !incoming;
+        let dup = self.conns.iter().find(|(other, oc)| {
+            *other != id
+                && oc.file == Some(slot)
+                && oc.link.hello.is_some_and(|h| h.node == node)
+                && oc.is_open()
+        });
+        if dup.is_some() {
+            let opener_is_me = outgoing;
+            let keep_this = if opener_is_me {
+                self.config.node < node
+            } else {
+                node < self.config.node
+            };
+            if !keep_this {
+                self.close_now(id);
+                return;
+            }
+            if let Some((other, _)) = dup {
+                self.close_now(other);
+            }
+        }
+        let Ok(bits) = ChunkBitmap::new(count) else {
+            return;
+        };
+        let addr;
+        let mut reply = false;
+        {
+            let Some(c) = self.conns.get_mut(id) else {
+                return;
+            };
+            c.file = Some(slot);
+            c.remote_has = bits;
+            c.sink = Sink::Bitfield { pos: 0 };
+            if !c.bitfield_out {
+                reply = true;
+            }
+            addr = c.listen_addr();
+        }
+        if reply {
+            self.ctl(id, Ctl::Bitfield(slot));
+        }
+        if let Some(c) = self.conns.get_mut(id) {
+            if chunks == 0 {
+                c.sink = Sink::None;
+                c.bitfield_in = true;
+            }
+        }
+        self.event(PeerEvent::PeerConnected { slot, addr });
+    }
+
+    pub(super) fn on_request(&mut self, id: ConnId, b: BlockRef) {
+        let Some(slot) = self.conn_slot(id, &b.file) else {
+            self.misbehaved(id, Offence::Unexpected);
+            return;
+        };
+        let Some(f) = self.file(slot) else {
+            return;
+        };
+        let Some(h) = f.header() else {
+            return;
+        };
+        let chunk_len = h.chunk_len(b.chunk);
+        let reason = if b.chunk >= h.chunk_count()
+            || b.len == 0
+            || u64::from(b.offset) + u64::from(b.len) > u64::from(chunk_len)
+        {
+            Some(RejectReason::OutOfRange)
+        } else if !f.have.get(b.chunk) {
+            Some(RejectReason::NotHeld)
+        } else {
+            None
+        };
+        let b = Blk::of(&b);
+        if let Some(reason) = reason {
+            self.ctl(id, Ctl::Reject(b, reason));
+            return;
+        }
+        let slots = self.config.upload_slots;
+        let free = self.slots_used < slots;
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if !c.upload_slot {
+            if !free {
+                self.ctl(id, Ctl::Reject(b, RejectReason::Busy));
+                return;
+            }
+            c.upload_slot = true;
+            c.last_served = self.now;
+            self.slots_used += 1;
+        }
+        if c.serve.push_back(b).is_err() {
+            // handle_recv stops reading while the queue is full, so this is a remote that
+            // pipelines more than it may: refuse the excess.
+            self.ctl(id, Ctl::Reject(b, RejectReason::Busy));
+        }
+    }
+
+    pub(super) fn on_reject(&mut self, id: ConnId, b: BlockRef, reason: RejectReason) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.file
+            .and_then(|s| self.files[s as usize].as_ref())
+            .map(|f| f.id)
+            != Some(b.file)
+        {
+            return;
+        }
+        retain(&mut c.reqs, |r| r.block != Blk::of(&b));
+        match reason {
+            RejectReason::Busy => c.pause_until = self.now + BUSY_PAUSE,
+            RejectReason::NotHeld | RejectReason::OutOfRange => {
+                c.remote_has.clear(b.chunk);
+            }
+        }
+        if let Some(slot) = c.file {
+            if let Some(i) = self.active_index(slot, b.chunk) {
+                self.release_chunk_from(i, id);
+            }
+        }
+    }
+
+    pub(super) fn on_block(&mut self, id: ConnId, b: BlockRef) {
+        let now = self.now;
+        let Some(slot) = self.conn_slot(id, &b.file) else {
+            self.misbehaved(id, Offence::Unexpected);
+            return;
+        };
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let pos = c
+            .reqs
+            .iter()
+            .position(|r| r.block == Blk::of(&b) && r.sent.is_some());
+        let mut active = None;
+        if let Some(pos) = pos {
+            if pos == 0 {
+                if let Some(sent) = c.reqs.front().and_then(|r| r.sent) {
+                    let sample = now - sent;
+                    c.rtt = Some(c.rtt.map_or(sample, |r| r.min(sample)));
+                }
+            }
+            retain_index(&mut c.reqs, pos);
+            let addr = c.listen_addr();
+            let node = c.link.hello.map(|h| h.node).unwrap_or_default();
+            if let Some(i) = self.active_index(slot, b.chunk) {
+                if let Some(a) = self.active[i].as_mut() {
+                    if a.receiving.is_none() && a.frontier == b.offset && a.digest.is_none() {
+                        a.receiving = Some(id);
+                        a.receiving_end = b.offset + b.len;
+                        if !a.contributors.iter().any(|(c, _, _)| *c == id) {
+                            let _ = a.contributors.push((id, addr, node));
+                        }
+                        active = Some(i);
+                    }
+                }
+            }
+        } else {
+            let excess = u64::from(b.len).saturating_sub(c.cancelled);
+            c.cancelled = c.cancelled.saturating_sub(u64::from(b.len));
+            c.unsolicited += excess;
+            // Blocks asked for and then cancelled may still come; more than that is abuse.
+            if c.unsolicited > 8 * u64::from(self.config.block_len.max(b.len)) {
+                self.misbehaved(id, Offence::Unsolicited);
+                return;
+            }
+        }
+        let file_offset = self
+            .file(slot)
+            .and_then(|f| f.header())
+            .map_or(0, |h| h.chunk_offset(b.chunk) + u64::from(b.offset));
+        if let Some(c) = self.conns.get_mut(id) {
+            c.sink = if b.len == 0 {
+                Sink::None
+            } else {
+                Sink::Block {
+                    active,
+                    slot,
+                    chunk: b.chunk,
+                    file_offset,
+                }
+            };
+        }
+    }
+
+    pub(super) fn on_body<'a>(
+        &mut self,
+        id: ConnId,
+        data: &'a [u8],
+        remaining: u64,
+    ) -> Option<StorageWrite<'a>> {
+        let now = self.now;
+        let c = self.conns.get_mut(id)?;
+        c.rate.add(now, data.len() as u64);
+        let write = match &mut c.sink {
+            Sink::None => None,
+            Sink::Block {
+                active,
+                slot,
+                chunk,
+                file_offset,
+            } => {
+                let offset = *file_offset;
+                *file_offset += data.len() as u64;
+                let (slot, chunk) = (*slot, *chunk);
+                let target = *active;
+                match target.and_then(|i| self.active[i].as_mut()) {
+                    Some(a) if a.receiving == Some(id) && a.chunk == chunk && a.slot == slot => {
+                        a.sha.update(data);
+                        a.frontier += data.len() as u32;
+                        if let Some(f) = self.files[slot as usize].as_mut() {
+                            f.rate.add(now, data.len() as u64);
+                        }
+                        Some(StorageWrite {
+                            key: key(slot, Region::Data),
+                            offset,
+                            data,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            Sink::Bitfield { pos } => {
+                for (k, byte) in data.iter().enumerate() {
+                    let base = (*pos + k as u32) * 8;
+                    for bit in 0..8 {
+                        if byte & (1 << bit) != 0 {
+                            c.remote_has.set(base + bit);
+                        }
+                    }
+                }
+                *pos += data.len() as u32;
+                None
+            }
+            Sink::Hashes {
+                slot,
+                hasher,
+                offset,
+            } => {
+                hasher.update(data);
+                let at = *offset;
+                *offset += data.len() as u64;
+                Some(StorageWrite {
+                    key: key(*slot, Region::Hashes),
+                    offset: at,
+                    data,
+                })
+            }
+        };
+        if remaining == 0 {
+            self.end_body(id);
+        }
+        write
+    }
+
+    pub(super) fn end_body(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        match core::mem::replace(&mut c.sink, Sink::None) {
+            Sink::None => {}
+            Sink::Block { active, chunk, .. } => self.end_block(id, active, chunk),
+            Sink::Bitfield { .. } => {
+                c.bitfield_in = true;
+                let partial = !c.remote_has.is_full();
+                if let (Some(slot), true) = (c.file, partial) {
+                    let all = [ChunkRange {
+                        start: 0,
+                        end: c.remote_has.len(),
+                    }];
+                    self.prefer_swarm(slot, &all);
+                }
+            }
+            Sink::Hashes { slot, hasher, .. } => {
+                if let Some((s, header)) = self.pending_header.take() {
+                    if s == slot {
+                        self.finish_manifest(slot, hasher, header);
+                    }
+                }
+            }
+        }
+    }
+}
