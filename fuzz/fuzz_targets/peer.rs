@@ -7,7 +7,9 @@
 //! - every write lands inside the file, and every request it sends is inside the manifest;
 //! - everything it sends decodes as frames;
 //! - with a swarm key (chosen by the input), a connection whose remote has not sent a good proof
-//!   gets nothing from the peer but its Hello, its own proof (opener) and a refusal.
+//!   gets nothing from the peer but its Hello, its own proof (opener) and a refusal;
+//! - after every step, `Peer::check_invariants` (counters match tables, chunks in flight,
+//!   candidates and the tracker session point at what exists).
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -17,15 +19,17 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
-use proto_core::io::FRAME_BUF_LEN;
-use proto_core::io::{Action, Output};
+use proto_core::io::Action;
 use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
+use proto_core::node::Node;
 use proto_core::peer::{Peer, PeerConfig, PeerEvent};
 use proto_core::storage::Region;
+use proto_core::storage::{Storage, StorageKey};
+use proto_core::testing::{self, frame, Frames, MemStore};
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::{
-    encode_frame, BlockRef, ChunkRange, FileId, FrameDecoder, Hello, HolderItem, Item, Message,
-    NodeId, PeerEntry, RejectReason, PROTOCOL_VERSION,
+    BlockRef, ChunkRange, FileId, Hello, HolderItem, Message, NodeId, PeerEntry, RejectReason,
+    PROTOCOL_VERSION,
 };
 
 const KEY: SwarmKey = SwarmKey([0x4b; 32]);
@@ -159,9 +163,9 @@ struct Net {
     tracker: Option<ConnId>,
     pending: Vec<ConnId>,
     conns: Vec<ConnId>,
-    decoders: HashMap<ConnId, FrameDecoder>,
-    /// What the peer wrote, per slot: hashes and data.
-    written: HashMap<u16, (Vec<u8>, Vec<u8>)>,
+    frames: Frames,
+    /// The peer's storage (proto-core's shared memory store).
+    store: MemStore,
     shared_slot: Option<u16>,
     keyed: bool,
     /// The peer's nonce per connection, from its Hello.
@@ -172,10 +176,8 @@ struct Net {
     proven: HashSet<ConnId>,
 }
 
-fn frame(m: &Message) -> Vec<u8> {
-    let mut buf = [0u8; FRAME_BUF_LEN];
-    let n = encode_frame(m, &mut buf).expect("valid messages encode");
-    buf[..n].to_vec()
+fn key(slot: u16, region: Region) -> StorageKey {
+    StorageKey { slot, region }
 }
 
 impl Net {
@@ -186,134 +188,87 @@ impl Net {
             if rest.is_empty() {
                 break;
             }
-            let r = self.p.handle_recv(self.now, c, rest);
-            assert!(r.consumed <= rest.len());
-            if let Some(w) = r.write {
-                let (hashes, data) = self.written.entry(w.key.slot).or_default();
-                let end = w.offset as usize + w.data.len();
-                let dst = match w.key.region {
-                    Region::Hashes => hashes,
-                    Region::Data => {
-                        assert!(
-                            end as u64 <= k.header.size,
-                            "a write past the end of the file"
-                        );
-                        data
-                    }
-                };
-                if dst.len() < end {
-                    dst.resize(end, 0);
-                }
-                dst[w.offset as usize..end].copy_from_slice(w.data);
-            }
-            rest = &rest[r.consumed..];
+            let (n, _) =
+                self.p
+                    .recv_stored(self.now, c, rest, &mut self.store, &mut |_, e| match e {});
+            assert!(n <= rest.len());
+            rest = &rest[n..];
             self.drain();
-            if r.consumed == 0 {
+            if n == 0 {
                 break;
             }
+        }
+        for slot in 0..2 {
+            assert!(
+                self.store.bytes(key(slot, Region::Data)).len() as u64 <= k.header.size,
+                "a write past the end of the file"
+            );
         }
     }
 
     fn drain(&mut self) {
         let k = known();
-        let mut buf = [0u8; FRAME_BUF_LEN];
-        for _ in 0..10_000 {
-            let out = self.p.poll_output(&mut buf);
-            if let Output::Transmit(tx) = out {
-                let d = self
-                    .decoders
-                    .entry(tx.conn)
-                    .or_insert_with(|| FrameDecoder::new(u64::MAX));
-                let mut bytes = buf[..tx.len].to_vec();
-                if let Some(s) = tx.then {
-                    let src = match s.key.region {
-                        Region::Hashes => &k.hashes,
-                        Region::Data => &k.data,
-                    };
-                    let end = (s.offset + s.len) as usize;
-                    assert!(end <= src.len(), "asks to send past the stored bytes");
-                    bytes.extend_from_slice(&src[s.offset as usize..end]);
+        let d = testing::drain(&mut self.p, self.now, &mut self.store);
+        for a in d.actions {
+            match a {
+                Action::Connect { conn, .. } => {
+                    self.opened_by_peer.insert(conn);
+                    if Some(conn) != self.tracker && self.tracker.is_none() {
+                        self.tracker = Some(conn);
+                    }
+                    self.pending.push(conn);
                 }
-                let mut rest = &bytes[..];
-                while !rest.is_empty() {
-                    let (n, item) = d.decode(rest).expect("the peer's output always decodes");
-                    rest = &rest[n..];
-                    if let Some(Item::Message(Message::Hello(h))) = &item {
-                        self.nonces.insert(tx.conn, h.nonce);
-                    }
-                    if self.keyed && !self.proven.contains(&tx.conn) {
-                        let opener = self.opened_by_peer.contains(&tx.conn);
-                        assert!(
-                            matches!(
-                                &item,
-                                None | Some(Item::Message(Message::Hello(_) | Message::Refused(_)))
-                            ) || (opener
-                                && matches!(&item, Some(Item::Message(Message::Auth { .. })))),
-                            "sent {item:?} to a remote that has not proved the swarm key"
-                        );
-                    }
-                    if let Some(Item::Message(Message::Request(b))) = item {
-                        assert!(
-                            b.chunk < k.header.chunk_count(),
-                            "request past the last chunk"
-                        );
-                        assert!(
-                            b.len > 0 && b.offset + b.len <= k.header.chunk_len(b.chunk),
-                            "request outside its chunk"
-                        );
+                Action::Close(c) => {
+                    self.conns.retain(|x| *x != c);
+                    self.pending.retain(|x| *x != c);
+                    if self.tracker == Some(c) {
+                        self.tracker = None;
                     }
                 }
+                // Carried out on the store by testing::drain.
+                Action::ReadHash { .. } | Action::Discard(_) => {}
             }
-            if let Output::Action(a) = out {
-                match a {
-                    Action::Connect { conn, .. } => {
-                        self.opened_by_peer.insert(conn);
-                        if Some(conn) != self.tracker && self.tracker.is_none() {
-                            self.tracker = Some(conn);
-                        }
-                        self.pending.push(conn);
-                    }
-                    Action::Close(c) => {
-                        self.conns.retain(|x| *x != c);
-                        self.pending.retain(|x| *x != c);
-                        if self.tracker == Some(c) {
-                            self.tracker = None;
-                        }
-                    }
-                    Action::ReadHash { key, chunk } => {
-                        let mut h = [0u8; 32];
-                        let i = chunk as usize * 32;
-                        if let Some(src) = k.hashes.get(i..i + 32) {
-                            h.copy_from_slice(src);
-                        }
-                        self.p.handle_hash(self.now, key.slot, chunk, ChunkHash(h));
-                    }
-                    Action::Discard(key) => {
-                        if let Some((h, _)) = self.written.get_mut(&key.slot) {
-                            h.clear();
-                        }
-                    }
+        }
+        for (conn, bytes) in d.sent {
+            for (m, _) in self.frames.push(conn, &bytes) {
+                if let Message::Hello(h) = &m {
+                    self.nonces.insert(conn, h.nonce);
                 }
-            }
-            if let Output::Event(e) = &out {
-                if let &PeerEvent::ChunkVerified { slot, chunk } = e {
-                    if Some(slot) == self.shared_slot {
-                        continue;
-                    }
-                    let data = self.written.get(&slot).map(|w| &w.1[..]).unwrap_or(&[]);
-                    let start = k.header.chunk_offset(chunk) as usize;
-                    let end = start + k.header.chunk_len(chunk) as usize;
-                    let got = data.get(start..end).map(ChunkHash::of).unwrap_or_default();
-                    let i = chunk as usize * 32;
-                    assert_eq!(
-                        &got.0[..],
-                        &k.hashes[i..i + 32],
-                        "chunk {chunk} reported verified with bytes that do not match"
+                if self.keyed && !self.proven.contains(&conn) {
+                    let opener = self.opened_by_peer.contains(&conn);
+                    assert!(
+                        matches!(&m, Message::Hello(_) | Message::Refused(_))
+                            || (opener && matches!(&m, Message::Auth { .. })),
+                        "sent {m:?} to a remote that has not proved the swarm key"
+                    );
+                }
+                if let Message::Request(b) = m {
+                    assert!(
+                        b.chunk < k.header.chunk_count(),
+                        "request past the last chunk"
+                    );
+                    assert!(
+                        b.len > 0 && b.offset + b.len <= k.header.chunk_len(b.chunk),
+                        "request outside its chunk"
                     );
                 }
             }
-            if let Output::Timeout(_) = out {
-                break;
+        }
+        for e in d.events {
+            if let PeerEvent::ChunkVerified { slot, chunk } = e {
+                if Some(slot) == self.shared_slot {
+                    continue;
+                }
+                let data = self.store.bytes(key(slot, Region::Data));
+                let start = k.header.chunk_offset(chunk) as usize;
+                let end = start + k.header.chunk_len(chunk) as usize;
+                let got = data.get(start..end).map(ChunkHash::of).unwrap_or_default();
+                let i = chunk as usize * 32;
+                assert_eq!(
+                    &got.0[..],
+                    &k.hashes[i..i + 32],
+                    "chunk {chunk} reported verified with bytes that do not match"
+                );
             }
         }
     }
@@ -370,8 +325,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
         tracker: None,
         pending: Vec::new(),
         conns: Vec::new(),
-        decoders: HashMap::new(),
-        written: HashMap::new(),
+        frames: Frames::default(),
+        store: MemStore::default(),
         shared_slot: None,
         keyed,
         nonces: HashMap::new(),
@@ -388,6 +343,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
             Op::Share => {
                 if let Ok(s) = net.p.share(net.now, k.id, k.header.clone()) {
                     net.shared_slot = Some(s);
+                    net.store.set(key(s, Region::Hashes), &k.hashes);
+                    net.store.set(key(s, Region::Data), &k.data);
                 }
                 net.drain();
             }
@@ -588,11 +545,14 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
             Op::Cancel => {
                 for slot in 0..2 {
                     let _ = net.p.cancel(net.now, slot);
-                    net.written.remove(&slot);
+                    net.store.discard(key(slot, Region::Hashes));
+                    net.store.discard(key(slot, Region::Data));
                 }
                 net.shared_slot = None;
                 net.drain();
             }
         }
+        // Counters match their tables, cross-references hold (see check_invariants).
+        net.p.check_invariants();
     }
 });

@@ -15,11 +15,14 @@ use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
 use proto_core::io::{Action, Output, FRAME_BUF_LEN};
 use proto_core::manifest::{FileIdHasher, ManifestHeader};
+use proto_core::node::Node;
+use proto_core::storage::Storage;
 use proto_core::storage::{Region, StorageKey};
+use proto_core::testing::{Frames, MemStore};
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{Tracker, TrackerConfig};
 use proto_core::wire::{
-    encode_frame, ChunkRange, FileId, FrameDecoder, Hello, Item, Message, NodeId, PROTOCOL_VERSION,
+    encode_frame, ChunkRange, FileId, Hello, Message, NodeId, PROTOCOL_VERSION,
 };
 
 const KEY: SwarmKey = SwarmKey([0x4b; 32]);
@@ -77,8 +80,9 @@ struct Net {
     t: Tracker<6, 3, 8, 2>,
     now: Instant,
     conns: Vec<ConnId>,
-    decoders: HashMap<ConnId, FrameDecoder>,
-    store: HashMap<u16, Vec<u8>>,
+    frames: Frames,
+    /// The tracker's storage (proto-core's shared memory store).
+    store: MemStore,
     ids: Vec<FileId>,
     keyed: bool,
     /// The tracker's nonce per connection, from its Hello.
@@ -98,22 +102,25 @@ impl Net {
             if rest.is_empty() {
                 break;
             }
-            let r = self.t.handle_recv(self.now, c, rest);
-            assert!(r.consumed <= rest.len());
-            if let Some(w) = r.write {
-                assert_eq!(w.key.region, Region::Hashes);
-                let v = self.store.entry(w.key.slot).or_default();
-                let end = w.offset as usize + w.data.len();
-                if v.len() < end {
-                    v.resize(end, 0);
-                }
-                v[w.offset as usize..end].copy_from_slice(w.data);
-            }
-            rest = &rest[r.consumed..];
+            let (n, _) =
+                self.t
+                    .recv_stored(self.now, c, rest, &mut self.store, &mut |_, e| match e {});
+            assert!(n <= rest.len());
+            rest = &rest[n..];
             self.drain();
-            if r.consumed == 0 {
+            if n == 0 {
                 break;
             }
+        }
+        for slot in 0..3 {
+            let data = StorageKey {
+                slot,
+                region: Region::Data,
+            };
+            assert!(
+                self.store.bytes(data).is_empty(),
+                "a tracker stores hashes only"
+            );
         }
     }
 
@@ -124,45 +131,34 @@ impl Net {
                 Output::Transmit(tx) => tx,
                 Output::Action(Action::Close(c)) => {
                     self.conns.retain(|x| *x != c);
-                    self.decoders.remove(&c);
                     continue;
                 }
                 Output::Action(Action::Discard(k)) => {
-                    self.store.remove(&k.slot);
+                    self.store.discard(k);
                     continue;
                 }
                 Output::Action(a) => panic!("a tracker asked for {a:?}"),
                 Output::Event(_) => continue,
                 Output::Timeout(_) => break,
             };
-            let d = self
-                .decoders
-                .entry(tx.conn)
-                .or_insert_with(|| FrameDecoder::new(u64::MAX));
             let mut bytes = buf[..tx.len].to_vec();
             if let Some(s) = tx.then {
-                let stored = self
-                    .store
-                    .get(&s.key.slot)
-                    .expect("sends only hashes it stored");
-                let end = (s.offset + s.len) as usize;
-                assert!(end <= stored.len(), "sends past what it stored");
-                bytes.extend_from_slice(&stored[s.offset as usize..end]);
+                let body = self.store.read_vec(s.key, s.offset, s.len);
+                assert_eq!(
+                    body.len() as u64,
+                    s.len,
+                    "sends only hashes it stored and did not discard"
+                );
+                bytes.extend_from_slice(&body);
             }
-            let mut rest = &bytes[..];
-            while !rest.is_empty() {
-                let (n, item) = d.decode(rest).expect("the tracker's output always decodes");
-                rest = &rest[n..];
-                if let Some(Item::Message(Message::Hello(h))) = &item {
+            for (m, _) in self.frames.push(tx.conn, &bytes) {
+                if let Message::Hello(h) = &m {
                     self.nonces.insert(tx.conn, h.nonce);
                 }
                 if self.keyed && !self.proven.contains(&tx.conn) {
                     assert!(
-                        matches!(
-                            &item,
-                            None | Some(Item::Message(Message::Hello(_) | Message::Refused(_)))
-                        ),
-                        "sent {item:?} to a connection that has not proved the swarm key"
+                        matches!(&m, Message::Hello(_) | Message::Refused(_)),
+                        "sent {m:?} to a connection that has not proved the swarm key"
                     );
                 }
             }
@@ -184,8 +180,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
         t: Tracker::new(config, Instant::ZERO),
         now: Instant::ZERO,
         conns: Vec::new(),
-        decoders: HashMap::new(),
-        store: HashMap::new(),
+        frames: Frames::default(),
+        store: MemStore::default(),
         ids: Vec::new(),
         keyed,
         nonces: HashMap::new(),
@@ -325,7 +321,6 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 if let Some(c) = net.conn(conn) {
                     net.t.handle_closed(net.now, c);
                     net.conns.retain(|x| *x != c);
-                    net.decoders.remove(&c);
                     net.drain();
                 }
             }
@@ -352,5 +347,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 net.drain();
             }
         }
+        // Counters match their tables, cross-references hold (see check_invariants).
+        net.t.check_invariants();
     }
 });

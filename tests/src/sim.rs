@@ -20,15 +20,19 @@
 //! complete peer's file is compared with the original.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use proto_core::auth::SwarmKey;
 use proto_core::conn::ConnId;
 use proto_core::io::{Action, Output, Transmit, FRAME_BUF_LEN};
 use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
+use proto_core::node::Node as _;
 use proto_core::peer::{Peer, PeerConfig, PeerEvent};
+use proto_core::storage::Storage;
 use proto_core::storage::{Region, StorageKey};
+use proto_core::testing::MemStore;
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{BlockRef, FileId, FrameDecoder, Item, Message, NodeId};
@@ -293,7 +297,7 @@ pub struct Sim {
     header: ManifestHeader,
     bad_chunks: u64,
     /// The tracker's stored hashes, per file slot (lost when it crashes, like its RAM).
-    tracker_store: HashMap<u16, Vec<u8>>,
+    tracker_store: MemStore,
     /// Every peer event, with its time and node.
     pub events: Vec<(Instant, usize, PeerEvent)>,
     /// Every tracker event, with its time.
@@ -340,7 +344,7 @@ impl Sim {
             file,
             header,
             bad_chunks: 0,
-            tracker_store: HashMap::new(),
+            tracker_store: MemStore::default(),
             events: Vec::new(),
             tracker_events: Vec::new(),
             requests: Vec::new(),
@@ -429,7 +433,7 @@ impl Sim {
         let now = self.now;
         self.nodes[i].generation += 1;
         if i == TRACKER {
-            self.tracker_store.clear();
+            self.tracker_store = MemStore::default();
             let mut node = NodeId([0; 16]);
             node.0[0] = 0xff;
             let mut config = TrackerConfig::new(node);
@@ -1031,38 +1035,23 @@ impl Sim {
             let mut at = 0;
             while at < inbox.len() {
                 let input = &inbox[at..];
-                let (consumed, write) = match &mut self.nodes[node].core {
+                let n = &mut self.nodes[node];
+                let mut view = StoreView {
+                    store: &mut n.store,
+                    original: &self.original,
+                    header: &self.header,
+                    corrupt: n.corrupt,
+                };
+                let never = &mut |_, e: Infallible| match e {};
+                let consumed = match &mut n.core {
                     Core::Tracker(t) => {
-                        let r = t.handle_recv(now, conn, input);
-                        (
-                            r.consumed,
-                            r.write.map(|w| (w.key, w.offset, w.data.to_vec())),
-                        )
+                        t.recv_stored(now, conn, input, &mut self.tracker_store, never)
+                            .0
                     }
-                    Core::Peer(p) => {
-                        let r = p.handle_recv(now, conn, input);
-                        (
-                            r.consumed,
-                            r.write.map(|w| (w.key, w.offset, w.data.to_vec())),
-                        )
-                    }
-                    Core::Hostile(h) => (h.handle_recv(now, conn, input), None),
+                    Core::Peer(p) => p.recv_stored(now, conn, input, &mut view, never).0,
+                    Core::Hostile(h) => h.handle_recv(now, conn, input),
                     Core::Down => return,
                 };
-                if let Some((key, offset, data)) = write {
-                    if node == TRACKER {
-                        let dst = self.tracker_store.entry(key.slot).or_default();
-                        put(dst, offset, &data);
-                    } else {
-                        write_store(
-                            &mut self.nodes[node].store,
-                            key,
-                            offset,
-                            &data,
-                            &self.header,
-                        );
-                    }
-                }
                 at += consumed;
                 if consumed == 0 {
                     break;
@@ -1089,40 +1078,35 @@ impl Sim {
         let mut buf = [0u8; FRAME_BUF_LEN];
         loop {
             let now = self.now;
-            let out = match &mut self.nodes[i].core {
-                Core::Tracker(t) => match t.poll_output(&mut buf) {
-                    Output::Event(e) => {
-                        self.tracker_events.push((now, e));
-                        continue;
+            let n = &mut self.nodes[i];
+            let mut view = StoreView {
+                store: &mut n.store,
+                original: &self.original,
+                header: &self.header,
+                corrupt: n.corrupt,
+            };
+            let never = &mut |_, e: Infallible| match e {};
+            let out = match &mut n.core {
+                Core::Tracker(t) => {
+                    match t.poll_stored(now, &mut self.tracker_store, &mut buf, never) {
+                        Output::Event(e) => {
+                            self.tracker_events.push((now, e));
+                            continue;
+                        }
+                        Output::Transmit(t) => Output::Transmit(t),
+                        Output::Action(a) => Output::Action(a),
+                        Output::Timeout(t) => Output::Timeout(t),
                     }
-                    Output::Transmit(t) => Output::Transmit(t),
-                    Output::Action(a) => Output::Action(a),
-                    Output::Timeout(t) => Output::Timeout(t),
-                },
-                Core::Peer(p) => p.poll_output(&mut buf),
+                }
+                Core::Peer(p) => p.poll_stored(now, &mut view, &mut buf, never),
                 Core::Hostile(_) | Core::Down => return,
             };
             match out {
                 Output::Transmit(tx) => self.transmit(i, tx, &buf),
                 Output::Action(Action::Connect { conn, addr }) => self.connect(i, conn, addr),
                 Output::Action(Action::Close(conn)) => self.close_conn(i, conn),
-                Output::Action(Action::ReadHash { key, chunk }) => {
-                    let bytes = self.read_store(i, key, u64::from(chunk) * 32, 32);
-                    let mut h = [0u8; 32];
-                    if bytes.len() == 32 {
-                        h.copy_from_slice(&bytes);
-                    }
-                    if let Core::Peer(p) = &mut self.nodes[i].core {
-                        p.handle_hash(now, key.slot, chunk, ChunkHash(h));
-                    }
-                }
-                Output::Action(Action::Discard(key)) => {
-                    if i == TRACKER {
-                        self.tracker_store.remove(&key.slot);
-                    } else if key.region == Region::Hashes {
-                        self.nodes[i].store.hashes.clear();
-                    }
-                }
+                // poll_stored reads hashes and discards on the node's store itself.
+                Output::Action(Action::ReadHash { .. } | Action::Discard(_)) => {}
                 Output::Event(ev) => {
                     self.on_peer_event(i, &ev);
                     self.events.push((now, i, ev));
@@ -1211,11 +1195,6 @@ impl Sim {
     fn on_peer_event(&mut self, i: usize, ev: &PeerEvent) {
         let n = &mut self.nodes[i];
         match ev {
-            PeerEvent::ManifestReceived { header, .. } => {
-                n.store.manifest = Some((self.file, header.clone()));
-                n.store.data = vec![Stored::Missing; header.chunk_count() as usize];
-                n.store.verified = vec![false; header.chunk_count() as usize];
-            }
             PeerEvent::ChunkVerified { chunk, .. } => {
                 let range = self.chunk_range(*chunk);
                 let n = &mut self.nodes[i];
@@ -1230,9 +1209,6 @@ impl Sim {
                 } else if let Some(s) = n.store.data.get_mut(c) {
                     // Checked equal: keep no second copy.
                     *s = Stored::Original;
-                }
-                if let Some(v) = n.store.verified.get_mut(c) {
-                    *v = true;
                 }
             }
             PeerEvent::FileComplete { .. } if !n.seeder && n.completed_at.is_none() => {
@@ -1261,35 +1237,19 @@ impl Sim {
     }
 
     fn read_store(&self, i: usize, key: StorageKey, offset: u64, len: u64) -> Vec<u8> {
+        if i == TRACKER {
+            return self.tracker_store.read_vec(key, offset, len);
+        }
         let n = &self.nodes[i];
-        let empty = Vec::new();
-        let src = match (i, key.region) {
-            (TRACKER, _) => self.tracker_store.get(&key.slot).unwrap_or(&empty),
-            (_, Region::Hashes) => &n.store.hashes,
-            (_, Region::Data) => {
-                // Reads for serving stay inside one chunk.
-                let c = (offset / u64::from(self.header.chunk_size)) as u32;
-                let base = self.header.chunk_offset(c);
-                let range = self.chunk_range(c);
-                let bytes: &[u8] = match n.store.data.get(c as usize) {
-                    Some(Stored::Original) => &self.original[range],
-                    Some(Stored::Written(b)) => b,
-                    _ => &[],
-                };
-                let start = ((offset - base) as usize).min(bytes.len());
-                let end = ((offset - base + len) as usize).min(bytes.len());
-                let mut out = bytes[start..end].to_vec();
-                if n.corrupt {
-                    for b in out.iter_mut().step_by(997) {
-                        *b ^= 0x5a;
-                    }
-                }
-                return out;
-            }
-        };
-        let start = (offset as usize).min(src.len());
-        let end = (offset + len).min(src.len() as u64) as usize;
-        src[start..end].to_vec()
+        read_stored(
+            &n.store,
+            &self.original,
+            &self.header,
+            n.corrupt,
+            key,
+            offset,
+            len,
+        )
     }
 
     /// Byte range of chunk `c` in the file.
@@ -1297,6 +1257,103 @@ impl Sim {
         let start = self.header.chunk_offset(c) as usize;
         start..start + self.header.chunk_len(c) as usize
     }
+}
+
+/// A peer's store as its core sees it, through the storage contract: writes, reads (with the
+/// corruption of a corrupt seeder), discards and the journal.
+struct StoreView<'a> {
+    store: &'a mut Store,
+    original: &'a [u8],
+    header: &'a ManifestHeader,
+    corrupt: bool,
+}
+
+impl Storage for StoreView<'_> {
+    type Error = Infallible;
+
+    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), Infallible> {
+        write_store(self.store, key, offset, data, self.header);
+        Ok(())
+    }
+
+    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> Result<usize, Infallible> {
+        let got = read_stored(
+            self.store,
+            self.original,
+            self.header,
+            self.corrupt,
+            key,
+            offset,
+            buf.len() as u64,
+        );
+        buf[..got.len()].copy_from_slice(&got);
+        Ok(got.len())
+    }
+
+    fn discard(&mut self, key: StorageKey) {
+        if key.region == Region::Hashes {
+            self.store.hashes.clear();
+        }
+    }
+
+    fn manifest_received(
+        &mut self,
+        _slot: u16,
+        file: FileId,
+        header: &ManifestHeader,
+    ) -> Result<(), Infallible> {
+        let count = header.chunk_count() as usize;
+        self.store.manifest = Some((file, header.clone()));
+        self.store.data = vec![Stored::Missing; count];
+        self.store.verified = vec![false; count];
+        Ok(())
+    }
+
+    fn chunk_verified(&mut self, _slot: u16, chunk: u32) -> Result<(), Infallible> {
+        if let Some(v) = self.store.verified.get_mut(chunk as usize) {
+            *v = true;
+        }
+        Ok(())
+    }
+}
+
+/// `len` bytes at `offset` of `key` in a peer's store.
+fn read_stored(
+    store: &Store,
+    original: &[u8],
+    header: &ManifestHeader,
+    corrupt: bool,
+    key: StorageKey,
+    offset: u64,
+    len: u64,
+) -> Vec<u8> {
+    let src: &[u8] = match key.region {
+        Region::Hashes => &store.hashes,
+        Region::Data => {
+            // Reads for serving stay inside one chunk.
+            let c = (offset / u64::from(header.chunk_size)) as u32;
+            let base = header.chunk_offset(c);
+            let start = header.chunk_offset(c) as usize;
+            let range = start..start + header.chunk_len(c) as usize;
+            let bytes: &[u8] = match store.data.get(c as usize) {
+                Some(Stored::Original) => &original[range],
+                Some(Stored::Written(b)) => b,
+                _ => &[],
+            };
+            let start = ((offset - base) as usize).min(bytes.len());
+            let end = ((offset - base + len) as usize).min(bytes.len());
+            let mut out = bytes[start..end].to_vec();
+            if corrupt {
+                for b in out.iter_mut().step_by(997) {
+                    *b ^= 0x5a;
+                }
+            }
+            return out;
+        }
+    };
+    let start = (offset as usize).min(src.len());
+    let end = (offset + len).min(src.len() as u64) as usize;
+    src[start..end].to_vec()
 }
 
 fn write_store(

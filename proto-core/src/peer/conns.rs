@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// How a connection ends (see [`Peer::teardown`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// The socket is gone.
+    Lost,
+    /// We close it now.
+    Closed,
+    /// We close it once its queued control frames are sent (a refusal, a `Leave`).
+    Flushed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Role {
     Tracker,
@@ -226,55 +237,47 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             .count()
     }
 
-    /// Forget a connection whose socket is gone: its work moves elsewhere.
+    /// The socket of `id` is gone (closed by the remote, reset, a connect that failed).
     pub(super) fn forget_conn(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get(id) else {
-            return;
-        };
-        let (role, file, addr, opened) = (
-            c.role,
-            c.file,
-            c.listen_addr(),
-            c.bitfield_in || c.bitfield_out,
-        );
-        self.release_work(id, false);
-        if let Some(c) = self.conns.get_mut(id) {
-            if c.upload_slot {
-                c.upload_slot = false;
-                self.slots_used -= 1;
-            }
-        }
-        self.conns.remove(id);
-        match role {
-            Role::Tracker => {
-                self.tracker = None;
-                if self.registered.take().is_some() || !self.leaving {
-                    self.event(PeerEvent::TrackerLost);
-                }
-                let jitter = self.rng.next_u64() % (self.tracker_backoff.total_micros() / 4 + 1);
-                self.tracker_retry_at =
-                    self.now + self.tracker_backoff + Duration::from_micros(jitter);
-                self.tracker_backoff =
-                    (self.tracker_backoff.saturating_mul(2)).min(self.config.reconnect_max);
-            }
-            Role::Peer { .. } => {
-                for cand in self.candidates.iter_mut().flatten() {
-                    if cand.conn == Some(id) {
-                        cand.conn = None;
-                        cand.failures = cand.failures.saturating_add(1);
-                        let backoff =
-                            Duration::from_secs(1).saturating_mul(1 << cand.failures.min(5));
-                        cand.retry_at = self.now + backoff;
-                    }
-                }
-                if let (Some(slot), true) = (file, opened) {
-                    self.event(PeerEvent::PeerLost { slot, addr });
-                }
-            }
-        }
+        self.teardown(id, End::Lost);
     }
 
+    /// We end `id` now, sending nothing more.
     pub(super) fn close_now(&mut self, id: ConnId) {
+        self.teardown(id, End::Closed);
+    }
+
+    /// The one way a connection ends: its work moves elsewhere, its upload slot is freed, and
+    /// what it was for hears of it. What differs by [`End`]:
+    ///
+    /// | | `Lost` (the socket is gone) | `Closed`, `Flushed` (we close it) |
+    /// |---|---|---|
+    /// | the slot | freed now | freed once `Action::Close` is handed out (`Flushed`: after the queued control frames) |
+    /// | the tracker | retry after the backoff plus up to a quarter of it at random, so a fleet that lost its tracker does not come back at once; `TrackerLost` if registered or still wanted | retry after the backoff; `TrackerLost` unless leaving |
+    /// | a candidate | one more failure: retry after 2^failures s (at most 32 s) | not its fault: retry after 2 s |
+    /// | `PeerLost` | if either side's bitfield went out | if the remote's bitfield came in |
+    ///
+    /// A connection the adapter was never asked to open is `Lost` whatever the cause: there is
+    /// no socket to close. A connection is torn down once: a later teardown (a ban after a
+    /// refusal, the adapter reporting the socket gone while we flush) only settles its slot.
+    pub(super) fn teardown(&mut self, id: ConnId, end: End) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if matches!(c.link.phase, Phase::Closing | Phase::Closed) {
+            // Torn down already: only what becomes of the slot is left to decide.
+            match end {
+                End::Lost => {
+                    self.conns.remove(id);
+                }
+                End::Closed => {
+                    c.link.phase = Phase::Closed;
+                    c.ctl.clear();
+                }
+                End::Flushed => {}
+            }
+            return;
+        }
         self.release_work(id, false);
         let Some(c) = self.conns.get_mut(id) else {
             return;
@@ -283,48 +286,60 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             c.upload_slot = false;
             self.slots_used -= 1;
         }
-        if matches!(c.link.phase, Phase::Connecting { asked: false }) {
-            // The adapter never heard of it.
-            self.forget_conn(id);
-            return;
-        }
-        let was_tracker = c.role == Role::Tracker;
-        c.link.phase = Phase::Closed;
-        c.ctl.clear();
-        c.serve.clear();
-        if was_tracker {
-            self.tracker = None;
-            self.registered = None;
-            if !self.leaving {
-                self.tracker_retry_at = self.now + self.tracker_backoff;
-                self.tracker_backoff =
-                    (self.tracker_backoff.saturating_mul(2)).min(self.config.reconnect_max);
-                self.event(PeerEvent::TrackerLost);
-            }
+        let end = if matches!(c.link.phase, Phase::Connecting { asked: false }) {
+            End::Lost
         } else {
-            let file = c.file;
-            let addr = c.listen_addr();
-            let opened = c.bitfield_in;
-            for cand in self.candidates.iter_mut().flatten() {
-                if cand.conn == Some(id) {
-                    cand.conn = None;
-                    cand.retry_at = self.now + Duration::from_secs(2);
-                }
+            end
+        };
+        let (role, file, addr) = (c.role, c.file, c.listen_addr());
+        let opened = match end {
+            End::Lost => c.bitfield_in || c.bitfield_out,
+            End::Closed | End::Flushed => c.bitfield_in,
+        };
+        match end {
+            End::Lost => {
+                self.conns.remove(id);
             }
-            if let (Some(slot), true) = (file, opened) {
-                self.event(PeerEvent::PeerLost { slot, addr });
+            End::Closed => {
+                c.link.phase = Phase::Closed;
+                c.ctl.clear();
+                c.serve.clear();
+            }
+            End::Flushed => {
+                c.link.phase = if c.ctl.is_empty() {
+                    Phase::Closed
+                } else {
+                    Phase::Closing
+                };
+                c.serve.clear();
+            }
+        }
+        match role {
+            Role::Tracker => self.tracker_lost(end),
+            Role::Peer { .. } => {
+                for cand in self.candidates.iter_mut().flatten() {
+                    if cand.conn != Some(id) {
+                        continue;
+                    }
+                    cand.conn = None;
+                    let backoff = match end {
+                        End::Lost => {
+                            cand.failures = cand.failures.saturating_add(1);
+                            Duration::from_secs(1).saturating_mul(1 << cand.failures.min(5))
+                        }
+                        End::Closed | End::Flushed => Duration::from_secs(2),
+                    };
+                    cand.retry_at = self.now + backoff;
+                }
+                if let (Some(slot), true) = (file, opened) {
+                    self.event(PeerEvent::PeerLost { slot, addr });
+                }
             }
         }
     }
 
     pub(super) fn close_after_flush(&mut self, id: ConnId) {
-        if let Some(c) = self.conns.get_mut(id) {
-            c.link.phase = if c.ctl.is_empty() {
-                Phase::Closed
-            } else {
-                Phase::Closing
-            };
-        }
+        self.teardown(id, End::Flushed);
     }
 
     pub(super) fn check_handshakes(&mut self, now: Instant) {

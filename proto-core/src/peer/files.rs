@@ -224,7 +224,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             user_locate: false,
         });
         let slot = slot as u16;
-        if self.registered.is_some() {
+        if self.session.registered.is_some() {
             self.announce_file(slot);
         }
         Ok(slot)
@@ -286,7 +286,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     pub(super) fn file_tick(&mut self, slot: u16, now: Instant) {
         let interval = self.config.locate_interval;
         let deadline = self.config.fetch_deadline;
-        let tracker = self.tracker_open().filter(|_| self.registered.is_some());
+        let tracker = self
+            .tracker_open()
+            .filter(|_| self.session.registered.is_some());
         let Some(f) = self.file_mut(slot) else {
             return;
         };
@@ -432,7 +434,10 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             f.located = false;
             f.started = now;
         }
-        if let Some(t) = self.tracker_open().filter(|_| self.registered.is_some()) {
+        if let Some(t) = self
+            .tracker_open()
+            .filter(|_| self.session.registered.is_some())
+        {
             self.ctl(t, Ctl::Join(slot));
         }
         let file = self.file(slot).map(|f| f.id).unwrap_or_default();

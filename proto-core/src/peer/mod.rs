@@ -67,10 +67,12 @@ mod conns;
 mod event;
 mod files;
 mod handshake;
+mod invariants;
 mod rate;
 mod recv;
 mod sched;
 mod send;
+mod timers;
 mod tracker_session;
 mod verify;
 
@@ -78,8 +80,10 @@ pub use config::{CommandError, PeerConfig};
 pub use event::{FetchFailure, Offence, PeerEvent, Progress};
 
 use candidates::Candidate;
-use conns::{Blk, Conn, Ctl, Req, Role, Sink};
+use conns::{Blk, Conn, Ctl, End, Req, Role, Sink};
 use files::{held_bytes, File, HaveCursor, HaveLog, ManifestState};
+use timers::Timer;
+use tracker_session::TrackerSession;
 use verify::Active;
 
 use core::net::SocketAddr;
@@ -146,13 +150,8 @@ pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> 
     /// (node, listen address, strikes): strikes at `ban_after` mean banned.
     reputation: Deque<(NodeId, SocketAddr, u8), REPUTATION>,
     events: EventQueue<PeerEvent, EVENT_QUEUE>,
-    tracker: Option<ConnId>,
-    tracker_retry_at: Instant,
-    tracker_backoff: Duration,
-    registered: Option<SocketAddr>,
-    peer_list: Vec<PeerEntry, C>,
-    peer_list_next: Vec<PeerEntry, C>,
-    user_list: bool,
+    /// The tracker connection and what it has told us.
+    session: TrackerSession<C>,
     next_ping: Instant,
     ping_nonce: u32,
     upload: Option<TokenBucket>,
@@ -165,8 +164,6 @@ pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> 
     recent_bad: Deque<(u16, u32, NodeId), 8>,
     /// The header of the manifest whose hashes are streaming in, until they are checked.
     pending_header: Option<(u16, ManifestHeader)>,
-    /// A user's locate of a file this peer neither shares nor fetches.
-    user_locates_untracked: Option<FileId>,
     /// Where `poll_output` stands.
     drain: Drain,
 }
@@ -194,13 +191,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             candidates: [None; C],
             reputation: Deque::new(),
             events: EventQueue::new(),
-            tracker: None,
-            tracker_retry_at: now,
-            tracker_backoff: config.reconnect_min,
-            registered: None,
-            peer_list: Vec::new(),
-            peer_list_next: Vec::new(),
-            user_list: false,
+            session: TrackerSession::new(now, config.reconnect_min),
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
             upload: config
@@ -212,7 +203,6 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             discard_hashes: 0,
             recent_bad: Deque::new(),
             pending_header: None,
-            user_locates_untracked: None,
             drain: Drain::default(),
         };
         peer.connect_tracker(now);
@@ -222,6 +212,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// Every input starts here: the time moves on, and the drain must hand out whatever the
     /// input queues.
     fn enter(&mut self, now: Instant) {
+        // What the last input (and its drain) left behind.
+        #[cfg(debug_assertions)]
+        self.check_invariants();
         self.now = now;
         self.drain.input();
     }
@@ -294,7 +287,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     pub fn list_files(&mut self, now: Instant) -> Result<(), CommandError> {
         self.enter(now);
         let t = self.tracker_open().ok_or(CommandError::NoTracker)?;
-        self.user_list = true;
+        self.session.user_list = true;
         self.ctl(t, Ctl::ListFiles);
         Ok(())
     }
@@ -309,7 +302,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     f.user_locate = true;
                 }
             }
-            None => self.user_locates_untracked = Some(file),
+            None => self.session.user_locates_untracked = Some(file),
         }
         self.ctl(t, Ctl::Locate(file));
         Ok(())
@@ -324,7 +317,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         }
         let ids: Vec<ConnId, C> = self.conns.iter().map(|(id, _)| id).collect();
         for id in ids {
-            if Some(id) == self.tracker {
+            if Some(id) == self.session.conn {
                 self.close_after_flush(id);
             } else {
                 self.close_now(id);
@@ -336,12 +329,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// The active peer list last pushed by the tracker.
     pub fn peers(&self) -> &[PeerEntry] {
-        &self.peer_list
+        &self.session.peer_list
     }
 
     /// The address the tracker recorded for us, while registered.
     pub fn registered(&self) -> Option<SocketAddr> {
-        self.registered
+        self.session.registered
     }
 
     /// The file id and (once known) header of `slot`.
@@ -397,7 +390,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         self.enter(now);
         // Keep a slot for the tracker connection.
         let used = self.conns.iter().count()
-            + usize::from(self.tracker.is_none() && self.config.tracker.is_some());
+            + usize::from(self.session.conn.is_none() && self.config.tracker.is_some());
         if used >= C || self.leaving {
             return Err(TableFull);
         }
@@ -492,18 +485,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// Time passed; call when [`Peer::poll_timeout`] is reached (early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.enter(now);
-        self.check_handshakes(now);
-        self.check_stalls(now);
-        if now >= self.next_ping {
-            self.ping_round(now);
+        // Each kind is looked at after the ones before it ran: an expiry may arm or disarm
+        // the next (a closed handshake leaves nothing to stall).
+        for t in Timer::ALL {
+            if self.deadline(t).is_some_and(|at| at <= now) {
+                self.expire(t, now);
+            }
         }
-        if self.tracker.is_none() && now >= self.tracker_retry_at {
-            self.connect_tracker(now);
-        }
-        for slot in 0..F as u16 {
-            self.file_tick(slot, now);
-        }
-        self.release_idle_slots(now);
         self.schedule();
     }
 
@@ -513,53 +501,20 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// `Timeout` when the drain is over. Call it after every input until `Timeout`; see
     /// [`crate::io`] for the contract.
     pub fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<PeerEvent> {
-        Drain::poll(self, buf)
+        let out = Drain::poll(self, buf);
+        #[cfg(debug_assertions)]
+        if let Output::Timeout(_) = out {
+            self.check_invariants();
+        }
+        out
     }
 
-    /// When the peer next needs [`Peer::handle_timeout`].
-    ///
-    /// Every instant named here is one at which `handle_timeout` changes something, so a due
-    /// timer never fires twice for nothing.
+    /// When the peer next needs [`Peer::handle_timeout`]: the earliest armed timer (see
+    /// [`timers`](self::timers)).
     fn poll_timeout(&self) -> Instant {
-        let now = self.now;
-        let mut t = self.next_ping;
-        if self.tracker.is_none() && self.config.tracker.is_some() && !self.leaving {
-            t = t.min(self.tracker_retry_at);
-        }
-        for (_, c) in self.conns.iter() {
-            if let Phase::Handshake { deadline } = c.link.phase {
-                t = t.min(deadline);
-            }
-            if c.link.phase == Phase::Open && c.reqs.iter().any(|r| r.sent.is_some()) {
-                t = t.min(c.link.last_rx + self.config.stall_timeout);
-            }
-            if c.pause_until > now {
-                t = t.min(c.pause_until);
-            }
-            if c.upload_slot && c.serve.is_empty() {
-                t = t.min(c.last_served + SLOT_IDLE);
-            }
-        }
-        for f in self.files.iter().flatten().filter(|f| f.fetching) {
-            t = t.min(f.next_locate);
-        }
-        // Candidates and the rate limit only matter once they are ready; a ready one waits
-        // for the next event (a connection closing, a socket becoming writable).
-        for cand in self
-            .candidates
-            .iter()
-            .flatten()
-            .filter(|c| c.conn.is_none() && c.retry_at > now)
-        {
-            t = t.min(cand.retry_at);
-        }
-        if let Some(bucket) = &self.upload {
-            let ready = bucket.ready_at();
-            if ready > now && self.conns.iter().any(|(_, c)| !c.serve.is_empty()) {
-                t = t.min(ready);
-            }
-        }
-        t.max(now)
+        // The ping timer is always armed, so there is always an earliest.
+        let next = self.timers().earliest().unwrap_or(self.next_ping);
+        next.max(self.now)
     }
 
     /// Encodes the next frame to send into `buf`.
@@ -687,26 +642,4 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Outputs for
 
 fn key(slot: u16, region: Region) -> StorageKey {
     StorageKey { slot, region }
-}
-
-/// Keeps the entries of `q` for which `keep` holds, in order.
-fn retain<T, const N: usize>(q: &mut Deque<T, N>, mut keep: impl FnMut(&T) -> bool) {
-    for _ in 0..q.len() {
-        if let Some(x) = q.pop_front() {
-            if keep(&x) {
-                // Re-pushing what was just popped always fits.
-                let _ = q.push_back(x);
-            }
-        }
-    }
-}
-
-/// Removes entry `index` of `q`, keeping the order of the rest.
-fn retain_index<T, const N: usize>(q: &mut Deque<T, N>, index: usize) {
-    let mut i = 0;
-    retain(q, |_| {
-        let keep = i != index;
-        i += 1;
-        keep
-    });
 }

@@ -37,7 +37,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     return;
                 }
                 if let Some(c) = self.conns.get_mut(id) {
-                    retain(&mut c.serve, |s| *s != Blk::of(&b));
+                    c.serve.retain(|s| *s != Blk::of(&b));
                 }
             }
             Message::Block(b) => self.on_block(id, b),
@@ -211,7 +211,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         {
             return;
         }
-        retain(&mut c.reqs, |r| r.block != Blk::of(&b));
+        c.reqs.retain(|r| r.block != Blk::of(&b));
         match reason {
             RejectReason::Busy => c.pause_until = self.now + BUSY_PAUSE,
             RejectReason::NotHeld | RejectReason::OutOfRange => {
@@ -246,7 +246,11 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     c.rtt = Some(c.rtt.map_or(sample, |r| r.min(sample)));
                 }
             }
-            retain_index(&mut c.reqs, pos);
+            let mut i = 0;
+            c.reqs.retain(|_| {
+                i += 1;
+                i - 1 != pos
+            });
             let addr = c.listen_addr();
             let node = c.link.hello.map(|h| h.node).unwrap_or_default();
             if let Some(i) = self.active_index(slot, b.chunk) {

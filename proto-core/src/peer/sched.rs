@@ -30,7 +30,7 @@ use rand_xoshiro::rand_core::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sha2::{Digest, Sha256};
 
-use super::{retain, Active, Blk, Conn, Ctl, Peer, Phase, Req};
+use super::{Active, Blk, Conn, Ctl, Peer, Phase, Req};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::ConnId;
 use crate::time::{Duration, Instant};
@@ -377,7 +377,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         };
         let live = c.is_open();
         let mut cancels: Vec<Blk, { super::REQ_QUEUE }> = Vec::new();
-        retain(&mut c.reqs, |r| {
+        c.reqs.retain(|r| {
             if !matches(&r.block) {
                 return true;
             }

@@ -161,7 +161,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// A `Have` for the tracker: newly verified chunks of any file it lists.
     pub(super) fn tracker_have(&mut self) -> Option<Message> {
-        self.registered?;
+        self.session.registered?;
         for slot in 0..F as u16 {
             let Some(f) = self.files[slot as usize].as_mut() else {
                 continue;

@@ -4,12 +4,46 @@
 
 use super::*;
 
+/// The tracker connection and what it has told us: one per peer.
+pub(super) struct TrackerSession<const C: usize> {
+    /// The connection, while there is one (open or not).
+    pub(super) conn: Option<ConnId>,
+    /// When to reconnect after losing it.
+    pub(super) retry_at: Instant,
+    /// The delay before the next reconnection; doubled on each failure.
+    pub(super) backoff: Duration,
+    /// The address the tracker recorded for us, while registered.
+    pub(super) registered: Option<SocketAddr>,
+    /// The last complete active peer list, and the one arriving.
+    pub(super) peer_list: Vec<PeerEntry, C>,
+    pub(super) peer_list_next: Vec<PeerEntry, C>,
+    /// The user asked for the file list: its answers are events.
+    pub(super) user_list: bool,
+    /// A user's locate of a file this peer neither shares nor fetches.
+    pub(super) user_locates_untracked: Option<FileId>,
+}
+
+impl<const C: usize> TrackerSession<C> {
+    pub(super) fn new(now: Instant, backoff: Duration) -> Self {
+        TrackerSession {
+            conn: None,
+            retry_at: now,
+            backoff,
+            registered: None,
+            peer_list: Vec::new(),
+            peer_list_next: Vec::new(),
+            user_list: false,
+            user_locates_untracked: None,
+        }
+    }
+}
+
 impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
     pub(super) fn connect_tracker(&mut self, now: Instant) {
         let Some(addr) = self.config.tracker else {
             return;
         };
-        if self.leaving || self.tracker.is_some() {
+        if self.leaving || self.session.conn.is_some() {
             return;
         }
         let conn = Conn::new(
@@ -20,13 +54,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             &mut self.rng,
         );
         match self.conns.insert(conn) {
-            Ok(id) => self.tracker = Some(id),
-            Err(TableFull) => self.tracker_retry_at = now + self.config.reconnect_min,
+            Ok(id) => self.session.conn = Some(id),
+            Err(TableFull) => self.session.retry_at = now + self.config.reconnect_min,
         }
     }
 
     pub(super) fn tracker_open(&self) -> Option<ConnId> {
-        self.tracker
+        self.session
+            .conn
             .filter(|&t| self.conns.get(t).is_some_and(Conn::is_open))
     }
 
@@ -71,8 +106,8 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             Message::Ping(n) => self.ctl(id, Ctl::Pong(n)),
             Message::Pong(_) => {}
             Message::Registered { addr } => {
-                self.registered = Some(addr);
-                self.tracker_backoff = self.config.reconnect_min;
+                self.session.registered = Some(addr);
+                self.session.backoff = self.config.reconnect_min;
                 self.event(PeerEvent::Registered { addr });
                 for slot in 0..F as u16 {
                     self.announce_file(slot);
@@ -83,22 +118,25 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 self.close_now(id);
             }
             Message::PeerListItem(p) => {
-                let _ = self.peer_list_next.push(p);
+                let _ = self.session.peer_list_next.push(p);
             }
             Message::PeerListEnd { count } => {
-                if usize::from(count) == self.peer_list_next.len() {
-                    core::mem::swap(&mut self.peer_list, &mut self.peer_list_next);
+                if usize::from(count) == self.session.peer_list_next.len() {
+                    core::mem::swap(
+                        &mut self.session.peer_list,
+                        &mut self.session.peer_list_next,
+                    );
                     self.event(PeerEvent::PeerList { count });
                 }
-                self.peer_list_next.clear();
+                self.session.peer_list_next.clear();
             }
             Message::Published { file } => self.event(PeerEvent::Published { file }),
             Message::PublishRefused { file, reason } => {
                 self.event(PeerEvent::PublishRefused { file, reason })
             }
-            Message::FileItem(e) if self.user_list => self.event(PeerEvent::FileListed(e)),
-            Message::FileListEnd { count } if self.user_list => {
-                self.user_list = false;
+            Message::FileItem(e) if self.session.user_list => self.event(PeerEvent::FileListed(e)),
+            Message::FileListEnd { count } if self.session.user_list => {
+                self.session.user_list = false;
                 self.event(PeerEvent::FileListEnd { count });
             }
             Message::FileItem(_) | Message::FileListEnd { .. } => {}
@@ -110,7 +148,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     if self.file(slot).is_some_and(|f| f.user_locate) {
                         self.event(PeerEvent::Holder(item));
                     }
-                } else if self.user_locates_untracked == Some(item.file) {
+                } else if self.session.user_locates_untracked == Some(item.file) {
                     self.event(PeerEvent::Holder(item));
                 }
             }
@@ -130,6 +168,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                         self.event(PeerEvent::LocateEnd { file, holders });
                     }
                 } else if self
+                    .session
                     .user_locates_untracked
                     .take_if(|f| *f == file)
                     .is_some()
@@ -148,12 +187,38 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                         }
                     }
                 } else {
-                    self.user_locates_untracked.take_if(|f| *f == file);
+                    self.session.user_locates_untracked.take_if(|f| *f == file);
                 }
                 self.event(PeerEvent::NotFound { file });
             }
             Message::Manifest { file, header } => self.start_manifest(id, file, header),
             _ => self.misbehaved(id, Offence::Unexpected),
+        }
+    }
+
+    /// The tracker connection ended (see [`Peer::teardown`] for how `end` matters).
+    pub(super) fn tracker_lost(&mut self, end: End) {
+        self.session.conn = None;
+        match end {
+            End::Lost => {
+                if self.session.registered.take().is_some() || !self.leaving {
+                    self.event(PeerEvent::TrackerLost);
+                }
+                let jitter = self.rng.next_u64() % (self.session.backoff.total_micros() / 4 + 1);
+                self.session.retry_at =
+                    self.now + self.session.backoff + Duration::from_micros(jitter);
+                self.session.backoff =
+                    (self.session.backoff.saturating_mul(2)).min(self.config.reconnect_max);
+            }
+            End::Closed | End::Flushed => {
+                self.session.registered = None;
+                if !self.leaving {
+                    self.session.retry_at = self.now + self.session.backoff;
+                    self.session.backoff =
+                        (self.session.backoff.saturating_mul(2)).min(self.config.reconnect_max);
+                    self.event(PeerEvent::TrackerLost);
+                }
+            }
         }
     }
 }

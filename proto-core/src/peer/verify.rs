@@ -139,7 +139,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Every chunk is verified: the fetch becomes a share.
     pub(super) fn complete_file(&mut self, slot: u16) {
-        let tracker = self.tracker_open().filter(|_| self.registered.is_some());
+        let tracker = self
+            .tracker_open()
+            .filter(|_| self.session.registered.is_some());
         let Some(f) = self.file_mut(slot) else {
             return;
         };

@@ -54,6 +54,16 @@
 //! RAM: they go to storage as they arrive and are sent from storage. A test checks both
 //! figures (on x86_64).
 
+mod answers;
+mod event;
+mod invariants;
+mod publish;
+
+pub use event::{LeaveReason, Offence, Table, TrackerConfig, TrackerEvent};
+
+use answers::Reply;
+use publish::{PublishRx, Target};
+
 use core::fmt;
 use core::net::SocketAddr;
 
@@ -62,17 +72,17 @@ use heapless::Deque;
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::auth::{self, Nonce, Side, SwarmKey};
+use crate::auth::{self, Nonce, Side};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{self, ConnId, EventQueue, HasLink, Link, Phase, Slots, TableFull, Wire};
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
-use crate::manifest::{FileIdHasher, ManifestHeader, Name, HASH_LEN, MAX_CHUNKS};
+use crate::manifest::{FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
-use crate::time::{Duration, Instant};
+use crate::time::Instant;
 use crate::wire::{
-    encode_frame, ChunkRange, FileEntry, FileId, FrameError, Hello, HolderItem, Message, NodeId,
-    PeerEntry, PublishRefusal, Refusal, MAX_RANGES, PROTOCOL_VERSION,
+    encode_frame, ChunkRange, FileEntry, FileId, FrameError, Hello, HolderItem, Message, PeerEntry,
+    PublishRefusal, Refusal, MAX_RANGES, PROTOCOL_VERSION,
 };
 
 /// A tracker sized for a Linux host: 256 connections, 128 files, 1024 holdings, 8192 chunks
@@ -83,212 +93,25 @@ pub type HostTracker = Tracker<256, 128, 1024, 256>;
 /// chunks per file.
 pub type SmallTracker = Tracker<16, 8, 32, 32>;
 
+/// The tracker's timers, a table indexed by kind as the peer's (see `peer/timers.rs`): each
+/// kind's deadline and expiry are written side by side in `deadline` and `expire`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timer {
+    /// A connection's handshake did not finish in time: it is closed.
+    Handshake,
+    /// Every open connection is pinged; silent ones are dropped.
+    Ping,
+}
+
+impl Timer {
+    /// Every kind, in the order their expiries run.
+    const ALL: [Timer; 2] = [Timer::Handshake, Timer::Ping];
+}
+
 /// Replies queued per connection before the tracker stops reading from it.
 const REPLY_QUEUE: usize = 8;
 /// Events kept for the adapter between drains; older ones are kept, newer ones counted lost.
 const EVENT_QUEUE: usize = 32;
-
-/// Settings for a [`Tracker`].
-#[derive(Clone, Copy, Debug)]
-pub struct TrackerConfig {
-    /// The tracker's own node id, sent in its `Hello`.
-    pub node: NodeId,
-    /// How often each connection is pinged. Default 5 s.
-    pub ping_interval: Duration,
-    /// Pings in a row a connection may leave unanswered before it is dropped. Default 3.
-    pub max_missed_pings: u8,
-    /// How long a new connection has to send its `Hello` (and, with a swarm key, its proof).
-    /// Default 10 s.
-    pub handshake_timeout: Duration,
-    /// Most registered peers (at most the connection count). Default: no limit but the table.
-    pub max_peers: usize,
-    /// Most connections from one IP address. One host opening (or registering) connection after
-    /// connection would otherwise fill the tables and lock honest peers out. Default 64.
-    pub max_conns_per_ip: usize,
-    /// The swarm key, if this swarm uses one: a connection must prove it before anything else
-    /// (see [`crate::auth`]). Default `None`.
-    pub swarm_key: Option<SwarmKey>,
-    /// Seed for the handshake nonces. With a swarm key it must come from an entropy source.
-    /// Default: derived from the node id.
-    pub rng_seed: u64,
-}
-
-impl TrackerConfig {
-    /// Defaults with the given node id.
-    pub fn new(node: NodeId) -> Self {
-        TrackerConfig {
-            node,
-            ping_interval: Duration::from_secs(5),
-            max_missed_pings: 3,
-            handshake_timeout: Duration::from_secs(10),
-            max_peers: usize::MAX,
-            max_conns_per_ip: 64,
-            swarm_key: None,
-            rng_seed: u64::from_le_bytes([
-                node.0[8], node.0[9], node.0[10], node.0[11], node.0[12], node.0[13], node.0[14],
-                node.0[15],
-            ]),
-        }
-    }
-}
-
-/// Why a peer left the active list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum LeaveReason {
-    /// It said `Leave`.
-    Left,
-    /// Its connection closed.
-    Disconnected,
-    /// It stopped answering pings.
-    TimedOut,
-    /// It broke the protocol and was disconnected.
-    Misbehaved,
-}
-
-/// A protocol violation by a remote; the tracker disconnects it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Offence {
-    /// Its bytes did not decode.
-    Frame(FrameError),
-    /// It sent a message that is not allowed now (before `Hello`, or a tracker-only message).
-    Unexpected,
-    /// A chunk range outside the file.
-    BadRange,
-}
-
-/// A table that was full when something needed a place in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Table {
-    /// The holdings table: a have-chunks update was not recorded.
-    Holdings,
-    /// One IP address reached its connection limit: a new connection from it was refused.
-    ConnectionsPerIp,
-}
-
-/// What happened, for the adapter's log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum TrackerEvent {
-    /// A peer registered.
-    PeerJoined {
-        /// Its node id.
-        node: NodeId,
-        /// The address recorded for it.
-        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
-        addr: SocketAddr,
-    },
-    /// A peer left the active list.
-    PeerLeft {
-        /// Its node id.
-        node: NodeId,
-        /// The address recorded for it.
-        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
-        addr: SocketAddr,
-        /// Why.
-        reason: LeaveReason,
-    },
-    /// A registration or a handshake was refused.
-    Refused {
-        /// The connection's remote address.
-        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
-        remote: SocketAddr,
-        /// Why.
-        reason: Refusal,
-    },
-    /// A file was published: listed for the first time (`first`) or given another holder.
-    Published {
-        /// The file id.
-        file: FileId,
-        /// Its name.
-        name: Name,
-        /// Its size in bytes.
-        size: u64,
-        /// The publisher's recorded address.
-        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
-        by: SocketAddr,
-        /// True when the file was not listed before.
-        first: bool,
-    },
-    /// A publish was refused.
-    PublishRefused {
-        /// The id the publish claimed.
-        file: FileId,
-        /// Why.
-        reason: PublishRefusal,
-    },
-    /// A file was delisted: no online peer holds all of it any more.
-    Delisted {
-        /// The file id.
-        file: FileId,
-        /// Its name.
-        name: Name,
-    },
-    /// A remote broke the protocol and was disconnected.
-    Misbehaved {
-        /// The connection's remote address.
-        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
-        remote: SocketAddr,
-        /// What it did.
-        offence: Offence,
-    },
-    /// A table was full; the request was answered or dropped as documented on [`Table`].
-    Overloaded(Table),
-}
-
-/// A reply waiting in a connection's queue; rendered into a frame only when polled, so the
-/// queue holds small descriptions instead of encoded bytes.
-#[derive(Clone, Copy, Debug)]
-enum Reply {
-    Hello(Nonce),
-    /// Our swarm-key proof (the remote's checked out).
-    Auth(auth::Proof),
-    Ping(u32),
-    Pong(u32),
-    Registered(SocketAddr),
-    Refused(Refusal),
-    Published(FileId),
-    PublishRefused(FileId, PublishRefusal),
-    NotFound(FileId),
-    /// The file list, from file slot `cursor` on, `count` items sent so far.
-    Files {
-        cursor: u16,
-        count: u16,
-    },
-    /// A locate answer: from holding `cursor`, chunk `chunk` on; `holders` sent so far.
-    Locate {
-        file: FileId,
-        slot: u16,
-        cursor: u16,
-        chunk: u32,
-        holders: u16,
-    },
-    Manifest {
-        file: FileId,
-        slot: u16,
-    },
-}
-
-/// Where a publish's body (the chunk hashes) goes.
-#[derive(Clone, Copy, Debug)]
-enum Target {
-    /// A new file: hashes are written to this pending slot.
-    New(u16),
-    /// Already listed in this slot: hashes are only checked.
-    Known(u16),
-    /// Refused before the body: it is read and dropped.
-    Skip,
-}
-
-struct PublishRx {
-    file: FileId,
-    hasher: FileIdHasher,
-    target: Target,
-    offset: u64,
-    storage_failed: bool,
-}
 
 struct Conn {
     link: Link,
@@ -383,6 +206,14 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         }
     }
 
+    /// Every input starts here: the drain must hand out whatever the input queues.
+    fn enter(&mut self) {
+        // What the last input (and its drain) left behind.
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        self.drain.input();
+    }
+
     /// The exact RAM this tracker type occupies, in bytes.
     pub const fn ram_bytes() -> usize {
         core::mem::size_of::<Self>()
@@ -414,7 +245,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// A connection from `remote` was accepted. `Err` means the table is full, or full for
     /// that IP address ([`TrackerConfig::max_conns_per_ip`]): close the socket.
     pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
-        self.drain.input();
+        self.enter();
         let from_ip = self
             .conns
             .iter()
@@ -447,13 +278,13 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
     pub fn handle_recv<'a>(&mut self, now: Instant, conn: ConnId, input: &'a [u8]) -> Recv<'a> {
-        self.drain.input();
+        self.enter();
         conn::recv(self, now, conn, input)
     }
 
     /// The socket of `conn` closed (by the remote, or an error). The id is dead from now on.
     pub fn handle_closed(&mut self, _now: Instant, conn: ConnId) {
-        self.drain.input();
+        self.enter();
         let Some(c) = self.conns.get(conn) else {
             return;
         };
@@ -467,7 +298,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// The adapter cannot take more output for `conn` until [`Tracker::handle_send_ready`].
     pub fn handle_send_blocked(&mut self, conn: ConnId) {
-        self.drain.input();
+        self.enter();
         if let Some(c) = self.conns.get_mut(conn) {
             c.link.blocked = true;
         }
@@ -475,7 +306,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// The adapter can take output for `conn` again.
     pub fn handle_send_ready(&mut self, conn: ConnId) {
-        self.drain.input();
+        self.enter();
         if let Some(c) = self.conns.get_mut(conn) {
             c.link.blocked = false;
         }
@@ -483,7 +314,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// A [`StorageWrite`] for `key` failed; the publish it belongs to is refused at its end.
     pub fn handle_storage_failed(&mut self, key: StorageKey) {
-        self.drain.input();
+        self.enter();
         for (_, c) in self.conns.iter_mut() {
             if let Some(rx) = &mut c.publish {
                 if matches!(rx.target, Target::New(slot) if slot == key.slot) {
@@ -495,25 +326,52 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// Time passed; call when [`Tracker::poll_timeout`] is reached (calling early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.drain.input();
-        for id in self.conns.late_handshakes(now) {
-            debug!("closing {:?}: handshake not finished in time", id);
-            self.close_now(id);
+        self.enter();
+        for t in Timer::ALL {
+            if self.deadline(t).is_some_and(|at| at <= now) {
+                self.expire(t, now);
+            }
         }
-        if now < self.next_ping {
-            return;
+    }
+
+    /// When `t` next expires, if it is armed.
+    fn deadline(&self, t: Timer) -> Option<Instant> {
+        match t {
+            Timer::Handshake => self
+                .conns
+                .iter()
+                .filter_map(|(_, c)| match c.link.phase {
+                    Phase::Handshake { deadline } => Some(deadline),
+                    _ => None,
+                })
+                .min(),
+            Timer::Ping => Some(self.next_ping),
         }
-        self.next_ping = now + self.config.ping_interval;
-        let max_missed = self.config.max_missed_pings;
-        let dead = self
-            .conns
-            .ping_round(max_missed, &mut self.ping_nonce, |c, n| {
-                c.replies.push_back(Reply::Ping(n)).is_ok()
-            });
-        for id in dead {
-            debug!("{:?} missed {} pings", id, max_missed);
-            self.unregister(id, LeaveReason::TimedOut);
-            self.close_now(id);
+    }
+
+    /// What happens when `t` expires.
+    fn expire(&mut self, t: Timer, now: Instant) {
+        match t {
+            Timer::Handshake => {
+                for id in self.conns.late_handshakes(now) {
+                    debug!("closing {:?}: handshake not finished in time", id);
+                    self.close_now(id);
+                }
+            }
+            Timer::Ping => {
+                self.next_ping = now + self.config.ping_interval;
+                let max_missed = self.config.max_missed_pings;
+                let dead = self
+                    .conns
+                    .ping_round(max_missed, &mut self.ping_nonce, |c, n| {
+                        c.replies.push_back(Reply::Ping(n)).is_ok()
+                    });
+                for id in dead {
+                    debug!("{:?} missed {} pings", id, max_missed);
+                    self.unregister(id, LeaveReason::TimedOut);
+                    self.close_now(id);
+                }
+            }
         }
     }
 
@@ -523,17 +381,19 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// `Timeout` when the drain is over. Call it after every input until `Timeout`; see
     /// [`crate::io`] for the contract.
     pub fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<TrackerEvent> {
-        Drain::poll(self, buf)
+        let out = Drain::poll(self, buf);
+        #[cfg(debug_assertions)]
+        if let Output::Timeout(_) = out {
+            self.check_invariants();
+        }
+        out
     }
 
     /// When the tracker next needs [`Tracker::handle_timeout`].
     fn poll_timeout(&self) -> Instant {
-        self.conns
+        Timer::ALL
             .iter()
-            .filter_map(|(_, c)| match c.link.phase {
-                Phase::Handshake { deadline } => Some(deadline),
-                _ => None,
-            })
+            .filter_map(|&t| self.deadline(t))
             .fold(self.next_ping, Instant::min)
     }
 
@@ -749,238 +609,6 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         }
     }
 
-    fn start_publish(&mut self, id: ConnId, file: FileId, header: ManifestHeader) {
-        let registered = self.conns.get(id).is_some_and(|c| c.registered.is_some());
-        let mut target = Target::Skip;
-        let refusal = if !registered {
-            Some(PublishRefusal::NotRegistered)
-        } else if header.chunk_count() > Self::MAX_FILE_CHUNKS {
-            Some(PublishRefusal::TooManyChunks {
-                max: Self::MAX_FILE_CHUNKS,
-            })
-        } else if let Some(slot) = self.listed_slot(&file) {
-            target = Target::Known(slot);
-            None
-        } else if let Some(slot) = self.files.iter().position(|f| matches!(f, FileState::Free)) {
-            target = Target::New(slot as u16);
-            self.files[slot] = FileState::Pending(header.clone());
-            None
-        } else {
-            Some(PublishRefusal::TrackerFull)
-        };
-        if let Some(reason) = refusal {
-            self.refuse_publish(id, file, reason);
-        }
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        // The decoder has validated the header; the body (if any) follows.
-        c.publish = Some(PublishRx {
-            file,
-            hasher: FileIdHasher::new(&header),
-            target,
-            offset: 0,
-            storage_failed: false,
-        });
-        if header.chunk_count() == 0 {
-            self.finish_publish(id);
-        }
-    }
-
-    fn on_publish_body<'a>(
-        &mut self,
-        id: ConnId,
-        data: &'a [u8],
-        remaining: u64,
-    ) -> Option<StorageWrite<'a>> {
-        let c = self.conns.get_mut(id)?;
-        let rx = c.publish.as_mut()?;
-        rx.hasher.update(data);
-        let offset = rx.offset;
-        rx.offset += data.len() as u64;
-        let write = match rx.target {
-            Target::New(slot) if !rx.storage_failed => Some(StorageWrite {
-                key: hashes_key(slot),
-                offset,
-                data,
-            }),
-            _ => None,
-        };
-        if remaining == 0 {
-            self.finish_publish(id);
-        }
-        write
-    }
-
-    fn finish_publish(&mut self, id: ConnId) {
-        let Some(rx) = self.conns.get_mut(id).and_then(|c| c.publish.take()) else {
-            return;
-        };
-        let computed = rx.hasher.finish();
-        let slot = match rx.target {
-            Target::Skip => return,
-            Target::New(slot) | Target::Known(slot) => slot,
-        };
-        let refusal = if computed != Some(rx.file) {
-            Some(PublishRefusal::IdMismatch)
-        } else if rx.storage_failed {
-            Some(PublishRefusal::StorageFailed)
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            self.abandon_slot(rx.target);
-            self.refuse_publish(id, rx.file, reason);
-            return;
-        }
-        let (slot, first) = match rx.target {
-            // Someone else finished publishing the same file first: join it.
-            Target::New(_) if self.listed_slot(&rx.file).is_some() => {
-                self.abandon_slot(rx.target);
-                (self.listed_slot(&rx.file).unwrap_or(slot), false)
-            }
-            Target::New(slot) => {
-                let FileState::Pending(header) = &self.files[slot as usize] else {
-                    return;
-                };
-                let taken = self.files.iter().find_map(|f| match f {
-                    FileState::Listed(other, h) if h.name == header.name => Some(*other),
-                    _ => None,
-                });
-                if let Some(existing) = taken {
-                    self.abandon_slot(rx.target);
-                    self.refuse_publish(id, rx.file, PublishRefusal::NameTaken { existing });
-                    return;
-                }
-                self.files[slot as usize] = FileState::Listed(rx.file, header.clone());
-                (slot, true)
-            }
-            _ => (slot, false),
-        };
-        let FileState::Listed(_, header) = &self.files[slot as usize] else {
-            return;
-        };
-        let (name, size, count) = (header.name.clone(), header.size, header.chunk_count());
-        let Some(h) = self.holding_mut_or_insert(id, slot, count) else {
-            // No room to record the holder: the publish cannot be honoured.
-            self.event(TrackerEvent::Overloaded(Table::Holdings));
-            self.refuse_publish(id, rx.file, PublishRefusal::TrackerFull);
-            self.delist_if_incomplete(slot);
-            return;
-        };
-        h.chunks.fill();
-        // Only registered connections get this far (start_publish refuses the others).
-        let Some(by) = self.conns.get(id).and_then(|c| c.registered) else {
-            return;
-        };
-        self.reply(id, Reply::Published(rx.file));
-        self.event(TrackerEvent::Published {
-            file: rx.file,
-            name,
-            size,
-            by,
-            first,
-        });
-    }
-
-    fn refuse_publish(&mut self, id: ConnId, file: FileId, reason: PublishRefusal) {
-        self.reply(id, Reply::PublishRefused(file, reason));
-        self.event(TrackerEvent::PublishRefused { file, reason });
-    }
-
-    /// A pending slot whose publish failed or was overtaken: its stored hashes are discarded.
-    fn abandon_slot(&mut self, target: Target) {
-        if let Target::New(slot) = target {
-            if matches!(self.files[slot as usize], FileState::Pending(_)) {
-                self.files[slot as usize] = FileState::Discard;
-                self.pending_actions += 1;
-            }
-        }
-    }
-
-    fn abandon_publish(&mut self, id: ConnId) {
-        if let Some(rx) = self.conns.get_mut(id).and_then(|c| c.publish.take()) {
-            self.abandon_slot(rx.target);
-        }
-    }
-
-    fn have(&mut self, id: ConnId, file: FileId, ranges: &[ChunkRange]) {
-        let Some(slot) = self.listed_slot(&file) else {
-            self.reply(id, Reply::NotFound(file));
-            return;
-        };
-        let count = match &self.files[slot as usize] {
-            FileState::Listed(_, header) => header.chunk_count(),
-            _ => return,
-        };
-        if ranges.iter().any(|r| r.start >= r.end || r.end > count) {
-            self.misbehaved(id, Offence::BadRange);
-            return;
-        }
-        let Some(h) = self.holding_mut_or_insert(id, slot, count) else {
-            self.event(TrackerEvent::Overloaded(Table::Holdings));
-            return;
-        };
-        for r in ranges {
-            h.chunks.set_range(*r);
-        }
-    }
-
-    fn holding_mut_or_insert(
-        &mut self,
-        conn: ConnId,
-        slot: u16,
-        count: u32,
-    ) -> Option<&mut Holding<W>> {
-        let index = match self
-            .holdings
-            .iter()
-            .position(|h| h.as_ref().is_some_and(|h| h.conn == conn && h.slot == slot))
-        {
-            Some(i) => i,
-            None => {
-                let i = self.holdings.iter().position(Option::is_none)?;
-                self.holdings[i] = Some(Holding {
-                    conn,
-                    slot,
-                    chunks: ChunkBitmap::new(count).ok()?,
-                });
-                i
-            }
-        };
-        self.holdings[index].as_mut()
-    }
-
-    fn delist_if_incomplete(&mut self, slot: u16) {
-        let FileState::Listed(file, header) = &self.files[slot as usize] else {
-            return;
-        };
-        let complete = self
-            .holdings
-            .iter()
-            .flatten()
-            .any(|h| h.slot == slot && h.chunks.is_full());
-        if complete {
-            return;
-        }
-        let (file, name) = (*file, header.name.clone());
-        for h in self.holdings.iter_mut() {
-            if h.as_ref().is_some_and(|h| h.slot == slot) {
-                *h = None;
-            }
-        }
-        self.files[slot as usize] = FileState::Discard;
-        self.pending_actions += 1;
-        self.event(TrackerEvent::Delisted { file, name });
-    }
-
-    fn listed_slot(&self, file: &FileId) -> Option<u16> {
-        self.files
-            .iter()
-            .position(|f| matches!(f, FileState::Listed(id, _) if id == file))
-            .map(|i| i as u16)
-    }
-
     // ---- helpers ------------------------------------------------------------------------
 
     fn reply(&mut self, id: ConnId, reply: Reply) {
@@ -1033,204 +661,6 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         } else {
             c.link.phase = Phase::Closing;
         }
-    }
-
-    fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        let c = self.conns.get_mut(id)?;
-        if c.link.blocked || c.link.phase == Phase::Closed || !c.has_output() {
-            return None;
-        }
-        let (msg, then) = if let Some(reply) = c.replies.pop_front() {
-            let (msg, next, then) = self.render(reply);
-            if let Some(next) = next {
-                // Put the rest of a stream back at the front; there is room, we just popped.
-                let c = self.conns.get_mut(id)?;
-                let _ = c.replies.push_front(next);
-            }
-            (msg, then)
-        } else {
-            if c.push.is_none() {
-                c.push = Some((0, 0));
-                c.push_dirty = false;
-            }
-            let (cursor, count) = c.push?;
-            let next = (cursor as usize..C).find_map(|i| {
-                let id = self.conns.id_at(i)?;
-                let c = self.conns.get(id)?;
-                let addr = c.registered?;
-                Some((
-                    i,
-                    PeerEntry {
-                        node: c.link.hello?.node,
-                        addr,
-                    },
-                ))
-            });
-            let c = self.conns.get_mut(id)?;
-            match next {
-                Some((i, entry)) => {
-                    c.push = Some((i as u16 + 1, count + 1));
-                    (Message::PeerListItem(entry), None)
-                }
-                None => {
-                    c.push = None;
-                    (Message::PeerListEnd { count }, None)
-                }
-            }
-        };
-        let c = self.conns.get_mut(id)?;
-        if c.link.phase == Phase::Closing && c.replies.is_empty() {
-            c.link.phase = Phase::Closed;
-            self.pending_actions += 1;
-        }
-        // Every message fits FRAME_BUF_LEN (checked by a test over the largest of each kind).
-        let len = encode_frame(&msg, buf).ok()?;
-        Some(Transmit {
-            conn: id,
-            len,
-            then,
-        })
-    }
-
-    /// The frame for `reply`, the rest of the stream it starts (if any), and bytes to send
-    /// from storage after it.
-    fn render(&self, reply: Reply) -> (Message, Option<Reply>, Option<StorageSend>) {
-        let msg = match reply {
-            Reply::Hello(nonce) => Message::Hello(Hello {
-                version: PROTOCOL_VERSION,
-                node: self.config.node,
-                listen_port: 0,
-                nonce,
-            }),
-            Reply::Auth(proof) => Message::Auth { proof },
-            Reply::Ping(n) => Message::Ping(n),
-            Reply::Pong(n) => Message::Pong(n),
-            Reply::Registered(addr) => Message::Registered { addr },
-            Reply::Refused(r) => Message::Refused(r),
-            Reply::Published(file) => Message::Published { file },
-            Reply::PublishRefused(file, reason) => Message::PublishRefused { file, reason },
-            Reply::NotFound(file) => Message::NotFound { file },
-            Reply::Files { cursor, count } => {
-                let next = (cursor as usize..F).find_map(|i| match &self.files[i] {
-                    FileState::Listed(file, header) => Some((i, *file, header)),
-                    _ => None,
-                });
-                let Some((i, file, header)) = next else {
-                    return (Message::FileListEnd { count }, None, None);
-                };
-                let (mut holders, mut seeders) = (0u16, 0u16);
-                for h in self
-                    .holdings
-                    .iter()
-                    .flatten()
-                    .filter(|h| h.slot == i as u16)
-                {
-                    holders += 1;
-                    seeders += u16::from(h.chunks.is_full());
-                }
-                let entry = FileEntry {
-                    file,
-                    name: header.name.clone(),
-                    size: header.size,
-                    chunk_size: header.chunk_size,
-                    chunks: header.chunk_count(),
-                    holders,
-                    seeders,
-                };
-                let next = Reply::Files {
-                    cursor: i as u16 + 1,
-                    count: count + 1,
-                };
-                return (Message::FileItem(entry), Some(next), None);
-            }
-            Reply::Locate {
-                file,
-                slot,
-                cursor,
-                chunk,
-                holders,
-            } => return self.render_locate(file, slot, cursor, chunk, holders),
-            Reply::Manifest { file, slot } => match &self.files[slot as usize] {
-                FileState::Listed(id, header) if *id == file => {
-                    let then = StorageSend {
-                        key: hashes_key(slot),
-                        offset: 0,
-                        len: header.hashes_len(),
-                    };
-                    let msg = Message::Manifest {
-                        file,
-                        header: header.clone(),
-                    };
-                    return (msg, None, (then.len > 0).then_some(then));
-                }
-                // Delisted between the request and now.
-                _ => Message::NotFound { file },
-            },
-        };
-        (msg, None, None)
-    }
-
-    fn render_locate(
-        &self,
-        file: FileId,
-        slot: u16,
-        cursor: u16,
-        chunk: u32,
-        holders: u16,
-    ) -> (Message, Option<Reply>, Option<StorageSend>) {
-        let end = Message::LocateEnd { file, holders };
-        if !matches!(&self.files[slot as usize], FileState::Listed(id, _) if *id == file) {
-            return (end, None, None);
-        }
-        let next = (cursor as usize..H).find_map(|i| {
-            let h = self.holdings[i].as_ref().filter(|h| h.slot == slot)?;
-            let c = self.conns.get(h.conn)?;
-            Some((
-                i,
-                h,
-                PeerEntry {
-                    node: c.link.hello?.node,
-                    addr: c.registered?,
-                },
-            ))
-        });
-        let Some((i, h, peer)) = next else {
-            return (end, None, None);
-        };
-        let mut ranges = heapless::Vec::new();
-        let mut from = chunk;
-        let mut more = false;
-        while let Some(r) = h.chunks.next_range(from) {
-            if ranges.push(r).is_err() {
-                more = true;
-                break;
-            }
-            from = r.end;
-        }
-        let next = if more {
-            Reply::Locate {
-                file,
-                slot,
-                cursor: i as u16,
-                chunk: from,
-                holders,
-            }
-        } else {
-            Reply::Locate {
-                file,
-                slot,
-                cursor: i as u16 + 1,
-                chunk: 0,
-                holders: holders + 1,
-            }
-        };
-        let item = HolderItem {
-            file,
-            peer,
-            ranges,
-            more,
-        };
-        (Message::HolderItem(item), Some(next), None)
     }
 }
 

@@ -1,0 +1,92 @@
+//! What must hold between any two inputs, checked by [`Peer::check_invariants`]: in debug
+//! builds on entry to every input and at the end of every drain, and by the fuzz targets after
+//! every step. Hand-kept counters are compared with the tables they count, and every
+//! cross-reference (a chunk in flight, a candidate's connection, the tracker session) with
+//! what it points at.
+
+use super::*;
+
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+    /// Panics, naming the rule, if the peer's state is inconsistent. Cheap enough for every
+    /// step of a fuzz run: one pass over the connections, files and chunks in flight.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let used = self.conns.iter().filter(|(_, c)| c.upload_slot).count();
+        assert_eq!(
+            self.slots_used, used,
+            "slots_used counts the upload slots held"
+        );
+        assert!(
+            self.slots_used <= self.config.upload_slots,
+            "no more upload slots than configured"
+        );
+        for (i, a) in self.in_flight() {
+            let Some(f) = self.file(a.slot) else {
+                panic!("a chunk in flight belongs to a file");
+            };
+            assert!(f.busy.get(a.chunk), "a chunk in flight is marked busy");
+            assert!(!f.have.get(a.chunk), "a held chunk is not in flight");
+            assert!(
+                a.frontier <= self.chunk_len(a.slot, a.chunk),
+                "the frontier stays inside its chunk"
+            );
+            assert_eq!(
+                self.active_index(a.slot, a.chunk),
+                Some(i),
+                "a chunk is in flight once"
+            );
+            for src in [a.owner, a.dup, a.receiving].into_iter().flatten() {
+                assert!(self.conns.get(src).is_some(), "a chunk's sources are live");
+            }
+        }
+        for (slot, f) in self.files.iter().enumerate() {
+            let Some(f) = f else { continue };
+            let in_flight = self
+                .in_flight()
+                .filter(|(_, a)| a.slot == slot as u16)
+                .count();
+            assert_eq!(
+                f.busy.count() as usize,
+                in_flight,
+                "busy chunks are the chunks in flight"
+            );
+            assert!(
+                f.fetching || f.busy.count() == 0,
+                "a shared file has nothing in flight"
+            );
+        }
+        for cand in self.candidates.iter().flatten() {
+            assert!(self.file(cand.slot).is_some(), "a candidate is for a file");
+            if let Some(id) = cand.conn {
+                assert!(
+                    self.conns.get(id).is_some(),
+                    "a candidate's connection is live"
+                );
+            }
+        }
+        let live_tracker_conns = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.role == Role::Tracker && c.link.phase != Phase::Closed)
+            .count();
+        assert!(live_tracker_conns <= 1, "one tracker connection at a time");
+        if let Some(t) = self.session.conn {
+            assert!(
+                self.conns.get(t).is_some_and(|c| c.role == Role::Tracker),
+                "the session's connection is a tracker connection"
+            );
+        }
+        assert!(
+            self.session.registered.is_none() || self.session.conn.is_some(),
+            "registered only with a tracker connection"
+        );
+        assert!(
+            self.timers().get(Timer::Ping).is_some(),
+            "the ping timer is always armed"
+        );
+        assert!(
+            F >= 32 || self.discard_hashes >> F == 0,
+            "hash discards only for file slots"
+        );
+    }
+}
