@@ -608,3 +608,18 @@ fn a_private_swarm_serves_members_and_refuses_everyone_else() {
         "cannot read swarm key file missing.hex",
     );
 }
+
+#[test]
+fn the_core_logs_through_the_commands_output() {
+    let dir = scratch("corelog");
+    let (t, addr) = tracker(&dir, "127.0.0.1:0");
+    // A frame whose length prefix claims 4 GiB: the core cuts the connection off and says so
+    // in its own words (`conn#…`), besides the command's line about the event.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut s, &[0xff; 8]).unwrap();
+    until("the core's own warning", || {
+        t.stderr()
+            .lines()
+            .any(|l| l.contains("conn#") && l.contains("misbehaved"))
+    });
+}

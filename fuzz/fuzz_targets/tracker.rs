@@ -18,7 +18,7 @@ use proto_core::manifest::{FileIdHasher, ManifestHeader};
 use proto_core::node::Node;
 use proto_core::storage::Storage;
 use proto_core::storage::{Region, StorageKey};
-use proto_core::testing::{Frames, MemStore};
+use proto_core::testing::{self, Frames, MemStore};
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{Tracker, TrackerConfig};
 use proto_core::wire::{
@@ -97,21 +97,14 @@ impl Net {
     }
 
     fn feed(&mut self, c: ConnId, bytes: &[u8]) {
-        let mut rest = bytes;
-        for _ in 0..10_000 {
-            if rest.is_empty() {
-                break;
-            }
-            let (n, _) =
-                self.t
-                    .recv_stored(self.now, c, rest, &mut self.store, &mut |_, e| match e {});
-            assert!(n <= rest.len());
-            rest = &rest[n..];
+        testing::offer(bytes, |rest| {
+            let never = &mut |_, e| match e {};
+            let (n, _) = self
+                .t
+                .recv_stored(self.now, c, rest, &mut self.store, never);
             self.drain();
-            if n == 0 {
-                break;
-            }
-        }
+            n
+        });
         for slot in 0..3 {
             let data = StorageKey {
                 slot,

@@ -19,6 +19,14 @@ impl<const W: usize> ChunkBitmap<W> {
     /// The most chunks a bitmap of this type can hold.
     pub const CAPACITY: u32 = (W as u32).saturating_mul(32);
 
+    /// The most chunks a file may have in a node with these bitmaps: their capacity, or what a
+    /// manifest allows, whichever is smaller.
+    pub const MAX_FILE_CHUNKS: u32 = if Self::CAPACITY < crate::manifest::MAX_CHUNKS {
+        Self::CAPACITY
+    } else {
+        crate::manifest::MAX_CHUNKS
+    };
+
     /// An empty set over `len` chunks.
     pub fn new(len: u32) -> Result<Self, TooManyChunks> {
         if len > Self::CAPACITY {

@@ -1,5 +1,5 @@
 //! The connection core shared by the tracker and the peer: handles and the slot table, the
-//! state every connection has ([`Link`]: phase, frame decoder, hello, nonce, liveness), the
+//! state every connection has (`Link`: phase, frame decoder, hello, nonce, liveness), the
 //! frame decode loop, the handshake and ping sweeps, the round-robin transmit and the event
 //! queue. Each node keeps what is its own (replies, requests, files) beside a `Link`.
 
@@ -59,15 +59,18 @@ impl fmt::Display for TableFull {
 
 impl core::error::Error for TableFull {}
 
-/// `N` slots, each empty or holding a `T`, addressed by [`ConnId`].
+/// `N` slots, each empty or holding a `T`, addressed by [`ConnId`], and where the round-robin
+/// transmit resumes.
 pub(crate) struct Slots<T, const N: usize> {
     slots: [(u16, Option<T>); N],
+    rr: usize,
 }
 
 impl<T, const N: usize> Slots<T, N> {
     pub(crate) fn new() -> Self {
         Slots {
             slots: core::array::from_fn(|_| (0, None)),
+            rr: 0,
         }
     }
 
@@ -236,6 +239,14 @@ pub(crate) trait HasLink {
 }
 
 impl<T: HasLink, const N: usize> Slots<T, N> {
+    /// The adapter can (`false`) or cannot (`true`) take more output for `id`; a blocked
+    /// connection gets no frames.
+    pub(crate) fn set_blocked(&mut self, id: ConnId, blocked: bool) {
+        if let Some(c) = self.get_mut(id) {
+            c.link_mut().blocked = blocked;
+        }
+    }
+
     /// Connections whose handshake did not finish by its deadline.
     pub(crate) fn late_handshakes(&self, now: Instant) -> Vec<ConnId, N> {
         self.iter()
@@ -309,14 +320,12 @@ impl<E, const N: usize> EventQueue<E, N> {
 }
 
 /// The node side of the connection core: what the shared decode loop and transmit need.
-pub(crate) trait Wire {
-    /// The node's connection table size.
-    const CONNS: usize;
-    fn link_mut(&mut self, id: ConnId) -> Option<&mut Link>;
-    /// The id of the occupied slot at `index`, if any.
-    fn id_at(&self, index: usize) -> Option<ConnId>;
-    /// Where the round-robin transmit resumes.
-    fn rr(&mut self) -> &mut usize;
+pub(crate) trait Wire<const N: usize> {
+    /// The node's per-connection state.
+    type Conn: HasLink;
+    /// The node's connection table.
+    fn table(&self) -> &Slots<Self::Conn, N>;
+    fn table_mut(&mut self) -> &mut Slots<Self::Conn, N>;
     /// The next frame for `id`, if it has one.
     fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit>;
     /// Whether `id`'s replies (or the node's events) have room for what another message may
@@ -337,7 +346,7 @@ pub(crate) trait Wire {
 
 /// The frame decode loop of `handle_recv`, for either node: decodes messages and bodies until
 /// the input is used up, a body needs storing, or the node stops reading.
-pub(crate) fn recv<'a, N: Wire + ?Sized>(
+pub(crate) fn recv<'a, const C: usize, N: Wire<C> + ?Sized>(
     node: &mut N,
     now: Instant,
     id: ConnId,
@@ -345,7 +354,7 @@ pub(crate) fn recv<'a, N: Wire + ?Sized>(
 ) -> Recv<'a> {
     let mut used = 0;
     loop {
-        let Some(l) = node.link_mut(id) else {
+        let Some(l) = node.table_mut().get_mut(id).map(HasLink::link_mut) else {
             // A closed connection: whatever is still in flight is dropped.
             return Recv::all(input);
         };
@@ -361,7 +370,7 @@ pub(crate) fn recv<'a, N: Wire + ?Sized>(
             };
         }
         node.on_input(id, now);
-        let Some(l) = node.link_mut(id) else {
+        let Some(l) = node.table_mut().get_mut(id).map(HasLink::link_mut) else {
             return Recv::all(input);
         };
         match l.decoder.decode(rest) {
@@ -394,16 +403,16 @@ pub(crate) fn recv<'a, N: Wire + ?Sized>(
 }
 
 /// The next frame of any connection, taking them in turn so none starves the others.
-pub(crate) fn transmit<N: Wire + ?Sized>(
+pub(crate) fn transmit<const C: usize, N: Wire<C> + ?Sized>(
     node: &mut N,
     buf: &mut [u8; FRAME_BUF_LEN],
 ) -> Option<Transmit> {
-    let mut rr = *node.rr();
-    let t = round_robin(&mut rr, N::CONNS, |index| {
-        let id = node.id_at(index)?;
+    let mut rr = node.table().rr;
+    let t = round_robin(&mut rr, C, |index| {
+        let id = node.table().id_at(index)?;
         node.next_frame(id, buf)
     });
-    *node.rr() = rr;
+    node.table_mut().rr = rr;
     t
 }
 

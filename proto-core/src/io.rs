@@ -5,7 +5,7 @@
 //!
 //! After every input (a `handle_*` call or a command), call `poll_output` until it returns
 //! [`Output::Timeout`]; carry out each [`Output`] as it comes. The order in which a node hands
-//! out frames, actions and events is the core's business, written once in [`Drain`]: an adapter
+//! out frames, actions and events is the core's business, written once in `Drain`: an adapter
 //! only matches on what it got.
 
 use core::net::SocketAddr;

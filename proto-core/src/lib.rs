@@ -82,7 +82,7 @@
 //! - `std`: `Instant::now()` for hosts. The state machines never need it.
 //! - `defmt`: log through defmt and derive `defmt::Format` on public types.
 //! - `log`: log through the `log` facade. At most one of `defmt` and `log`.
-//! - `testing`: [`testing`], the helpers every test harness shares (needs `std`).
+//! - `testing`: the `testing` module, the helpers every test harness shares (needs `std`).
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![warn(missing_docs)]
 // Input from the network or a file must never panic the core: no unwrap/expect outside tests.

@@ -213,6 +213,63 @@ pub fn drain<N: Node + ?Sized>(
     }
 }
 
+/// Offers `input` to `take` (which answers how many bytes it took) until it is all taken or
+/// `take` takes nothing: the loop every harness wraps around `handle_recv`.
+pub fn offer(input: &[u8], mut take: impl FnMut(&[u8]) -> usize) {
+    let mut rest = input;
+    while !rest.is_empty() {
+        let n = take(rest);
+        assert!(n <= rest.len(), "a node took more than it was offered");
+        rest = &rest[n..];
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// What a test saw a node hand out, gathered over drains: messages per connection, actions
+/// and events.
+pub struct Seen<E> {
+    frames: Frames,
+    /// Messages sent, per connection, not yet taken.
+    pub got: BTreeMap<ConnId, Vec<Message>>,
+    /// Every connect and close asked for.
+    pub actions: Vec<Action>,
+    /// Every event.
+    pub events: Vec<E>,
+}
+
+impl<E> Default for Seen<E> {
+    fn default() -> Self {
+        Seen {
+            frames: Frames::default(),
+            got: BTreeMap::new(),
+            actions: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+}
+
+impl<E> Seen<E> {
+    /// Adds what a drain handed out.
+    pub fn add(&mut self, d: Drained<E>) {
+        for (conn, bytes) in d.sent {
+            let msgs = self.frames.push(conn, &bytes);
+            self.got
+                .entry(conn)
+                .or_default()
+                .extend(msgs.into_iter().map(|(m, _)| m));
+        }
+        self.actions.extend(d.actions);
+        self.events.extend(d.events);
+    }
+
+    /// The messages sent on `conn` since last taken.
+    pub fn take(&mut self, conn: ConnId) -> Vec<Message> {
+        self.got.remove(&conn).unwrap_or_default()
+    }
+}
+
 /// Feeds `input` to `node` on `conn` until it is all taken, storing what it asks to store and
 /// draining between calls (a node may stop reading until its replies are out). Returns what
 /// the drains handed out.

@@ -1,7 +1,7 @@
 //! Time as the core sees it: microseconds on a monotonic clock that the adapter reads.
 //!
-//! The core never reads a clock. Every `handle_*` call carries `now`, and `poll_timeout`
-//! answers with an [`Instant`] at which the adapter must call `handle_timeout`. Keeping our
+//! The core never reads a clock. Every `handle_*` call carries `now`, and a drain ends with
+//! `Timeout(`[`Instant`]`)`, when the adapter must call `handle_timeout`. Keeping our
 //! own types (instead of `core::time::Duration` alone) gives a plain `u64` that is cheap to
 //! store in tables, `Copy`, and formattable with defmt on a device.
 

@@ -8,7 +8,7 @@ use proto_core::io::Action;
 use proto_core::manifest::{ManifestBuilder, ManifestHeader};
 use proto_core::peer::{FetchFailure, Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, StorageKey};
-use proto_core::testing::{self, frame, Frames, MemStore};
+use proto_core::testing::{self, frame, MemStore, Seen};
 use proto_core::time::Instant;
 use proto_core::wire::{BlockRef, FileId, Hello, Message, NodeId, RejectReason, PROTOCOL_VERSION};
 
@@ -20,10 +20,7 @@ struct Harness {
     p: P,
     now: Instant,
     store: MemStore,
-    frames: Frames,
-    got: std::collections::HashMap<ConnId, Vec<Message>>,
-    actions: Vec<Action>,
-    events: Vec<PeerEvent>,
+    seen: Seen<PeerEvent>,
     tracker: ConnId,
 }
 
@@ -46,15 +43,13 @@ impl Harness {
             p,
             now: Instant::ZERO,
             store: MemStore::default(),
-            frames: Frames::default(),
-            got: Default::default(),
-            actions: Vec::new(),
-            events: Vec::new(),
+            seen: Seen::default(),
             tracker: ConnId::from_parts(u16::MAX, 0),
         };
         h.drain();
         let tracker_addr: SocketAddr = TRACKER.parse().unwrap();
         h.tracker = h
+            .seen
             .actions
             .iter()
             .find_map(|a| match *a {
@@ -79,7 +74,7 @@ impl Harness {
     fn feed_bytes(&mut self, c: ConnId, bytes: &[u8]) -> u64 {
         let before = self.store.written;
         let d = testing::feed(&mut self.p, self.now, c, bytes, &mut self.store);
-        self.take_drained(d);
+        self.seen.add(d);
         self.store.written - before
     }
 
@@ -89,23 +84,11 @@ impl Harness {
 
     fn drain(&mut self) {
         let d = testing::drain(&mut self.p, self.now, &mut self.store);
-        self.take_drained(d);
-    }
-
-    fn take_drained(&mut self, d: testing::Drained<PeerEvent>) {
-        for (conn, bytes) in d.sent {
-            let msgs = self.frames.push(conn, &bytes);
-            self.got
-                .entry(conn)
-                .or_default()
-                .extend(msgs.into_iter().map(|(m, _)| m));
-        }
-        self.actions.extend(d.actions);
-        self.events.extend(d.events);
+        self.seen.add(d);
     }
 
     fn take(&mut self, c: ConnId) -> Vec<Message> {
-        self.got.remove(&c).unwrap_or_default()
+        self.seen.take(c)
     }
 }
 
@@ -140,12 +123,16 @@ fn a_manifest_that_does_not_hash_to_its_id_is_discarded_and_asked_for_again() {
     // The hashes streamed to storage as they came...
     assert_eq!(written, hashes.len() as u64);
     // ...and are thrown away once they do not match the id.
-    assert!(h.events.contains(&PeerEvent::ManifestRejected { slot }));
+    assert!(h
+        .seen
+        .events
+        .contains(&PeerEvent::ManifestRejected { slot }));
     assert!(h.store.discarded.contains(&StorageKey {
         slot,
         region: Region::Hashes
     }));
     assert!(!h
+        .seen
         .events
         .iter()
         .any(|e| matches!(e, PeerEvent::ManifestReceived { .. })));
@@ -247,7 +234,7 @@ fn a_peer_asking_for_a_file_we_do_not_have_is_told_and_closed() {
         },
     );
     assert!(h.take(a).contains(&Message::NotFound { file: other }));
-    assert!(h.actions.contains(&Action::Close(a)));
+    assert!(h.seen.actions.contains(&Action::Close(a)));
 }
 
 #[test]
@@ -264,7 +251,7 @@ fn a_storage_failure_ends_the_fetch_with_the_reason() {
         },
     );
     h.drain();
-    assert!(h.events.contains(&PeerEvent::FetchFailed {
+    assert!(h.seen.events.contains(&PeerEvent::FetchFailed {
         slot,
         reason: FetchFailure::Storage
     }));
@@ -278,8 +265,9 @@ fn bytes_before_hello_are_misbehaviour() {
         h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
             .unwrap();
     h.feed(a, &Message::Ping(1));
-    assert!(h.actions.contains(&Action::Close(a)));
+    assert!(h.seen.actions.contains(&Action::Close(a)));
     assert!(h
+        .seen
         .events
         .iter()
         .any(|e| matches!(e, PeerEvent::Misbehaved { .. })));

@@ -1035,15 +1035,9 @@ impl Sim {
             let mut at = 0;
             while at < inbox.len() {
                 let input = &inbox[at..];
-                let n = &mut self.nodes[node];
-                let mut view = StoreView {
-                    store: &mut n.store,
-                    original: &self.original,
-                    header: &self.header,
-                    corrupt: n.corrupt,
-                };
+                let (core, mut view) = split(&mut self.nodes[node], &self.original, &self.header);
                 let never = &mut |_, e: Infallible| match e {};
-                let consumed = match &mut n.core {
+                let consumed = match core {
                     Core::Tracker(t) => {
                         t.recv_stored(now, conn, input, &mut self.tracker_store, never)
                             .0
@@ -1078,15 +1072,9 @@ impl Sim {
         let mut buf = [0u8; FRAME_BUF_LEN];
         loop {
             let now = self.now;
-            let n = &mut self.nodes[i];
-            let mut view = StoreView {
-                store: &mut n.store,
-                original: &self.original,
-                header: &self.header,
-                corrupt: n.corrupt,
-            };
+            let (core, mut view) = split(&mut self.nodes[i], &self.original, &self.header);
             let never = &mut |_, e: Infallible| match e {};
-            let out = match &mut n.core {
+            let out = match core {
                 Core::Tracker(t) => {
                     match t.poll_stored(now, &mut self.tracker_store, &mut buf, never) {
                         Output::Event(e) => {
@@ -1315,6 +1303,21 @@ impl Storage for StoreView<'_> {
         }
         Ok(())
     }
+}
+
+/// A node's core, and its store as the core sees it.
+fn split<'a>(
+    n: &'a mut Node,
+    original: &'a [u8],
+    header: &'a ManifestHeader,
+) -> (&'a mut Core, StoreView<'a>) {
+    let view = StoreView {
+        store: &mut n.store,
+        original,
+        header,
+        corrupt: n.corrupt,
+    };
+    (&mut n.core, view)
 }
 
 /// `len` bytes at `offset` of `key` in a peer's store.

@@ -7,7 +7,7 @@ use crate::auth::SwarmKey;
 use crate::time::Duration;
 use crate::wire::NodeId;
 
-/// Settings for a [`Peer`].
+/// Settings for a [`Peer`](super::Peer).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerConfig {
     /// This peer's node id.

@@ -102,7 +102,7 @@ pub(super) enum Sink {
     },
 }
 
-pub(super) struct Conn<const W: usize> {
+pub(crate) struct Conn<const W: usize> {
     pub(super) link: Link,
     pub(super) role: Role,
     pub(super) sink: Sink,
@@ -266,16 +266,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         };
         if matches!(c.link.phase, Phase::Closing | Phase::Closed) {
             // Torn down already: only what becomes of the slot is left to decide.
-            match end {
-                End::Lost => {
-                    self.conns.remove(id);
-                }
-                End::Closed => {
-                    c.link.phase = Phase::Closed;
-                    c.ctl.clear();
-                }
-                End::Flushed => {}
-            }
+            self.settle(id, end);
             return;
         }
         self.release_work(id, false);
@@ -296,24 +287,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             End::Lost => c.bitfield_in || c.bitfield_out,
             End::Closed | End::Flushed => c.bitfield_in,
         };
-        match end {
-            End::Lost => {
-                self.conns.remove(id);
-            }
-            End::Closed => {
-                c.link.phase = Phase::Closed;
-                c.ctl.clear();
-                c.serve.clear();
-            }
-            End::Flushed => {
-                c.link.phase = if c.ctl.is_empty() {
-                    Phase::Closed
-                } else {
-                    Phase::Closing
-                };
-                c.serve.clear();
-            }
-        }
+        self.settle(id, end);
         match role {
             Role::Tracker => self.tracker_lost(end),
             Role::Peer { .. } => {
@@ -335,6 +309,27 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     self.event(PeerEvent::PeerLost { slot, addr });
                 }
             }
+        }
+    }
+
+    /// What becomes of the slot of a connection that ends: freed now (`Lost`), or left to
+    /// report its close through `poll_output`, at once (`Closed`) or after its queued control
+    /// frames (`Flushed`). Blocks it was to serve are dropped either way.
+    fn settle(&mut self, id: ConnId, end: End) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.serve.clear();
+        match end {
+            End::Lost => {
+                self.conns.remove(id);
+            }
+            End::Closed => {
+                c.link.phase = Phase::Closed;
+                c.ctl.clear();
+            }
+            End::Flushed if c.ctl.is_empty() => c.link.phase = Phase::Closed,
+            End::Flushed => c.link.phase = Phase::Closing,
         }
     }
 

@@ -58,14 +58,14 @@ pub enum PeerEvent {
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
         addr: SocketAddr,
     },
-    /// The tracker answered our hello: queries ([`Peer::list_files`], [`Peer::locate`]) can
+    /// The tracker answered our hello: queries ([`Peer::list_files`](super::Peer::list_files), [`Peer::locate`](super::Peer::locate)) can
     /// be sent now.
     TrackerReady,
     /// The tracker connection ended (or could not be made); retrying with backoff.
     TrackerLost,
     /// The tracker refused to register us; retrying with backoff.
     TrackerRefused(Refusal),
-    /// A new active peer list arrived from the tracker ([`Peer::peers`]).
+    /// A new active peer list arrived from the tracker ([`Peer::peers`](super::Peer::peers)).
     PeerList {
         /// Peers in it.
         count: u16,
@@ -82,16 +82,16 @@ pub enum PeerEvent {
         /// Why.
         reason: PublishRefusal,
     },
-    /// One file of an answer to [`Peer::list_files`].
+    /// One file of an answer to [`Peer::list_files`](super::Peer::list_files).
     FileListed(FileEntry),
-    /// End of an answer to [`Peer::list_files`].
+    /// End of an answer to [`Peer::list_files`](super::Peer::list_files).
     FileListEnd {
         /// Files listed.
         count: u16,
     },
-    /// One holder in an answer to [`Peer::locate`].
+    /// One holder in an answer to [`Peer::locate`](super::Peer::locate).
     Holder(HolderItem),
-    /// End of an answer to [`Peer::locate`].
+    /// End of an answer to [`Peer::locate`](super::Peer::locate).
     LocateEnd {
         /// The file.
         file: FileId,
@@ -177,7 +177,7 @@ pub enum PeerEvent {
         /// What it did.
         offence: Offence,
     },
-    /// Some chunks have no online holder; the fetch waits for one (see [`Peer::missing`]).
+    /// Some chunks have no online holder; the fetch waits for one (see [`Peer::missing`](super::Peer::missing)).
     Unavailable {
         /// The slot.
         slot: u16,

@@ -3,10 +3,10 @@
 //!
 //! # Driving it
 //!
-//! Same contract as the [tracker](crate::tracker): after every `handle_*` call (and every
-//! command such as [`Peer::share`] or [`Peer::fetch`]), drain in this order until each returns
-//! `None`: [`Peer::poll_transmit`], [`Peer::poll_action`], [`Peer::poll_event`]; then sleep
-//! until [`Peer::poll_timeout`] or the next socket event.
+//! Same contract as the [tracker](crate::tracker) (see [`crate::io`]): after every `handle_*`
+//! call (and every command such as [`Peer::share`] or [`Peer::fetch`]), call
+//! [`Peer::poll_output`] until it returns `Timeout`; then sleep until that instant or the next
+//! socket event. [`Node::poll_stored`](crate::node::Node::poll_stored) does the storage part.
 //!
 //! `handle_recv` may take only part of its input: it stops while the replies or events it
 //! has queued need draining first (backpressure, so its queues stay small and nothing is
@@ -18,9 +18,18 @@
 //!   [`Peer::handle_hash`]. The core keeps no chunk hashes in RAM.
 //! - `handle_recv` may return a [`StorageWrite`]: chunk payload or manifest hashes to store at
 //!   once, straight from the adapter's receive buffer. Payload is written before it is verified;
-//!   a chunk counts as held only after [`PeerEvent::ChunkVerified`], which is when the adapter
-//!   should record it durably.
+//!   a chunk counts as held only after [`PeerEvent::ChunkVerified`], which is when storage
+//!   records it durably ([`Storage::chunk_verified`](crate::storage::Storage::chunk_verified)).
 //! - [`Transmit::then`] asks for bytes from storage right after a frame (block payload, hashes).
+//!
+//! # Where things are
+//!
+//! This file keeps the public surface and the entry points; each concern is a file:
+//! `config` and `event` (what the peer is told and tells), `conns` (per-connection state
+//! and the one teardown path), `handshake`, `tracker_session`, `files` (the file table and
+//! manifest intake), `candidates` (whom to dial, strikes and bans), `recv` (the receive path),
+//! `verify` (the frontier rule), `sched` (the scheduler), `send` (what goes out next),
+//! `timers` and `invariants`.
 //!
 //! # How a download goes
 //!
@@ -28,17 +37,13 @@
 //! checking them against the file id, then locates holders and connects to several. Each
 //! connection is for one file: it opens with a [`Message::Bitfield`] both ways, and `Have`s
 //! follow as chunks are verified, so availability keeps flowing when the tracker is gone. The
-//! scheduler (see [`sched`](self::sched) for its rules) asks each connection for blocks of
+//! scheduler (see `sched.rs` for its rules) asks each connection for blocks of
 //! chunks it holds, rarest first.
 //!
-//! Bytes of a chunk are taken strictly in order at the chunk's *frontier*: the SHA-256 is
-//! updated as they arrive and they go to storage at once, so no chunk is ever buffered. Any
-//! connection that was asked for the block at the frontier may supply it; copies that arrive
-//! later are dropped unwritten. That one rule makes a stalled connection's chunk continue
-//! elsewhere from where it stopped, and makes endgame duplicates safe.
-//!
-//! A chunk whose hash does not match is discarded and fetched again; its sender gets a strike,
-//! and [`PeerConfig::ban_after`] strikes ban it.
+//! Bytes of a chunk are taken strictly in order at its *frontier* (see `verify.rs`), so no
+//! chunk is ever buffered and any source may continue a chunk where another stopped. A chunk
+//! whose hash does not match is discarded and fetched again; its sender gets a strike, and
+//! [`PeerConfig::ban_after`] strikes ban it.
 //!
 //! # Memory
 //!
@@ -157,7 +162,6 @@ pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> 
     upload: Option<TokenBucket>,
     slots_used: usize,
     leaving: bool,
-    rr: usize,
     /// Slots with a hash-discard action to report (one bit per slot; at most 32 slots).
     discard_hashes: u32,
     /// Chunks that failed their hash lately, and a node that sent them.
@@ -170,14 +174,7 @@ pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> 
 
 impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
     /// The most chunks a file may have on this peer.
-    pub const MAX_FILE_CHUNKS: u32 = {
-        let cap = ChunkBitmap::<W>::CAPACITY;
-        if cap < MAX_CHUNKS {
-            cap
-        } else {
-            MAX_CHUNKS
-        }
-    };
+    pub const MAX_FILE_CHUNKS: u32 = ChunkBitmap::<W>::MAX_FILE_CHUNKS;
 
     /// A peer; if a tracker is configured it connects to it at once.
     pub fn new(config: PeerConfig, now: Instant) -> Self {
@@ -199,7 +196,6 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 .map(|r| TokenBucket::new(r, u64::from(config.block_len).max(r / 4), now)),
             slots_used: 0,
             leaving: false,
-            rr: 0,
             discard_hashes: 0,
             recent_bad: Deque::new(),
             pending_header: None,
@@ -469,20 +465,16 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// The adapter cannot take more output for `conn` until [`Peer::handle_send_ready`].
     pub fn handle_send_blocked(&mut self, conn: ConnId) {
         self.drain.input();
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.link.blocked = true;
-        }
+        self.conns.set_blocked(conn, true);
     }
 
     /// The adapter can take output for `conn` again.
     pub fn handle_send_ready(&mut self, conn: ConnId) {
         self.drain.input();
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.link.blocked = false;
-        }
+        self.conns.set_blocked(conn, false);
     }
 
-    /// Time passed; call when [`Peer::poll_timeout`] is reached (early is harmless).
+    /// Time passed; call at the instant `poll_output` ended its drain with (early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.enter(now);
         // Each kind is looked at after the ones before it ran: an expiry may arm or disarm
@@ -509,61 +501,6 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         out
     }
 
-    /// When the peer next needs [`Peer::handle_timeout`]: the earliest armed timer (see
-    /// [`timers`](self::timers)).
-    fn poll_timeout(&self) -> Instant {
-        // The ping timer is always armed, so there is always an earliest.
-        let next = self.timers().earliest().unwrap_or(self.next_ping);
-        next.max(self.now)
-    }
-
-    /// Encodes the next frame to send into `buf`.
-    fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        conn::transmit(self, buf)
-    }
-
-    /// The next action, after `poll_transmit` is drained.
-    fn poll_action(&mut self) -> Option<Action> {
-        for (id, c) in self.conns.iter_mut() {
-            if c.link.phase == (Phase::Connecting { asked: false }) {
-                c.link.phase = Phase::Connecting { asked: true };
-                return Some(Action::Connect {
-                    conn: id,
-                    addr: c.link.remote,
-                });
-            }
-        }
-        let closed = self
-            .conns
-            .iter()
-            .find(|(_, c)| c.link.phase == Phase::Closed)
-            .map(|(id, _)| id);
-        if let Some(id) = closed {
-            self.conns.remove(id);
-            return Some(Action::Close(id));
-        }
-        for a in self.active.iter_mut().flatten() {
-            if !a.hash_asked {
-                a.hash_asked = true;
-                return Some(Action::ReadHash {
-                    key: key(a.slot, Region::Hashes),
-                    chunk: a.chunk,
-                });
-            }
-        }
-        if self.discard_hashes != 0 {
-            let slot = self.discard_hashes.trailing_zeros();
-            self.discard_hashes &= !(1 << slot);
-            return Some(Action::Discard(key(slot as u16, Region::Hashes)));
-        }
-        None
-    }
-
-    /// The next event for the user.
-    fn poll_event(&mut self) -> Option<PeerEvent> {
-        self.events.pop()
-    }
-
     // ---- files -------------------------------------------------------------------------
 
     // ---- connections -------------------------------------------------------------------
@@ -575,16 +512,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Wire for Peer<C, F, W, A> {
-    const CONNS: usize = C;
-    fn link_mut(&mut self, id: ConnId) -> Option<&mut Link> {
-        self.conns.get_mut(id).map(|c| &mut c.link)
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Wire<C> for Peer<C, F, W, A> {
+    type Conn = Conn<W>;
+    fn table(&self) -> &Slots<Conn<W>, C> {
+        &self.conns
     }
-    fn id_at(&self, index: usize) -> Option<ConnId> {
-        self.conns.id_at(index)
-    }
-    fn rr(&mut self) -> &mut usize {
-        &mut self.rr
+    fn table_mut(&mut self) -> &mut Slots<Conn<W>, C> {
+        &mut self.conns
     }
     fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
         Peer::next_frame(self, id, buf)
@@ -627,16 +561,50 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Outputs for
         &mut self.drain
     }
     fn next_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        self.poll_transmit(buf)
+        conn::transmit(self, buf)
     }
     fn next_action(&mut self) -> Option<Action> {
-        self.poll_action()
+        for (id, c) in self.conns.iter_mut() {
+            if c.link.phase == (Phase::Connecting { asked: false }) {
+                c.link.phase = Phase::Connecting { asked: true };
+                return Some(Action::Connect {
+                    conn: id,
+                    addr: c.link.remote,
+                });
+            }
+        }
+        let closed = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.link.phase == Phase::Closed)
+            .map(|(id, _)| id);
+        if let Some(id) = closed {
+            self.conns.remove(id);
+            return Some(Action::Close(id));
+        }
+        for a in self.active.iter_mut().flatten() {
+            if !a.hash_asked {
+                a.hash_asked = true;
+                return Some(Action::ReadHash {
+                    key: key(a.slot, Region::Hashes),
+                    chunk: a.chunk,
+                });
+            }
+        }
+        if self.discard_hashes != 0 {
+            let slot = self.discard_hashes.trailing_zeros();
+            self.discard_hashes &= !(1 << slot);
+            return Some(Action::Discard(key(slot as u16, Region::Hashes)));
+        }
+        None
     }
     fn next_event(&mut self) -> Option<PeerEvent> {
-        self.poll_event()
+        self.events.pop()
     }
     fn next_timeout(&self) -> Instant {
-        self.poll_timeout()
+        // The ping timer is always armed, so there is always an earliest.
+        let next = self.timers().earliest().unwrap_or(self.next_ping);
+        next.max(self.now)
     }
 }
 

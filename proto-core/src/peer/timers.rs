@@ -2,7 +2,7 @@
 //!
 //! Every deadline derives from state the peer keeps anyway (a connection's handshake deadline,
 //! its last input, a file's next locate, ...), so the table is computed from that state rather
-//! than stored beside it, where a copy could drift. [`Peer::poll_timeout`] is the earliest
+//! than stored beside it, where a copy could drift. The `Timeout` a drain ends with is the earliest
 //! armed timer; [`Peer::handle_timeout`] walks the kinds in [`Timer::ALL`] order and runs the
 //! expiry of each one that is due. Adding a timer is adding a kind: its deadline and its
 //! expiry are written next to each other here.

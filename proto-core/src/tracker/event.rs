@@ -8,7 +8,7 @@ use crate::manifest::Name;
 use crate::time::Duration;
 use crate::wire::{FileId, FrameError, NodeId, PublishRefusal, Refusal};
 
-/// Settings for a [`Tracker`].
+/// Settings for a [`Tracker`](super::Tracker).
 #[derive(Clone, Copy, Debug)]
 pub struct TrackerConfig {
     /// The tracker's own node id, sent in its `Hello`.

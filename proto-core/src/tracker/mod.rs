@@ -9,16 +9,19 @@
 //!    [`Tracker::handle_recv`], [`Tracker::handle_closed`], [`Tracker::handle_timeout`],
 //!    [`Tracker::handle_send_blocked`] / [`Tracker::handle_send_ready`],
 //!    [`Tracker::handle_storage_failed`].
-//! 2. Then drain, in this order, until each returns `None`:
-//!    [`Tracker::poll_transmit`] (frames to send, each possibly followed by bytes from storage),
-//!    [`Tracker::poll_action`] (close a connection, discard stored hashes) and
-//!    [`Tracker::poll_event`] (what happened, for logs).
-//! 3. Sleep until [`Tracker::poll_timeout`] or the next socket event, whichever is first.
+//! 2. Then call [`Tracker::poll_output`] until it returns `Timeout`: frames to send (each
+//!    possibly followed by bytes from storage), actions (close a connection, discard stored
+//!    hashes) and events (what happened, for logs), in the order the core picks (see
+//!    [`crate::io`]).
+//! 3. Sleep until that instant or the next socket event, whichever is first.
 //!
 //! `handle_recv` may consume less than it was given: the connection's reply queue is full
 //! because its remote is not reading. Keep the rest, stop reading that socket, and offer the
-//! rest again after draining `poll_transmit`. That is the backpressure that keeps every queue
-//! here bounded.
+//! rest again after draining. That is the backpressure that keeps every queue here bounded.
+//!
+//! This file keeps the surface, the entry points, registration and the message dispatch;
+//! `event` holds the config and events, `publish` the file table and holdings, `answers`
+//! what is sent, `invariants` what must always hold.
 //!
 //! # Rules
 //!
@@ -113,7 +116,7 @@ const REPLY_QUEUE: usize = 8;
 /// Events kept for the adapter between drains; older ones are kept, newer ones counted lost.
 const EVENT_QUEUE: usize = 32;
 
-struct Conn {
+pub(crate) struct Conn {
     link: Link,
     /// The recorded address, once registered.
     registered: Option<SocketAddr>,
@@ -146,7 +149,7 @@ enum FileState {
     /// A publish is receiving its hashes into this slot.
     Pending(ManifestHeader),
     Listed(FileId, ManifestHeader),
-    /// Delisted or abandoned: report the discard through `poll_action`, then free.
+    /// Delisted or abandoned: report the discard through `poll_output`, then free.
     Discard,
 }
 
@@ -170,8 +173,6 @@ pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usiz
     pending_actions: usize,
     next_ping: Instant,
     ping_nonce: u32,
-    /// Where `poll_transmit` resumes its round-robin over connections.
-    rr: usize,
     /// Handshake nonces.
     rng: Xoshiro256PlusPlus,
     /// Where `poll_output` stands.
@@ -180,14 +181,7 @@ pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usiz
 
 impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, F, H, W> {
     /// The most chunks a file may have on this tracker.
-    pub const MAX_FILE_CHUNKS: u32 = {
-        let cap = ChunkBitmap::<W>::CAPACITY;
-        if cap < MAX_CHUNKS {
-            cap
-        } else {
-            MAX_CHUNKS
-        }
-    };
+    pub const MAX_FILE_CHUNKS: u32 = ChunkBitmap::<W>::MAX_FILE_CHUNKS;
 
     /// A tracker with no connections and no files; the first ping round is one interval out.
     pub fn new(config: TrackerConfig, now: Instant) -> Self {
@@ -200,7 +194,6 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             pending_actions: 0,
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
-            rr: 0,
             rng: Xoshiro256PlusPlus::seed_from_u64(config.rng_seed),
             drain: Drain::default(),
         }
@@ -299,17 +292,13 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// The adapter cannot take more output for `conn` until [`Tracker::handle_send_ready`].
     pub fn handle_send_blocked(&mut self, conn: ConnId) {
         self.enter();
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.link.blocked = true;
-        }
+        self.conns.set_blocked(conn, true);
     }
 
     /// The adapter can take output for `conn` again.
     pub fn handle_send_ready(&mut self, conn: ConnId) {
         self.enter();
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.link.blocked = false;
-        }
+        self.conns.set_blocked(conn, false);
     }
 
     /// A [`StorageWrite`] for `key` failed; the publish it belongs to is refused at its end.
@@ -324,7 +313,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         }
     }
 
-    /// Time passed; call when [`Tracker::poll_timeout`] is reached (calling early is harmless).
+    /// Time passed; call at the instant `poll_output` ended its drain with (early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.enter();
         for t in Timer::ALL {
@@ -387,48 +376,6 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             self.check_invariants();
         }
         out
-    }
-
-    /// When the tracker next needs [`Tracker::handle_timeout`].
-    fn poll_timeout(&self) -> Instant {
-        Timer::ALL
-            .iter()
-            .filter_map(|&t| self.deadline(t))
-            .fold(self.next_ping, Instant::min)
-    }
-
-    /// Encodes the next frame to send into `buf`.
-    fn poll_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        conn::transmit(self, buf)
-    }
-
-    /// The next action, after `poll_transmit` is drained.
-    fn poll_action(&mut self) -> Option<Action> {
-        if self.pending_actions == 0 {
-            return None;
-        }
-        let closed = self
-            .conns
-            .iter()
-            .find(|(_, c)| c.link.phase == Phase::Closed)
-            .map(|(id, _)| id);
-        if let Some(id) = closed {
-            self.conns.remove(id);
-            self.pending_actions -= 1;
-            return Some(Action::Close(id));
-        }
-        let slot = self
-            .files
-            .iter()
-            .position(|f| matches!(f, FileState::Discard))?;
-        self.files[slot] = FileState::Free;
-        self.pending_actions -= 1;
-        Some(Action::Discard(hashes_key(slot as u16)))
-    }
-
-    /// The next event for the log.
-    fn poll_event(&mut self) -> Option<TrackerEvent> {
-        self.events.pop()
     }
 
     // ---- message handling ---------------------------------------------------------------
@@ -672,29 +619,50 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Outputs
         &mut self.drain
     }
     fn next_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        self.poll_transmit(buf)
+        conn::transmit(self, buf)
     }
     fn next_action(&mut self) -> Option<Action> {
-        self.poll_action()
+        if self.pending_actions == 0 {
+            return None;
+        }
+        let closed = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.link.phase == Phase::Closed)
+            .map(|(id, _)| id);
+        if let Some(id) = closed {
+            self.conns.remove(id);
+            self.pending_actions -= 1;
+            return Some(Action::Close(id));
+        }
+        let slot = self
+            .files
+            .iter()
+            .position(|f| matches!(f, FileState::Discard))?;
+        self.files[slot] = FileState::Free;
+        self.pending_actions -= 1;
+        Some(Action::Discard(hashes_key(slot as u16)))
     }
     fn next_event(&mut self) -> Option<TrackerEvent> {
-        self.poll_event()
+        self.events.pop()
     }
     fn next_timeout(&self) -> Instant {
-        self.poll_timeout()
+        Timer::ALL
+            .iter()
+            .filter_map(|&t| self.deadline(t))
+            .fold(self.next_ping, Instant::min)
     }
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Wire for Tracker<C, F, H, W> {
-    const CONNS: usize = C;
-    fn link_mut(&mut self, id: ConnId) -> Option<&mut Link> {
-        self.conns.get_mut(id).map(|c| &mut c.link)
+impl<const C: usize, const F: usize, const H: usize, const W: usize> Wire<C>
+    for Tracker<C, F, H, W>
+{
+    type Conn = Conn;
+    fn table(&self) -> &Slots<Conn, C> {
+        &self.conns
     }
-    fn id_at(&self, index: usize) -> Option<ConnId> {
-        self.conns.id_at(index)
-    }
-    fn rr(&mut self) -> &mut usize {
-        &mut self.rr
+    fn table_mut(&mut self) -> &mut Slots<Conn, C> {
+        &mut self.conns
     }
     fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
         Tracker::next_frame(self, id, buf)
