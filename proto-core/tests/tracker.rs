@@ -1147,3 +1147,24 @@ fn with_a_swarm_key_the_handshake_must_finish_in_time() {
     net.advance(Duration::from_secs(11));
     assert!(net.closed(c));
 }
+
+#[test]
+fn a_registered_peer_refused_leaves_the_list_with_what_it_held() {
+    // Found by the fuzz target's invariant check: a refusal used to free the connection
+    // without unregistering it, so its holding outlived it and the file stayed listed.
+    let mut net = Net::new();
+    let p = net.peer("10.0.0.1:1", 1, 7000);
+    let f = file("a.bin", 5000, 1);
+    publish(&mut net, p, &f);
+    assert_eq!(net.t.file_count(), 1);
+    // A proof where no swarm key is configured: refused, and the peer is gone.
+    net.send(p, &Message::Auth { proof: [0; 32] });
+    assert!(net.closed(p));
+    assert_eq!(net.t.peer_count(), 0);
+    assert_eq!(
+        net.t.file_count(),
+        0,
+        "its file had no other complete holder"
+    );
+    net.t.check_invariants();
+}

@@ -480,6 +480,9 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         };
         self.reply(id, Reply::Refused(reason));
         self.event(TrackerEvent::Refused { remote, reason });
+        // A registered peer refused now (a proof where no key is configured) broke the
+        // protocol; anyone else was never on the list.
+        self.unregister(id, LeaveReason::Misbehaved);
         self.close_after_flush(id);
     }
 
@@ -584,29 +587,37 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
 
     /// Close without sending anything more.
     fn close_now(&mut self, id: ConnId) {
-        self.abandon_publish(id);
-        if let Some(c) = self.conns.get_mut(id) {
-            if c.link.phase != Phase::Closed {
-                c.link.phase = Phase::Closed;
-                c.replies.clear();
-                self.pending_actions += 1;
-            }
-        }
+        self.close(id, false);
     }
 
     /// Close once the queued replies are sent.
     fn close_after_flush(&mut self, id: ConnId) {
+        self.close(id, true);
+    }
+
+    /// The one way the tracker ends a connection. A registered peer leaves the active list
+    /// here if its closer did not already say why (and what it held goes with it), so no
+    /// holding outlives its connection; a publish in progress is abandoned; a connection is
+    /// counted for its `Close` action once.
+    fn close(&mut self, id: ConnId, flush: bool) {
+        self.unregister(id, LeaveReason::Disconnected);
         self.abandon_publish(id);
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
+        match c.link.phase {
+            Phase::Closed => return,
+            Phase::Closing if flush => return,
+            _ => {}
+        }
         c.push = None;
         c.push_dirty = false;
-        if c.replies.is_empty() {
-            c.link.phase = Phase::Closed;
-            self.pending_actions += 1;
-        } else {
+        if flush && !c.replies.is_empty() {
             c.link.phase = Phase::Closing;
+        } else {
+            c.link.phase = Phase::Closed;
+            c.replies.clear();
+            self.pending_actions += 1;
         }
     }
 }
