@@ -247,6 +247,16 @@ impl<T: HasLink, const N: usize> Slots<T, N> {
         }
     }
 
+    /// Frees the slot of one connection whose close is due to be reported, and names it.
+    pub(crate) fn take_closed(&mut self) -> Option<ConnId> {
+        let id = self
+            .iter()
+            .find(|(_, c)| c.link().phase == Phase::Closed)
+            .map(|(id, _)| id)?;
+        self.remove(id);
+        Some(id)
+    }
+
     /// Connections whose handshake did not finish by its deadline.
     pub(crate) fn late_handshakes(&self, now: Instant) -> Vec<ConnId, N> {
         self.iter()

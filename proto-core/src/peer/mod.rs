@@ -573,13 +573,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Outputs for
                 });
             }
         }
-        let closed = self
-            .conns
-            .iter()
-            .find(|(_, c)| c.link.phase == Phase::Closed)
-            .map(|(id, _)| id);
-        if let Some(id) = closed {
-            self.conns.remove(id);
+        if let Some(id) = self.conns.take_closed() {
             return Some(Action::Close(id));
         }
         for a in self.active.iter_mut().flatten() {

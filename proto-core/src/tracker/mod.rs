@@ -636,13 +636,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Outputs
         if self.pending_actions == 0 {
             return None;
         }
-        let closed = self
-            .conns
-            .iter()
-            .find(|(_, c)| c.link.phase == Phase::Closed)
-            .map(|(id, _)| id);
-        if let Some(id) = closed {
-            self.conns.remove(id);
+        if let Some(id) = self.conns.take_closed() {
             self.pending_actions -= 1;
             return Some(Action::Close(id));
         }
