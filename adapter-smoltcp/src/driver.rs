@@ -283,8 +283,8 @@ impl<'s, N: Node, S: Storage, const K: usize> Driver<'s, N, S, K> {
             }
             let (node, store) = (&mut self.node, &mut self.store);
             let took = sock.recv(|input| {
-                let (consumed, _) = node.recv_stored(now, conn, input, store, &mut |_, _| {
-                    warn!("storage write failed");
+                let (consumed, _) = node.recv_stored(now, conn, input, store, &mut |key, _| {
+                    warn!("storage write failed for {:?}", key);
                 });
                 (consumed, consumed)
             });
@@ -370,11 +370,11 @@ impl<'s, N: Node, S: Storage, const K: usize> Driver<'s, N, S, K> {
     /// closes and events (storage actions and the journal are `poll_stored`'s).
     fn drain(&mut self, now: Instant, on_event: &mut impl FnMut(&mut N, N::Event)) {
         loop {
-            let out = self
-                .node
-                .poll_stored(now, &mut self.store, &mut self.frame, &mut |_, _| {
-                    warn!("storage failed");
-                });
+            let out =
+                self.node
+                    .poll_stored(now, &mut self.store, &mut self.frame, &mut |key, _| {
+                        warn!("storage failed for {:?}", key);
+                    });
             match out {
                 Output::Transmit(t) => {
                     let Some(i) = self.slot_of(t.conn) else {

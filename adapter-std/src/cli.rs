@@ -518,8 +518,8 @@ pub fn get(
                 }
                 // The store has moved the part file to its final name already, or failed to.
                 PeerEvent::FileComplete { slot: s } if s == slot => {
-                    match (d.store.is_complete(slot), d.store.path(slot)) {
-                        (true, Some(path)) => {
+                    match d.store.final_path(slot) {
+                        Some(path) => {
                             let path = path.to_path_buf();
                             progress.finish();
                             on_done(&path);
@@ -528,7 +528,7 @@ pub fn get(
                                 return ControlFlow::Break(());
                             }
                         }
-                        _ => {
+                        None => {
                             error = Some(disk_error(d.last_storage_error.take().unwrap_or_else(|| {
                                 std::io::Error::other("the download could not be moved to its final name")
                             })));

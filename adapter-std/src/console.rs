@@ -315,12 +315,12 @@ fn on_event(
         }
         PeerEvent::FileComplete { slot } => {
             if let Some(f) = fetches.get_mut(&slot) {
-                match (d.store.is_complete(slot), d.store.path(slot)) {
-                    (true, Some(p)) => {
+                match d.store.final_path(slot) {
+                    Some(p) => {
                         say(&format!("\ndone: {} (now sharing it)", p.display()));
                         f.done = Some(p.to_path_buf());
                     }
-                    _ => {
+                    None => {
                         let why = d
                             .last_storage_error
                             .take()

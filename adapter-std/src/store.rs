@@ -329,12 +329,12 @@ impl FileStore {
         }
     }
 
-    /// Whether the download in `slot` is complete and in its final place.
-    pub fn is_complete(&self, slot: u16) -> bool {
-        matches!(
-            self.slots.get(&slot),
-            Some(Slot::Shared { path: Some(_), .. })
-        )
+    /// Where the download in `slot` ended up, once it is complete and in its final place.
+    pub fn final_path(&self, slot: u16) -> Option<&Path> {
+        match self.slots.get(&slot)? {
+            Slot::Shared { path, .. } => path.as_deref(),
+            Slot::Fetch { .. } => None,
+        }
     }
 
     /// Syncs journals whose oldest unsynced record is older than the batch delay.

@@ -330,8 +330,8 @@ impl<N: Node> End<N> {
     }
 }
 
-/// Two nodes and the connections between them, in memory: `a` dials `b` (any `Connect` to
-/// `b.addr`); a connect elsewhere is refused. Bytes arrive in order and at once; time moves only
+/// Two nodes and the connections between them, in memory: a `Connect` to the other side's
+/// address reaches it; a connect elsewhere is refused. Bytes arrive in order and at once; time moves only
 /// when a test says so ([`Pair::advance`]).
 pub struct Pair<A: Node, B: Node> {
     /// The dialling side.
@@ -341,7 +341,7 @@ pub struct Pair<A: Node, B: Node> {
     /// The time both sides see.
     pub now: Instant,
     /// Open connections: `a`'s id and `b`'s id.
-    links: Vec<(ConnId, ConnId)>,
+    links: Vec<[ConnId; 2]>,
     next_port: u16,
 }
 
@@ -360,7 +360,10 @@ impl<A: Node, B: Node> Pair<A, B> {
     /// Drains both sides and delivers what they send until neither has anything to do.
     pub fn step(&mut self) {
         for _ in 0..100_000 {
-            let moved = self.drain_a() | self.drain_b() | self.deliver();
+            let (now, links, port) = (self.now, &mut self.links, &mut self.next_port);
+            let moved = drain_side(&mut self.a, &mut self.b, links, 0, now, port)
+                | drain_side(&mut self.b, &mut self.a, links, 1, now, port)
+                | self.deliver();
             if !moved {
                 return;
             }
@@ -391,84 +394,71 @@ impl<A: Node, B: Node> Pair<A, B> {
 
     /// Closes the connection from `b`'s side, as a reset would: both nodes hear of it.
     pub fn cut(&mut self) {
-        for (ca, cb) in std::mem::take(&mut self.links) {
+        for [ca, cb] in std::mem::take(&mut self.links) {
             self.a.node.closed(self.now, ca);
             self.b.node.closed(self.now, cb);
         }
         self.step();
     }
 
-    fn drain_a(&mut self) -> bool {
-        let d = drain(&mut self.a.node, self.now, &mut self.a.store);
-        self.a.timeout = d.timeout;
-        let moved = !(d.sent.is_empty() && d.actions.is_empty() && d.events.is_empty());
-        for (conn, bytes) in d.sent {
-            if let Some(&(_, cb)) = self.links.iter().find(|(ca, _)| *ca == conn) {
-                self.b.inbox.entry(cb).or_default().extend(bytes);
-            }
-        }
-        for action in d.actions {
-            match action {
-                Action::Connect { conn, addr } if addr == self.b.addr => {
-                    let from = SocketAddr::new(self.a.addr.ip(), self.next_port);
-                    self.next_port += 1;
-                    match self.b.node.accept(self.now, from) {
-                        Ok(cb) => {
-                            self.links.push((conn, cb));
-                            self.a.node.connected(self.now, conn);
-                        }
-                        Err(_) => self.a.node.closed(self.now, conn),
-                    }
-                }
-                Action::Connect { conn, .. } => self.a.node.closed(self.now, conn),
-                Action::Close(conn) => {
-                    if let Some(i) = self.links.iter().position(|(ca, _)| *ca == conn) {
-                        let (_, cb) = self.links.remove(i);
-                        self.b.node.closed(self.now, cb);
-                    }
-                }
-                Action::ReadHash { .. } | Action::Discard(_) => {}
-            }
-        }
-        self.a.events.extend(d.events);
-        moved
-    }
-
-    fn drain_b(&mut self) -> bool {
-        let d = drain(&mut self.b.node, self.now, &mut self.b.store);
-        self.b.timeout = d.timeout;
-        let moved = !(d.sent.is_empty() && d.actions.is_empty() && d.events.is_empty());
-        for (conn, bytes) in d.sent {
-            if let Some(&(ca, _)) = self.links.iter().find(|(_, cb)| *cb == conn) {
-                self.a.inbox.entry(ca).or_default().extend(bytes);
-            }
-        }
-        for action in d.actions {
-            match action {
-                Action::Close(conn) => {
-                    if let Some(i) = self.links.iter().position(|(_, cb)| *cb == conn) {
-                        let (ca, _) = self.links.remove(i);
-                        self.a.node.closed(self.now, ca);
-                    }
-                }
-                // `b` only listens: a connect of its own goes nowhere.
-                Action::Connect { conn, .. } => self.b.node.closed(self.now, conn),
-                Action::ReadHash { .. } | Action::Discard(_) => {}
-            }
-        }
-        self.b.events.extend(d.events);
-        moved
-    }
-
     fn deliver(&mut self) -> bool {
         let now = self.now;
         let mut moved = false;
-        for (ca, cb) in self.links.clone() {
+        for [ca, cb] in self.links.clone() {
             moved |= deliver_to(&mut self.b, now, cb);
             moved |= deliver_to(&mut self.a, now, ca);
         }
         moved
     }
+}
+
+/// Drains side `side` of the pair (`from`), sends what it sent to the other side (`to`), and
+/// carries out its connects and closes. Returns whether it handed out anything.
+fn drain_side<X: Node, Y: Node>(
+    from: &mut End<X>,
+    to: &mut End<Y>,
+    links: &mut Vec<[ConnId; 2]>,
+    side: usize,
+    now: Instant,
+    next_port: &mut u16,
+) -> bool {
+    let other = 1 - side;
+    let d = drain(&mut from.node, now, &mut from.store);
+    from.timeout = d.timeout;
+    let moved = !(d.sent.is_empty() && d.actions.is_empty() && d.events.is_empty());
+    for (conn, bytes) in d.sent {
+        if let Some(l) = links.iter().find(|l| l[side] == conn) {
+            to.inbox.entry(l[other]).or_default().extend(bytes);
+        }
+    }
+    for action in d.actions {
+        match action {
+            Action::Connect { conn, addr } if addr == to.addr => {
+                let remote = SocketAddr::new(from.addr.ip(), *next_port);
+                *next_port += 1;
+                match to.node.accept(now, remote) {
+                    Ok(accepted) => {
+                        let mut l = [conn; 2];
+                        l[other] = accepted;
+                        links.push(l);
+                        from.node.connected(now, conn);
+                    }
+                    Err(_) => from.node.closed(now, conn),
+                }
+            }
+            Action::Connect { conn, .. } => from.node.closed(now, conn),
+            Action::Close(conn) => {
+                if let Some(i) = links.iter().position(|l| l[side] == conn) {
+                    let l = links.remove(i);
+                    to.node.closed(now, l[other]);
+                }
+            }
+            // `drain` carries out the storage actions on the side's store.
+            Action::ReadHash { .. } | Action::Discard(_) => {}
+        }
+    }
+    from.events.extend(d.events);
+    moved
 }
 
 fn deliver_to<N: Node>(end: &mut End<N>, now: Instant, conn: ConnId) -> bool {

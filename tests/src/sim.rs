@@ -1242,8 +1242,7 @@ impl Sim {
 
     /// Byte range of chunk `c` in the file.
     fn chunk_range(&self, c: u32) -> std::ops::Range<usize> {
-        let start = self.header.chunk_offset(c) as usize;
-        start..start + self.header.chunk_len(c) as usize
+        chunk_range(&self.header, c)
     }
 }
 
@@ -1305,6 +1304,12 @@ impl Storage for StoreView<'_> {
     }
 }
 
+/// Byte range of chunk `c` in the file.
+fn chunk_range(header: &ManifestHeader, c: u32) -> std::ops::Range<usize> {
+    let start = header.chunk_offset(c) as usize;
+    start..start + header.chunk_len(c) as usize
+}
+
 /// A node's core, and its store as the core sees it.
 fn split<'a>(
     n: &'a mut Node,
@@ -1336,10 +1341,8 @@ fn read_stored(
             // Reads for serving stay inside one chunk.
             let c = (offset / u64::from(header.chunk_size)) as u32;
             let base = header.chunk_offset(c);
-            let start = header.chunk_offset(c) as usize;
-            let range = start..start + header.chunk_len(c) as usize;
             let bytes: &[u8] = match store.data.get(c as usize) {
-                Some(Stored::Original) => &original[range],
+                Some(Stored::Original) => &original[chunk_range(header, c)],
                 Some(Stored::Written(b)) => b,
                 _ => &[],
             };
