@@ -15,7 +15,7 @@ use proto_core::link::Link;
 use proto_core::manifest::{ManifestHeader, Name};
 use proto_core::peer::{FetchFailure, HostPeer, PeerConfig, PeerEvent};
 use proto_core::time::Instant;
-use proto_core::tracker::{HostTracker, TrackerConfig, TrackerEvent};
+use proto_core::tracker::{Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry, Refusal};
 
 use crate::driver::{Driver, MemoryHashes, Stop};
@@ -165,15 +165,40 @@ pub(crate) fn peer_driver(
 /// `ready` with the bound address first.
 pub fn tracker(
     listen: SocketAddr,
+    max_peers: usize,
     signals: bool,
     ready: impl FnOnce(SocketAddr),
     mut stop: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
+    if max_peers == 0 || max_peers > MAX_TRACKER_PEERS {
+        return Err(anyhow!(
+            "--max-peers must be between 1 and {MAX_TRACKER_PEERS} (one connection each)"
+        ));
+    }
     let listener = bind(listen)?;
+    let files = raise_open_file_limit();
     let mut config = TrackerConfig::new(random_node());
     config.swarm_key = swarm_key();
     config.rng_seed = random_seed();
-    let tracker = Box::new(HostTracker::new(config, Instant::now()));
+    // Each peer needs a connection and a descriptor; a few are kept for the listener, the
+    // poll instance and the log.
+    let by_files = usize::try_from(files.saturating_sub(16)).unwrap_or(usize::MAX);
+    config.max_peers = max_peers.min(by_files);
+    config.max_conns = config.max_peers;
+    if config.max_peers < max_peers {
+        tracing::warn!(
+            "the open-file limit ({files}) allows only {} peers of the {max_peers} asked for; \
+             raise it with `ulimit -n` (hard limit) or ask for fewer",
+            config.max_peers
+        );
+    }
+    let tracker = Box::new(Tracker::new(config, Instant::now()));
+    tracing::info!(
+        "tracker holds up to {} peers, {} files, {} chunks per file",
+        tracker.peer_capacity(),
+        config.max_files,
+        tracker.max_file_chunks()
+    );
     let mut driver = Driver::new(tracker, MemoryHashes::default(), Some(listener), signals)?;
     let addr = driver.local_addr().unwrap_or(listen);
     tracing::info!(
@@ -195,6 +220,21 @@ pub fn tracker(
     })?;
     tracing::info!("tracker stopped");
     Ok(())
+}
+
+/// The most peers `shoal tracker` holds: a connection handle's index is 16 bits.
+pub const MAX_TRACKER_PEERS: usize = 65_535;
+
+/// Raises this process's open-file limit to its hard limit (a tracker needs a descriptor per
+/// peer) and returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("could not raise the open-file limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    }
 }
 
 fn log_tracker_event(e: &TrackerEvent) {
@@ -665,7 +705,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
                 let sent = match (&q, by_id) {
                     (Query::Files, _) | (Query::Where(_), None) => d.node.list_files(now),
                     (Query::Where(_), Some(id)) => d.node.locate(now, id),
-                    (Query::Peers, _) => Ok(()),
+                    (Query::Peers, _) => d.node.list_peers(now),
                 };
                 if let Err(e) = sent {
                     error = Some(anyhow!("{e}"));

@@ -40,6 +40,8 @@ struct Pending {
     files: Option<Vec<FileEntry>>,
     where_name: Option<String>,
     holders: Option<Vec<HolderItem>>,
+    /// A peer list was asked for.
+    peers: bool,
 }
 
 /// Runs the console until `quit`, end of input, or SIGINT.
@@ -198,17 +200,8 @@ fn command(
             }
         },
         (Some("peers"), _, _) => {
-            let me = d.node.registered();
-            let peers: Vec<_> = d
-                .node
-                .peers()
-                .iter()
-                .filter(|p| Some(p.addr) != me)
-                .collect();
-            say(&format!("{} other peers online", peers.len()));
-            for p in peers {
-                say(&format!("  {}  {}", p.addr, p.node));
-            }
+            d.node.list_peers(now).map_err(|e| anyhow!("{e}"))?;
+            pending.peers = true;
         }
         (Some("status"), _, _) => {
             say(&format!("registered as {:?}", d.node.registered()));
@@ -281,6 +274,16 @@ fn on_event(
                         link_for(f.file, tracker_text, &f.name)
                     ));
                 }
+            }
+            prompt();
+        }
+        PeerEvent::PeerList { count } if pending.peers => {
+            pending.peers = false;
+            let me = d.node.registered();
+            let others = usize::from(count).saturating_sub(usize::from(me.is_some()));
+            say(&format!("\n{others} other peers online"));
+            for p in d.node.peers().iter().filter(|p| Some(p.addr) != me) {
+                say(&format!("  {}  {}", p.addr, p.node));
             }
             prompt();
         }

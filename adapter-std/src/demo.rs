@@ -58,6 +58,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let tracker = spawn(move || {
         cli::tracker(
             loopback,
+            cli::MAX_TRACKER_PEERS,
             false,
             |a| {
                 let _ = tx.send(a);

@@ -12,7 +12,7 @@
 //! - input the node does not take (its reply queue is full) is kept, and the socket is not
 //!   read again until the node has taken it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -50,7 +50,6 @@ struct Sock {
     /// Input the node has not taken yet.
     inbox: Vec<u8>,
     /// The socket may hold more to read than we took (edge-triggered readiness).
-    readable: bool,
     blocked: bool,
     /// Close once `out` and `pending` are sent.
     closing: bool,
@@ -73,6 +72,12 @@ pub struct Driver<N: Node, S: Storage<Error = io::Error>> {
     pub store: S,
     socks: HashMap<ConnId, Sock>,
     tokens: HashMap<Token, ConnId>,
+    /// Connected sockets that may have input to read (or input the node has yet to take).
+    /// Kept as a set, so a turn of the loop costs what is busy, not every socket: a tracker
+    /// holds tens of thousands of idle ones.
+    readable: BTreeSet<ConnId>,
+    /// Sockets given output since they were last flushed.
+    dirty: BTreeSet<ConnId>,
     next_token: usize,
     /// A reused buffer for reads from sockets.
     scratch: Vec<u8>,
@@ -130,6 +135,8 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
             store,
             socks: HashMap::new(),
             tokens: HashMap::new(),
+            readable: BTreeSet::new(),
+            dirty: BTreeSet::new(),
             next_token: 0,
             scratch: vec![0; READ_CHUNK],
             interrupted: false,
@@ -156,7 +163,7 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
             self.drain(now);
             while let Some(e) = self.held.pop_front() {
                 if on(self, Some(e)).is_break() {
-                    self.flush_all();
+                    self.flush_every();
                     return Ok(Stop::Done);
                 }
                 // An event handler may have given the node commands: carry them out.
@@ -166,13 +173,13 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                 return Ok(Stop::Interrupted);
             }
             if on(self, None).is_break() {
-                self.flush_all();
+                self.flush_every();
                 return Ok(Stop::Done);
             }
             let now = Instant::now();
             let wait = self.wake.saturating_since(now);
             // Sockets with input left over, or more to read, need another turn at once.
-            let busy = self.socks.values().any(|s| s.readable && !s.connecting);
+            let busy = !self.readable.is_empty();
             let timeout = if busy {
                 StdDuration::ZERO
             } else {
@@ -201,10 +208,9 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                         if ev.is_writable() {
                             self.on_writable(now, conn);
                         }
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            if let Some(s) = self.socks.get_mut(&conn) {
-                                s.readable = true;
-                            }
+                        let input = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                        if input && self.socks.get(&conn).is_some_and(|s| !s.connecting) {
+                            self.readable.insert(conn);
                         }
                     }
                 }
@@ -252,6 +258,9 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
             return;
         }
         self.tokens.insert(token, conn);
+        if !connecting {
+            self.readable.insert(conn);
+        }
         self.socks.insert(
             conn,
             Sock {
@@ -262,7 +271,6 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                 out_pos: 0,
                 pending: None,
                 inbox: Vec::new(),
-                readable: !connecting,
                 blocked: false,
                 closing: false,
             },
@@ -272,6 +280,8 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
     fn remove_sock(&mut self, conn: ConnId) -> Option<Sock> {
         let mut s = self.socks.remove(&conn)?;
         self.tokens.remove(&s.token);
+        self.readable.remove(&conn);
+        self.dirty.remove(&conn);
         let _ = self.poll.registry().deregister(&mut s.stream);
         Some(s)
     }
@@ -291,7 +301,7 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
             match (s.stream.take_error(), s.stream.peer_addr()) {
                 (Ok(None), Ok(_)) => {
                     s.connecting = false;
-                    s.readable = true;
+                    self.readable.insert(conn);
                     let _ = s.stream.set_nodelay(true);
                     self.node.connected(now, conn);
                 }
@@ -307,12 +317,7 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
 
     /// Reads every socket that may have input, offering it to the node.
     fn read_all(&mut self, now: Instant) {
-        let ready: Vec<ConnId> = self
-            .socks
-            .iter()
-            .filter(|(_, s)| s.readable && !s.connecting)
-            .map(|(c, _)| *c)
-            .collect();
+        let ready: Vec<ConnId> = self.readable.iter().copied().collect();
         for conn in ready {
             self.read_one(now, conn);
             self.drain(now);
@@ -340,7 +345,9 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                 input.resize(READ_CHUNK, 0);
                 self.scratch = input;
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => s.readable = false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.readable.remove(&conn);
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => self.lost(now, conn),
         }
@@ -409,6 +416,7 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                         continue;
                     };
                     s.out.extend_from_slice(&buf[..t.len]);
+                    self.dirty.insert(t.conn);
                     if let Some(then) = t.then {
                         s.pending = Some(then);
                         // Payload goes out before anything else on this connection.
@@ -488,7 +496,17 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
         }
     }
 
+    /// Flushes the sockets given output since their last flush; the others wait for their
+    /// writable event.
     fn flush_all(&mut self) {
+        let now = Instant::now();
+        while let Some(c) = self.dirty.pop_first() {
+            self.flush(now, c);
+        }
+    }
+
+    /// Flushes every socket, before the loop returns.
+    fn flush_every(&mut self) {
         let now = Instant::now();
         let conns: Vec<ConnId> = self.socks.keys().copied().collect();
         for c in conns {

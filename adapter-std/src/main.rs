@@ -36,6 +36,10 @@ enum Cmd {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:7070")]
         listen: SocketAddr,
+        /// Most peers registered at once (each holds one connection). The open-file limit is
+        /// raised to its hard limit at start; the log says how many peers fit.
+        #[arg(long, default_value_t = cli::MAX_TRACKER_PEERS)]
+        max_peers: usize,
     },
     /// Share files: prints one link per file, then serves until interrupted.
     Share {
@@ -151,7 +155,9 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Tracker { listen } => cli::tracker(listen, true, |_| {}, || false),
+        Cmd::Tracker { listen, max_peers } => {
+            cli::tracker(listen, max_peers, true, |_| {}, || false)
+        }
         Cmd::Share {
             files,
             tracker,

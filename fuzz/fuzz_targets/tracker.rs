@@ -20,7 +20,7 @@ use proto_core::storage::Storage;
 use proto_core::storage::{Region, StorageKey};
 use proto_core::testing::{self, Frames, MemStore};
 use proto_core::time::{Duration, Instant};
-use proto_core::tracker::{Tracker, TrackerConfig};
+use proto_core::tracker::{Tracker, TrackerConfig, TrackerMemory};
 use proto_core::wire::{
     encode_frame, ChunkRange, FileId, Hello, Message, NodeId, PROTOCOL_VERSION,
 };
@@ -74,10 +74,11 @@ enum M {
     Auth {
         good: bool,
     },
+    ListPeers,
 }
 
-struct Net {
-    t: Tracker<6, 3, 8, 2>,
+struct Net<'a> {
+    t: Tracker<'a>,
     now: Instant,
     conns: Vec<ConnId>,
     frames: Frames,
@@ -91,7 +92,7 @@ struct Net {
     proven: HashSet<ConnId>,
 }
 
-impl Net {
+impl Net<'_> {
     fn conn(&self, i: u8) -> Option<ConnId> {
         (!self.conns.is_empty()).then(|| self.conns[i as usize % self.conns.len()])
     }
@@ -169,8 +170,21 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     let (keyed, ops) = input;
     let mut config = TrackerConfig::new(NodeId([0xee; 16]));
     config.swarm_key = keyed.then_some(KEY);
+    // Both kinds of memory, with the same small limits so the tables fill: fixed arrays (a
+    // device's) for inputs of an even number of steps, heap tables grown on demand for odd.
+    let mut memory = Box::new(TrackerMemory::<6, 3, 8, 2>::new());
+    let t = if ops.len() % 2 == 0 {
+        Tracker::with_memory(config, Instant::ZERO, &mut memory)
+    } else {
+        config.max_conns = 6;
+        config.max_files = 3;
+        config.max_holdings = 8;
+        config.max_chunks = 64;
+        config.max_events = 6;
+        Tracker::new(config, Instant::ZERO)
+    };
     let mut net = Net {
-        t: Tracker::new(config, Instant::ZERO),
+        t,
         now: Instant::ZERO,
         conns: Vec::new(),
         frames: Frames::default(),
@@ -256,6 +270,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         (Message::Publish { file: id, header }, body)
                     }
                     M::ListFiles => (Message::ListFiles, Vec::new()),
+                    M::ListPeers => (Message::ListPeers, Vec::new()),
                     M::Locate { f } => (
                         Message::Locate {
                             file: pick(&net, f),

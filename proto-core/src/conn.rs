@@ -11,6 +11,7 @@ use heapless::{Deque, Vec};
 use crate::auth::Nonce;
 use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::storage::StorageWrite;
+pub(crate) use crate::table::{FixedSlots, Slot, Slots, Store};
 use crate::time::Instant;
 use crate::wire::{FrameDecoder, FrameError, Hello, Item, Message};
 
@@ -38,6 +39,11 @@ impl ConnId {
     pub const fn from_parts(index: u16, generation: u16) -> Self {
         ConnId { index, generation }
     }
+
+    /// The slot's generation: which of its occupants this id names.
+    pub(crate) fn generation(self) -> u16 {
+        self.generation
+    }
 }
 
 impl fmt::Debug for ConnId {
@@ -58,99 +64,6 @@ impl fmt::Display for TableFull {
 }
 
 impl core::error::Error for TableFull {}
-
-/// `N` slots, each empty or holding a `T`, addressed by [`ConnId`], and where the round-robin
-/// transmit resumes.
-pub(crate) struct Slots<T, const N: usize> {
-    slots: [(u16, Option<T>); N],
-    rr: usize,
-}
-
-impl<T, const N: usize> Slots<T, N> {
-    pub(crate) fn new() -> Self {
-        Slots {
-            slots: core::array::from_fn(|_| (0, None)),
-            rr: 0,
-        }
-    }
-
-    pub(crate) fn insert(&mut self, value: T) -> Result<ConnId, TableFull> {
-        let index = self
-            .slots
-            .iter()
-            .position(|(_, v)| v.is_none())
-            .ok_or(TableFull)?;
-        let slot = &mut self.slots[index];
-        slot.0 = slot.0.wrapping_add(1);
-        slot.1 = Some(value);
-        // N is a table size chosen at compile time; slot indices beyond u16 are not supported.
-        Ok(ConnId {
-            index: index as u16,
-            generation: slot.0,
-        })
-    }
-
-    pub(crate) fn get(&self, id: ConnId) -> Option<&T> {
-        match self.slots.get(id.index as usize) {
-            Some((g, Some(v))) if *g == id.generation => Some(v),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut T> {
-        match self.slots.get_mut(id.index as usize) {
-            Some((g, Some(v))) if *g == id.generation => Some(v),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn remove(&mut self, id: ConnId) -> Option<T> {
-        match self.slots.get_mut(id.index as usize) {
-            Some((g, v)) if *g == id.generation => v.take(),
-            _ => None,
-        }
-    }
-
-    /// The id of the occupied slot at `index`, if any.
-    pub(crate) fn id_at(&self, index: usize) -> Option<ConnId> {
-        match self.slots.get(index) {
-            Some((g, Some(_))) => Some(ConnId {
-                index: index as u16,
-                generation: *g,
-            }),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (ConnId, &T)> {
-        self.slots.iter().enumerate().filter_map(|(i, (g, v))| {
-            v.as_ref().map(|v| {
-                (
-                    ConnId {
-                        index: i as u16,
-                        generation: *g,
-                    },
-                    v,
-                )
-            })
-        })
-    }
-
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (ConnId, &mut T)> {
-        self.slots.iter_mut().enumerate().filter_map(|(i, (g, v))| {
-            let generation = *g;
-            v.as_mut().map(|v| {
-                (
-                    ConnId {
-                        index: i as u16,
-                        generation,
-                    },
-                    v,
-                )
-            })
-        })
-    }
-}
 
 /// Visits table indices `0..len` starting at `*cursor` and wrapping; the first visit that
 /// yields a value moves the cursor just past it, so the next round starts with the following
@@ -238,7 +151,7 @@ pub(crate) trait HasLink {
     fn link_mut(&mut self) -> &mut Link;
 }
 
-impl<T: HasLink, const N: usize> Slots<T, N> {
+impl<T: HasLink, S: Store<Slot<T>>> Slots<T, S> {
     /// The adapter can (`false`) or cannot (`true`) take more output for `id`; a blocked
     /// connection gets no frames.
     pub(crate) fn set_blocked(&mut self, id: ConnId, blocked: bool) {
@@ -258,7 +171,7 @@ impl<T: HasLink, const N: usize> Slots<T, N> {
     }
 
     /// Connections whose handshake did not finish by its deadline.
-    pub(crate) fn late_handshakes(&self, now: Instant) -> Vec<ConnId, N> {
+    pub(crate) fn late_handshakes<const N: usize>(&self, now: Instant) -> Vec<ConnId, N> {
         self.iter()
             .filter(
                 |(_, c)| matches!(c.link().phase, Phase::Handshake { deadline } if deadline <= now),
@@ -270,7 +183,7 @@ impl<T: HasLink, const N: usize> Slots<T, N> {
     /// One ping round: every open connection that left `max_missed` pings in a row unanswered
     /// is returned (to be closed); every other one gets a ping through `push`, which says
     /// whether it was queued.
-    pub(crate) fn ping_round(
+    pub(crate) fn ping_round<const N: usize>(
         &mut self,
         max_missed: u8,
         nonce: &mut u32,
@@ -330,12 +243,14 @@ impl<E, const N: usize> EventQueue<E, N> {
 }
 
 /// The node side of the connection core: what the shared decode loop and transmit need.
-pub(crate) trait Wire<const N: usize> {
+pub(crate) trait Wire {
     /// The node's per-connection state.
     type Conn: HasLink;
+    /// The memory of its connection table.
+    type Store: Store<Slot<Self::Conn>>;
     /// The node's connection table.
-    fn table(&self) -> &Slots<Self::Conn, N>;
-    fn table_mut(&mut self) -> &mut Slots<Self::Conn, N>;
+    fn table(&self) -> &Slots<Self::Conn, Self::Store>;
+    fn table_mut(&mut self) -> &mut Slots<Self::Conn, Self::Store>;
     /// The next frame for `id`, if it has one.
     fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit>;
     /// Whether `id`'s replies (or the node's events) have room for what another message may
@@ -356,7 +271,7 @@ pub(crate) trait Wire<const N: usize> {
 
 /// The frame decode loop of `handle_recv`, for either node: decodes messages and bodies until
 /// the input is used up, a body needs storing, or the node stops reading.
-pub(crate) fn recv<'a, const C: usize, N: Wire<C> + ?Sized>(
+pub(crate) fn recv<'a, N: Wire + ?Sized>(
     node: &mut N,
     now: Instant,
     id: ConnId,
@@ -412,17 +327,20 @@ pub(crate) fn recv<'a, const C: usize, N: Wire<C> + ?Sized>(
     }
 }
 
-/// The next frame of any connection, taking them in turn so none starves the others.
-pub(crate) fn transmit<const C: usize, N: Wire<C> + ?Sized>(
+/// The next frame of any connection, taking them in turn so none starves the others: a scan
+/// of the whole table, for nodes with few connections (a node with many keeps a set of the
+/// connections that have output instead).
+pub(crate) fn transmit<N: Wire + ?Sized>(
     node: &mut N,
     buf: &mut [u8; FRAME_BUF_LEN],
 ) -> Option<Transmit> {
-    let mut rr = node.table().rr;
-    let t = round_robin(&mut rr, C, |index| {
+    let mut rr = usize::from(node.table().rr);
+    let len = node.table().capacity();
+    let t = round_robin(&mut rr, len, |index| {
         let id = node.table().id_at(index)?;
         node.next_frame(id, buf)
     });
-    node.table_mut().rr = rr;
+    node.table_mut().rr = rr as u16;
     t
 }
 
@@ -431,22 +349,6 @@ mod tests {
     use super::*;
     extern crate std;
     use std::vec::Vec;
-
-    #[test]
-    fn stale_ids_never_reach_a_reused_slot() {
-        let mut s = Slots::<u8, 2>::new();
-        let a = s.insert(1).unwrap();
-        let b = s.insert(2).unwrap();
-        assert_eq!(s.insert(3), Err(TableFull));
-        assert_eq!(s.remove(a), Some(1));
-        let c = s.insert(4).unwrap();
-        assert_eq!(c.index(), a.index());
-        assert_eq!(s.get(a), None);
-        assert_eq!(s.get(c), Some(&4));
-        assert_eq!(s.remove(a), None);
-        assert_eq!(s.iter().count(), 2);
-        assert_eq!(s.id_at(1), Some(b));
-    }
 
     #[test]
     fn round_robin_resumes_after_the_last_hit() {

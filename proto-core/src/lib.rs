@@ -26,11 +26,14 @@
 //! ```
 //! use proto_core::io::{Action, Output, FRAME_BUF_LEN};
 //! use proto_core::time::Instant;
-//! use proto_core::tracker::{SmallTracker, TrackerConfig};
+//! use proto_core::tracker::{SmallTrackerMemory, Tracker, TrackerConfig};
 //! use proto_core::wire::{encode_frame, FrameDecoder, Hello, Item, Message, NodeId, PROTOCOL_VERSION};
 //!
 //! let mut now = Instant::ZERO;
-//! let mut tracker = SmallTracker::new(TrackerConfig::new(NodeId([1; 16])), now);
+//! // The tracker's tables live in memory we own (a device's static memory); with the `alloc`
+//! // feature `Tracker::new` puts them on the heap instead.
+//! let mut memory = SmallTrackerMemory::new();
+//! let mut tracker = Tracker::with_memory(TrackerConfig::new(NodeId([1; 16])), now, &mut memory);
 //!
 //! // A peer connects from 10.0.0.2 and says hello, announcing that it listens on port 7000.
 //! let conn = tracker.handle_accept(now, "10.0.0.2:51000".parse().unwrap()).unwrap();
@@ -62,7 +65,7 @@
 //! now = wake; // sleep until then (or until a socket wakes us)
 //! tracker.handle_timeout(now);
 //!
-//! // The peer sees Hello, Registered with the address the tracker recorded, and the peer list.
+//! // The peer sees Hello, then Registered with the address the tracker recorded.
 //! let mut decoder = FrameDecoder::new(0);
 //! let mut got = Vec::new();
 //! let mut rest = &sent[..];
@@ -70,8 +73,7 @@
 //!     got.push(m);
 //!     rest = &rest[used..];
 //! }
-//! assert_eq!(got[1], Message::Registered { addr: "10.0.0.2:7000".parse().unwrap() });
-//! assert_eq!(got.last(), Some(&Message::PeerListEnd { count: 1 }));
+//! assert_eq!(got.last(), Some(&Message::Registered { addr: "10.0.0.2:7000".parse().unwrap() }));
 //! ```
 //!
 //! An adapter with storage lets [`Node::poll_stored`](node::Node::poll_stored) carry out the
@@ -79,7 +81,9 @@
 //!
 //! # Features
 //!
-//! - `std`: `Instant::now()` for hosts. The state machines never need it.
+//! - `alloc`: tables on the heap, sized from each node's config and grown on demand (hosts);
+//!   without it a node's tables live in memory the adapter passes in (see `table`).
+//! - `std`: `Instant::now()` for hosts (implies `alloc`).
 //! - `defmt`: log through defmt and derive `defmt::Format` on public types.
 //! - `log`: log through the `log` facade. At most one of `defmt` and `log`.
 //! - `testing`: the `testing` module, the helpers every test harness shares (needs `std`).
@@ -87,6 +91,9 @@
 #![warn(missing_docs)]
 // Input from the network or a file must never panic the core: no unwrap/expect outside tests.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
 
 #[macro_use]
 mod fmt;
@@ -100,6 +107,7 @@ pub mod manifest;
 pub mod node;
 pub mod peer;
 pub mod storage;
+mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod time;

@@ -147,7 +147,7 @@ impl<N: Node + ?Sized> Node for std::boxed::Box<N> {
     }
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Node for Tracker<C, F, H, W> {
+impl Node for Tracker<'_> {
     type Event = TrackerEvent;
     fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
         self.handle_accept(now, remote)

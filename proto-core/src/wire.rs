@@ -32,7 +32,7 @@ use crate::auth::{Nonce, Proof};
 use crate::manifest::{ManifestError, ManifestHeader, Name, MAX_CHUNKS};
 
 /// The protocol version spoken by this build; sent in every [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes in the length prefix of every frame.
 pub const LEN_PREFIX: usize = 4;
@@ -200,9 +200,9 @@ pub enum Message {
     Refused(Refusal),
     /// Peer to tracker: I am leaving; forget me and what I hold.
     Leave,
-    /// Tracker to peer: one active peer; the list is pushed whole on every change.
+    /// Tracker to peer: one active peer, in answer to [`Message::ListPeers`].
     PeerListItem(PeerEntry),
-    /// Tracker to peer: end of a pushed peer list of `count` items.
+    /// Tracker to peer: end of a peer list of `count` items.
     PeerListEnd {
         /// Items sent since the previous end frame.
         count: u16,
@@ -306,6 +306,9 @@ pub enum Message {
         /// HMAC-SHA-256 over the label, the sender's side and both nonces.
         proof: Proof,
     },
+    /// Any node to tracker: list the registered peers. The answer is a stream of
+    /// [`Message::PeerListItem`]s and a [`Message::PeerListEnd`]; nothing is pushed unasked.
+    ListPeers,
 }
 
 /// A block: `len` bytes at `offset` within chunk `chunk` of `file`.

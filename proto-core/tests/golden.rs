@@ -40,9 +40,10 @@ fn tag(m: &Message) -> usize {
         Message::Cancel(_) => 25,
         Message::Reject { .. } => 26,
         Message::Auth { .. } => 27,
+        Message::ListPeers => 28,
     }
 }
-const VARIANTS: usize = 28;
+const VARIANTS: usize = 29;
 
 fn examples() -> Vec<Message> {
     let file = FileId([0xf1; 32]);
@@ -105,6 +106,7 @@ fn examples() -> Vec<Message> {
         Message::Block(block),
         Message::Cancel(block),
         Message::Auth { proof: [0xa7; 32] },
+        Message::ListPeers,
     ];
     for r in [
         Refusal::VersionMismatch { supported: 1 },
@@ -172,7 +174,7 @@ fn every_message_encodes_to_its_golden_bytes() {
 }
 
 const GOLDEN: &[&str] = &[
-    "2400000000010d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    "2400000000020d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
     "020000000107",
     "020000000207",
     "0100000003",
@@ -197,6 +199,7 @@ const GOLDEN: &[&str] = &[
     "2800000018f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f103808001808001",
     "2800000019f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f103808001808001",
     "210000001ba7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7",
+    "010000001c",
     "03000000050001",
     "020000000501",
     "020000000502",

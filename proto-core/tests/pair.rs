@@ -9,14 +9,21 @@ use proto_core::storage::{Region, StorageKey};
 use proto_core::testing::{End, Pair};
 use proto_core::time::Duration;
 use proto_core::time::Instant;
-use proto_core::tracker::{SmallTracker, TrackerConfig, TrackerEvent};
+use proto_core::tracker::{SmallTrackerMemory, Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::NodeId;
 
 type P = Peer<4, 1, 8, 4>;
 
-fn pair() -> Pair<P, SmallTracker> {
+type T = Tracker<'static>;
+
+fn pair() -> Pair<P, T> {
     let tracker_addr: SocketAddr = "10.0.0.1:7070".parse().unwrap();
-    let tracker = SmallTracker::new(TrackerConfig::new(NodeId([0xee; 16])), Instant::ZERO);
+    let memory: &'static mut SmallTrackerMemory = Box::leak(Box::default());
+    let tracker = Tracker::with_memory(
+        TrackerConfig::new(NodeId([0xee; 16])),
+        Instant::ZERO,
+        memory,
+    );
     let peer = P::new(
         PeerConfig::new(NodeId([1; 16]), 7000, Some(tracker_addr)),
         Instant::ZERO,
@@ -27,7 +34,7 @@ fn pair() -> Pair<P, SmallTracker> {
     )
 }
 
-fn registrations(pair: &Pair<P, SmallTracker>) -> usize {
+fn registrations(pair: &Pair<P, T>) -> usize {
     pair.a
         .events
         .iter()

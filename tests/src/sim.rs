@@ -44,8 +44,8 @@ use crate::hostile::{Attack, Hostile};
 /// The peer configuration simulated: 32 connections, 2 files of up to 4096 chunks, 64 chunks
 /// in flight.
 pub type SimPeer = Peer<32, 2, 128, 64>;
-/// The tracker simulated.
-pub type SimTracker = Tracker<160, 8, 512, 128>;
+/// The tracker simulated: heap tables with the default limits, as `shoal tracker` runs.
+pub type SimTracker = Tracker<'static>;
 
 /// Largest segment a link sends at once.
 pub const SEGMENT: usize = 16 * 1024;

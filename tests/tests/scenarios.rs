@@ -284,7 +284,9 @@ fn upload_rate_limit_is_respected() {
         };
         let r = Sim::new(cfg).run();
         assert_ok(&r);
-        let floor = (3.0 * 1048576.0 - 125_000.0) / 500_000.0;
+        // A block goes out while any token is left, so the bucket may end one block (64 KiB)
+        // in debt: the floor allows the burst and that block.
+        let floor = (3.0 * 1048576.0 - 125_000.0 - 65536.0) / 500_000.0;
         assert!(
             r.sim_secs >= floor,
             "seed {seed}: {} s, limit allows no less than {floor} s",

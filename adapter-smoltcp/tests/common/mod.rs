@@ -17,14 +17,15 @@ use proto_core::manifest::{ManifestBuilder, ManifestHeader};
 use proto_core::peer::{Peer, PeerConfig};
 use proto_core::storage::StorageKey;
 use proto_core::time::{Duration, Instant};
-use proto_core::tracker::{Tracker, TrackerConfig};
+use proto_core::tracker::{Tracker, TrackerConfig, TrackerMemory};
 use proto_core::wire::{FileId, NodeId};
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// The device's peer: 4 connections (the tracker's included), 1 file, 4 chunks in flight.
 pub type DevicePeer = Peer<4, 1, 32, 4>;
-pub type TestTracker = Tracker<8, 2, 8, 32>;
+/// The tracker on the other end, in fixed memory as a device would give it.
+pub type TestTracker = Tracker<'static>;
 /// Sockets per node and their buffers: the budget the firmware example is sized for.
 pub const SOCKETS: usize = 4;
 pub const SOCKET_BUF: usize = 2048;
@@ -211,7 +212,9 @@ pub fn peer_config(n: u8, tracker: SocketAddr) -> PeerConfig {
 
 pub fn tracker_driver(dev: &mut Port, now: Instant) -> TrackerDriver {
     let (iface, sockets, handles) = stack(dev, HardwareAddress::Ip, dev.ip, now);
-    let t = TestTracker::new(TrackerConfig::new(NodeId([0xee; 16])), now);
+    // Fixed memory, as a device would pass its static tables: nothing is allocated.
+    let memory: &'static mut TrackerMemory<8, 2, 8, 32> = Box::leak(Box::default());
+    let t = Tracker::with_memory(TrackerConfig::new(NodeId([0xee; 16])), now, memory);
     Driver::new(
         t,
         RamHashes::default(),

@@ -36,6 +36,7 @@ pub(super) enum Ctl {
     GetManifest(FileId),
     Locate(FileId),
     ListFiles,
+    ListPeers,
     Bitfield(u16),
     /// An empty `Have` to the tracker: we fetch this file and take connections for it.
     Join(u16),
@@ -338,7 +339,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     pub(super) fn check_handshakes(&mut self, now: Instant) {
-        for id in self.conns.late_handshakes(now) {
+        for id in self.conns.late_handshakes::<C>(now) {
             self.close_now(id);
         }
     }
@@ -346,9 +347,11 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     pub(super) fn ping_round(&mut self, now: Instant) {
         self.next_ping = now + self.config.ping_interval;
         let max = self.config.max_missed_pings;
-        let dead = self.conns.ping_round(max, &mut self.ping_nonce, |c, n| {
-            c.ctl.push_back(Ctl::Ping(n)).is_ok()
-        });
+        let dead = self
+            .conns
+            .ping_round::<C>(max, &mut self.ping_nonce, |c, n| {
+                c.ctl.push_back(Ctl::Ping(n)).is_ok()
+            });
         for id in dead {
             self.close_now(id);
         }

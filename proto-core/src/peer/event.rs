@@ -65,9 +65,9 @@ pub enum PeerEvent {
     TrackerLost,
     /// The tracker refused to register us; retrying with backoff.
     TrackerRefused(Refusal),
-    /// A new active peer list arrived from the tracker ([`Peer::peers`](super::Peer::peers)).
+    /// The peer list asked for arrived ([`Peer::peers`](super::Peer::peers)).
     PeerList {
-        /// Peers in it.
+        /// Peers the tracker has registered (the list may hold fewer).
         count: u16,
     },
     /// The tracker listed a shared file.

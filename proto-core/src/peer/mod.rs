@@ -100,7 +100,9 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{self, Side};
 use crate::bitmap::ChunkBitmap;
-use crate::conn::{self, ConnId, EventQueue, HasLink, Link, Phase, Slots, TableFull, Wire};
+use crate::conn::{
+    self, ConnId, EventQueue, FixedSlots, HasLink, Link, Phase, Slot, Slots, TableFull, Wire,
+};
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{ChunkHash, FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
@@ -148,7 +150,7 @@ pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> 
     config: PeerConfig,
     now: Instant,
     rng: Xoshiro256PlusPlus,
-    conns: Slots<Conn<W>, C>,
+    conns: FixedSlots<Conn<W>, C>,
     files: [Option<File<W>>; F],
     active: [Option<Active>; A],
     candidates: [Option<Candidate>; C],
@@ -182,7 +184,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             config,
             now,
             rng: Xoshiro256PlusPlus::seed_from_u64(config.rng_seed),
-            conns: Slots::new(),
+            conns: FixedSlots::new(),
             files: core::array::from_fn(|_| None),
             active: core::array::from_fn(|_| None),
             candidates: [None; C],
@@ -288,6 +290,15 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         Ok(())
     }
 
+    /// Asks the tracker for the registered peers; [`PeerEvent::PeerList`] says when
+    /// [`Peer::peers`] holds the answer.
+    pub fn list_peers(&mut self, now: Instant) -> Result<(), CommandError> {
+        self.enter(now);
+        let t = self.tracker_open().ok_or(CommandError::NoTracker)?;
+        self.ctl(t, Ctl::ListPeers);
+        Ok(())
+    }
+
     /// Asks the tracker who holds `file`; answers come as [`PeerEvent::Holder`].
     pub fn locate(&mut self, now: Instant, file: FileId) -> Result<(), CommandError> {
         self.enter(now);
@@ -323,7 +334,8 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     // ---- queries -----------------------------------------------------------------------
 
-    /// The active peer list last pushed by the tracker.
+    /// The peer list last asked for with [`Peer::list_peers`] (at most as many entries as
+    /// this peer has connection slots).
     pub fn peers(&self) -> &[PeerEntry] {
         &self.session.peer_list
     }
@@ -512,12 +524,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Wire<C> for Peer<C, F, W, A> {
+impl<const C: usize, const F: usize, const W: usize, const A: usize> Wire for Peer<C, F, W, A> {
     type Conn = Conn<W>;
-    fn table(&self) -> &Slots<Conn<W>, C> {
+    type Store = [Slot<Conn<W>>; C];
+    fn table(&self) -> &Slots<Conn<W>, Self::Store> {
         &self.conns
     }
-    fn table_mut(&mut self) -> &mut Slots<Conn<W>, C> {
+    fn table_mut(&mut self) -> &mut Slots<Conn<W>, Self::Store> {
         &mut self.conns
     }
     fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {

@@ -14,7 +14,7 @@ pub(super) struct TrackerSession<const C: usize> {
     pub(super) backoff: Duration,
     /// The address the tracker recorded for us, while registered.
     pub(super) registered: Option<SocketAddr>,
-    /// The last complete active peer list, and the one arriving.
+    /// The last peer list asked for (its first `C` entries), and the one arriving.
     pub(super) peer_list: Vec<PeerEntry, C>,
     pub(super) peer_list_next: Vec<PeerEntry, C>,
     /// The user asked for the file list: its answers are events.
@@ -121,14 +121,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 let _ = self.session.peer_list_next.push(p);
             }
             Message::PeerListEnd { count } => {
-                if usize::from(count) == self.session.peer_list_next.len() {
-                    core::mem::swap(
-                        &mut self.session.peer_list,
-                        &mut self.session.peer_list_next,
-                    );
-                    self.event(PeerEvent::PeerList { count });
-                }
+                // A list longer than this peer's table keeps its first entries; the event
+                // tells the whole count.
+                core::mem::swap(
+                    &mut self.session.peer_list,
+                    &mut self.session.peer_list_next,
+                );
                 self.session.peer_list_next.clear();
+                self.event(PeerEvent::PeerList { count });
             }
             Message::Published { file } => self.event(PeerEvent::Published { file }),
             Message::PublishRefused { file, reason } => {

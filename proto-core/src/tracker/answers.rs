@@ -1,6 +1,7 @@
 //! What the tracker sends: replies rendered into frames only when polled (so a queue holds
 //! small descriptions, not bytes), streamed answers (file lists, locates, peer lists) resumed
-//! from a cursor one frame at a time, and manifests sent from storage.
+//! from a cursor one frame at a time, and manifests sent from storage. Each frame costs
+//! O(log n): cursors are keys into the tracker's ordered indexes.
 
 use super::*;
 
@@ -23,11 +24,20 @@ pub(super) enum Reply {
         cursor: u16,
         count: u16,
     },
-    /// A locate answer: from holding `cursor`, chunk `chunk` on; `holders` sent so far.
+    /// The peer list, from connection index `cursor` on, `count` items sent so far.
+    Peers {
+        cursor: u32,
+        count: u16,
+    },
+    /// A locate answer: the holders of the file in `slot` from connection index `at` on
+    /// (chunk `chunk` on for the first), wrapping once from the end of the holders to `start`;
+    /// `holders` sent so far.
     Locate {
         file: FileId,
         slot: u16,
-        cursor: u16,
+        start: u16,
+        at: u16,
+        wrapped: bool,
         chunk: u32,
         holders: u16,
     },
@@ -37,58 +47,26 @@ pub(super) enum Reply {
     },
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, F, H, W> {
+impl Tracker<'_> {
     pub(super) fn next_frame(
         &mut self,
         id: ConnId,
         buf: &mut [u8; FRAME_BUF_LEN],
     ) -> Option<Transmit> {
         let c = self.conns.get_mut(id)?;
-        if c.link.blocked || c.link.phase == Phase::Closed || !c.has_output() {
+        if c.link.blocked || c.link.phase == Phase::Closed || c.replies.is_empty() {
             return None;
         }
-        let (msg, then) = if let Some(reply) = c.replies.pop_front() {
-            let (msg, next, then) = self.render(reply);
-            if let Some(next) = next {
-                // Put the rest of a stream back at the front; there is room, we just popped.
-                let c = self.conns.get_mut(id)?;
-                let _ = c.replies.push_front(next);
-            }
-            (msg, then)
-        } else {
-            if c.push.is_none() {
-                c.push = Some((0, 0));
-                c.push_dirty = false;
-            }
-            let (cursor, count) = c.push?;
-            let next = (cursor as usize..C).find_map(|i| {
-                let id = self.conns.id_at(i)?;
-                let c = self.conns.get(id)?;
-                let addr = c.registered?;
-                Some((
-                    i,
-                    PeerEntry {
-                        node: c.link.hello?.node,
-                        addr,
-                    },
-                ))
-            });
+        let reply = c.replies.pop_front()?;
+        let (msg, next, then) = self.render(reply);
+        if let Some(next) = next {
+            // Put the rest of a stream back at the front; there is room, we just popped.
             let c = self.conns.get_mut(id)?;
-            match next {
-                Some((i, entry)) => {
-                    c.push = Some((i as u16 + 1, count + 1));
-                    (Message::PeerListItem(entry), None)
-                }
-                None => {
-                    c.push = None;
-                    (Message::PeerListEnd { count }, None)
-                }
-            }
-        };
+            let _ = c.replies.push_front(next);
+        }
         let c = self.conns.get_mut(id)?;
         if c.link.phase == Phase::Closing && c.replies.is_empty() {
-            c.link.phase = Phase::Closed;
-            self.pending_actions += 1;
+            self.closed_now(id);
         }
         // Every message fits FRAME_BUF_LEN (checked by a test over the largest of each kind).
         let len = encode_frame(&msg, buf).ok()?;
@@ -118,55 +96,62 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             Reply::PublishRefused(file, reason) => Message::PublishRefused { file, reason },
             Reply::NotFound(file) => Message::NotFound { file },
             Reply::Files { cursor, count } => {
-                let next = (cursor as usize..F).find_map(|i| match &self.files[i] {
-                    FileState::Listed(file, header) => Some((i, *file, header)),
-                    _ => None,
+                let next = (usize::from(cursor)..self.files.capacity()).find_map(|i| {
+                    match self.file(i as u16)? {
+                        FileState::Listed(l) => Some((i, l)),
+                        _ => None,
+                    }
                 });
-                let Some((i, file, header)) = next else {
+                let Some((i, l)) = next else {
                     return (Message::FileListEnd { count }, None, None);
                 };
-                let (mut holders, mut seeders) = (0u16, 0u16);
-                for h in self
-                    .holdings
-                    .iter()
-                    .flatten()
-                    .filter(|h| h.slot == i as u16)
-                {
-                    holders += 1;
-                    seeders += u16::from(h.chunks.is_full());
-                }
                 let entry = FileEntry {
-                    file,
-                    name: header.name.clone(),
-                    size: header.size,
-                    chunk_size: header.chunk_size,
-                    chunks: header.chunk_count(),
-                    holders,
-                    seeders,
+                    file: l.file,
+                    name: l.header.name.clone(),
+                    size: l.header.size,
+                    chunk_size: l.header.chunk_size,
+                    chunks: l.header.chunk_count(),
+                    holders: l.holders.try_into().unwrap_or(u16::MAX),
+                    seeders: l.complete.try_into().unwrap_or(u16::MAX),
                 };
                 let next = Reply::Files {
                     cursor: i as u16 + 1,
-                    count: count + 1,
+                    count: count.saturating_add(1),
                 };
                 return (Message::FileItem(entry), Some(next), None);
             }
-            Reply::Locate {
-                file,
-                slot,
-                cursor,
-                chunk,
-                holders,
-            } => return self.render_locate(file, slot, cursor, chunk, holders),
-            Reply::Manifest { file, slot } => match &self.files[slot as usize] {
-                FileState::Listed(id, header) if *id == file => {
+            Reply::Peers { cursor, count } => {
+                let next = (cursor as usize..self.conns.capacity()).find_map(|i| {
+                    let c = self.conns.get(self.conns.id_at(i)?)?;
+                    let addr = c.registered()?;
+                    Some((
+                        i,
+                        PeerEntry {
+                            node: c.link.hello?.node,
+                            addr,
+                        },
+                    ))
+                });
+                let Some((i, entry)) = next else {
+                    return (Message::PeerListEnd { count }, None, None);
+                };
+                let next = Reply::Peers {
+                    cursor: i as u32 + 1,
+                    count: count.saturating_add(1),
+                };
+                return (Message::PeerListItem(entry), Some(next), None);
+            }
+            Reply::Locate { .. } => return self.render_locate(reply),
+            Reply::Manifest { file, slot } => match self.file(slot) {
+                Some(FileState::Listed(l)) if l.file == file => {
                     let then = StorageSend {
                         key: hashes_key(slot),
                         offset: 0,
-                        len: header.hashes_len(),
+                        len: l.header.hashes_len(),
                     };
                     let msg = Message::Manifest {
                         file,
-                        header: header.clone(),
+                        header: l.header.clone(),
                     };
                     return (msg, None, (then.len > 0).then_some(then));
                 }
@@ -177,37 +162,110 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         (msg, None, None)
     }
 
+    /// The start of a locate answer for the file in `slot`: its holders from where the last
+    /// answer began, one further, so successive askers are told different holders first.
+    pub(super) fn start_locate(&mut self, file: FileId, slot: u16) -> Reply {
+        let Some(FileState::Listed(l)) = self.file(slot) else {
+            return Reply::NotFound(file);
+        };
+        let from = l.locate_from;
+        let next = self
+            .holders
+            .range((slot, from.wrapping_add(1))..=(slot, u16::MAX))
+            .next()
+            .map_or(0, |(&(_, ix), _)| ix);
+        let start = if from == u16::MAX { 0 } else { from };
+        if let Some(FileState::Listed(l)) = self.file_mut(slot) {
+            l.locate_from = next;
+        }
+        Reply::Locate {
+            file,
+            slot,
+            start,
+            at: start,
+            wrapped: false,
+            chunk: 0,
+            holders: 0,
+        }
+    }
+
+    /// One holder of a locate answer (or part of one, if its chunks need more ranges than a
+    /// frame holds), or its end.
     pub(super) fn render_locate(
         &self,
-        file: FileId,
-        slot: u16,
-        cursor: u16,
-        chunk: u32,
-        holders: u16,
+        reply: Reply,
     ) -> (Message, Option<Reply>, Option<StorageSend>) {
+        let Reply::Locate {
+            file,
+            slot,
+            start,
+            mut at,
+            mut wrapped,
+            chunk,
+            holders,
+        } = reply
+        else {
+            return (
+                Message::NotFound {
+                    file: FileId::default(),
+                },
+                None,
+                None,
+            );
+        };
         let end = Message::LocateEnd { file, holders };
-        if !matches!(&self.files[slot as usize], FileState::Listed(id, _) if *id == file) {
+        if !matches!(self.file(slot), Some(FileState::Listed(l)) if l.file == file)
+            || holders >= self.config.locate_holders
+        {
             return (end, None, None);
         }
-        let next = (cursor as usize..H).find_map(|i| {
-            let h = self.holdings[i].as_ref().filter(|h| h.slot == slot)?;
-            let c = self.conns.get(h.conn)?;
-            Some((
-                i,
-                h,
-                PeerEntry {
-                    node: c.link.hello?.node,
-                    addr: c.registered?,
-                },
-            ))
-        });
-        let Some((i, h, peer)) = next else {
+        let found = loop {
+            let hit = if wrapped {
+                self.holders.range((slot, at)..(slot, start)).next()
+            } else {
+                self.holders.range((slot, at)..=(slot, u16::MAX)).next()
+            };
+            match hit {
+                Some((&(_, ix), h)) => break Some((ix, *h)),
+                None if !wrapped && start > 0 => {
+                    wrapped = true;
+                    at = 0;
+                }
+                None => break None,
+            }
+        };
+        let Some((ix, h)) = found else {
             return (end, None, None);
         };
+        let peer = self
+            .conns
+            .id_at(usize::from(ix))
+            .filter(|id| id.generation() == h.generation)
+            .and_then(|id| self.conns.get(id))
+            .and_then(|c| {
+                Some(PeerEntry {
+                    node: c.link.hello?.node,
+                    addr: c.registered()?,
+                })
+            });
+        let after = |holders| Reply::Locate {
+            file,
+            slot,
+            start,
+            at: ix.wrapping_add(1),
+            wrapped: wrapped || ix == u16::MAX,
+            chunk: 0,
+            holders,
+        };
+        let Some(peer) = peer else {
+            // Cannot happen (a holding is a registered connection's); skip it if it does.
+            return self.render_locate(after(holders));
+        };
+        let words = self.bits.words(h.piece);
         let mut ranges = heapless::Vec::new();
         let mut from = chunk;
         let mut more = false;
-        while let Some(r) = h.chunks.next_range(from) {
+        while let Some(r) = bitmap::next_range(words, h.len, from) {
             if ranges.push(r).is_err() {
                 more = true;
                 break;
@@ -218,18 +276,14 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             Reply::Locate {
                 file,
                 slot,
-                cursor: i as u16,
+                start,
+                at: ix,
+                wrapped,
                 chunk: from,
                 holders,
             }
         } else {
-            Reply::Locate {
-                file,
-                slot,
-                cursor: i as u16 + 1,
-                chunk: 0,
-                holders: holders + 1,
-            }
+            after(holders + 1)
         };
         let item = HolderItem {
             file,

@@ -20,8 +20,26 @@ pub struct TrackerConfig {
     /// How long a new connection has to send its `Hello` (and, with a swarm key, its proof).
     /// Default 10 s.
     pub handshake_timeout: Duration,
-    /// Most registered peers (at most the connection count). Default: no limit but the table.
+    /// Most registered peers (at most [`TrackerConfig::max_conns`]). Default 65,535.
     pub max_peers: usize,
+    /// Most connections at once, registered or not (at most 65,535: a connection handle's
+    /// index is 16 bits). Default 65,535. With heap memory the table grows to this on demand;
+    /// with memory passed in, the smaller of this and that memory's size counts.
+    pub max_conns: usize,
+    /// Most files listed or being published at once. Default 4,096.
+    pub max_files: usize,
+    /// Most holdings (one per peer and file it holds chunks of). Default 1,048,576.
+    pub max_holdings: usize,
+    /// Most chunks a published file may have: every holding keeps one bit per chunk up to this,
+    /// so it sets the RAM per holding (`max_chunks / 8` bytes). Default 8,192.
+    pub max_chunks: u32,
+    /// Most holders named in one locate answer. A swarm of thousands needs a handful of
+    /// sources per peer, not all of them; each answer starts at a different holder, so the
+    /// load spreads. Default 64.
+    pub locate_holders: u16,
+    /// Most events kept between two drains of `poll_output`; later ones are counted by
+    /// [`Tracker::events_lost`](super::Tracker::events_lost). Default 4,096.
+    pub max_events: usize,
     /// Most connections from one IP address. One host opening (or registering) connection after
     /// connection would otherwise fill the tables and lock honest peers out. Default 64.
     pub max_conns_per_ip: usize,
@@ -41,7 +59,13 @@ impl TrackerConfig {
             ping_interval: Duration::from_secs(5),
             max_missed_pings: 3,
             handshake_timeout: Duration::from_secs(10),
-            max_peers: usize::MAX,
+            max_peers: 65_535,
+            max_conns: 65_535,
+            max_files: 4_096,
+            max_holdings: 1 << 20,
+            max_chunks: 8_192,
+            locate_holders: 64,
+            max_events: 4_096,
             max_conns_per_ip: 64,
             swarm_key: None,
             rng_seed: u64::from_le_bytes([

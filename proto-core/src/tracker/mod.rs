@@ -34,7 +34,11 @@
 //! - Every [`TrackerConfig::ping_interval`] each connection that finished its handshake is
 //!   pinged; one that leaves [`TrackerConfig::max_missed_pings`] pings in a row unanswered is
 //!   dropped. A connection that sends no `Hello` within the handshake timeout is closed.
-//! - Every registered peer is sent the whole active peer list whenever it changes.
+//! - The peer list is sent only to whoever asks ([`Message::ListPeers`]); nothing is pushed
+//!   when a peer joins or leaves, so a join costs O(log n), not a list to every peer (which
+//!   was O(N²) bytes for a swarm of N).
+//! - A locate answer names at most [`TrackerConfig::locate_holders`] holders, starting one
+//!   further along the file's holders with every locate, so askers spread over the swarm.
 //! - A publish whose file id is already listed adds the publisher as a holder; a different file
 //!   under a listed name is refused with [`PublishRefusal::NameTaken`].
 //! - A file stays listed while at least one online peer holds all of its chunks; when the last
@@ -42,59 +46,68 @@
 //!
 //! # Memory
 //!
-//! Everything is in the struct; nothing grows. With the const parameters `C` connections, `F`
-//! files, `H` holdings (one per peer and file it holds chunks of) and `W` bitmap words (at most
-//! `32 * W` chunks per file), [`Tracker::ram_bytes`] is the exact size, on x86_64 and
-//! thumbv7em alike up to alignment padding:
+//! Every table is bounded by a capacity in [`TrackerConfig`] and lives in memory the adapter
+//! gives (see the `table` module): [`Tracker::new`] (feature `alloc`) starts with empty heap
+//! tables that grow on demand up to those limits; [`Tracker::with_memory`] runs in a
+//! [`TrackerMemory`] the adapter owns, and allocates nothing. Lookups by connection, file id,
+//! node id, address and (file, holder) are O(1) or O(log n); nothing per message walks all
+//! peers or files.
 //!
-//! | configuration | C | F | H | W | bytes |
+//! What a tracker costs, measured on x86_64 (`bench/tracker-load.sh` gives the RSS of a whole
+//! process):
+//!
+//! - per connection: one slot (about 1 KiB: a 512-byte frame buffer, an 8-entry reply queue,
+//!   a publish in progress) and, once registered, its entries in the node and address indexes;
+//! - per holding (a peer and a file it holds chunks of): `max_chunks / 8` bytes of bitmap (1 KiB
+//!   at the default 8,192 chunks) and two index entries;
+//! - per file: its header (name, size, chunk size) and an index entry;
+//! - per event waiting for the adapter: about 350 bytes (a file name), up to
+//!   [`TrackerConfig::max_events`] on the heap, `C` in fixed memory.
+//!
+//! | fixed memory | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`HostTracker`] | 256 | 128 | 1024 | 256 (8192 chunks) | 1,487,808 |
-//! | [`SmallTracker`] | 16 | 8 | 32 | 32 (1024 chunks) | 41,408 |
+//! | [`SmallTrackerMemory`] | 16 | 8 | 32 | 32 (1024 chunks) | 38,384 |
 //!
-//! Most of it is per connection (a 512-byte frame buffer, an 8-entry reply queue and a
-//! publish-in-progress) and per holding (`4 * W` bytes of bitmap). Chunk hashes are never in
-//! RAM: they go to storage as they arrive and are sent from storage. A test checks both
-//! figures (on x86_64).
+//! That is [`Tracker::ram_bytes`], the tracker with its memory; a test checks it (x86_64).
+//! It was 41,408 when the tables were sized at compile time: the indexes added about 2.8 KB,
+//! and an event queue sized to the connections (16 instead of 32 events) saved 5.5 KB.
+//!
+//! Chunk hashes are never in RAM: they go to storage as they arrive and are sent from storage.
 
 mod answers;
 mod event;
 mod invariants;
+mod memory;
 mod publish;
 
 pub use event::{LeaveReason, Offence, Table, TrackerConfig, TrackerEvent};
+pub use memory::{SmallTrackerMemory, TrackerMemory};
 
 use answers::Reply;
 use publish::{PublishRx, Target};
 
 use core::fmt;
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 
 use heapless::Deque;
+use managed::{ManagedMap, ManagedSlice};
 
 use rand_xoshiro::rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::auth::{self, Nonce, Side};
-use crate::bitmap::ChunkBitmap;
-use crate::conn::{self, ConnId, EventQueue, HasLink, Link, Phase, Slots, TableFull, Wire};
+use crate::bitmap::{self, BitPool};
+use crate::conn::{self, ConnId, HasLink, Link, Phase, Slot, Slots, TableFull, Wire};
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
+use crate::table::Ring;
 use crate::time::Instant;
 use crate::wire::{
-    encode_frame, ChunkRange, FileEntry, FileId, FrameError, Hello, HolderItem, Message, PeerEntry,
-    PublishRefusal, Refusal, MAX_RANGES, PROTOCOL_VERSION,
+    encode_frame, ChunkRange, FileEntry, FileId, FrameError, Hello, HolderItem, Message, NodeId,
+    PeerEntry, PublishRefusal, Refusal, MAX_RANGES, PROTOCOL_VERSION,
 };
-
-/// A tracker sized for a Linux host: 256 connections, 128 files, 1024 holdings, 8192 chunks
-/// per file. 1.4 MiB; keep it on the heap or the main thread's stack.
-pub type HostTracker = Tracker<256, 128, 1024, 256>;
-
-/// A tracker small enough for a microcontroller: 16 connections, 8 files, 32 holdings, 1024
-/// chunks per file.
-pub type SmallTracker = Tracker<16, 8, 32, 32>;
 
 /// The tracker's timers, a table indexed by kind as the peer's (see `peer/timers.rs`): each
 /// kind's deadline and expiry are written side by side in `deadline` and `expire`.
@@ -113,19 +126,22 @@ impl Timer {
 
 /// Replies queued per connection before the tracker stops reading from it.
 const REPLY_QUEUE: usize = 8;
-/// Events kept for the adapter between drains; older ones are kept, newer ones counted lost.
-const EVENT_QUEUE: usize = 32;
 
 pub(crate) struct Conn {
     link: Link,
-    /// The recorded address, once registered.
-    registered: Option<SocketAddr>,
+    /// On the active list: its recorded address is [`Conn::registered`].
+    listed: bool,
     replies: Deque<Reply, REPLY_QUEUE>,
-    /// The peer list changed since it was last pushed (registered peers only).
-    push_dirty: bool,
-    /// A push in progress: next connection slot to look at, items sent.
-    push: Option<(u16, u16)>,
     publish: Option<PublishRx>,
+}
+
+impl Conn {
+    /// The address recorded for it, while registered: the IP its connection came from with
+    /// the listen port its `Hello` announced.
+    fn registered(&self) -> Option<SocketAddr> {
+        let hello = self.link.hello.filter(|_| self.listed)?;
+        Some(SocketAddr::new(self.link.remote.ip(), hello.listen_port))
+    }
 }
 
 impl HasLink for Conn {
@@ -137,38 +153,77 @@ impl HasLink for Conn {
     }
 }
 
-impl Conn {
-    fn has_output(&self) -> bool {
-        !self.replies.is_empty() || self.push.is_some() || self.push_dirty
-    }
-}
-
-#[derive(Clone, Debug)]
-enum FileState {
-    Free,
+pub(crate) enum FileState {
     /// A publish is receiving its hashes into this slot.
     Pending(ManifestHeader),
-    Listed(FileId, ManifestHeader),
+    Listed(Listed),
     /// Delisted or abandoned: report the discard through `poll_output`, then free.
     Discard,
 }
 
-struct Holding<const W: usize> {
-    conn: ConnId,
-    slot: u16,
-    chunks: ChunkBitmap<W>,
+/// A listed file.
+pub(crate) struct Listed {
+    file: FileId,
+    header: ManifestHeader,
+    /// Holders with every chunk; the file is delisted when this reaches 0.
+    complete: u32,
+    /// Holders of any chunk.
+    holders: u32,
+    /// Where the next locate answer starts among the holders (a connection index).
+    locate_from: u16,
 }
 
+/// Who holds which chunks of a file: one per registered peer and file it holds chunks of.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Holding {
+    /// The holder's connection generation (the index is in the key).
+    generation: u16,
+    /// Its bitmap in the tracker's `BitPool`.
+    piece: u32,
+    /// Chunks it holds, of `len`.
+    count: u32,
+    len: u32,
+}
+
+impl Holding {
+    fn is_full(&self) -> bool {
+        self.count == self.len
+    }
+}
+
+/// Memory for a table of `T`.
+type Mem<'a, T> = ManagedSlice<'a, Slot<T>>;
+
 /// The tracker state machine; see the [module docs](self) for the contract and the rules.
-///
-/// `C` connections, `F` files, `H` holdings (peer × file pairs), `W` words of chunk bitmap per
-/// holding (at most `32 * W` chunks per file).
-pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usize> {
+pub struct Tracker<'a> {
     config: TrackerConfig,
-    conns: Slots<Conn, C>,
-    files: [FileState; F],
-    holdings: [Option<Holding<W>>; H],
-    events: EventQueue<TrackerEvent, EVENT_QUEUE>,
+    conns: Slots<Conn, Mem<'a, Conn>>,
+    /// Indexed by storage slot: a file's hashes are stored under its index.
+    files: Slots<FileState, Mem<'a, FileState>>,
+    /// Listed files by id.
+    by_id: ManagedMap<'a, FileId, u16>,
+    /// Holdings by (file slot, connection index): a file's holders in order.
+    holders: ManagedMap<'a, (u16, u16), Holding>,
+    /// The same holdings by (connection index, file slot): what a peer holds.
+    held: ManagedMap<'a, (u16, u16), ()>,
+    /// The holdings' chunk bitmaps.
+    bits: BitPool<'a>,
+    /// Registered peers by node id and by recorded address (connection index).
+    nodes: ManagedMap<'a, NodeId, u16>,
+    addrs: ManagedMap<'a, SocketAddr, u16>,
+    /// Open connections per remote IP address.
+    per_ip: ManagedMap<'a, IpAddr, u16>,
+    /// Connections in their handshake, by deadline.
+    handshakes: ManagedMap<'a, (Instant, u16), ()>,
+    /// Connections that may have a frame to send (connection index).
+    ready: ManagedMap<'a, u16, ()>,
+    /// Connections whose close is still to be reported (connection index).
+    closed: ManagedMap<'a, u16, ()>,
+    /// Registered peers.
+    registered: usize,
+    /// Events kept for the adapter between drains; when full, newer ones are counted lost.
+    events: Ring<'a, TrackerEvent>,
+    events_lost: u32,
     /// Connections in `Phase::Closed` plus files in `FileState::Discard`.
     pending_actions: usize,
     next_ping: Instant,
@@ -179,24 +234,96 @@ pub struct Tracker<const C: usize, const F: usize, const H: usize, const W: usiz
     drain: Drain,
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, F, H, W> {
-    /// The most chunks a file may have on this tracker.
-    pub const MAX_FILE_CHUNKS: u32 = ChunkBitmap::<W>::MAX_FILE_CHUNKS;
-
-    /// A tracker with no connections and no files; the first ping round is one interval out.
+impl<'a> Tracker<'a> {
+    /// A tracker whose tables live on the heap: empty at first, each grown on demand up to its
+    /// limit in `config`. The first ping round is one interval out.
+    #[cfg(feature = "alloc")]
     pub fn new(config: TrackerConfig, now: Instant) -> Self {
-        Tracker {
+        use alloc::collections::BTreeMap;
+        use alloc::vec::Vec;
+        Tracker::build(
             config,
-            conns: Slots::new(),
-            files: core::array::from_fn(|_| FileState::Free),
-            holdings: core::array::from_fn(|_| None),
-            events: EventQueue::new(),
+            now,
+            Parts {
+                conns: ManagedSlice::Owned(Vec::new()),
+                files: ManagedSlice::Owned(Vec::new()),
+                words: ManagedSlice::Owned(Vec::new()),
+                by_id: ManagedMap::Owned(BTreeMap::new()),
+                holders: ManagedMap::Owned(BTreeMap::new()),
+                held: ManagedMap::Owned(BTreeMap::new()),
+                nodes: ManagedMap::Owned(BTreeMap::new()),
+                addrs: ManagedMap::Owned(BTreeMap::new()),
+                per_ip: ManagedMap::Owned(BTreeMap::new()),
+                handshakes: ManagedMap::Owned(BTreeMap::new()),
+                ready: ManagedMap::Owned(BTreeMap::new()),
+                closed: ManagedMap::Owned(BTreeMap::new()),
+                events: ManagedSlice::Owned(Vec::new()),
+            },
+        )
+    }
+
+    /// A tracker whose tables live in `memory`, which the adapter owns (a device's static
+    /// memory): nothing is allocated, and each capacity is the smaller of `config`'s and the
+    /// memory's. The first ping round is one interval out.
+    pub fn with_memory<const C: usize, const F: usize, const H: usize, const W: usize>(
+        mut config: TrackerConfig,
+        now: Instant,
+        memory: &'a mut TrackerMemory<C, F, H, W>,
+    ) -> Self {
+        config.max_chunks = config.max_chunks.min((W as u32).saturating_mul(32));
+        Tracker::build(config, now, memory.parts())
+    }
+
+    fn build(config: TrackerConfig, now: Instant, mut parts: Parts<'a>) -> Self {
+        // Memory passed in may hold an earlier tracker's entries: start empty.
+        parts.by_id.clear();
+        parts.holders.clear();
+        parts.held.clear();
+        parts.nodes.clear();
+        parts.addrs.clear();
+        parts.per_ip.clear();
+        parts.handshakes.clear();
+        parts.ready.clear();
+        parts.closed.clear();
+        let max_chunks = config.max_chunks.min(MAX_CHUNKS);
+        let stride = max_chunks.div_ceil(32) as usize;
+        Tracker {
+            conns: Slots::over(parts.conns, config.max_conns),
+            files: Slots::over(parts.files, config.max_files),
+            by_id: parts.by_id,
+            holders: parts.holders,
+            held: parts.held,
+            bits: BitPool::new(parts.words, stride, config.max_holdings),
+            nodes: parts.nodes,
+            addrs: parts.addrs,
+            per_ip: parts.per_ip,
+            handshakes: parts.handshakes,
+            ready: parts.ready,
+            closed: parts.closed,
+            registered: 0,
+            events: Ring::new(parts.events, config.max_events),
+            events_lost: 0,
             pending_actions: 0,
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
             rng: Xoshiro256PlusPlus::seed_from_u64(config.rng_seed),
             drain: Drain::default(),
+            config: TrackerConfig {
+                max_chunks,
+                ..config
+            },
         }
+    }
+
+    /// The most chunks a file may have on this tracker.
+    pub fn max_file_chunks(&self) -> u32 {
+        self.config.max_chunks
+    }
+
+    /// The most peers this tracker will register: its `max_peers`, or fewer if its
+    /// connection table is smaller.
+    pub fn peer_capacity(&self) -> usize {
+        self.config.max_peers.min(self.conns.limit())
     }
 
     /// Every input starts here: the drain must hand out whatever the input queues.
@@ -207,30 +334,30 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         self.drain.input();
     }
 
-    /// The exact RAM this tracker type occupies, in bytes.
-    pub const fn ram_bytes() -> usize {
-        core::mem::size_of::<Self>()
+    /// The bytes of a tracker in fixed memory: the tracker itself and its [`TrackerMemory`].
+    pub const fn ram_bytes<const C: usize, const F: usize, const H: usize, const W: usize>() -> usize
+    {
+        core::mem::size_of::<Self>() + core::mem::size_of::<TrackerMemory<C, F, H, W>>()
     }
 
     /// Events that did not fit the queue because the adapter did not drain it.
     pub fn events_lost(&self) -> u32 {
-        self.events.lost()
+        self.events_lost
     }
 
     /// Registered peers right now.
     pub fn peer_count(&self) -> usize {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.registered.is_some())
-            .count()
+        self.registered
     }
 
     /// Files listed right now.
     pub fn file_count(&self) -> usize {
-        self.files
-            .iter()
-            .filter(|f| matches!(f, FileState::Listed(..)))
-            .count()
+        self.by_id.len()
+    }
+
+    /// Holdings (a peer and a file it holds chunks of) right now.
+    pub fn holding_count(&self) -> usize {
+        self.bits.used()
     }
 
     // ---- inputs -------------------------------------------------------------------------
@@ -239,38 +366,41 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// that IP address ([`TrackerConfig::max_conns_per_ip`]): close the socket.
     pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
         self.enter();
-        let from_ip = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.link.remote.ip() == remote.ip())
-            .count();
-        if from_ip >= self.config.max_conns_per_ip {
+        let from_ip = self.per_ip.get(&remote.ip()).copied().unwrap_or(0);
+        if usize::from(from_ip) >= self.config.max_conns_per_ip {
             self.event(TrackerEvent::Overloaded(Table::ConnectionsPerIp));
             return Err(TableFull);
         }
+        let deadline = now + self.config.handshake_timeout;
         let conn = Conn {
             link: Link::new(
                 remote,
-                Phase::Handshake {
-                    deadline: now + self.config.handshake_timeout,
-                },
+                Phase::Handshake { deadline },
                 // Any body the wire allows is read (and skipped if refused), so a publisher
                 // with a file too large for this tracker hears why instead of being cut off.
                 MAX_CHUNKS as u64 * HASH_LEN as u64,
                 auth::nonce(&mut self.rng),
                 now,
             ),
-            registered: None,
+            listed: false,
             replies: Deque::new(),
-            push_dirty: false,
-            push: None,
             publish: None,
         };
-        self.conns.insert(conn)
+        let id = self.conns.insert(conn)?;
+        let ix = id.index() as u16;
+        let indexed = self.per_ip.insert(remote.ip(), from_ip + 1).is_ok()
+            && self.handshakes.insert((deadline, ix), ()).is_ok();
+        if !indexed {
+            // Index memory is sized with the table; this is for memory passed in too small.
+            self.forget(id);
+            self.conns.remove(id);
+            return Err(TableFull);
+        }
+        Ok(id)
     }
 
     /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
-    pub fn handle_recv<'a>(&mut self, now: Instant, conn: ConnId, input: &'a [u8]) -> Recv<'a> {
+    pub fn handle_recv<'i>(&mut self, now: Instant, conn: ConnId, input: &'i [u8]) -> Recv<'i> {
         self.enter();
         conn::recv(self, now, conn, input)
     }
@@ -286,7 +416,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         }
         self.unregister(conn, LeaveReason::Disconnected);
         self.abandon_publish(conn);
-        self.conns.remove(conn);
+        self.free(conn);
     }
 
     /// The adapter cannot take more output for `conn` until [`Tracker::handle_send_ready`].
@@ -299,6 +429,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     pub fn handle_send_ready(&mut self, conn: ConnId) {
         self.enter();
         self.conns.set_blocked(conn, false);
+        self.wake(conn);
     }
 
     /// A [`StorageWrite`] for `key` failed; the publish it belongs to is refused at its end.
@@ -326,14 +457,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// When `t` next expires, if it is armed.
     fn deadline(&self, t: Timer) -> Option<Instant> {
         match t {
-            Timer::Handshake => self
-                .conns
-                .iter()
-                .filter_map(|(_, c)| match c.link.phase {
-                    Phase::Handshake { deadline } => Some(deadline),
-                    _ => None,
-                })
-                .min(),
+            Timer::Handshake => self.handshakes.iter().next().map(|(&(at, _), _)| at),
             Timer::Ping => Some(self.next_ping),
         }
     }
@@ -342,24 +466,44 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     fn expire(&mut self, t: Timer, now: Instant) {
         match t {
             Timer::Handshake => {
-                for id in self.conns.late_handshakes(now) {
-                    debug!("closing {:?}: handshake not finished in time", id);
-                    self.close_now(id);
+                while let Some(&(at, ix)) = self.handshakes.iter().next().map(|(k, _)| k) {
+                    if at > now {
+                        break;
+                    }
+                    self.handshakes.remove(&(at, ix));
+                    if let Some(id) = self.conns.id_at(usize::from(ix)) {
+                        debug!("closing {:?}: handshake not finished in time", id);
+                        self.close_now(id);
+                    }
                 }
             }
             Timer::Ping => {
                 self.next_ping = now + self.config.ping_interval;
                 let max_missed = self.config.max_missed_pings;
-                let dead = self
-                    .conns
-                    .ping_round(max_missed, &mut self.ping_nonce, |c, n| {
-                        c.replies.push_back(Reply::Ping(n)).is_ok()
-                    });
-                for id in dead {
-                    debug!("{:?} missed {} pings", id, max_missed);
-                    self.unregister(id, LeaveReason::TimedOut);
-                    self.close_now(id);
+                let mut nonce = self.ping_nonce;
+                for i in 0..self.conns.capacity() {
+                    let Some(id) = self.conns.id_at(i) else {
+                        continue;
+                    };
+                    let Some(c) = self.conns.get_mut(id) else {
+                        continue;
+                    };
+                    if c.link.phase != Phase::Open {
+                        continue;
+                    }
+                    if c.link.missed_pings >= max_missed {
+                        debug!("{:?} missed {} pings", id, max_missed);
+                        self.unregister(id, LeaveReason::TimedOut);
+                        self.close_now(id);
+                        continue;
+                    }
+                    nonce = nonce.wrapping_add(1);
+                    if c.replies.push_back(Reply::Ping(nonce)).is_ok() {
+                        c.link.missed_pings += 1;
+                        self.wake(id);
+                    }
                 }
+                self.ping_nonce = nonce;
             }
         }
     }
@@ -384,7 +528,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        let registered = c.registered.is_some();
+        let registered = c.registered().is_some();
         // With a swarm key, a connection that sent its Hello stays in the handshake phase until
         // its proof checks out; nothing but that proof is taken from it meanwhile.
         let proving = c.link.hello.is_some() && matches!(c.link.phase, Phase::Handshake { .. });
@@ -403,7 +547,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                     c.link.hello = Some(hello);
                     let nonce = c.link.nonce;
                     if self.config.swarm_key.is_none() {
-                        c.link.phase = Phase::Open;
+                        self.opened(id);
                     }
                     self.reply(id, Reply::Hello(nonce));
                 }
@@ -426,15 +570,16 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                     count: 0,
                 },
             ),
+            (true, Message::ListPeers) => self.reply(
+                id,
+                Reply::Peers {
+                    cursor: 0,
+                    count: 0,
+                },
+            ),
             (true, Message::Locate { file }) => {
                 let reply = match self.listed_slot(&file) {
-                    Some(slot) => Reply::Locate {
-                        file,
-                        slot,
-                        cursor: 0,
-                        chunk: 0,
-                        holders: 0,
-                    },
+                    Some(slot) => self.start_locate(file, slot),
                     None => Reply::NotFound(file),
                 };
                 self.reply(id, reply);
@@ -452,24 +597,36 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         }
     }
 
+    /// The handshake is done: the connection carries messages and its deadline is gone.
+    fn opened(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if let Phase::Handshake { deadline } = c.link.phase {
+            self.handshakes.remove(&(deadline, id.index() as u16));
+        }
+        c.link.phase = Phase::Open;
+    }
+
     /// The handshake's last step with a swarm key: the opener's proof, or a refusal.
     fn check_proof(&mut self, id: ConnId, msg: Message) {
-        let (Some(key), Some(c)) = (self.config.swarm_key, self.conns.get_mut(id)) else {
+        let (Some(key), Some(c)) = (self.config.swarm_key, self.conns.get(id)) else {
             return;
         };
         let Some(theirs) = c.link.hello.map(|h| h.nonce) else {
             return;
         };
+        let ours = c.link.nonce;
         let ok = match msg {
-            Message::Auth { proof } => key.verify(Side::Opener, &theirs, &c.link.nonce, &proof),
+            Message::Auth { proof } => key.verify(Side::Opener, &theirs, &ours, &proof),
             _ => false,
         };
         if !ok {
             self.refuse(id, Refusal::SwarmKey);
             return;
         }
-        c.link.phase = Phase::Open;
-        let proof = key.prove(Side::Acceptor, &c.link.nonce, &theirs);
+        self.opened(id);
+        let proof = key.prove(Side::Acceptor, &ours, &theirs);
         self.reply(id, Reply::Auth(proof));
     }
 
@@ -495,22 +652,26 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             return;
         };
         let addr = SocketAddr::new(remote.ip(), hello.listen_port);
-        let mut count = 0;
-        let mut refusal = None;
-        for (_, other) in self.conns.iter() {
-            let Some(other_addr) = other.registered else {
-                continue;
-            };
-            count += 1;
-            if other.link.hello.map(|h| h.node) == Some(hello.node) {
-                refusal = Some(Refusal::DuplicateNode);
-            } else if other_addr == addr && hello.listen_port != 0 {
-                refusal = refusal.or(Some(Refusal::DuplicateAddress));
+        let refusal = if self.nodes.get(&hello.node).is_some() {
+            Some(Refusal::DuplicateNode)
+        } else if hello.listen_port != 0 && self.addrs.get(&addr).is_some() {
+            Some(Refusal::DuplicateAddress)
+        } else if self.registered >= self.peer_capacity() {
+            Some(Refusal::TrackerFull)
+        } else {
+            let ix = id.index() as u16;
+            match self.nodes.insert(hello.node, ix) {
+                Ok(_) if hello.listen_port == 0 => None,
+                Ok(_) => match self.addrs.insert(addr, ix) {
+                    Ok(_) => None,
+                    Err(_) => {
+                        self.nodes.remove(&hello.node);
+                        Some(Refusal::TrackerFull)
+                    }
+                },
+                Err(_) => Some(Refusal::TrackerFull),
             }
-        }
-        if refusal.is_none() && count >= self.config.max_peers.min(C) {
-            refusal = Some(Refusal::TrackerFull);
-        }
+        };
         if let Some(reason) = refusal {
             self.reply(id, Reply::Refused(reason));
             self.event(TrackerEvent::Refused { remote, reason });
@@ -518,14 +679,14 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             return;
         }
         if let Some(c) = self.conns.get_mut(id) {
-            c.registered = Some(addr);
+            c.listed = true;
         }
+        self.registered += 1;
         self.reply(id, Reply::Registered(addr));
         self.event(TrackerEvent::PeerJoined {
             node: hello.node,
             addr,
         });
-        self.peers_changed();
     }
 
     /// Removes `id` from the active list and drops what it held; no-op if not registered.
@@ -533,29 +694,28 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        let Some(addr) = c.registered.take() else {
+        let Some(addr) = c.registered() else {
             return;
         };
+        c.listed = false;
         let node = c.link.hello.map(|h| h.node).unwrap_or_default();
-        self.event(TrackerEvent::PeerLeft { node, addr, reason });
-        for i in 0..H {
-            let Some(h) = &self.holdings[i] else {
-                continue;
-            };
-            if h.conn == id {
-                let slot = h.slot;
-                self.holdings[i] = None;
-                self.delist_if_incomplete(slot);
-            }
+        let ix = id.index() as u16;
+        if self.nodes.get(&node) == Some(&ix) {
+            self.nodes.remove(&node);
         }
-        self.peers_changed();
-    }
-
-    fn peers_changed(&mut self) {
-        for (_, c) in self.conns.iter_mut() {
-            if c.registered.is_some() && c.link.phase == Phase::Open {
-                c.push_dirty = true;
-            }
+        if self.addrs.get(&addr) == Some(&ix) {
+            self.addrs.remove(&addr);
+        }
+        self.registered -= 1;
+        self.event(TrackerEvent::PeerLeft { node, addr, reason });
+        while let Some(&(_, slot)) = self
+            .held
+            .range((ix, 0)..=(ix, u16::MAX))
+            .next()
+            .map(|(k, _)| k)
+        {
+            self.drop_holding(slot, ix);
+            self.delist_if_incomplete(slot);
         }
     }
 
@@ -568,11 +728,22 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             if c.replies.push_back(reply).is_err() {
                 warn!("reply queue of {:?} full", id);
             }
+            self.wake(id);
+        }
+    }
+
+    /// `id` may have a frame to send: it joins the connections the transmit visits.
+    fn wake(&mut self, id: ConnId) {
+        if self.ready.insert(id.index() as u16, ()).is_err() {
+            // The ready set has a place per connection (memory checked at construction).
+            debug_assert!(false, "ready set full");
         }
     }
 
     fn event(&mut self, event: TrackerEvent) {
-        self.events.push(event);
+        if self.events.push(event).is_err() {
+            self.events_lost = self.events_lost.saturating_add(1);
+        }
     }
 
     fn misbehaved(&mut self, id: ConnId, offence: Offence) {
@@ -608,45 +779,128 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
         match c.link.phase {
             Phase::Closed => return,
             Phase::Closing if flush => return,
+            Phase::Handshake { deadline } => {
+                self.handshakes.remove(&(deadline, id.index() as u16));
+            }
             _ => {}
         }
-        c.push = None;
-        c.push_dirty = false;
         if flush && !c.replies.is_empty() {
             c.link.phase = Phase::Closing;
         } else {
-            c.link.phase = Phase::Closed;
-            c.replies.clear();
-            self.pending_actions += 1;
+            self.closed_now(id);
         }
+    }
+
+    /// `id` is closed: its close is to be reported by `poll_output`.
+    fn closed_now(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.link.phase = Phase::Closed;
+        c.replies.clear();
+        self.pending_actions += 1;
+        if self.closed.insert(id.index() as u16, ()).is_err() {
+            debug_assert!(false, "closed set full");
+        }
+    }
+
+    /// Drops `id`'s entries in the per-connection indexes.
+    fn forget(&mut self, id: ConnId) {
+        let ix = id.index() as u16;
+        self.ready.remove(&ix);
+        self.closed.remove(&ix);
+        let Some(c) = self.conns.get(id) else {
+            return;
+        };
+        if let Phase::Handshake { deadline } = c.link.phase {
+            self.handshakes.remove(&(deadline, ix));
+        }
+        let ip = c.link.remote.ip();
+        match self.per_ip.get(&ip).copied() {
+            Some(n) if n > 1 => {
+                let _ = self.per_ip.insert(ip, n - 1);
+            }
+            Some(_) => {
+                self.per_ip.remove(&ip);
+            }
+            None => {}
+        }
+    }
+
+    /// Frees `id`'s slot; everything it was part of is already undone.
+    fn free(&mut self, id: ConnId) {
+        self.forget(id);
+        self.conns.remove(id);
     }
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Outputs
-    for Tracker<C, F, H, W>
-{
+/// The memory of every table, borrowed or owned.
+pub(super) struct Parts<'a> {
+    conns: Mem<'a, Conn>,
+    files: Mem<'a, FileState>,
+    words: ManagedSlice<'a, u32>,
+    by_id: ManagedMap<'a, FileId, u16>,
+    holders: ManagedMap<'a, (u16, u16), Holding>,
+    held: ManagedMap<'a, (u16, u16), ()>,
+    nodes: ManagedMap<'a, NodeId, u16>,
+    addrs: ManagedMap<'a, SocketAddr, u16>,
+    per_ip: ManagedMap<'a, IpAddr, u16>,
+    handshakes: ManagedMap<'a, (Instant, u16), ()>,
+    ready: ManagedMap<'a, u16, ()>,
+    closed: ManagedMap<'a, u16, ()>,
+    events: ManagedSlice<'a, Option<TrackerEvent>>,
+}
+
+impl Outputs for Tracker<'_> {
     type Event = TrackerEvent;
     fn drain_state(&mut self) -> &mut Drain {
         &mut self.drain
     }
     fn next_transmit(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
-        conn::transmit(self, buf)
+        // Round robin over the connections that may have output, from just past the last
+        // one served: O(log n) a frame however many connections are idle.
+        loop {
+            let from = self.conns.rr;
+            let ix = self
+                .ready
+                .range(from..)
+                .next()
+                .or_else(|| self.ready.iter().next())
+                .map(|(&ix, _)| ix)?;
+            let frame = self
+                .conns
+                .id_at(usize::from(ix))
+                .and_then(|id| self.next_frame(id, buf));
+            match frame {
+                Some(t) => {
+                    self.conns.rr = ix.wrapping_add(1);
+                    return Some(t);
+                }
+                None => {
+                    self.ready.remove(&ix);
+                }
+            }
+        }
     }
     fn next_action(&mut self) -> Option<Action> {
         if self.pending_actions == 0 {
             return None;
         }
-        if let Some(id) = self.conns.take_closed() {
+        if let Some(ix) = self.closed.iter().next().map(|(&ix, _)| ix) {
+            self.closed.remove(&ix);
+            let id = self.conns.id_at(usize::from(ix))?;
             self.pending_actions -= 1;
+            self.free(id);
             return Some(Action::Close(id));
         }
-        let slot = self
+        let id = self
             .files
             .iter()
-            .position(|f| matches!(f, FileState::Discard))?;
-        self.files[slot] = FileState::Free;
+            .find(|(_, f)| matches!(f, FileState::Discard))
+            .map(|(id, _)| id)?;
+        self.files.remove(id);
         self.pending_actions -= 1;
-        Some(Action::Discard(hashes_key(slot as u16)))
+        Some(Action::Discard(hashes_key(id.index() as u16)))
     }
     fn next_event(&mut self) -> Option<TrackerEvent> {
         self.events.pop()
@@ -659,14 +913,13 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Outputs
     }
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Wire<C>
-    for Tracker<C, F, H, W>
-{
+impl<'a> Wire for Tracker<'a> {
     type Conn = Conn;
-    fn table(&self) -> &Slots<Conn, C> {
+    type Store = Mem<'a, Conn>;
+    fn table(&self) -> &Slots<Conn, Self::Store> {
         &self.conns
     }
-    fn table_mut(&mut self) -> &mut Slots<Conn, C> {
+    fn table_mut(&mut self) -> &mut Slots<Conn, Self::Store> {
         &mut self.conns
     }
     fn next_frame(&mut self, id: ConnId, buf: &mut [u8; FRAME_BUF_LEN]) -> Option<Transmit> {
@@ -681,12 +934,12 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Wire<C>
     fn on_message(&mut self, id: ConnId, msg: Message) {
         Tracker::on_message(self, id, msg)
     }
-    fn on_body<'a>(
+    fn on_body<'i>(
         &mut self,
         id: ConnId,
-        data: &'a [u8],
+        data: &'i [u8],
         remaining: u64,
-    ) -> Option<StorageWrite<'a>> {
+    ) -> Option<StorageWrite<'i>> {
         self.on_publish_body(id, data, remaining)
     }
     fn on_frame_error(&mut self, id: ConnId, e: FrameError) {
@@ -701,9 +954,7 @@ fn hashes_key(slot: u16) -> StorageKey {
     }
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> fmt::Debug
-    for Tracker<C, F, H, W>
-{
+impl fmt::Debug for Tracker<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tracker")
             .field("peers", &self.peer_count())

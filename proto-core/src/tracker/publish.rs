@@ -23,22 +23,21 @@ pub(super) struct PublishRx {
     pub(super) storage_failed: bool,
 }
 
-impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, F, H, W> {
+impl Tracker<'_> {
     pub(super) fn start_publish(&mut self, id: ConnId, file: FileId, header: ManifestHeader) {
-        let registered = self.conns.get(id).is_some_and(|c| c.registered.is_some());
+        let registered = self.conns.get(id).is_some_and(|c| c.registered().is_some());
         let mut target = Target::Skip;
         let refusal = if !registered {
             Some(PublishRefusal::NotRegistered)
-        } else if header.chunk_count() > Self::MAX_FILE_CHUNKS {
+        } else if header.chunk_count() > self.config.max_chunks {
             Some(PublishRefusal::TooManyChunks {
-                max: Self::MAX_FILE_CHUNKS,
+                max: self.config.max_chunks,
             })
         } else if let Some(slot) = self.listed_slot(&file) {
             target = Target::Known(slot);
             None
-        } else if let Some(slot) = self.files.iter().position(|f| matches!(f, FileState::Free)) {
-            target = Target::New(slot as u16);
-            self.files[slot] = FileState::Pending(header.clone());
+        } else if let Ok(id) = self.files.insert(FileState::Pending(header.clone())) {
+            target = Target::New(id.index() as u16);
             None
         } else {
             Some(PublishRefusal::TrackerFull)
@@ -115,11 +114,13 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                 (self.listed_slot(&rx.file).unwrap_or(slot), false)
             }
             Target::New(slot) => {
-                let FileState::Pending(header) = &self.files[slot as usize] else {
+                let Some(FileState::Pending(header)) = self.file(slot) else {
                     return;
                 };
-                let taken = self.files.iter().find_map(|f| match f {
-                    FileState::Listed(other, h) if h.name == header.name => Some(*other),
+                // Names are unique among listed files (a walk over the files, once per new
+                // file, never per message).
+                let taken = self.files.iter().find_map(|(_, f)| match f {
+                    FileState::Listed(l) if l.header.name == header.name => Some(l.file),
                     _ => None,
                 });
                 if let Some(existing) = taken {
@@ -127,25 +128,51 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
                     self.refuse_publish(id, rx.file, PublishRefusal::NameTaken { existing });
                     return;
                 }
-                self.files[slot as usize] = FileState::Listed(rx.file, header.clone());
+                let header = header.clone();
+                if self.by_id.insert(rx.file, slot).is_err() {
+                    self.abandon_slot(rx.target);
+                    self.refuse_publish(id, rx.file, PublishRefusal::TrackerFull);
+                    return;
+                }
+                if let Some(f) = self.file_mut(slot) {
+                    *f = FileState::Listed(Listed {
+                        file: rx.file,
+                        header,
+                        complete: 0,
+                        holders: 0,
+                        locate_from: 0,
+                    });
+                }
                 (slot, true)
             }
-            _ => (slot, false),
+            // Listed when the publish began; if it was delisted since, its slot may hold
+            // another file now, and this one has no stored hashes to list it with.
+            _ => match self.listed_slot(&rx.file) {
+                Some(slot) => (slot, false),
+                None => return,
+            },
         };
-        let FileState::Listed(_, header) = &self.files[slot as usize] else {
+        let Some(FileState::Listed(l)) = self.file(slot) else {
             return;
         };
-        let (name, size, count) = (header.name.clone(), header.size, header.chunk_count());
-        let Some(h) = self.holding_mut_or_insert(id, slot, count) else {
+        let (name, size, count) = (l.header.name.clone(), l.header.size, l.header.chunk_count());
+        if !self.hold(
+            id,
+            slot,
+            count,
+            &[ChunkRange {
+                start: 0,
+                end: count,
+            }],
+        ) {
             // No room to record the holder: the publish cannot be honoured.
             self.event(TrackerEvent::Overloaded(Table::Holdings));
             self.refuse_publish(id, rx.file, PublishRefusal::TrackerFull);
             self.delist_if_incomplete(slot);
             return;
-        };
-        h.chunks.fill();
+        }
         // Only registered connections get this far (start_publish refuses the others).
-        let Some(by) = self.conns.get(id).and_then(|c| c.registered) else {
+        let Some(by) = self.conns.get(id).and_then(|c| c.registered()) else {
             return;
         };
         self.reply(id, Reply::Published(rx.file));
@@ -166,8 +193,8 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
     /// A pending slot whose publish failed or was overtaken: its stored hashes are discarded.
     pub(super) fn abandon_slot(&mut self, target: Target) {
         if let Target::New(slot) = target {
-            if matches!(self.files[slot as usize], FileState::Pending(_)) {
-                self.files[slot as usize] = FileState::Discard;
+            if let Some(f @ FileState::Pending(_)) = self.file_mut(slot) {
+                *f = FileState::Discard;
                 self.pending_actions += 1;
             }
         }
@@ -184,75 +211,118 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Tracker<C, 
             self.reply(id, Reply::NotFound(file));
             return;
         };
-        let count = match &self.files[slot as usize] {
-            FileState::Listed(_, header) => header.chunk_count(),
-            _ => return,
+        let Some(FileState::Listed(l)) = self.file(slot) else {
+            return;
         };
+        let count = l.header.chunk_count();
         if ranges.iter().any(|r| r.start >= r.end || r.end > count) {
             self.misbehaved(id, Offence::BadRange);
             return;
         }
-        let Some(h) = self.holding_mut_or_insert(id, slot, count) else {
+        if !self.hold(id, slot, count, ranges) {
             self.event(TrackerEvent::Overloaded(Table::Holdings));
-            return;
-        };
-        for r in ranges {
-            h.chunks.set_range(*r);
         }
     }
 
-    pub(super) fn holding_mut_or_insert(
+    /// Records that `id` holds `ranges` of the file in `slot` (of `count` chunks), making a
+    /// holding if it has none; false if there is no room for one. O(log n) plus the ranges.
+    pub(super) fn hold(
         &mut self,
-        conn: ConnId,
+        id: ConnId,
         slot: u16,
         count: u32,
-    ) -> Option<&mut Holding<W>> {
-        let index = match self
-            .holdings
-            .iter()
-            .position(|h| h.as_ref().is_some_and(|h| h.conn == conn && h.slot == slot))
-        {
-            Some(i) => i,
+        ranges: &[ChunkRange],
+    ) -> bool {
+        let ix = id.index() as u16;
+        let (mut h, was_full) = match self.holders.get(&(slot, ix)) {
+            Some(h) => (*h, h.is_full()),
             None => {
-                let i = self.holdings.iter().position(Option::is_none)?;
-                self.holdings[i] = Some(Holding {
-                    conn,
-                    slot,
-                    chunks: ChunkBitmap::new(count).ok()?,
-                });
-                i
+                let Some(piece) = self.bits.take() else {
+                    return false;
+                };
+                let h = Holding {
+                    generation: id.generation(),
+                    piece,
+                    count: 0,
+                    len: count,
+                };
+                if self.holders.insert((slot, ix), h).is_err()
+                    || self.held.insert((ix, slot), ()).is_err()
+                {
+                    self.holders.remove(&(slot, ix));
+                    self.bits.give(piece);
+                    return false;
+                }
+                if let Some(FileState::Listed(l)) = self.file_mut(slot) {
+                    l.holders += 1;
+                }
+                (h, false)
             }
         };
-        self.holdings[index].as_mut()
+        let words = self.bits.words_mut(h.piece);
+        for r in ranges {
+            for i in r.start..r.end.min(h.len) {
+                h.count += u32::from(bitmap::set(words, h.len, i));
+            }
+        }
+        if let Some(stored) = self.holders.get_mut(&(slot, ix)) {
+            *stored = h;
+        }
+        if h.is_full() && !was_full {
+            if let Some(FileState::Listed(l)) = self.file_mut(slot) {
+                l.complete += 1;
+            }
+        }
+        true
+    }
+
+    /// Removes the holding of connection index `ix` in the file in `slot`.
+    pub(super) fn drop_holding(&mut self, slot: u16, ix: u16) {
+        self.held.remove(&(ix, slot));
+        let Some(h) = self.holders.remove(&(slot, ix)) else {
+            return;
+        };
+        self.bits.give(h.piece);
+        if let Some(FileState::Listed(l)) = self.file_mut(slot) {
+            l.holders -= 1;
+            l.complete -= u32::from(h.is_full());
+        }
     }
 
     pub(super) fn delist_if_incomplete(&mut self, slot: u16) {
-        let FileState::Listed(file, header) = &self.files[slot as usize] else {
+        let Some(FileState::Listed(l)) = self.file(slot) else {
             return;
         };
-        let complete = self
-            .holdings
-            .iter()
-            .flatten()
-            .any(|h| h.slot == slot && h.chunks.is_full());
-        if complete {
+        if l.complete > 0 {
             return;
         }
-        let (file, name) = (*file, header.name.clone());
-        for h in self.holdings.iter_mut() {
-            if h.as_ref().is_some_and(|h| h.slot == slot) {
-                *h = None;
-            }
+        let (file, name) = (l.file, l.header.name.clone());
+        while let Some(&(_, ix)) = self
+            .holders
+            .range((slot, 0)..=(slot, u16::MAX))
+            .next()
+            .map(|(k, _)| k)
+        {
+            self.drop_holding(slot, ix);
         }
-        self.files[slot as usize] = FileState::Discard;
+        self.by_id.remove(&file);
+        if let Some(f) = self.file_mut(slot) {
+            *f = FileState::Discard;
+        }
         self.pending_actions += 1;
         self.event(TrackerEvent::Delisted { file, name });
     }
 
     pub(super) fn listed_slot(&self, file: &FileId) -> Option<u16> {
-        self.files
-            .iter()
-            .position(|f| matches!(f, FileState::Listed(id, _) if id == file))
-            .map(|i| i as u16)
+        self.by_id.get(file).copied()
+    }
+
+    pub(super) fn file(&self, slot: u16) -> Option<&FileState> {
+        self.files.get(self.files.id_at(usize::from(slot))?)
+    }
+
+    pub(super) fn file_mut(&mut self, slot: u16) -> Option<&mut FileState> {
+        let id = self.files.id_at(usize::from(slot))?;
+        self.files.get_mut(id)
     }
 }
