@@ -129,13 +129,32 @@ pub fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 
 /// Binds a listener, with a message that says what to do when the port is taken.
 pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| match e.kind() {
+    listen(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => anyhow!(
             "port {} is already in use; pick another with --listen",
             addr.port()
         ),
         _ => anyhow!("cannot listen on {addr}: {e}"),
     })
+}
+
+/// How many connections may wait to be accepted. The standard library (and mio) ask for 128,
+/// and a fleet that reconnects at once (a tracker restart) overflows that: the kernel drops
+/// the excess SYNs and each one waits a second before trying again. The kernel caps this at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// A peer driven over real sockets with file storage.
