@@ -226,9 +226,17 @@ impl<'s, N: Node, S: Storage, const K: usize> Driver<'s, N, S, K> {
                             .remote_endpoint()
                             .map(|e| SocketAddr::new(IpAddr::from(e.addr), e.port));
                         match remote.map(|r| self.node.accept(now, r)) {
-                            Some(Ok(conn)) => {
-                                debug!("accepted {:?} on socket {}", conn, i);
-                                self.slots[i].state = Socket::Open(conn)
+                            Some(Ok(accepted)) => {
+                                debug!("accepted {:?} on socket {}", accepted.conn, i);
+                                self.slots[i].state = Socket::Open(accepted.conn);
+                                if let Some(gone) = accepted.evicted {
+                                    // The node already forgot it: only its socket is left.
+                                    if let Some(j) = self.slot_of(gone) {
+                                        let handle = self.slots[j].handle;
+                                        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+                                        self.slots[j].state = Socket::Idle;
+                                    }
+                                }
                             }
                             _ => {
                                 debug!("refused a connection: the node's table is full");

@@ -232,7 +232,13 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
                     match self.node.accept(now, remote) {
-                        Ok(conn) => self.add_sock(conn, stream, false),
+                        Ok(accepted) => {
+                            // The core already forgot an evicted connection: just close it.
+                            if let Some(gone) = accepted.evicted {
+                                self.remove_sock(gone);
+                            }
+                            self.add_sock(accepted.conn, stream, false)
+                        }
                         Err(TableFull) => drop(stream),
                     }
                 }

@@ -623,3 +623,110 @@ fn the_core_logs_through_the_commands_output() {
             .any(|l| l.contains("conn#") && l.contains("misbehaved"))
     });
 }
+
+/// Idle TCP connections to `target` from 127.0.0.2 and up, `per_addr` from each of `addrs`
+/// addresses, held open and reopened as soon as the other end closes one, until dropped.
+/// Counts the reopenings: each one is a connection the target closed.
+struct Squatters {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reopened: std::sync::Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Squatters {
+    fn start(target: std::net::SocketAddr, addrs: u8, per_addr: usize) -> Squatters {
+        use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let reopened = Arc::new(AtomicUsize::new(0));
+        let (s, r) = (stop.clone(), reopened.clone());
+        let open = move |i: usize| -> Option<TcpStream> {
+            let src = Ipv4Addr::new(127, 0, 0, 2 + (i / per_addr) as u8);
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            sock.bind(&SocketAddr::new(IpAddr::V4(src), 0).into())
+                .ok()?;
+            sock.connect_timeout(&target.into(), Duration::from_secs(1))
+                .ok()?;
+            sock.set_nonblocking(true).ok()?;
+            Some(sock.into())
+        };
+        let thread = std::thread::spawn(move || {
+            let n = usize::from(addrs) * per_addr;
+            let mut conns: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
+            let mut buf = [0u8; 256];
+            while !s.load(Ordering::Relaxed) {
+                for (i, c) in conns.iter_mut().enumerate() {
+                    let closed = match c {
+                        None => true,
+                        Some(stream) => match stream.read(&mut buf) {
+                            Ok(0) => true,
+                            Ok(_) => false,
+                            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                        },
+                    };
+                    if closed {
+                        if c.is_some() {
+                            r.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *c = open(i);
+                    }
+                }
+                // Pace the scan; reopening is what matters, not how fast.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Squatters {
+            stop,
+            reopened,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Squatters {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn idle_connections_that_reopen_at_once_lock_no_one_out_of_a_tracker_or_a_seeder() {
+    let dir = scratch("squat");
+    let data = random_file(&dir.join("src.bin"), 4 << 20);
+    // A tracker with room for 16 connections, and a seeder (64 connection slots).
+    let (_t, tr) = tracker_with(&dir, "127.0.0.1:0", &["--max-peers", "16"]);
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    let holders =
+        String::from_utf8_lossy(&run(&dir, &["where", &link, "--tracker", &tr]).stdout).to_string();
+    let seeder: std::net::SocketAddr = holders
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no holder address in {holders}"));
+    // 32 idle connections from 4 addresses against the tracker, 128 from 8 against the
+    // seeder: both tables are full of connections that never say a word.
+    let on_tracker = Squatters::start(tr.parse().unwrap(), 4, 8);
+    let on_seeder = Squatters::start(seeder, 8, 16);
+    until("the squatters to fill both tables", || {
+        on_tracker.reopened.load(Ordering::Relaxed) > 0
+            && on_seeder.reopened.load(Ordering::Relaxed) > 0
+    });
+    let ls = run(&dir, &["ls", "--tracker", &tr]);
+    assert!(
+        ls.status.success() && String::from_utf8_lossy(&ls.stdout).contains("src.bin"),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
+    assert!(g.wait().success(), "{}", g.stderr());
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+    drop((on_tracker, on_seeder));
+    assert!(
+        _t.stderr().contains("table full: Connections"),
+        "the tracker made room by eviction"
+    );
+}

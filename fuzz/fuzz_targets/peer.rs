@@ -360,7 +360,10 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     .p
                     .handle_accept(net.now, ([10, 0, 0, 9], u16::from(port) + 1000).into())
                 {
-                    net.conns.push(c);
+                    if let Some(gone) = c.evicted {
+                        net.conns.retain(|&k| k != gone);
+                    }
+                    net.conns.push(c.conn);
                 }
             }
             Op::FromTracker(t) => {

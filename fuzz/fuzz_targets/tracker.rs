@@ -201,7 +201,10 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     .t
                     .handle_accept(net.now, ([10, 0, 0, ip % 4], 5000).into())
                 {
-                    net.conns.push(c);
+                    if let Some(gone) = c.evicted {
+                        net.conns.retain(|&k| k != gone);
+                    }
+                    net.conns.push(c.conn);
                 }
             }
             Op::Raw { conn, bytes } => {

@@ -65,6 +65,19 @@ impl fmt::Display for TableFull {
 
 impl core::error::Error for TableFull {}
 
+/// A connection was accepted, possibly in place of one that had done least (see each node's
+/// admission rule).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[must_use = "an evicted connection's socket must be closed now"]
+pub struct Accepted {
+    /// The new connection.
+    pub conn: ConnId,
+    /// A connection closed to make room: close its socket now. The core has already
+    /// forgotten it, and no `Action::Close` follows for it.
+    pub evicted: Option<ConnId>,
+}
+
 /// Visits table indices `0..len` starting at `*cursor` and wrapping; the first visit that
 /// yields a value moves the cursor just past it, so the next round starts with the following
 /// index and no connection can starve the others.

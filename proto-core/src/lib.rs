@@ -36,7 +36,7 @@
 //! let mut tracker = Tracker::with_memory(TrackerConfig::new(NodeId([1; 16])), now, &mut memory);
 //!
 //! // A peer connects from 10.0.0.2 and says hello, announcing that it listens on port 7000.
-//! let conn = tracker.handle_accept(now, "10.0.0.2:51000".parse().unwrap()).unwrap();
+//! let conn = tracker.handle_accept(now, "10.0.0.2:51000".parse().unwrap()).unwrap().conn;
 //! let mut wire = [0u8; 64];
 //! let mut n = encode_frame(&Message::Hello(Hello { version: PROTOCOL_VERSION, node: NodeId([2; 16]), listen_port: 7000, nonce: [9; 16] }), &mut wire).unwrap();
 //! n += encode_frame(&Message::Register, &mut wire[n..]).unwrap();

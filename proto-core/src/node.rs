@@ -8,7 +8,7 @@
 
 use core::net::SocketAddr;
 
-use crate::conn::{ConnId, TableFull};
+use crate::conn::{Accepted, ConnId, TableFull};
 use crate::io::{Action, Output, Recv, FRAME_BUF_LEN};
 use crate::manifest::{ChunkHash, HASH_LEN};
 use crate::peer::{Peer, PeerEvent};
@@ -24,7 +24,7 @@ pub trait Node {
     /// The node's events.
     type Event;
     /// See `handle_accept` on the node.
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull>;
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<Accepted, TableFull>;
     /// See `handle_connected` (peers only).
     fn connected(&mut self, now: Instant, conn: ConnId);
     /// See `handle_recv`.
@@ -112,7 +112,7 @@ pub trait Node {
 #[cfg(feature = "std")]
 impl<N: Node + ?Sized> Node for std::boxed::Box<N> {
     type Event = N::Event;
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<Accepted, TableFull> {
         (**self).accept(now, remote)
     }
     fn connected(&mut self, now: Instant, conn: ConnId) {
@@ -149,7 +149,7 @@ impl<N: Node + ?Sized> Node for std::boxed::Box<N> {
 
 impl Node for Tracker<'_> {
     type Event = TrackerEvent;
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<Accepted, TableFull> {
         self.handle_accept(now, remote)
     }
     fn connected(&mut self, _: Instant, _: ConnId) {}
@@ -187,7 +187,7 @@ impl Node for Tracker<'_> {
 
 impl<const C: usize, const F: usize, const W: usize, const A: usize> Node for Peer<C, F, W, A> {
     type Event = PeerEvent;
-    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+    fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<Accepted, TableFull> {
         self.handle_accept(now, remote)
     }
     fn connected(&mut self, now: Instant, conn: ConnId) {

@@ -438,8 +438,15 @@ fn drain_side<X: Node, Y: Node>(
                 *next_port += 1;
                 match to.node.accept(now, remote) {
                     Ok(accepted) => {
+                        if let Some(gone) = accepted.evicted {
+                            // Its socket closes: the other end sees the close.
+                            if let Some(at) = links.iter().position(|l| l[other] == gone) {
+                                let l = links.remove(at);
+                                from.node.closed(now, l[side]);
+                            }
+                        }
                         let mut l = [conn; 2];
-                        l[other] = accepted;
+                        l[other] = accepted.conn;
                         links.push(l);
                         from.node.connected(now, conn);
                     }

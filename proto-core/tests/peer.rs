@@ -9,7 +9,7 @@ use proto_core::manifest::{ManifestBuilder, ManifestHeader};
 use proto_core::peer::{FetchFailure, Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::testing::{self, frame, MemStore, Seen};
-use proto_core::time::Instant;
+use proto_core::time::{Duration, Instant};
 use proto_core::wire::{BlockRef, FileId, Hello, Message, NodeId, RejectReason, PROTOCOL_VERSION};
 
 type P = Peer<6, 2, 8, 8>;
@@ -151,7 +151,8 @@ fn requests_are_checked_before_anything_is_served() {
     h.drain();
     let a =
         h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
-            .unwrap();
+            .unwrap()
+            .conn;
     h.feed(a, &hello(9, 7009));
     h.feed(
         a,
@@ -196,7 +197,8 @@ fn requests_are_checked_before_anything_is_served() {
     h.feed(a, &Message::Request(block(2, 0, 512)));
     let b =
         h.p.handle_accept(h.now, "10.0.0.8:50000".parse().unwrap())
-            .unwrap();
+            .unwrap()
+            .conn;
     h.feed(b, &hello(8, 7008));
     h.feed(
         b,
@@ -223,7 +225,8 @@ fn a_peer_asking_for_a_file_we_do_not_have_is_told_and_closed() {
     let mut h = Harness::new(|_| {});
     let a =
         h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
-            .unwrap();
+            .unwrap()
+            .conn;
     h.feed(a, &hello(9, 7009));
     let other = FileId([7; 32]);
     h.feed(
@@ -263,7 +266,8 @@ fn bytes_before_hello_are_misbehaviour() {
     let mut h = Harness::new(|_| {});
     let a =
         h.p.handle_accept(h.now, "10.0.0.9:50000".parse().unwrap())
-            .unwrap();
+            .unwrap()
+            .conn;
     h.feed(a, &Message::Ping(1));
     assert!(h.seen.actions.contains(&Action::Close(a)));
     assert!(h
@@ -271,4 +275,74 @@ fn bytes_before_hello_are_misbehaviour() {
         .events
         .iter()
         .any(|e| matches!(e, PeerEvent::Misbehaved { .. })));
+}
+
+#[test]
+fn a_full_table_evicts_the_inbound_connection_that_has_done_least() {
+    // 6 slots: the tracker's, one transfer, four connections that say nothing.
+    let mut h = Harness::new(|_| {});
+    let (header, id, _) = manifest(4096);
+    h.p.share(h.now, id, header).unwrap();
+    h.drain();
+    let accept = |h: &mut Harness, from: &str| h.p.handle_accept(h.now, from.parse().unwrap());
+    let busy = accept(&mut h, "10.0.0.9:1").unwrap().conn;
+    h.feed(busy, &hello(9, 7009));
+    h.feed(
+        busy,
+        &Message::Bitfield {
+            file: id,
+            chunks: 4,
+        },
+    );
+    h.feed_bytes(busy, &[0]);
+    let mut silent = Vec::new();
+    for i in 0..4 {
+        h.now += Duration::from_millis(10);
+        let c = accept(&mut h, &format!("10.0.1.{i}:1")).unwrap();
+        assert_eq!(c.evicted, None);
+        silent.push(c.conn);
+    }
+    // Full: the newcomer takes the place of the one closest to its handshake deadline.
+    let a = accept(&mut h, "10.0.2.1:1").unwrap();
+    assert_eq!(a.evicted, Some(silent[0]));
+    // One that finished its handshake but never said what it holds goes before none; a
+    // connection carrying a transfer never goes.
+    for (n, &c) in silent[1..].iter().enumerate() {
+        h.feed(c, &hello(20 + n as u8, 7100 + n as u16));
+    }
+    h.feed(a.conn, &hello(30, 7200));
+    h.feed(
+        a.conn,
+        &Message::Bitfield {
+            file: id,
+            chunks: 4,
+        },
+    );
+    h.feed_bytes(a.conn, &[0]);
+    let mut gone = Vec::new();
+    for i in 0..3 {
+        let b = accept(&mut h, &format!("10.0.3.{i}:1")).unwrap();
+        gone.push(b.evicted.expect("a silent connection makes room"));
+        h.feed(b.conn, &hello(40 + i, 7300 + u16::from(i)));
+        h.feed(
+            b.conn,
+            &Message::Bitfield {
+                file: id,
+                chunks: 4,
+            },
+        );
+        h.feed_bytes(b.conn, &[0]);
+    }
+    gone.sort();
+    let mut want = silent[1..].to_vec();
+    want.sort();
+    assert_eq!(gone, want);
+    // Only transfers are left: a stranger is refused.
+    assert!(accept(&mut h, "10.0.4.1:1").is_err());
+    // And one address holds at most `max_conns_per_ip` inbound slots.
+    let mut h = Harness::new(|c| c.max_conns_per_ip = 2);
+    let _ = accept(&mut h, "10.0.5.1:1").unwrap();
+    let _ = accept(&mut h, "10.0.5.1:2").unwrap();
+    assert!(accept(&mut h, "10.0.5.1:3").is_err());
+    assert!(accept(&mut h, "10.0.5.2:1").is_ok());
 }

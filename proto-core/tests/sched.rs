@@ -74,7 +74,7 @@ impl Swarm {
     /// Remote `n` connects to the peer and offers the chunks `has` says it holds.
     fn holder(&mut self, n: u8, has: impl Fn(u32) -> bool) -> ConnId {
         let addr = format!("10.0.0.{n}:50000").parse().unwrap();
-        let c = self.p.handle_accept(self.now, addr).unwrap();
+        let c = self.p.handle_accept(self.now, addr).unwrap().conn;
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             node: NodeId([n; 16]),

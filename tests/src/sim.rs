@@ -795,12 +795,20 @@ impl Sim {
         let remote = self.nodes[from].addr;
         let remote = SocketAddr::new(remote.ip(), 40000 + (link % 20000) as u16);
         let now = self.now;
-        let accepted = match &mut self.nodes[t].core {
-            Core::Tracker(tr) => tr.handle_accept(now, remote).ok(),
-            Core::Peer(p) => p.handle_accept(now, remote).ok(),
-            Core::Hostile(h) => h.handle_accept(now, remote),
-            Core::Down => None,
+        let (accepted, evicted) = match &mut self.nodes[t].core {
+            Core::Tracker(tr) => tr
+                .handle_accept(now, remote)
+                .map_or((None, None), |a| (Some(a.conn), a.evicted)),
+            Core::Peer(p) => p
+                .handle_accept(now, remote)
+                .map_or((None, None), |a| (Some(a.conn), a.evicted)),
+            Core::Hostile(h) => (h.handle_accept(now, remote), None),
+            Core::Down => (None, None),
         };
+        if let Some(gone) = evicted {
+            // The core forgot it; its link closes as for a Close action.
+            self.close_conn(t, gone);
+        }
         let delay = self.one_way();
         match accepted {
             Some(c) => {

@@ -36,10 +36,14 @@ pub struct PeerConfig {
     pub max_conns_per_file: usize,
     /// Most bytes asked for and not yet received on one connection. Default 4 MiB.
     pub max_in_flight: u32,
-    /// How often connections are pinged. Default 5 s.
+    /// How often connections are pinged; also how long a new connection has to finish its
+    /// handshake (short, because until then it holds a slot having done nothing). Default 5 s.
     pub ping_interval: Duration,
     /// Pings in a row left unanswered before a connection is dropped. Default 3.
     pub max_missed_pings: u8,
+    /// Most inbound connections from one IP address, so one host cannot take every slot.
+    /// Default 16.
+    pub max_conns_per_ip: u8,
     /// How long a connection may leave requests unanswered before its work moves elsewhere.
     /// Default 5 s.
     pub stall_timeout: Duration,
@@ -76,6 +80,7 @@ impl PeerConfig {
             max_in_flight: 4 << 20,
             ping_interval: Duration::from_secs(5),
             max_missed_pings: 3,
+            max_conns_per_ip: 16,
             stall_timeout: Duration::from_secs(5),
             locate_interval: Duration::from_secs(3),
             fetch_deadline: None,

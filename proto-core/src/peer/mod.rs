@@ -101,7 +101,8 @@ use sha2::{Digest, Sha256};
 use crate::auth::{self, Side};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{
-    self, ConnId, EventQueue, FixedSlots, HasLink, Link, Phase, Slot, Slots, TableFull, Wire,
+    self, Accepted, ConnId, EventQueue, FixedSlots, HasLink, Link, Phase, Slot, Slots, TableFull,
+    Wire,
 };
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
@@ -393,25 +394,74 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     // ---- inputs ------------------------------------------------------------------------
 
-    /// A remote connected to our listen port. `Err`: the table is full, close the socket.
-    pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+    /// A peer connected to us from `remote`. `Err` means no room: close the socket. A full
+    /// table makes room by the admission rule: the inbound connection that has done least
+    /// goes, first one still in its handshake (the one closest to its deadline), then one that
+    /// finished it and has not yet said which chunks it holds (the one silent longest). A
+    /// connection carrying a transfer, one we opened, and the tracker's are never evicted for
+    /// a stranger. One IP address holds at most [`PeerConfig::max_conns_per_ip`] slots.
+    pub fn handle_accept(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+    ) -> Result<Accepted, TableFull> {
         self.enter(now);
-        // Keep a slot for the tracker connection.
-        let used = self.conns.iter().count()
-            + usize::from(self.session.conn.is_none() && self.config.tracker.is_some());
-        if used >= C || self.leaving {
+        if self.leaving {
             return Err(TableFull);
         }
-        let phase = Phase::Handshake {
-            deadline: now + self.config.ping_interval.saturating_mul(2),
+        let from_ip = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.link.remote.ip() == remote.ip() && c.role != Role::Tracker)
+            .count();
+        if from_ip >= usize::from(self.config.max_conns_per_ip) {
+            return Err(TableFull);
+        }
+        // Keep a slot for the tracker connection.
+        let used = self.conns.len()
+            + usize::from(self.session.conn.is_none() && self.config.tracker.is_some());
+        let evicted = if used >= C {
+            let victim = self.eviction_victim().ok_or(TableFull)?;
+            debug!("{:?} evicted for a newcomer", victim);
+            self.teardown(victim, End::Lost);
+            Some(victim)
+        } else {
+            None
         };
-        self.conns.insert(Conn::new(
+        let phase = Phase::Handshake {
+            deadline: now + self.config.ping_interval,
+        };
+        let conn = self.conns.insert(Conn::new(
             Role::Peer { outgoing: false },
             remote,
             phase,
             now,
             &mut self.rng,
-        ))
+        ))?;
+        Ok(Accepted { conn, evicted })
+    }
+
+    /// The inbound connection that has done least, if any may be evicted (see
+    /// [`Peer::handle_accept`]).
+    fn eviction_victim(&self) -> Option<ConnId> {
+        let inbound = || {
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.role == Role::Peer { outgoing: false })
+        };
+        let handshaking = inbound()
+            .filter_map(|(id, c)| match c.link.phase {
+                Phase::Handshake { deadline } => Some((deadline, id)),
+                _ => None,
+            })
+            .min();
+        let silent = || {
+            inbound()
+                .filter(|(_, c)| c.link.is_open() && !c.bitfield_in)
+                .map(|(id, c)| (c.link.last_rx, id))
+                .min()
+        };
+        handshaking.or_else(silent).map(|(_, id)| id)
     }
 
     /// An outgoing connection (from [`Action::Connect`]) is established.
@@ -424,7 +474,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             return;
         }
         c.link.phase = Phase::Handshake {
-            deadline: now + self.config.ping_interval.saturating_mul(2),
+            deadline: now + self.config.ping_interval,
         };
         c.link.last_rx = now;
         self.ctl(conn, Ctl::Hello);

@@ -18,7 +18,7 @@ pub struct TrackerConfig {
     /// Pings in a row a connection may leave unanswered before it is dropped. Default 3.
     pub max_missed_pings: u8,
     /// How long a new connection has to send its `Hello` (and, with a swarm key, its proof).
-    /// Default 10 s.
+    /// Short, because until then it holds a slot having done nothing. Default 5 s.
     pub handshake_timeout: Duration,
     /// Most registered peers (at most [`TrackerConfig::max_conns`]). Default 65,535.
     pub max_peers: usize,
@@ -58,7 +58,7 @@ impl TrackerConfig {
             node,
             ping_interval: Duration::from_secs(5),
             max_missed_pings: 3,
-            handshake_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
             max_peers: 65_535,
             max_conns: 65_535,
             max_files: 4_096,
@@ -110,6 +110,9 @@ pub enum Table {
     Holdings,
     /// One IP address reached its connection limit: a new connection from it was refused.
     ConnectionsPerIp,
+    /// The connection table was full: a connection that had not registered was closed to
+    /// make room for a new one (see the admission rule on the tracker).
+    Connections,
 }
 
 /// What happened, for the adapter's log.

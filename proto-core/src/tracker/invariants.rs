@@ -21,7 +21,7 @@ impl Tracker<'_> {
             .count();
         assert_eq!(
             self.pending_actions,
-            closed + discards,
+            self.closed.len() + discards,
             "pending_actions counts closed connections and discarded files"
         );
         assert_eq!(
@@ -86,6 +86,7 @@ impl Tracker<'_> {
         );
         let mut registered = 0;
         let mut in_handshake = 0;
+        let mut strangers = 0;
         for (id, c) in self.conns.iter() {
             let ix = id.index() as u16;
             if let Phase::Handshake { deadline } = c.link.phase {
@@ -99,6 +100,19 @@ impl Tracker<'_> {
                 assert!(
                     self.ready.get(&ix).is_some(),
                     "a connection with replies to send is in the ready set"
+                );
+            }
+            if c.stranger {
+                strangers += 1;
+                assert!(
+                    self.strangers.get(&(c.opened, ix)).is_some() && !c.listed,
+                    "a stranger is indexed and unregistered"
+                );
+            }
+            if c.link.phase == Phase::Closed {
+                assert!(
+                    self.closed.get(&id).is_some(),
+                    "a closed connection is to be reported"
                 );
             }
             if let Some(addr) = c.registered() {
@@ -128,6 +142,11 @@ impl Tracker<'_> {
             in_handshake,
             self.handshakes.len(),
             "the deadline index names only connections in their handshake"
+        );
+        assert_eq!(
+            strangers,
+            self.strangers.len(),
+            "the strangers index names only strangers"
         );
         assert_eq!(registered, self.registered, "registered peers are counted");
         assert_eq!(

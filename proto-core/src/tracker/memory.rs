@@ -18,7 +18,8 @@ pub struct TrackerMemory<const C: usize, const F: usize, const H: usize, const W
     per_ip: [Option<(IpAddr, u16)>; C],
     handshakes: [Option<((Instant, u16), ())>; C],
     ready: [Option<(u16, ())>; C],
-    closed: [Option<(u16, ())>; C],
+    closed: [Option<(ConnId, ())>; C],
+    strangers: [Option<((Instant, u16), ())>; C],
     /// Events between drains: one per connection (a ping round that times every peer out
     /// says so once each); more are counted as lost.
     events: [Option<TrackerEvent>; C],
@@ -44,6 +45,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> TrackerMemo
             handshakes: [None; C],
             ready: [None; C],
             closed: [None; C],
+            strangers: [None; C],
             events: core::array::from_fn(|_| None),
         }
     }
@@ -62,6 +64,7 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> TrackerMemo
             handshakes: ManagedMap::Borrowed(&mut self.handshakes[..]),
             ready: ManagedMap::Borrowed(&mut self.ready[..]),
             closed: ManagedMap::Borrowed(&mut self.closed[..]),
+            strangers: ManagedMap::Borrowed(&mut self.strangers[..]),
             events: ManagedSlice::Borrowed(&mut self.events[..]),
         }
     }

@@ -66,10 +66,10 @@
 //!
 //! | fixed memory | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`SmallTrackerMemory`] | 16 | 8 | 32 | 32 (1024 chunks) | 38,384 |
+//! | [`SmallTrackerMemory`] | 16 | 8 | 32 | 32 (1024 chunks) | 38,960 |
 //!
 //! That is [`Tracker::ram_bytes`], the tracker with its memory; a test checks it (x86_64).
-//! It was 41,408 when the tables were sized at compile time: the indexes added about 2.8 KB,
+//! It was 41,408 when the tables were sized at compile time: the indexes added about 3.4 KB,
 //! and an event queue sized to the connections (16 instead of 32 events) saved 5.5 KB.
 //!
 //! Chunk hashes are never in RAM: they go to storage as they arrive and are sent from storage.
@@ -97,7 +97,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::auth::{self, Nonce, Side};
 use crate::bitmap::{self, BitPool};
-use crate::conn::{self, ConnId, HasLink, Link, Phase, Slot, Slots, TableFull, Wire};
+use crate::conn::{self, Accepted, ConnId, HasLink, Link, Phase, Slot, Slots, TableFull, Wire};
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
@@ -131,6 +131,10 @@ pub(crate) struct Conn {
     link: Link,
     /// On the active list: its recorded address is [`Conn::registered`].
     listed: bool,
+    /// When its handshake finished: its key in the strangers index while `stranger`.
+    opened: Instant,
+    /// Finished its handshake and has not registered: in the strangers index.
+    stranger: bool,
     replies: Deque<Reply, REPLY_QUEUE>,
     publish: Option<PublishRx>,
 }
@@ -217,8 +221,11 @@ pub struct Tracker<'a> {
     handshakes: ManagedMap<'a, (Instant, u16), ()>,
     /// Connections that may have a frame to send (connection index).
     ready: ManagedMap<'a, u16, ()>,
-    /// Connections whose close is still to be reported (connection index).
-    closed: ManagedMap<'a, u16, ()>,
+    /// Connections in `Phase::Closed`, whose close is still to be reported.
+    closed: ManagedMap<'a, ConnId, ()>,
+    /// Connections that finished the handshake without registering, by when they opened: the
+    /// first to go when a newcomer finds the table full.
+    strangers: ManagedMap<'a, (Instant, u16), ()>,
     /// Registered peers.
     registered: usize,
     /// Events kept for the adapter between drains; when full, newer ones are counted lost.
@@ -257,6 +264,7 @@ impl<'a> Tracker<'a> {
                 handshakes: ManagedMap::Owned(BTreeMap::new()),
                 ready: ManagedMap::Owned(BTreeMap::new()),
                 closed: ManagedMap::Owned(BTreeMap::new()),
+                strangers: ManagedMap::Owned(BTreeMap::new()),
                 events: ManagedSlice::Owned(Vec::new()),
             },
         )
@@ -285,6 +293,7 @@ impl<'a> Tracker<'a> {
         parts.handshakes.clear();
         parts.ready.clear();
         parts.closed.clear();
+        parts.strangers.clear();
         let max_chunks = config.max_chunks.min(MAX_CHUNKS);
         let stride = max_chunks.div_ceil(32) as usize;
         Tracker {
@@ -300,6 +309,7 @@ impl<'a> Tracker<'a> {
             handshakes: parts.handshakes,
             ready: parts.ready,
             closed: parts.closed,
+            strangers: parts.strangers,
             registered: 0,
             events: Ring::new(parts.events, config.max_events),
             events_lost: 0,
@@ -362,9 +372,15 @@ impl<'a> Tracker<'a> {
 
     // ---- inputs -------------------------------------------------------------------------
 
-    /// A connection from `remote` was accepted. `Err` means the table is full, or full for
-    /// that IP address ([`TrackerConfig::max_conns_per_ip`]): close the socket.
-    pub fn handle_accept(&mut self, now: Instant, remote: SocketAddr) -> Result<ConnId, TableFull> {
+    /// A connection from `remote` was accepted. `Err` means the table is full of registered
+    /// peers, or full for that IP address ([`TrackerConfig::max_conns_per_ip`]): close the
+    /// socket. A full table otherwise makes room by the admission rule (see
+    /// [`Accepted::evicted`]).
+    pub fn handle_accept(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+    ) -> Result<Accepted, TableFull> {
         self.enter();
         let from_ip = self.per_ip.get(&remote.ip()).copied().unwrap_or(0);
         if usize::from(from_ip) >= self.config.max_conns_per_ip {
@@ -383,11 +399,21 @@ impl<'a> Tracker<'a> {
                 now,
             ),
             listed: false,
+            opened: now,
+            stranger: false,
             replies: Deque::new(),
             publish: None,
         };
+        let evicted = if self.conns.len() >= self.conns.limit() {
+            // Full: make room by evicting a stranger, never a registered peer.
+            Some(self.evict_for_newcomer()?)
+        } else {
+            None
+        };
         let id = self.conns.insert(conn)?;
         let ix = id.index() as u16;
+        // Counted again: an evicted connection may have come from the same address.
+        let from_ip = self.per_ip.get(&remote.ip()).copied().unwrap_or(0);
         let indexed = self.per_ip.insert(remote.ip(), from_ip + 1).is_ok()
             && self.handshakes.insert((deadline, ix), ()).is_ok();
         if !indexed {
@@ -396,7 +422,7 @@ impl<'a> Tracker<'a> {
             self.conns.remove(id);
             return Err(TableFull);
         }
-        Ok(id)
+        Ok(Accepted { conn: id, evicted })
     }
 
     /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
@@ -408,11 +434,17 @@ impl<'a> Tracker<'a> {
     /// The socket of `conn` closed (by the remote, or an error). The id is dead from now on.
     pub fn handle_closed(&mut self, _now: Instant, conn: ConnId) {
         self.enter();
+        self.drop_conn(conn);
+    }
+
+    /// Forgets `conn` at once: its socket is gone (or going, for an eviction).
+    fn drop_conn(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get(conn) else {
             return;
         };
         if c.link.phase == Phase::Closed {
             self.pending_actions -= 1;
+            self.closed.remove(&conn);
         }
         self.unregister(conn, LeaveReason::Disconnected);
         self.abandon_publish(conn);
@@ -606,6 +638,14 @@ impl<'a> Tracker<'a> {
             self.handshakes.remove(&(deadline, id.index() as u16));
         }
         c.link.phase = Phase::Open;
+        // Until it registers (a query-only connection never does).
+        let since = c.link.last_rx;
+        c.opened = since;
+        c.stranger = self
+            .strangers
+            .insert((since, id.index() as u16), ())
+            .is_ok();
+        debug_assert!(c.stranger, "the strangers index has a place per connection");
     }
 
     /// The handshake's last step with a swarm key: the opener's proof, or a refusal.
@@ -680,6 +720,10 @@ impl<'a> Tracker<'a> {
         }
         if let Some(c) = self.conns.get_mut(id) {
             c.listed = true;
+            if c.stranger {
+                c.stranger = false;
+                self.strangers.remove(&(c.opened, id.index() as u16));
+            }
         }
         self.registered += 1;
         self.reply(id, Reply::Registered(addr));
@@ -799,7 +843,7 @@ impl<'a> Tracker<'a> {
         c.link.phase = Phase::Closed;
         c.replies.clear();
         self.pending_actions += 1;
-        if self.closed.insert(id.index() as u16, ()).is_err() {
+        if self.closed.insert(id, ()).is_err() {
             debug_assert!(false, "closed set full");
         }
     }
@@ -808,12 +852,14 @@ impl<'a> Tracker<'a> {
     fn forget(&mut self, id: ConnId) {
         let ix = id.index() as u16;
         self.ready.remove(&ix);
-        self.closed.remove(&ix);
         let Some(c) = self.conns.get(id) else {
             return;
         };
         if let Phase::Handshake { deadline } = c.link.phase {
             self.handshakes.remove(&(deadline, ix));
+        }
+        if c.stranger {
+            self.strangers.remove(&(c.opened, ix));
         }
         let ip = c.link.remote.ip();
         match self.per_ip.get(&ip).copied() {
@@ -832,6 +878,26 @@ impl<'a> Tracker<'a> {
         self.forget(id);
         self.conns.remove(id);
     }
+
+    /// The table is full and a connection arrives: the one that has done least makes room.
+    /// First the connection longest in its handshake (it has not said `Hello`, or not proved
+    /// the swarm key), then the one that finished its handshake longest ago without
+    /// registering. A registered peer is never evicted: with every slot registered the
+    /// newcomer is refused. Both orders are index lookups, O(log n).
+    fn evict_for_newcomer(&mut self) -> Result<ConnId, TableFull> {
+        let ix = match self.handshakes.iter().next() {
+            Some((&(_, ix), _)) => ix,
+            None => match self.strangers.iter().next() {
+                Some((&(_, ix), _)) => ix,
+                None => return Err(TableFull),
+            },
+        };
+        let victim = self.conns.id_at(usize::from(ix)).ok_or(TableFull)?;
+        debug!("{:?} evicted for a newcomer", victim);
+        self.drop_conn(victim);
+        self.event(TrackerEvent::Overloaded(Table::Connections));
+        Ok(victim)
+    }
 }
 
 /// The memory of every table, borrowed or owned.
@@ -847,7 +913,8 @@ pub(super) struct Parts<'a> {
     per_ip: ManagedMap<'a, IpAddr, u16>,
     handshakes: ManagedMap<'a, (Instant, u16), ()>,
     ready: ManagedMap<'a, u16, ()>,
-    closed: ManagedMap<'a, u16, ()>,
+    closed: ManagedMap<'a, ConnId, ()>,
+    strangers: ManagedMap<'a, (Instant, u16), ()>,
     events: ManagedSlice<'a, Option<TrackerEvent>>,
 }
 
@@ -886,9 +953,8 @@ impl Outputs for Tracker<'_> {
         if self.pending_actions == 0 {
             return None;
         }
-        if let Some(ix) = self.closed.iter().next().map(|(&ix, _)| ix) {
-            self.closed.remove(&ix);
-            let id = self.conns.id_at(usize::from(ix))?;
+        if let Some(id) = self.closed.iter().next().map(|(&id, _)| id) {
+            self.closed.remove(&id);
             self.pending_actions -= 1;
             self.free(id);
             return Some(Action::Close(id));
