@@ -15,7 +15,7 @@ use proto_core::link::Link;
 use proto_core::manifest::{ManifestHeader, Name};
 use proto_core::peer::{FetchFailure, HostPeer, PeerConfig, PeerEvent};
 use proto_core::time::Instant;
-use proto_core::tracker::{Tracker, TrackerConfig, TrackerEvent};
+use proto_core::tracker::{Table, Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry, Refusal};
 
 use crate::driver::{Driver, MemoryHashes, Stop};
@@ -256,6 +256,36 @@ fn raise_open_file_limit() -> u64 {
     }
 }
 
+/// Logs a full table at most once a second per kind, with how often it happened since: under
+/// a flood of connections this would otherwise be a line per connection.
+fn overloaded(t: Table) {
+    use std::sync::Mutex;
+    static LAST: Mutex<[(Option<std::time::Instant>, u64); 3]> = Mutex::new([(None, 0); 3]);
+    let (k, what) = match t {
+        Table::Holdings => (0, "holdings table full: a have-update was not recorded"),
+        Table::ConnectionsPerIp => (
+            1,
+            "an address reached its connection limit: a connection from it was refused",
+        ),
+        Table::Connections => (
+            2,
+            "connection table full: a connection that had not registered was closed to let a \
+             new one in",
+        ),
+    };
+    let Ok(mut last) = LAST.lock() else { return };
+    let (at, n) = &mut last[k];
+    *n += 1;
+    if at.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+        match *n {
+            1 => tracing::warn!("{what}"),
+            n => tracing::warn!("{what} ({n} times since the last report)"),
+        }
+        *at = Some(std::time::Instant::now());
+        *n = 0;
+    }
+}
+
 fn log_tracker_event(e: &TrackerEvent) {
     match e {
         TrackerEvent::PeerJoined { node, addr } => tracing::info!("peer {addr} joined ({node})"),
@@ -284,7 +314,7 @@ fn log_tracker_event(e: &TrackerEvent) {
         TrackerEvent::Misbehaved { remote, offence } => {
             tracing::warn!("{remote} misbehaved: {offence:?}; disconnected")
         }
-        TrackerEvent::Overloaded(t) => tracing::warn!("table full: {t:?}"),
+        TrackerEvent::Overloaded(t) => overloaded(*t),
     }
 }
 

@@ -726,7 +726,7 @@ fn idle_connections_that_reopen_at_once_lock_no_one_out_of_a_tracker_or_a_seeder
     assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
     drop((on_tracker, on_seeder));
     assert!(
-        _t.stderr().contains("table full: Connections"),
+        _t.stderr().contains("connection table full"),
         "the tracker made room by eviction"
     );
 }
