@@ -23,12 +23,12 @@ use adapter_smoltcp::smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 use adapter_smoltcp::{Driver, Storage};
 use proto_core::link::Link;
 use proto_core::manifest::{ManifestBuilder, ManifestHeader};
-use proto_core::peer::{Peer, PeerConfig, PeerEvent};
+use proto_core::peer::{Peer, PeerConfig, PeerEvent, SmallPeerMemory};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::NodeId;
 
-type DevicePeer = Peer<4, 1, 32, 4>;
+type DevicePeer = Peer<'static, 32>;
 const SOCKETS: usize = 4;
 const SOCKET_BUF: usize = 2048;
 const SECTOR: u32 = 4096;
@@ -93,7 +93,9 @@ fn run() -> Result<(), String> {
     node[4..8].copy_from_slice(&std::process::id().to_le_bytes());
     let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, Some(tracker));
     peer_config.rng_seed = u64::from(std::process::id()) << 16 | u64::from(ip.octets()[3]);
-    let mut peer = DevicePeer::new(peer_config, now());
+    // Fixed memory, as the firmware gives it: 4 connections, 1 file, 4 chunks in flight.
+    let memory: &'static mut SmallPeerMemory = Box::leak(Box::default());
+    let mut peer = Peer::with_memory(peer_config, now(), memory);
     let flash = RamFlash::new(vec![0u8; 4 << 20], SECTOR);
     let mut store = FlashStore::open(flash, MAX_CHUNKS).map_err(|e| e.to_string())?;
 

@@ -241,10 +241,10 @@ impl<F: Flash> FlashStore<F> {
 
     /// After a reset: hands the journal's file to `peer`, with every chunk recorded verified
     /// (a complete file is shared, a partial one fetched on). `Ok(None)` if the journal is empty.
-    pub fn resume<const C: usize, const FL: usize, const W: usize, const A: usize>(
+    pub fn resume<const W: usize>(
         &mut self,
         now: Instant,
-        peer: &mut Peer<C, FL, W, A>,
+        peer: &mut Peer<'_, W>,
     ) -> Result<Option<u16>, CommandError> {
         let Some((file, header)) = self.manifest.clone() else {
             return Ok(None);

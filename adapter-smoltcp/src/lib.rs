@@ -21,7 +21,7 @@
 //!
 //! fn run<D: smoltcp::phy::Device>(
 //!     device: &mut D,
-//!     driver: &mut Driver<'static, SmallPeer, FlashStore<RamFlash<[u8; 1 << 20]>>, 4>,
+//!     driver: &mut Driver<'static, SmallPeer<'static>, FlashStore<RamFlash<[u8; 1 << 20]>>, 4>,
 //!     now: impl Fn() -> Instant,
 //!     sleep_until: impl Fn(Instant),
 //! ) {

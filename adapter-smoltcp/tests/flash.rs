@@ -35,7 +35,7 @@ fn write_chunk(store: &mut PeerStore, f: &TestFile, c: u32, upto: u32) {
 
 /// What the driver does with every event the peer hands out: journal it in the store.
 fn note(store: &mut PeerStore, e: &PeerEvent) -> Result<(), (StorageKey, StorageError)> {
-    <SmallPeer as Node>::journal(e, store)
+    <SmallPeer<'static> as Node>::journal(e, store)
 }
 
 fn fetched_manifest(store: &mut PeerStore, f: &TestFile) {
@@ -80,7 +80,7 @@ fn a_reset_keeps_verified_chunks_and_drops_the_half_written_one() {
     let mut store = FlashStore::open(flash, MAX_CHUNKS).unwrap();
     assert_eq!(store.manifest().map(|(id, _)| id), Some(f.id));
     assert_eq!(store.verified(), 3);
-    let mut peer = DevicePeer::new(PeerConfig::new(NodeId([1; 16]), 0, None), Instant::ZERO);
+    let mut peer = device_peer(PeerConfig::new(NodeId([1; 16]), 0, None), Instant::ZERO);
     let slot = store.resume(Instant::ZERO, &mut peer).unwrap().unwrap();
     let p = peer.progress(slot).unwrap();
     assert_eq!(p.chunks_done, 3);

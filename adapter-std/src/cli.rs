@@ -160,20 +160,44 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// A peer driven over real sockets with file storage.
 pub type PeerDriver = Driver<Box<HostPeer>, FileStore>;
 
+/// How much a peer may take on: set on the command line of `share`, `get` and `peer`.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Upload at most this many bytes per second.
+    pub upload: Option<u64>,
+    /// Most connections at once, the tracker's included.
+    pub max_conns: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            upload: None,
+            max_conns: 64,
+        }
+    }
+}
+
 pub(crate) fn peer_driver(
     tracker: SocketAddr,
     listener: Option<TcpListener>,
     register: bool,
     signals: bool,
-    upload_limit: Option<u64>,
+    limits: Limits,
 ) -> anyhow::Result<Driver<Box<HostPeer>, FileStore>> {
+    if limits.max_conns < 2 {
+        return Err(anyhow!(
+            "--max-conns must be at least 2: one for the tracker and one for a peer"
+        ));
+    }
     let port = listener
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map_or(0, |a| a.port());
     let mut config = PeerConfig::new(random_node(), port, Some(tracker));
     config.register = register;
-    config.upload_rate = upload_limit;
+    config.upload_rate = limits.upload;
+    config.max_conns = limits.max_conns;
     config.rng_seed = random_seed();
     config.swarm_key = swarm_key();
     let peer = Box::new(HostPeer::new(config, Instant::now()));
@@ -204,7 +228,9 @@ pub fn tracker(
     let by_files = usize::try_from(files.saturating_sub(16)).unwrap_or(usize::MAX);
     config.max_peers = max_peers.min(by_files);
     config.max_conns = config.max_peers;
-    if config.max_peers < max_peers {
+    // Asked for explicitly: say why fewer. The default is "as many as fit", and the next line
+    // says how many that is.
+    if config.max_peers < max_peers && max_peers != MAX_TRACKER_PEERS {
         tracing::warn!(
             "the open-file limit ({files}) allows only {} peers of the {max_peers} asked for; \
              raise it with `ulimit -n` (hard limit) or ask for fewer",
@@ -341,7 +367,7 @@ pub fn share(
     files: &[PathBuf],
     tracker_text: &str,
     listen: SocketAddr,
-    upload_limit: Option<u64>,
+    limits: Limits,
     signals: bool,
     mut links: impl FnMut(String),
     mut stop: impl FnMut() -> bool,
@@ -351,7 +377,7 @@ pub fn share(
     for f in files {
         manifests.push((f.clone(), manifest_for(f, None, HostPeer::MAX_FILE_CHUNKS)?));
     }
-    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, signals, upload_limit)?;
+    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, signals, limits)?;
     let now = Instant::now();
     for (path, m) in &manifests {
         let slot = driver
@@ -525,8 +551,8 @@ pub struct GetOptions {
     pub no_seed: bool,
     /// Listen address for serving others.
     pub listen: SocketAddr,
-    /// Upload limit in bytes per second.
-    pub upload_limit: Option<u64>,
+    /// Upload and connection limits.
+    pub limits: Limits,
     /// Catch SIGINT/SIGTERM.
     pub signals: bool,
 }
@@ -558,7 +584,7 @@ pub fn get(
         Some(bind(opts.listen)?),
         true,
         opts.signals,
-        opts.upload_limit,
+        opts.limits,
     )?;
     let (slot, resume) = start_download(&mut driver, link.file, output.as_ref())?;
     if let Some(r) = &resume {
@@ -721,7 +747,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
     let tracker = resolve(tracker_text)?;
     // Listing peers needs the pushed list, which only registered peers get.
     let register = matches!(q, Query::Peers);
-    let mut driver = peer_driver(tracker, None, register, true, None)?;
+    let mut driver = peer_driver(tracker, None, register, true, Limits::default())?;
     let mut answers = Answers::default();
     let by_id = match &q {
         Query::Where(w) => Link::parse(w).ok().map(|l| l.file),
@@ -766,7 +792,6 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
                 answers.peers = d
                     .node
                     .peers()
-                    .iter()
                     .filter(|p| Some(p.addr) != me)
                     .copied()
                     .collect();

@@ -14,7 +14,7 @@ use proto_core::peer::PeerEvent;
 use proto_core::time::Instant;
 use proto_core::wire::{FileEntry, FileId, HolderItem};
 
-use crate::cli::{bind, link_for, peer_driver, ranges_text, resolve, PeerDriver};
+use crate::cli::{bind, link_for, peer_driver, ranges_text, resolve, Limits, PeerDriver};
 use crate::store::manifest_for;
 
 const HELP: &str = "commands:
@@ -45,9 +45,9 @@ struct Pending {
 }
 
 /// Runs the console until `quit`, end of input, or SIGINT.
-pub fn run(tracker_text: &str, listen: SocketAddr) -> anyhow::Result<()> {
+pub fn run(tracker_text: &str, listen: SocketAddr, limits: Limits) -> anyhow::Result<()> {
     let tracker = resolve(tracker_text)?;
-    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, true, None)?;
+    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, true, limits)?;
     let (tx, lines) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -282,7 +282,7 @@ fn on_event(
             let me = d.node.registered();
             let others = usize::from(count).saturating_sub(usize::from(me.is_some()));
             say(&format!("\n{others} other peers online"));
-            for p in d.node.peers().iter().filter(|p| Some(p.addr) != me) {
+            for p in d.node.peers().filter(|p| Some(p.addr) != me) {
                 say(&format!("  {}  {}", p.addr, p.node));
             }
             prompt();

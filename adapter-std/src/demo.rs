@@ -79,7 +79,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
             &[src],
             &tracker_addr.to_string(),
             loopback,
-            None,
+            cli::Limits::default(),
             false,
             |l| drop(tx.send(l)),
             || s.load(Ordering::Relaxed),
@@ -106,7 +106,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
             tracker: None,
             no_seed: false,
             listen: loopback,
-            upload_limit: None,
+            limits: cli::Limits::default(),
             signals: false,
         };
         let bar = bars.add(ProgressBar::hidden());

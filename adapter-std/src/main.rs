@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use adapter_std::cli::{self, Answers, Bar, GetOptions, Query, DEFAULT_TRACKER};
 use adapter_std::proto_core::wire::ChunkRange;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 mod demo;
 
@@ -27,6 +27,27 @@ struct Cli {
     /// refuse nodes that cannot. Make one with `shoal keygen FILE`.
     #[arg(long, global = true, env = "SHOAL_SWARM_KEY_FILE", value_name = "FILE")]
     swarm_key_file: Option<PathBuf>,
+}
+
+/// What a peer may take on (`share`, `get`, `peer`).
+#[derive(Args)]
+struct LimitArgs {
+    /// Upload at most this many bytes per second.
+    #[arg(long)]
+    upload_limit: Option<u64>,
+    /// Most connections at once, the tracker's included (a full table makes room by closing
+    /// a connection that has done least).
+    #[arg(long, default_value_t = 64)]
+    max_conns: u16,
+}
+
+impl From<LimitArgs> for cli::Limits {
+    fn from(a: LimitArgs) -> Self {
+        cli::Limits {
+            upload: a.upload_limit,
+            max_conns: a.max_conns,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -52,9 +73,8 @@ enum Cmd {
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
-        /// Upload at most this many bytes per second.
-        #[arg(long)]
-        upload_limit: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Download a file by link or id; prints its path, then seeds until interrupted.
     Get {
@@ -72,9 +92,8 @@ enum Cmd {
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
-        /// Upload at most this many bytes per second.
-        #[arg(long)]
-        upload_limit: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List the files the tracker knows.
     Ls(QueryArgs),
@@ -96,6 +115,8 @@ enum Cmd {
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Run a whole swarm on this machine: a tracker, a seeder of a generated 64 MiB file and
     /// three downloaders; verifies the copies and prints a summary.
@@ -162,12 +183,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             files,
             tracker,
             listen,
-            upload_limit,
+            limits,
         } => cli::share(
             &files,
             &tracker,
             listen,
-            upload_limit,
+            limits.into(),
             true,
             |l| cli::println_flush(&l),
             || false,
@@ -178,14 +199,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             tracker,
             no_seed,
             listen,
-            upload_limit,
+            limits,
         } => {
             let opts = GetOptions {
                 output,
                 tracker: tracker.or_else(|| std::env::var("SHOAL_TRACKER").ok()),
                 no_seed,
                 listen,
-                upload_limit,
+                limits: limits.into(),
                 signals: true,
             };
             let mut bar = Bar::new(false);
@@ -203,7 +224,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             print_holders(cli::query(&q.tracker, Query::Where(file))?, q.json)
         }
         Cmd::Peers(q) => print_peers(cli::query(&q.tracker, Query::Peers)?, q.json),
-        Cmd::Peer { tracker, listen } => adapter_std::console::run(&tracker, listen),
+        Cmd::Peer {
+            tracker,
+            listen,
+            limits,
+        } => adapter_std::console::run(&tracker, listen, limits.into()),
         Cmd::Demo => demo::run(),
         Cmd::Keygen { file } => {
             cli::keygen(&file)?;

@@ -436,8 +436,21 @@ fn the_console_shares_gets_lists_and_quits() {
     use std::io::Write as _;
     let dir = scratch("console");
     let data = random_file(&dir.join("src.bin"), 3_000_000);
+    let other = random_file(&dir.join("other.bin"), 2_000_000);
     let (_t, tr) = tracker(&dir, "127.0.0.1:0");
-    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    // One seeder of two files; the console fetches both at once.
+    let (s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &[dir.join("other.bin").to_str().unwrap()],
+    );
+    let mut link2 = String::new();
+    until("the second link", || {
+        link2 = s.stdout().lines().nth(1).unwrap_or_default().to_owned();
+        !link2.is_empty()
+    });
     let out = dir.join("console.out");
     let mut child = shoal(&dir)
         .args(["peer", "--tracker", &tr, "--listen", "127.0.0.1:0"])
@@ -450,10 +463,13 @@ fn the_console_shares_gets_lists_and_quits() {
     let said = || fs::read_to_string(&out).unwrap_or_default();
     writeln!(stdin, "ls").unwrap();
     until("the file list", || {
-        said().contains("1 files") && said().contains("src.bin")
+        said().contains("2 files") && said().contains("src.bin")
     });
     writeln!(stdin, "get {link} got.bin").unwrap();
-    until("the download", || said().contains("done: got.bin"));
+    writeln!(stdin, "get {link2} got2.bin").unwrap();
+    until("both downloads", || {
+        said().contains("done: got.bin") && said().contains("done: got2.bin")
+    });
     writeln!(stdin, "status").unwrap();
     until("the status", || said().contains("-> got.bin"));
     writeln!(stdin, "nonsense").unwrap();
@@ -469,6 +485,7 @@ fn the_console_shares_gets_lists_and_quits() {
     };
     assert!(status.success());
     assert_eq!(fs::read(dir.join("got.bin")).unwrap(), data);
+    assert_eq!(fs::read(dir.join("got2.bin")).unwrap(), other);
 }
 
 #[test]

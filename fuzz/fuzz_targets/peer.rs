@@ -22,7 +22,7 @@ use proto_core::conn::ConnId;
 use proto_core::io::Action;
 use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
 use proto_core::node::Node;
-use proto_core::peer::{Peer, PeerConfig, PeerEvent};
+use proto_core::peer::{Peer, PeerConfig, PeerEvent, PeerMemory};
 use proto_core::storage::Region;
 use proto_core::storage::{Storage, StorageKey};
 use proto_core::testing::{self, frame, Frames, MemStore};
@@ -155,10 +155,10 @@ enum P {
     },
 }
 
-type Small = Peer<4, 2, 2, 4>;
+type Small<'a> = Peer<'a, 2>;
 
-struct Net {
-    p: Small,
+struct Net<'a> {
+    p: Small<'a>,
     now: Instant,
     tracker: Option<ConnId>,
     pending: Vec<ConnId>,
@@ -180,7 +180,7 @@ fn key(slot: u16, region: Region) -> StorageKey {
     StorageKey { slot, region }
 }
 
-impl Net {
+impl Net<'_> {
     fn feed(&mut self, c: ConnId, bytes: &[u8]) {
         let k = known();
         testing::offer(bytes, |rest| {
@@ -267,7 +267,7 @@ impl Net {
     }
 }
 
-impl Net {
+impl Net<'_> {
     /// The fuzzer's proof on `c`: right, or made with the wrong side (a reflection).
     fn auth(&mut self, c: ConnId, good: bool) -> Message {
         let ours = self.nonces.get(&c).copied().unwrap_or_default();
@@ -312,8 +312,19 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     let mut config = PeerConfig::new(NodeId([1; 16]), 7000, Some(([10, 0, 0, 1], 7070).into()));
     config.ban_after = 3;
     config.swarm_key = keyed.then_some(KEY);
+    // Both kinds of memory with the same small limits, so the tables fill: fixed arrays (a
+    // device's) for inputs of an even number of steps, heap tables grown on demand for odd.
+    let mut memory = Box::new(PeerMemory::<4, 2, 2, 4>::new());
+    let p = if ops.len() % 2 == 0 {
+        Peer::with_memory(config, Instant::ZERO, &mut memory)
+    } else {
+        config.max_conns = 4;
+        config.max_files = 2;
+        config.max_active = 4;
+        Peer::new(config, Instant::ZERO)
+    };
     let mut net = Net {
-        p: Small::new(config, Instant::ZERO),
+        p,
         now: Instant::ZERO,
         tracker: None,
         pending: Vec::new(),

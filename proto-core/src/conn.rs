@@ -6,12 +6,12 @@
 use core::fmt;
 use core::net::SocketAddr;
 
-use heapless::{Deque, Vec};
+use heapless::Deque;
 
 use crate::auth::Nonce;
 use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::storage::StorageWrite;
-pub(crate) use crate::table::{FixedSlots, Slot, Slots, Store};
+pub(crate) use crate::table::{Slot, Slots, Store};
 use crate::time::Instant;
 use crate::wire::{FrameDecoder, FrameError, Hello, Item, Message};
 
@@ -181,43 +181,6 @@ impl<T: HasLink, S: Store<Slot<T>>> Slots<T, S> {
             .map(|(id, _)| id)?;
         self.remove(id);
         Some(id)
-    }
-
-    /// Connections whose handshake did not finish by its deadline.
-    pub(crate) fn late_handshakes<const N: usize>(&self, now: Instant) -> Vec<ConnId, N> {
-        self.iter()
-            .filter(
-                |(_, c)| matches!(c.link().phase, Phase::Handshake { deadline } if deadline <= now),
-            )
-            .map(|(id, _)| id)
-            .collect()
-    }
-
-    /// One ping round: every open connection that left `max_missed` pings in a row unanswered
-    /// is returned (to be closed); every other one gets a ping through `push`, which says
-    /// whether it was queued.
-    pub(crate) fn ping_round<const N: usize>(
-        &mut self,
-        max_missed: u8,
-        nonce: &mut u32,
-        mut push: impl FnMut(&mut T, u32) -> bool,
-    ) -> Vec<ConnId, N> {
-        let mut dead = Vec::new();
-        for (id, c) in self.iter_mut() {
-            if c.link().phase != Phase::Open {
-                continue;
-            }
-            if c.link().missed_pings >= max_missed {
-                // Capacity N: at most one entry per connection.
-                let _ = dead.push(id);
-                continue;
-            }
-            *nonce = nonce.wrapping_add(1);
-            if push(c, *nonce) {
-                c.link_mut().missed_pings += 1;
-            }
-        }
-        dead
     }
 }
 

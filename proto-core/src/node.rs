@@ -185,7 +185,7 @@ impl Node for Tracker<'_> {
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Node for Peer<C, F, W, A> {
+impl<'a, const W: usize> Node for Peer<'a, W> {
     type Event = PeerEvent;
     fn accept(&mut self, now: Instant, remote: SocketAddr) -> Result<Accepted, TableFull> {
         self.handle_accept(now, remote)
@@ -193,7 +193,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Node for Pe
     fn connected(&mut self, now: Instant, conn: ConnId) {
         self.handle_connected(now, conn)
     }
-    fn recv<'a>(&mut self, now: Instant, conn: ConnId, data: &'a [u8]) -> Recv<'a> {
+    fn recv<'i>(&mut self, now: Instant, conn: ConnId, data: &'i [u8]) -> Recv<'i> {
         self.handle_recv(now, conn, data)
     }
     fn closed(&mut self, now: Instant, conn: ConnId) {

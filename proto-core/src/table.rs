@@ -57,8 +57,8 @@ impl<T> Slot<T> {
     }
 }
 
-/// Memory for a table's slots: a fixed array, or a [`ManagedSlice`] that is borrowed (fixed)
-/// or owned (grows up to the table's limit).
+/// Memory for a table's slots: a [`ManagedSlice`], borrowed (fixed) or owned (grows up to
+/// the table's limit).
 pub(crate) trait Store<T> {
     /// The slots there are now.
     fn slots(&self) -> &[T];
@@ -68,21 +68,6 @@ pub(crate) trait Store<T> {
     fn push(&mut self, value: T) -> Result<(), T>;
     /// Whether [`Store::push`] can succeed.
     fn can_grow(&self) -> bool;
-}
-
-impl<T, const N: usize> Store<T> for [T; N] {
-    fn slots(&self) -> &[T] {
-        self
-    }
-    fn slots_mut(&mut self) -> &mut [T] {
-        self
-    }
-    fn push(&mut self, value: T) -> Result<(), T> {
-        Err(value)
-    }
-    fn can_grow(&self) -> bool {
-        false
-    }
 }
 
 impl<T> Store<T> for ManagedSlice<'_, T> {
@@ -127,15 +112,6 @@ pub(crate) struct Slots<T, S> {
     /// Where the round-robin transmit resumes.
     pub(crate) rr: u16,
     _t: PhantomData<T>,
-}
-
-/// A table over a fixed array: a device's memory, or a node that is not yet sized at run time.
-pub(crate) type FixedSlots<T, const N: usize> = Slots<T, [Slot<T>; N]>;
-
-impl<T, const N: usize> FixedSlots<T, N> {
-    pub(crate) fn new() -> Self {
-        Slots::over(core::array::from_fn(|_| Slot::new()), N)
-    }
 }
 
 impl<T, S: Store<Slot<T>>> Slots<T, S> {
@@ -283,7 +259,9 @@ mod tests {
 
     #[test]
     fn stale_ids_never_reach_a_reused_slot() {
-        let mut s = FixedSlots::<u8, 2>::new();
+        let mut mem = [Slot::EMPTY, Slot::EMPTY];
+        let mut s: Slots<u8, ManagedSlice<'_, Slot<u8>>> =
+            Slots::over(ManagedSlice::Borrowed(&mut mem[..]), 2);
         let a = s.insert(1).unwrap();
         let b = s.insert(2).unwrap();
         assert_eq!(s.insert(3), Err(TableFull));
@@ -406,5 +384,23 @@ mod ring_tests {
         b.push('a').unwrap();
         b.push('b').unwrap();
         assert_eq!(b.push('c'), Err('c'), "borrowed memory does not grow");
+    }
+}
+
+/// A free place in `table`: the first empty one, or a new one at the end if its memory can
+/// grow and it has fewer than `limit` places. `None` when full.
+pub(crate) fn vacancy<T>(table: &mut ManagedSlice<'_, Option<T>>, limit: usize) -> Option<usize> {
+    if let Some(i) = table.iter().take(limit).position(Option::is_none) {
+        return Some(i);
+    }
+    match table {
+        ManagedSlice::Borrowed(_) => None,
+        #[cfg(feature = "alloc")]
+        ManagedSlice::Owned(v) if v.len() < limit => {
+            v.push(None);
+            Some(v.len() - 1)
+        }
+        #[cfg(feature = "alloc")]
+        ManagedSlice::Owned(_) => None,
     }
 }

@@ -487,3 +487,13 @@ fn deliver_to<N: Node>(end: &mut End<N>, now: Instant, conn: ConnId) -> bool {
     }
     n > 0
 }
+
+/// A peer over fixed memory that lives as long as the test (the device's path: nothing is
+/// allocated by the peer; the memory is leaked on purpose, once per peer).
+pub fn fixed_peer<const C: usize, const F: usize, const W: usize, const A: usize>(
+    config: crate::peer::PeerConfig,
+    now: crate::time::Instant,
+) -> crate::peer::Peer<'static, W> {
+    let memory: &'static mut crate::peer::PeerMemory<C, F, W, A> = Box::leak(Box::default());
+    crate::peer::Peer::with_memory(config, now, memory)
+}

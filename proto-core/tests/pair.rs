@@ -12,7 +12,7 @@ use proto_core::time::Instant;
 use proto_core::tracker::{SmallTrackerMemory, Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::NodeId;
 
-type P = Peer<4, 1, 8, 4>;
+type P = Peer<'static, 8>;
 
 type T = Tracker<'static>;
 
@@ -24,7 +24,7 @@ fn pair() -> Pair<P, T> {
         Instant::ZERO,
         memory,
     );
-    let peer = P::new(
+    let peer = proto_core::testing::fixed_peer::<4, 1, 8, 4>(
         PeerConfig::new(NodeId([1; 16]), 7000, Some(tracker_addr)),
         Instant::ZERO,
     );

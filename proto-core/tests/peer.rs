@@ -12,7 +12,7 @@ use proto_core::testing::{self, frame, MemStore, Seen};
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::{BlockRef, FileId, Hello, Message, NodeId, RejectReason, PROTOCOL_VERSION};
 
-type P = Peer<6, 2, 8, 8>;
+type P = Peer<'static, 8>;
 
 const TRACKER: &str = "10.0.0.1:7070";
 
@@ -38,7 +38,7 @@ impl Harness {
     fn new(config: impl FnOnce(&mut PeerConfig)) -> Self {
         let mut c = PeerConfig::new(NodeId([1; 16]), 7000, Some(TRACKER.parse().unwrap()));
         config(&mut c);
-        let p = P::new(c, Instant::ZERO);
+        let p = proto_core::testing::fixed_peer::<6, 2, 8, 8>(c, Instant::ZERO);
         let mut h = Harness {
             p,
             now: Instant::ZERO,

@@ -1,11 +1,18 @@
-//! The peer's worst-case RAM is its `size_of`, quoted in the peer module docs.
+//! A peer in fixed memory costs its own `size_of` and its memory's; the figures are quoted in
+//! the peer module docs.
 
-use proto_core::peer::{HostPeer, SmallPeer};
+use proto_core::peer::{HostPeer, SmallPeer, SmallPeerMemory};
 
 #[test]
 fn worst_case_ram_matches_the_documented_figures() {
     // These numbers are quoted in proto-core/src/peer/mod.rs; update both together.
-    assert_eq!(SmallPeer::ram_bytes(), 22_448);
-    assert_eq!(HostPeer::ram_bytes(), 361_112);
-    assert_eq!(std::mem::size_of::<SmallPeer>(), SmallPeer::ram_bytes());
+    let small = SmallPeer::ram_bytes::<4, 1, 4>();
+    assert_eq!(
+        small,
+        std::mem::size_of::<SmallPeer>() + std::mem::size_of::<SmallPeerMemory>()
+    );
+    assert_eq!(small, 22_448);
+    // What the host peer's compile-time tables were (64 connections, 16 files, 128 chunks
+    // in flight), now in fixed memory: a host gives heap memory that grows instead.
+    assert_eq!(HostPeer::ram_bytes::<64, 16, 128>(), 358_768);
 }

@@ -10,7 +10,7 @@ use proto_core::testing::{self, frame, MemStore, Seen};
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::{BlockRef, FileId, Hello, Message, NodeId, PROTOCOL_VERSION};
 
-type P = Peer<6, 1, 8, 8>;
+type P = Peer<'static, 8>;
 
 /// A fetching peer (no tracker) and the remotes the test plays.
 struct Swarm {
@@ -38,7 +38,7 @@ impl Swarm {
         let mut c = PeerConfig::new(NodeId([1; 16]), 7000, None);
         c.block_len = block;
         c.max_in_flight = in_flight;
-        let mut p = P::new(c, Instant::ZERO);
+        let mut p = proto_core::testing::fixed_peer::<6, 1, 8, 8>(c, Instant::ZERO);
         let slot = p.resume(Instant::ZERO, id, header.clone(), []).unwrap();
         let mut store = MemStore::default();
         store.set(

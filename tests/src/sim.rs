@@ -41,9 +41,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::hostile::{Attack, Hostile};
 
-/// The peer configuration simulated: 32 connections, 2 files of up to 4096 chunks, 64 chunks
-/// in flight.
-pub type SimPeer = Peer<32, 2, 128, 64>;
+/// The peer simulated: files of up to 4096 chunks, heap tables limited to 32 connections, 2
+/// files and 64 chunks in flight (see `start_node`).
+pub type SimPeer = Peer<'static, 128>;
 /// The tracker simulated: heap tables with the default limits, as `shoal tracker` runs.
 pub type SimTracker = Tracker<'static>;
 
@@ -462,6 +462,9 @@ impl Sim {
         id[..8].copy_from_slice(&(i as u64).to_le_bytes());
         id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         let mut config = PeerConfig::new(NodeId(id), PEER_PORT, Some(self.nodes[TRACKER].addr));
+        config.max_conns = 32;
+        config.max_files = 2;
+        config.max_active = 64;
         config.rng_seed = self.rng.next_u64();
         config.swarm_key = self.cfg.swarm_key;
         (self.cfg.tune)(i, &mut config);

@@ -19,7 +19,7 @@ use adapter_smoltcp::Driver;
 use cortex_m_rt::{entry, exception};
 use panic_halt as _;
 use proto_core::link::Link;
-use proto_core::peer::{Peer, PeerConfig};
+use proto_core::peer::{Peer, PeerConfig, SmallPeerMemory};
 use proto_core::time::Instant;
 use proto_core::wire::NodeId;
 use rand_core::RngCore;
@@ -37,7 +37,7 @@ use stm32_eth::{EthPins, Parts, PartsIn};
 
 /// The device's peer: 4 connections (the tracker's among them), 1 file of up to 1024 chunks,
 /// 4 chunks in flight.
-type DevicePeer = Peer<4, 1, 32, 4>;
+type DevicePeer = Peer<'static, 32>;
 const SOCKETS: usize = 4;
 const SOCKET_BUF: usize = 2048;
 const MAX_CHUNKS: u32 = 1024;
@@ -121,6 +121,9 @@ fn main() -> ! {
     static mut SOCKET_STORAGE: [SocketStorage<'static>; SOCKETS] = [SocketStorage::EMPTY; SOCKETS];
     static mut BUFFERS: [[u8; SOCKET_BUF]; 2 * SOCKETS] = [[0; SOCKET_BUF]; 2 * SOCKETS];
     static mut NODE: MaybeUninit<Node> = MaybeUninit::uninit();
+    // The peer's tables: 4 connections, 1 file, 4 chunks in flight (uninitialised until the
+    // peer is made over them, so no image of them is kept in flash).
+    static mut PEER_MEMORY: SmallPeerMemory = SmallPeerMemory::new();
 
     let (Some(p), Some(mut cp)) = (Peripherals::take(), CorePeripherals::take()) else {
         halt()
@@ -189,7 +192,7 @@ fn main() -> ! {
     node[..6].copy_from_slice(&MAC);
     let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, tracker);
     peer_config.rng_seed = rng.next_u64();
-    let mut peer = DevicePeer::new(peer_config, now());
+    let mut peer: DevicePeer = Peer::with_memory(peer_config, now(), PEER_MEMORY);
     let Ok(mut store) = FlashStore::open(Bank2(LockedFlash::new(p.FLASH)), MAX_CHUNKS) else {
         halt()
     };

@@ -14,7 +14,7 @@ use adapter_smoltcp::smoltcp::socket::tcp;
 use adapter_smoltcp::smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use adapter_smoltcp::{Driver, Storage};
 use proto_core::manifest::{ManifestBuilder, ManifestHeader};
-use proto_core::peer::{Peer, PeerConfig};
+use proto_core::peer::{Peer, PeerConfig, SmallPeerMemory};
 use proto_core::storage::StorageKey;
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{Tracker, TrackerConfig, TrackerMemory};
@@ -23,7 +23,14 @@ use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 /// The device's peer: 4 connections (the tracker's included), 1 file, 4 chunks in flight.
-pub type DevicePeer = Peer<4, 1, 32, 4>;
+pub type DevicePeer = Peer<'static, 32>;
+
+/// A device peer in fixed memory (4 connections, 1 file, 4 chunks in flight), as firmware
+/// passes its static memory: nothing is allocated.
+pub fn device_peer(config: PeerConfig, now: Instant) -> DevicePeer {
+    let memory: &'static mut SmallPeerMemory = Box::leak(Box::default());
+    Peer::with_memory(config, now, memory)
+}
 /// The tracker on the other end, in fixed memory as a device would give it.
 pub type TestTracker = Tracker<'static>;
 /// Sockets per node and their buffers: the budget the firmware example is sized for.
@@ -234,7 +241,7 @@ pub fn peer_driver(
     flash: RamFlash<Vec<u8>>,
 ) -> PeerDriver {
     let (iface, sockets, handles) = stack(dev, HardwareAddress::Ip, dev.ip, now);
-    let mut peer = DevicePeer::new(config, now);
+    let mut peer = device_peer(config, now);
     let mut store = FlashStore::open(flash, MAX_CHUNKS).unwrap();
     store.resume(now, &mut peer).unwrap();
     let seed = config.rng_seed ^ now.total_micros();

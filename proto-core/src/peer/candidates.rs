@@ -12,7 +12,7 @@ pub(super) struct Candidate {
     pub(super) conn: Option<ConnId>,
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     pub(super) fn misbehaved(&mut self, id: ConnId, offence: Offence) {
         let Some(c) = self.conns.get(id) else {
             return;
@@ -48,16 +48,16 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         };
         if strikes == ban_after {
             self.event(PeerEvent::PeerBanned { node, addr });
-            let ids: Vec<ConnId, C> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| {
+            for i in 0..self.conns.capacity() {
+                let Some(id) = self.conns.id_at(i) else {
+                    continue;
+                };
+                let theirs = self.conns.get(id).is_some_and(|c| {
                     c.link.hello.is_some_and(|h| h.node == node) || c.listen_addr() == addr
-                })
-                .map(|(id, _)| id)
-                .collect();
-            for id in ids {
-                self.close_now(id);
+                });
+                if theirs {
+                    self.close_now(id);
+                }
             }
         }
     }
@@ -76,14 +76,18 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     pub(super) fn connect_candidates(&mut self) {
         while !self.leaving {
             // Keep one slot for the tracker and one for a peer that connects to us.
-            if self.conns.iter().count() + 2 > C {
+            if self.conns.len() + 2 > usize::from(self.config.max_conns) {
                 return;
             }
-            let eligible: Vec<usize, C> = (0..C).filter(|&i| self.can_dial(i)).collect();
-            if eligible.is_empty() {
+            let places = self.candidates.len();
+            let eligible = (0..places).filter(|&i| self.can_dial(i)).count();
+            if eligible == 0 {
                 return;
             }
-            let i = eligible[(self.rng.next_u64() % eligible.len() as u64) as usize];
+            let k = (self.rng.next_u64() % eligible as u64) as usize;
+            let Some(i) = (0..places).filter(|&i| self.can_dial(i)).nth(k) else {
+                return;
+            };
             let Some(cand) = self.candidates[i] else {
                 return;
             };
@@ -156,14 +160,16 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         }
         // A full table keeps a random sample: the new holder replaces a random one we are not
         // connected to. Keeping the first holders seen would give every fetcher the same ones.
-        let free = match self.candidates.iter().position(Option::is_none) {
+        let limit = usize::from(self.config.max_conns);
+        let free = match vacancy(&mut self.candidates, limit) {
             Some(i) => Some(i),
             None => {
-                let idle: Vec<usize, C> = (0..C)
-                    .filter(|&i| self.candidates[i].is_some_and(|c| c.conn.is_none()))
-                    .collect();
+                let idle = |i: &usize| self.candidates[*i].is_some_and(|c| c.conn.is_none());
+                let n = (0..self.candidates.len()).filter(idle).count();
                 let pick = self.rng.next_u64() as usize;
-                (!idle.is_empty()).then(|| idle[pick % idle.len()])
+                (n > 0)
+                    .then(|| (0..self.candidates.len()).filter(idle).nth(pick % n))
+                    .flatten()
             }
         };
         if let Some(i) = free {

@@ -44,6 +44,15 @@ pub struct PeerConfig {
     /// Most inbound connections from one IP address, so one host cannot take every slot.
     /// Default 16.
     pub max_conns_per_ip: u8,
+    /// Most connections at once, the tracker's included. Default 64. With heap memory the
+    /// table grows to this on demand; with memory passed in, the smaller of this and that
+    /// memory's size counts.
+    pub max_conns: u16,
+    /// Most files shared or fetched at once. Default 4,096 (each costs about `W * 8` bytes of
+    /// bitmaps and its manifest header; see the peer's module docs).
+    pub max_files: u16,
+    /// Most chunks in flight at once, over all fetches. Default 128.
+    pub max_active: u16,
     /// How long a connection may leave requests unanswered before its work moves elsewhere.
     /// Default 5 s.
     pub stall_timeout: Duration,
@@ -81,6 +90,9 @@ impl PeerConfig {
             ping_interval: Duration::from_secs(5),
             max_missed_pings: 3,
             max_conns_per_ip: 16,
+            max_conns: 64,
+            max_files: 4_096,
+            max_active: 128,
             stall_timeout: Duration::from_secs(5),
             locate_interval: Duration::from_secs(3),
             fetch_deadline: None,

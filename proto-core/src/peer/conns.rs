@@ -219,14 +219,12 @@ pub(super) fn unreachable_bitmap<const W: usize>() -> ChunkBitmap<W> {
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
-    /// The connections about `slot`, collected so the caller may change the table.
-    pub(super) fn conns_for(&self, slot: u16) -> Vec<ConnId, C> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.file == Some(slot))
-            .map(|(id, _)| id)
-            .collect()
+impl<const W: usize> Peer<'_, W> {
+    /// The connection at table index `i` if it is about `slot` (callers walk the indices, so
+    /// they may change the table as they go).
+    pub(super) fn conn_for(&self, i: usize, slot: u16) -> Option<ConnId> {
+        let id = self.conns.id_at(i)?;
+        (self.conns.get(id)?.file == Some(slot)).then_some(id)
     }
 
     pub(super) fn file_conns(&self, slot: u16) -> usize {
@@ -339,21 +337,42 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     pub(super) fn check_handshakes(&mut self, now: Instant) {
-        for id in self.conns.late_handshakes::<C>(now) {
-            self.close_now(id);
+        for i in 0..self.conns.capacity() {
+            let Some(id) = self.conns.id_at(i) else {
+                continue;
+            };
+            let late = self.conns.get(id).is_some_and(
+                |c| matches!(c.link.phase, Phase::Handshake { deadline } if deadline <= now),
+            );
+            if late {
+                self.close_now(id);
+            }
         }
     }
 
+    /// Every open connection that left `max_missed_pings` pings in a row unanswered is
+    /// closed; every other one is pinged.
     pub(super) fn ping_round(&mut self, now: Instant) {
         self.next_ping = now + self.config.ping_interval;
         let max = self.config.max_missed_pings;
-        let dead = self
-            .conns
-            .ping_round::<C>(max, &mut self.ping_nonce, |c, n| {
-                c.ctl.push_back(Ctl::Ping(n)).is_ok()
-            });
-        for id in dead {
-            self.close_now(id);
+        for i in 0..self.conns.capacity() {
+            let Some(id) = self.conns.id_at(i) else {
+                continue;
+            };
+            let Some(c) = self.conns.get_mut(id) else {
+                continue;
+            };
+            if c.link.phase != Phase::Open {
+                continue;
+            }
+            if c.link.missed_pings >= max {
+                self.close_now(id);
+                continue;
+            }
+            self.ping_nonce = self.ping_nonce.wrapping_add(1);
+            if c.ctl.push_back(Ctl::Ping(self.ping_nonce)).is_ok() {
+                c.link.missed_pings += 1;
+            }
         }
     }
 

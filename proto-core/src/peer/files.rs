@@ -98,6 +98,8 @@ pub(super) struct File<const W: usize> {
     pub(super) unavailable_reported: u32,
     pub(super) started: Instant,
     pub(super) bytes_done: u64,
+    /// Its stored hashes failed the id check: a `Discard` for them is due.
+    pub(super) discard_hashes: bool,
     pub(super) rate: RateMeter,
     pub(super) user_locate: bool,
 }
@@ -168,7 +170,7 @@ impl HaveCursor {
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     pub(super) fn bitmap(&self, count: u32) -> Result<ChunkBitmap<W>, CommandError> {
         ChunkBitmap::new(count).map_err(|_| CommandError::TooManyChunks {
             max: Self::MAX_FILE_CHUNKS,
@@ -187,16 +189,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         if let Some(slot) = self.slot_of(&id) {
             return Err(CommandError::AlreadyPresent(slot));
         }
-        // At most 32 slots: hash discards are tracked in a u32 bitmask.
-        let slot = self
-            .files
-            .iter()
-            .take(32)
-            .position(Option::is_none)
+        let slot = vacancy(&mut self.files, usize::from(self.config.max_files))
             .ok_or(CommandError::TooManyFiles)?;
         let count = have.len();
         let busy = self.bitmap(count)?;
-        let complete = have.is_full() && matches!(manifest, ManifestState::Known(_));
+        if self.by_id.insert(id, slot as u16).is_err() {
+            return Err(CommandError::TooManyFiles);
+        }
         self.files[slot] = Some(File {
             id,
             manifest,
@@ -212,7 +211,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 seq: 0,
                 full_from: None,
             },
-            publish_pending: complete,
+            publish_pending: false,
             next_locate: now,
             locate_backoff: FIRST_LOCATE_DELAY,
             located: false,
@@ -222,6 +221,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             bytes_done: 0,
             rate: RateMeter::new(now),
             user_locate: false,
+            discard_hashes: false,
         });
         let slot = slot as u16;
         if self.session.registered.is_some() {
@@ -246,10 +246,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     pub(super) fn slot_of(&self, id: &FileId) -> Option<u16> {
-        self.files
-            .iter()
-            .position(|f| f.as_ref().is_some_and(|f| f.id == *id))
-            .map(|i| i as u16)
+        self.by_id.get(id).copied()
     }
 
     /// Whether an open connection for `slot` offers `chunk`.
@@ -260,8 +257,10 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     pub(super) fn drop_file(&mut self, slot: u16) {
-        for id in self.conns_for(slot) {
-            self.close_now(id);
+        for i in 0..self.conns.capacity() {
+            if let Some(id) = self.conn_for(i, slot) {
+                self.close_now(id);
+            }
         }
         for a in self.active.iter_mut() {
             if a.as_ref().is_some_and(|a| a.slot == slot) {
@@ -273,7 +272,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 *cand = None;
             }
         }
-        self.files[slot as usize] = None;
+        if let Some(f) = self.files.get_mut(slot as usize).and_then(Option::take) {
+            self.by_id.remove(&f.id);
+            // Its stored hashes go with the slot: a later file there writes its own.
+            self.discards -= u16::from(f.discard_hashes);
+            self.publishes -= u16::from(f.publish_pending);
+        }
     }
 
     pub(super) fn fail_fetch(&mut self, slot: u16, reason: FetchFailure) {
@@ -410,7 +414,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             return;
         };
         if hasher.finish() != Some(f.id) {
-            self.discard_hashes |= 1 << slot;
+            if let Some(f) = self.file_mut(slot) {
+                if !f.discard_hashes {
+                    f.discard_hashes = true;
+                    self.discards += 1;
+                }
+            }
             self.event(PeerEvent::ManifestRejected { slot });
             return;
         }

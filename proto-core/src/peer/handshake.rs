@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     /// An opener's first requests on a connection: register with the tracker, or offer our
     /// bitfield to a peer.
     pub(super) fn greet(&mut self, conn: ConnId) {

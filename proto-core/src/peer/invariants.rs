@@ -6,7 +6,7 @@
 
 use super::*;
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     /// Panics, naming the rule, if the peer's state is inconsistent. Cheap enough for every
     /// step of a fuzz run: one pass over the connections, files and chunks in flight.
     #[doc(hidden)]
@@ -84,9 +84,35 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             self.timers().get(Timer::Ping).is_some(),
             "the ping timer is always armed"
         );
+        assert_eq!(
+            usize::from(self.discards),
+            self.files
+                .iter()
+                .flatten()
+                .filter(|f| f.discard_hashes)
+                .count(),
+            "every pending hash discard is counted"
+        );
+        assert_eq!(
+            usize::from(self.publishes),
+            self.files
+                .iter()
+                .flatten()
+                .filter(|f| f.publish_pending)
+                .count(),
+            "every pending publish is counted"
+        );
         assert!(
-            F >= 32 || self.discard_hashes >> F == 0,
-            "hash discards only for file slots"
+            self.files
+                .iter()
+                .flatten()
+                .all(|f| self.by_id.get(&f.id).is_some()),
+            "every file is indexed by id"
+        );
+        assert_eq!(
+            self.by_id.len(),
+            self.files.iter().flatten().count(),
+            "the id index names only files"
         );
     }
 }

@@ -47,14 +47,26 @@
 //!
 //! # Memory
 //!
-//! Everything is in the struct. With `C` connections, `F` files, `W` bitmap words per file
-//! (at most `32 * W` chunks) and `A` chunks in flight, [`Peer::ram_bytes`] is the exact size;
-//! RAM grows with file size only through `W` (one bit per chunk per file and per connection).
+//! Connections, files and chunks in flight are capacities in [`PeerConfig`]; the memory behind
+//! them is the adapter's to give (see the tracker's docs and `table.rs` for why `managed`):
+//! [`Peer::new`] (feature `alloc`) starts with empty heap tables that grow on demand up to
+//! those limits; [`Peer::with_memory`] runs in a [`PeerMemory`] the adapter owns and allocates
+//! nothing. `W`, the bitmap words per file (at most `32 * W` chunks), stays a type parameter:
+//! every file and connection keeps its chunk bitmap inline. Files are found by id through an
+//! index (O(log n)), so a peer sharing a thousand files does no per-message walk over them;
+//! publishes wait in a per-file flag and go out as the tracker connection has room.
 //!
-//! | configuration | C | F | W | A | bytes |
+//! In fixed memory, [`Peer::ram_bytes`] is the exact size (the peer and its memory); RAM grows
+//! with file size only through `W` (one bit per chunk per file and per connection).
+//!
+//! | memory | C | F | W | A | bytes |
 //! |---|---|---|---|---|---|
-//! | [`SmallPeer`] | 4 | 1 | 32 (1024 chunks) | 4 | 22,448 |
-//! | [`HostPeer`] | 64 | 16 | 256 (8192 chunks) | 128 | 361,112 |
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 22,448 |
+//! | `PeerMemory<64, 16, 256, 128>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 358,768 |
+//!
+//! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
+//! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
+//! files in a process of 8.4 MiB.
 //!
 //! Per connection: a 512-byte frame buffer, the remote's chunk bitmap (`4 * W` bytes), and
 //! bounded queues of requests (32), blocks to serve (16) and control frames (16); queued blocks
@@ -64,7 +76,7 @@
 //! payload streams from the receive buffer to storage, and hashes are read from storage one
 //! at a time as chunks start.
 //!
-//! A test checks both figures (x86_64; a 32-bit target is a little smaller).
+//! A test checks both fixed figures (x86_64; a 32-bit target is a little smaller).
 
 mod candidates;
 mod config;
@@ -73,6 +85,7 @@ mod event;
 mod files;
 mod handshake;
 mod invariants;
+mod memory;
 mod rate;
 mod recv;
 mod sched;
@@ -82,7 +95,10 @@ mod tracker_session;
 mod verify;
 
 pub use config::{CommandError, PeerConfig};
+pub use memory::{PeerMemory, SmallPeerMemory};
+
 pub use event::{FetchFailure, Offence, PeerEvent, Progress};
+use memory::Parts;
 
 use candidates::Candidate;
 use conns::{Blk, Conn, Ctl, End, Req, Role, Sink};
@@ -101,28 +117,29 @@ use sha2::{Digest, Sha256};
 use crate::auth::{self, Side};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{
-    self, Accepted, ConnId, EventQueue, FixedSlots, HasLink, Link, Phase, Slot, Slots, TableFull,
-    Wire,
+    self, Accepted, ConnId, EventQueue, HasLink, Link, Phase, Slot, Slots, TableFull, Wire,
 };
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{ChunkHash, FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageWrite};
+use crate::table::vacancy;
 use crate::time::{Duration, Instant};
 use crate::wire::{
     BlockRef, ChunkRange, FileId, FrameError, Message, NodeId, PeerEntry, Refusal, RejectReason,
     MAX_RANGES, PROTOCOL_VERSION,
 };
+use managed::{ManagedMap, ManagedSlice};
 
 use rate::{RateMeter, TokenBucket};
 
-/// A peer sized for a Linux host: 64 connections, 16 files of up to 8192 chunks, 128 chunks in
-/// flight.
-pub type HostPeer = Peer<64, 16, 256, 128>;
+/// A peer for a Linux host: files of up to 8192 chunks; its tables live on the heap
+/// ([`Peer::new`]) and grow to the limits in its [`PeerConfig`].
+pub type HostPeer = Peer<'static, 256>;
 
-/// A peer small enough for a microcontroller: 4 connections, 1 file of up to 1024 chunks,
-/// 4 chunks in flight.
-pub type SmallPeer = Peer<4, 1, 32, 4>;
+/// A peer small enough for a microcontroller: files of up to 1024 chunks, its tables in a
+/// [`SmallPeerMemory`] (4 connections, 1 file, 4 chunks in flight).
+pub type SmallPeer<'a> = Peer<'a, 32>;
 
 const CTL_QUEUE: usize = 16;
 const REQ_QUEUE: usize = 32;
@@ -145,28 +162,35 @@ const FIRST_LOCATE_DELAY: Duration = Duration::from_millis(100);
 
 /// The peer state machine; see the [module docs](self).
 ///
-/// `C` connections (the tracker's included), `F` files, `W` bitmap words per file (at most
-/// `32 * W` chunks), `A` chunks in flight at once.
-pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> {
+/// `W` bitmap words per file (at most `32 * W` chunks): the one size fixed at compile time,
+/// since every file and connection keeps its chunk bitmap inline. Connections, files and
+/// chunks in flight are run-time capacities ([`PeerConfig::max_conns`],
+/// [`PeerConfig::max_files`], [`PeerConfig::max_active`]) over memory the adapter gives.
+pub struct Peer<'a, const W: usize> {
     config: PeerConfig,
     now: Instant,
     rng: Xoshiro256PlusPlus,
-    conns: FixedSlots<Conn<W>, C>,
-    files: [Option<File<W>>; F],
-    active: [Option<Active>; A],
-    candidates: [Option<Candidate>; C],
+    conns: Slots<Conn<W>, ManagedSlice<'a, Slot<Conn<W>>>>,
+    /// Indexed by storage slot.
+    files: ManagedSlice<'a, Option<File<W>>>,
+    /// Files by id.
+    by_id: ManagedMap<'a, FileId, u16>,
+    active: ManagedSlice<'a, Option<Active>>,
+    candidates: ManagedSlice<'a, Option<Candidate>>,
     /// (node, listen address, strikes): strikes at `ban_after` mean banned.
     reputation: Deque<(NodeId, SocketAddr, u8), REPUTATION>,
     events: EventQueue<PeerEvent, EVENT_QUEUE>,
     /// The tracker connection and what it has told us.
-    session: TrackerSession<C>,
+    session: TrackerSession<'a>,
     next_ping: Instant,
     ping_nonce: u32,
     upload: Option<TokenBucket>,
     slots_used: usize,
     leaving: bool,
-    /// Slots with a hash-discard action to report (one bit per slot; at most 32 slots).
-    discard_hashes: u32,
+    /// Files whose stored hashes are to be discarded (each flagged `discard_hashes`).
+    discards: u16,
+    /// Files to publish (each flagged `publish_pending`).
+    publishes: u16,
     /// Chunks that failed their hash lately, and a node that sent them.
     recent_bad: Deque<(u16, u32, NodeId), 8>,
     /// The header of the manifest whose hashes are streaming in, until they are checked.
@@ -175,23 +199,60 @@ pub struct Peer<const C: usize, const F: usize, const W: usize, const A: usize> 
     drain: Drain,
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<'a, const W: usize> Peer<'a, W> {
     /// The most chunks a file may have on this peer.
     pub const MAX_FILE_CHUNKS: u32 = ChunkBitmap::<W>::MAX_FILE_CHUNKS;
 
-    /// A peer; if a tracker is configured it connects to it at once.
+    /// A peer whose tables live on the heap: empty at first, each grown on demand up to its
+    /// limit in `config`. If a tracker is configured it connects to it at once.
+    #[cfg(feature = "alloc")]
     pub fn new(config: PeerConfig, now: Instant) -> Self {
+        use alloc::collections::BTreeMap;
+        use alloc::vec::Vec;
+        Peer::build(
+            config,
+            now,
+            Parts {
+                conns: ManagedSlice::Owned(Vec::new()),
+                files: ManagedSlice::Owned(Vec::new()),
+                by_id: ManagedMap::Owned(BTreeMap::new()),
+                active: ManagedSlice::Owned(Vec::new()),
+                candidates: ManagedSlice::Owned(Vec::new()),
+                peer_list: ManagedSlice::Owned(Vec::new()),
+            },
+        )
+    }
+
+    /// A peer whose tables live in `memory`, which the adapter owns (a device's static
+    /// memory): nothing is allocated, and each capacity is the smaller of `config`'s and the
+    /// memory's. If a tracker is configured it connects to it at once.
+    pub fn with_memory<const C: usize, const F: usize, const A: usize>(
+        config: PeerConfig,
+        now: Instant,
+        memory: &'a mut PeerMemory<C, F, W, A>,
+    ) -> Self {
+        Peer::build(config, now, memory.parts())
+    }
+
+    fn build(config: PeerConfig, now: Instant, mut parts: Parts<'a, W>) -> Self {
+        parts.by_id.clear();
+        let config = PeerConfig {
+            max_files: capacity(&parts.files, config.max_files),
+            max_active: capacity(&parts.active, config.max_active),
+            ..config
+        };
         let mut peer = Peer {
             config,
             now,
             rng: Xoshiro256PlusPlus::seed_from_u64(config.rng_seed),
-            conns: FixedSlots::new(),
-            files: core::array::from_fn(|_| None),
-            active: core::array::from_fn(|_| None),
-            candidates: [None; C],
+            conns: Slots::over(parts.conns, usize::from(config.max_conns)),
+            files: parts.files,
+            by_id: parts.by_id,
+            active: parts.active,
+            candidates: parts.candidates,
             reputation: Deque::new(),
             events: EventQueue::new(),
-            session: TrackerSession::new(now, config.reconnect_min),
+            session: TrackerSession::new(now, config.reconnect_min, parts.peer_list),
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
             upload: config
@@ -199,11 +260,21 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 .map(|r| TokenBucket::new(r, u64::from(config.block_len).max(r / 4), now)),
             slots_used: 0,
             leaving: false,
-            discard_hashes: 0,
+            discards: 0,
+            publishes: 0,
             recent_bad: Deque::new(),
             pending_header: None,
             drain: Drain::default(),
         };
+        peer.files.iter_mut().for_each(|f| *f = None);
+        peer.active.iter_mut().for_each(|a| *a = None);
+        peer.candidates.iter_mut().for_each(|c| *c = None);
+        // A candidate per connection: the smaller memory bounds both.
+        let conns = peer
+            .conns
+            .limit()
+            .min(capacity(&peer.candidates, u16::MAX).into());
+        peer.config.max_conns = u16::try_from(conns).unwrap_or(u16::MAX);
         peer.connect_tracker(now);
         peer
     }
@@ -218,9 +289,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         self.drain.input();
     }
 
-    /// The exact RAM this peer type occupies, in bytes.
-    pub const fn ram_bytes() -> usize {
-        core::mem::size_of::<Self>()
+    /// The bytes of a peer in fixed memory: the peer itself and its [`PeerMemory`].
+    pub const fn ram_bytes<const C: usize, const F: usize, const A: usize>() -> usize {
+        core::mem::size_of::<Self>() + core::mem::size_of::<PeerMemory<C, F, W, A>>()
     }
 
     // ---- commands ----------------------------------------------------------------------
@@ -296,6 +367,8 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     pub fn list_peers(&mut self, now: Instant) -> Result<(), CommandError> {
         self.enter(now);
         let t = self.tracker_open().ok_or(CommandError::NoTracker)?;
+        self.session.peer_list.iter_mut().for_each(|p| *p = None);
+        self.session.peer_list_len = 0;
         self.ctl(t, Ctl::ListPeers);
         Ok(())
     }
@@ -323,8 +396,10 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         if let Some(t) = self.tracker_open() {
             self.ctl(t, Ctl::Leave);
         }
-        let ids: Vec<ConnId, C> = self.conns.iter().map(|(id, _)| id).collect();
-        for id in ids {
+        for i in 0..self.conns.capacity() {
+            let Some(id) = self.conns.id_at(i) else {
+                continue;
+            };
             if Some(id) == self.session.conn {
                 self.close_after_flush(id);
             } else {
@@ -335,10 +410,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     // ---- queries -----------------------------------------------------------------------
 
-    /// The peer list last asked for with [`Peer::list_peers`] (at most as many entries as
-    /// this peer has connection slots).
-    pub fn peers(&self) -> &[PeerEntry] {
-        &self.session.peer_list
+    /// The peer list last asked for with [`Peer::list_peers`] (its first 1,024 entries on a
+    /// host; as many as its memory has on a device).
+    pub fn peers(&self) -> impl Iterator<Item = &PeerEntry> {
+        self.session.peer_list[..self.session.peer_list_len]
+            .iter()
+            .flatten()
     }
 
     /// The address the tracker recorded for us, while registered.
@@ -420,7 +497,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         // Keep a slot for the tracker connection.
         let used = self.conns.len()
             + usize::from(self.session.conn.is_none() && self.config.tracker.is_some());
-        let evicted = if used >= C {
+        let evicted = if used >= usize::from(self.config.max_conns) {
             let victim = self.eviction_victim().ok_or(TableFull)?;
             debug!("{:?} evicted for a newcomer", victim);
             self.teardown(victim, End::Lost);
@@ -497,7 +574,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// Bytes arrived on `conn`. See [`Recv`] for what to do with the answer.
-    pub fn handle_recv<'a>(&mut self, now: Instant, conn: ConnId, input: &'a [u8]) -> Recv<'a> {
+    pub fn handle_recv<'i>(&mut self, now: Instant, conn: ConnId, input: &'i [u8]) -> Recv<'i> {
         self.enter(now);
         let r = conn::recv(self, now, conn, input);
         self.schedule();
@@ -574,9 +651,9 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Wire for Peer<C, F, W, A> {
+impl<'a, const W: usize> Wire for Peer<'a, W> {
     type Conn = Conn<W>;
-    type Store = [Slot<Conn<W>>; C];
+    type Store = ManagedSlice<'a, Slot<Conn<W>>>;
     fn table(&self) -> &Slots<Conn<W>, Self::Store> {
         &self.conns
     }
@@ -605,12 +682,12 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Wire for Pe
     fn on_message(&mut self, id: ConnId, msg: Message) {
         Peer::on_message(self, id, msg)
     }
-    fn on_body<'a>(
+    fn on_body<'i>(
         &mut self,
         id: ConnId,
-        data: &'a [u8],
+        data: &'i [u8],
         remaining: u64,
-    ) -> Option<StorageWrite<'a>> {
+    ) -> Option<StorageWrite<'i>> {
         Peer::on_body(self, id, data, remaining)
     }
     fn on_frame_error(&mut self, id: ConnId, e: FrameError) {
@@ -618,7 +695,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Wire for Pe
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Outputs for Peer<C, F, W, A> {
+impl<'a, const W: usize> Outputs for Peer<'a, W> {
     type Event = PeerEvent;
     fn drain_state(&mut self) -> &mut Drain {
         &mut self.drain
@@ -648,9 +725,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Outputs for
                 });
             }
         }
-        if self.discard_hashes != 0 {
-            let slot = self.discard_hashes.trailing_zeros();
-            self.discard_hashes &= !(1 << slot);
+        if self.discards > 0 {
+            let (slot, f) = self
+                .files
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, f)| f.as_mut().filter(|f| f.discard_hashes).map(|f| (i, f)))?;
+            f.discard_hashes = false;
+            self.discards -= 1;
             return Some(Action::Discard(key(slot as u16, Region::Hashes)));
         }
         None
@@ -662,6 +744,16 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Outputs for
         // The ping timer is always armed, so there is always an earliest.
         let next = self.timers().earliest().unwrap_or(self.next_ping);
         next.max(self.now)
+    }
+}
+
+/// How many entries a table over `memory` may hold: `limit`, or the memory's length if it
+/// cannot grow.
+fn capacity<T>(memory: &ManagedSlice<'_, T>, limit: u16) -> u16 {
+    match memory {
+        ManagedSlice::Borrowed(s) => u16::try_from(s.len()).unwrap_or(u16::MAX).min(limit),
+        #[cfg(feature = "alloc")]
+        ManagedSlice::Owned(_) => limit,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     pub(super) fn on_peer_message(&mut self, id: ConnId, msg: Message) {
         match msg {
             Message::Ping(n) => self.ctl(id, Ctl::Pong(n)),

@@ -33,13 +33,16 @@ use sha2::{Digest, Sha256};
 use super::{Active, Blk, Conn, Ctl, Peer, Phase, Req};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::ConnId;
+use crate::table::vacancy;
 use crate::time::{Duration, Instant};
 use crate::wire::{ChunkRange, NodeId};
 
 /// Blocks every pipeline may hold whatever its measured rate.
 const MIN_PIPELINE_BLOCKS: u64 = 4;
+/// Connections whose availability counts towards a chunk's rarity.
+const OFFERS: usize = 32;
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     pub(super) fn after_command(&mut self, now: Instant) {
         self.enter(now);
         self.schedule();
@@ -49,10 +52,11 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// connection's pipeline.
     pub(super) fn schedule(&mut self) {
         self.connect_candidates();
-        let idle: Vec<ConnId, C> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
+        for i in 0..self.conns.capacity() {
+            let Some(id) = self.conns.id_at(i) else {
+                continue;
+            };
+            let idle = self.conns.get(id).is_some_and(|c| {
                 c.is_open()
                     && c.bitfield_in
                     && c.remote_has.is_full()
@@ -60,14 +64,13 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     && c.file
                         .and_then(|s| self.file(s))
                         .is_some_and(|f| f.complete())
-            })
-            .map(|(id, _)| id)
-            .collect();
-        for id in idle {
-            // Both ends hold the whole file: nothing will ever cross this connection.
-            self.close_now(id);
+            });
+            if idle {
+                // Both ends hold the whole file: nothing will ever cross this connection.
+                self.close_now(id);
+            }
         }
-        for index in 0..C {
+        for index in 0..self.conns.capacity() {
             if let Some(id) = self.conns.id_at(index) {
                 self.fill(id);
             }
@@ -225,7 +228,10 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let c = self.conns.get(id)?;
         let f = self.file(slot)?;
         let count = f.header()?.chunk_count();
-        if count == 0 || self.active.iter().all(Option::is_some) {
+        // No place for another chunk in flight: every place taken, and none can be added.
+        let active_full = self.active.len() >= usize::from(self.config.max_active)
+            && self.active.iter().all(Option::is_some);
+        if count == 0 || active_full {
             return None;
         }
         let node = c.link.hello.map(|h| h.node).unwrap_or_default();
@@ -236,11 +242,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         let mut ties = 0u64;
         // The availability of every open connection for this file, gathered once: the scan
         // below looks at it for each candidate chunk.
-        let offers: Vec<(&ChunkBitmap<W>, bool), C> = self
+        // At most OFFERS of them: a file has at most `max_conns_per_file` connections of
+        // ours plus those that reached us, and a rarity estimate needs no more.
+        let offers: Vec<(&ChunkBitmap<W>, bool), OFFERS> = self
             .conns
             .iter()
             .filter(|(_, o)| o.file == Some(slot) && o.is_open() && o.bitfield_in)
             .map(|(_, o)| (&o.remote_has, !o.remote_has.is_full()))
+            .take(OFFERS)
             .collect();
         for chunk in 0..count {
             if !c.remote_has.get(chunk) || f.have.get(chunk) || f.busy.get(chunk) {
@@ -281,7 +290,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// for, and of which nothing has arrived yet, are cancelled there and go back to the pool,
     /// to be fetched from the swarm (the rule of step 3, kept as availability changes).
     pub(super) fn prefer_swarm(&mut self, slot: u16, ranges: &[ChunkRange]) {
-        for i in 0..A {
+        for i in 0..self.active.len() {
             let Some(a) = self.active[i].as_ref() else {
                 continue;
             };
@@ -311,7 +320,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     pub(super) fn start_chunk(&mut self, slot: u16, chunk: u32, owner: ConnId) -> bool {
-        let Some(free) = self.active.iter().position(Option::is_none) else {
+        let Some(free) = vacancy(&mut self.active, usize::from(self.config.max_active)) else {
             return false;
         };
         self.active[free] = Some(Active {
@@ -365,8 +374,10 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Drops every request for `chunk` of `slot`; those already sent are cancelled.
     pub(super) fn cancel_requests(&mut self, slot: u16, chunk: u32) {
-        for id in self.conns_for(slot) {
-            self.drop_requests(id, |b| b.chunk == chunk);
+        for i in 0..self.conns.capacity() {
+            if let Some(id) = self.conn_for(i, slot) {
+                self.drop_requests(id, |b| b.chunk == chunk);
+            }
         }
     }
 
@@ -467,7 +478,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         } else if let Some(c) = self.conns.get_mut(id) {
             c.reqs.clear();
         }
-        for i in 0..A {
+        for i in 0..self.active.len() {
             self.unassign(i, id);
         }
     }
@@ -475,17 +486,18 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     /// Connections whose requests went unanswered too long lose their work for a while.
     pub(super) fn check_stalls(&mut self, now: Instant) {
         let timeout = self.config.stall_timeout;
-        let stalled: Vec<ConnId, C> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| {
+        for i in 0..self.conns.capacity() {
+            let Some(id) = self.conns.id_at(i) else {
+                continue;
+            };
+            let stalled = self.conns.get(id).is_some_and(|c| {
                 c.link.phase == Phase::Open
                     && c.reqs.iter().any(|r| r.sent.is_some())
                     && now - c.link.last_rx >= timeout
-            })
-            .map(|(id, _)| id)
-            .collect();
-        for id in stalled {
+            });
+            if !stalled {
+                continue;
+            }
             self.release_work(id, true);
             if let Some(c) = self.conns.get_mut(id) {
                 c.pause_until = now + timeout;

@@ -14,7 +14,7 @@ use crate::io::Transmit;
 use crate::storage::{Region, StorageSend};
 use crate::wire::{encode_frame, FileId, Hello, Message, PROTOCOL_VERSION};
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     pub(super) fn next_frame(
         &mut self,
         id: ConnId,
@@ -44,7 +44,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                     return None;
                 }
                 match c.role {
-                    Role::Tracker => (self.tracker_have()?, None),
+                    Role::Tracker => self.tracker_next(id)?,
                     Role::Peer { .. } => self.peer_data(id)?,
                 }
             }
@@ -161,9 +161,27 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
     }
 
     /// A `Have` for the tracker: newly verified chunks of any file it lists.
+    /// What the tracker connection sends when its control queue is empty: a publish that is
+    /// due, else a have-update.
+    pub(super) fn tracker_next(&mut self, id: ConnId) -> Option<(Message, Option<StorageSend>)> {
+        self.session.registered?;
+        if self.publishes > 0 {
+            let slot = self
+                .files
+                .iter()
+                .position(|f| f.as_ref().is_some_and(|f| f.publish_pending))?;
+            if let Some(f) = self.files[slot].as_mut() {
+                f.publish_pending = false;
+                self.publishes -= 1;
+            }
+            return self.render_ctl(id, Ctl::Publish(slot as u16));
+        }
+        Some((self.tracker_have()?, None))
+    }
+
     pub(super) fn tracker_have(&mut self) -> Option<Message> {
         self.session.registered?;
-        for slot in 0..F as u16 {
+        for slot in 0..self.files.len() as u16 {
             let Some(f) = self.files[slot as usize].as_mut() else {
                 continue;
             };

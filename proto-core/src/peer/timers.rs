@@ -63,7 +63,7 @@ impl TimerTable {
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     /// Every timer's deadline, as the state says now.
     pub(super) fn timers(&self) -> TimerTable {
         let mut table = TimerTable::default();
@@ -133,7 +133,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
             Timer::Ping => self.ping_round(now),
             Timer::TrackerRetry => self.connect_tracker(now),
             Timer::Locate => {
-                for slot in 0..F as u16 {
+                for slot in 0..self.files.len() as u16 {
                     self.file_tick(slot, now);
                 }
             }

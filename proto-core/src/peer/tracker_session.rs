@@ -5,7 +5,7 @@
 use super::*;
 
 /// The tracker connection and what it has told us: one per peer.
-pub(super) struct TrackerSession<const C: usize> {
+pub(super) struct TrackerSession<'a> {
     /// The connection, while there is one (open or not).
     pub(super) conn: Option<ConnId>,
     /// When to reconnect after losing it.
@@ -14,31 +14,39 @@ pub(super) struct TrackerSession<const C: usize> {
     pub(super) backoff: Duration,
     /// The address the tracker recorded for us, while registered.
     pub(super) registered: Option<SocketAddr>,
-    /// The last peer list asked for (its first `C` entries), and the one arriving.
-    pub(super) peer_list: Vec<PeerEntry, C>,
-    pub(super) peer_list_next: Vec<PeerEntry, C>,
+    /// The last peer list asked for (as many entries as there are places; the event says
+    /// how many the tracker has), filled as it arrives: the first `peer_list_len` places.
+    pub(super) peer_list: ManagedSlice<'a, Option<PeerEntry>>,
+    pub(super) peer_list_len: usize,
     /// The user asked for the file list: its answers are events.
     pub(super) user_list: bool,
     /// A user's locate of a file this peer neither shares nor fetches.
     pub(super) user_locates_untracked: Option<FileId>,
 }
 
-impl<const C: usize> TrackerSession<C> {
-    pub(super) fn new(now: Instant, backoff: Duration) -> Self {
+/// The most entries of a peer list kept on a host (a device keeps as many as its memory has).
+const PEER_LIST_MAX: usize = 1024;
+
+impl<'a> TrackerSession<'a> {
+    pub(super) fn new(
+        now: Instant,
+        backoff: Duration,
+        peer_list: ManagedSlice<'a, Option<PeerEntry>>,
+    ) -> Self {
         TrackerSession {
             conn: None,
             retry_at: now,
             backoff,
             registered: None,
-            peer_list: Vec::new(),
-            peer_list_next: Vec::new(),
+            peer_list,
+            peer_list_len: 0,
             user_list: false,
             user_locates_untracked: None,
         }
     }
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     pub(super) fn connect_tracker(&mut self, now: Instant) {
         let Some(addr) = self.config.tracker else {
             return;
@@ -82,7 +90,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
         };
         let id = f.id;
         match &f.manifest {
-            ManifestState::Known(_) if f.have.is_full() => f.publish_pending = true,
+            ManifestState::Known(_) if f.have.is_full() => self.want_publish(slot),
             ManifestState::Known(_) => {
                 f.tracker.full_from = (f.have.count() > 0).then_some(0);
                 // Join the swarm even with nothing yet, so other fetchers find us.
@@ -93,10 +101,15 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 self.ctl(t, Ctl::GetManifest(id));
             }
         }
+    }
+
+    /// `slot` is to be published (again): sent by the tracker connection when it has room,
+    /// so sharing a thousand files never overflows a queue.
+    pub(super) fn want_publish(&mut self, slot: u16) {
         if let Some(f) = self.file_mut(slot) {
-            if f.publish_pending {
-                f.publish_pending = false;
-                self.ctl(t, Ctl::Publish(slot));
+            if !f.publish_pending {
+                f.publish_pending = true;
+                self.publishes += 1;
             }
         }
     }
@@ -109,7 +122,7 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 self.session.registered = Some(addr);
                 self.session.backoff = self.config.reconnect_min;
                 self.event(PeerEvent::Registered { addr });
-                for slot in 0..F as u16 {
+                for slot in 0..self.files.len() as u16 {
                     self.announce_file(slot);
                 }
             }
@@ -118,18 +131,15 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
                 self.close_now(id);
             }
             Message::PeerListItem(p) => {
-                let _ = self.session.peer_list_next.push(p);
+                // A list longer than there are places keeps its first entries; the end's
+                // event tells the whole count.
+                let s = &mut self.session;
+                if let Some(place) = vacancy(&mut s.peer_list, PEER_LIST_MAX) {
+                    s.peer_list[place] = Some(p);
+                    s.peer_list_len = s.peer_list_len.max(place + 1);
+                }
             }
-            Message::PeerListEnd { count } => {
-                // A list longer than this peer's table keeps its first entries; the event
-                // tells the whole count.
-                core::mem::swap(
-                    &mut self.session.peer_list,
-                    &mut self.session.peer_list_next,
-                );
-                self.session.peer_list_next.clear();
-                self.event(PeerEvent::PeerList { count });
-            }
+            Message::PeerListEnd { count } => self.event(PeerEvent::PeerList { count }),
             Message::Published { file } => self.event(PeerEvent::Published { file }),
             Message::PublishRefused { file, reason } => {
                 self.event(PeerEvent::PublishRefused { file, reason })

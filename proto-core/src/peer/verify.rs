@@ -48,7 +48,7 @@ pub(super) struct Active {
     pub(super) contributors: Vec<(ConnId, SocketAddr, NodeId), 4>,
 }
 
-impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, W, A> {
+impl<const W: usize> Peer<'_, W> {
     /// A block's body ended on connection `id`.
     pub(super) fn end_block(&mut self, id: ConnId, active: Option<usize>, chunk: u32) {
         let Some(i) = active else {
@@ -139,24 +139,14 @@ impl<const C: usize, const F: usize, const W: usize, const A: usize> Peer<C, F, 
 
     /// Every chunk is verified: the fetch becomes a share.
     pub(super) fn complete_file(&mut self, slot: u16) {
-        let tracker = self
-            .tracker_open()
-            .filter(|_| self.session.registered.is_some());
         let Some(f) = self.file_mut(slot) else {
             return;
         };
         f.fetching = false;
         f.unavailable_since = None;
         self.event(PeerEvent::FileComplete { slot });
-        match tracker {
-            // Publishing also brings a delisted file back.
-            Some(t) => self.ctl(t, Ctl::Publish(slot)),
-            None => {
-                if let Some(f) = self.file_mut(slot) {
-                    f.publish_pending = true;
-                }
-            }
-        }
+        // Publishing also brings a delisted file back.
+        self.want_publish(slot);
         for cand in self.candidates.iter_mut() {
             if cand.is_some_and(|c| c.slot == slot && c.conn.is_none()) {
                 *cand = None;
