@@ -51,14 +51,16 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     drop(data);
 
     let stop = Arc::new(AtomicBool::new(false));
+    // The tracker stops last, so no peer reports losing it on the way out.
+    let stop_tracker = Arc::new(AtomicBool::new(false));
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
 
     let (tx, rx) = mpsc::channel();
-    let s = stop.clone();
+    let s = stop_tracker.clone();
     let tracker = spawn(move || {
         cli::tracker(
             loopback,
-            cli::MAX_TRACKER_PEERS,
+            1024,
             false,
             |a| {
                 let _ = tx.send(a);
@@ -132,6 +134,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
             Ok((i, t)) => times[i] = t,
             Err(_) => {
                 stop.store(true, Ordering::Relaxed);
+                stop_tracker.store(true, Ordering::Relaxed);
                 return Err(anyhow!("the downloads did not finish within 10 minutes"));
             }
         }
@@ -148,6 +151,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     seeder
         .join()
         .map_err(|_| anyhow!("the seeder thread panicked"))??;
+    stop_tracker.store(true, Ordering::Relaxed);
     tracker
         .join()
         .map_err(|_| anyhow!("the tracker thread panicked"))??;
