@@ -1277,3 +1277,34 @@ fn a_registered_peer_refused_leaves_the_list_with_what_it_held() {
     );
     net.t.check_invariants();
 }
+
+#[test]
+fn a_locate_names_at_most_locate_holders_starting_further_along_each_time() {
+    let mut config = TrackerConfig::new(node(0xee));
+    config.locate_holders = 2;
+    let mut net = Net::with(config);
+    let f = file("many.bin", 4096, 3);
+    // Five holders: one publisher, four that hold some chunks.
+    let holders: Vec<ConnId> = (1..=5)
+        .map(|i| net.peer(&format!("10.0.0.{i}:1"), i, 7000))
+        .collect();
+    publish(&mut net, holders[0], &f);
+    for &h in &holders[1..] {
+        let mut ranges = heapless::Vec::new();
+        ranges.push(ChunkRange { start: 0, end: 2 }).unwrap();
+        net.send(h, &Message::Have { file: f.1, ranges });
+    }
+    let asker = net.peer("10.0.1.1:1", 9, 7000);
+    let mut firsts = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let answer = net.locate(asker, f.1).unwrap();
+        assert_eq!(answer.len(), 2, "{answer:?}");
+        firsts.push(answer[0].0.node);
+        seen.extend(answer.iter().map(|(p, _)| p.node));
+    }
+    // Each answer starts one holder further along, so five asks see all five holders.
+    assert_eq!(seen.len(), 5, "{firsts:?}");
+    let distinct: std::collections::BTreeSet<_> = firsts.iter().collect();
+    assert_eq!(distinct.len(), 5, "{firsts:?}");
+}
