@@ -51,6 +51,7 @@ pub trait Node {
     /// One `handle_recv` with its storage write carried out: returns the bytes consumed and
     /// whether anything was written. A failed write is reported to the node (which gives up
     /// the fetch) and handed to `on_error`.
+    #[inline(always)]
     fn recv_stored<S: Storage + ?Sized>(
         &mut self,
         now: Instant,

@@ -183,6 +183,9 @@ impl<T, S: Store<Slot<T>>> Slots<T, S> {
         Ok(ConnId::from_parts(index, slot.generation))
     }
 
+    // Not inlined: called from a hundred places, and each inlined copy (a bounds check, the
+    // generation, the entry's tag) cost the firmware flash.
+    #[inline(never)]
     pub(crate) fn get(&self, id: ConnId) -> Option<&T> {
         match self.store.slots().get(id.index()) {
             Some(Slot {
@@ -193,6 +196,7 @@ impl<T, S: Store<Slot<T>>> Slots<T, S> {
         }
     }
 
+    #[inline(never)]
     pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut T> {
         match self.store.slots_mut().get_mut(id.index()) {
             Some(Slot {

@@ -237,10 +237,12 @@ impl<const W: usize> Peer<'_, W> {
             .map_or(0, ManifestHeader::chunk_count)
     }
 
+    #[inline(never)]
     pub(super) fn file(&self, slot: u16) -> Option<&File<W>> {
         self.files.get(slot as usize)?.as_ref()
     }
 
+    #[inline(never)]
     pub(super) fn file_mut(&mut self, slot: u16) -> Option<&mut File<W>> {
         self.files.get_mut(slot as usize)?.as_mut()
     }
