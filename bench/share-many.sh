@@ -17,14 +17,8 @@ trap 'rm -rf "$WORK"' EXIT
 export SHOAL_STATE_DIR=$WORK/state
 mkdir -p "$WORK/files"
 for i in $(seq "$N"); do head -c $((KIB * 1024)) /dev/urandom > "$WORK/files/f$i.bin"; done
-timeout 600 "$SHOAL" tracker --listen 127.0.0.1:0 2> "$WORK/tracker.log" & tr=$!
-addr=
-for _ in $(seq 100); do
-  addr=$(sed -n 's/.*tracker listening on \([0-9.:]*\).*/\1/p' "$WORK/tracker.log" | head -1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "the tracker did not start" >&2; kill "$tr"; exit 1; }
+. "$ROOT/bench/tracker-lib.sh"
+start_tracker "$SHOAL" "$WORK/tracker.log"
 start=$(date +%s.%N)
 timeout 600 "$SHOAL" share "$WORK"/files/*.bin --tracker "$addr" --listen 127.0.0.1:0 \
   > "$WORK/links.txt" 2> "$WORK/share.log" & sh=$!

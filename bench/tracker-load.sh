@@ -17,15 +17,8 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 # A tracker and the generator each need a descriptor per peer.
 ulimit -n "$(ulimit -Hn)"
-timeout 600 "$ROOT/target/release/shoal" tracker --listen 127.0.0.1:0 2> "$WORK/tracker.log" &
-tr=$!
-addr=
-for _ in $(seq 100); do
-  addr=$(sed -n 's/.*tracker listening on \([0-9.:]*\).*/\1/p' "$WORK/tracker.log" | head -1)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-if [ -z "$addr" ]; then echo "the tracker did not start:" >&2; cat "$WORK/tracker.log" >&2; kill "$tr"; exit 1; fi
+. "$ROOT/bench/tracker-lib.sh"
+start_tracker "$ROOT/target/release/shoal" "$WORK/tracker.log"
 grep -o 'tracker holds up to.*' "$WORK/tracker.log"
 timeout 600 "$ROOT/target/release/tracker-load" --tracker "$addr" "${ARGS[@]}"
 rc=$?

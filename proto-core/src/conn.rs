@@ -182,6 +182,38 @@ impl<T: HasLink, S: Store<Slot<T>>> Slots<T, S> {
         self.remove(id);
         Some(id)
     }
+
+    /// The ping round's verdict on table index `i`: nothing (no connection there, or not
+    /// open), [`PingTurn::Dead`] (it left `max_missed` pings in a row unanswered: close it),
+    /// or [`PingTurn::Ping`] with the next nonce (the node queues it, then calls
+    /// [`Slots::pinged`] if it fit). Both nodes walk their tables with this.
+    pub(crate) fn ping_turn(&self, i: usize, max_missed: u8, nonce: &mut u32) -> Option<PingTurn> {
+        let id = self.id_at(i)?;
+        let link = self.get(id)?.link();
+        if link.phase != Phase::Open {
+            return None;
+        }
+        if link.missed_pings >= max_missed {
+            return Some(PingTurn::Dead(id));
+        }
+        *nonce = nonce.wrapping_add(1);
+        Some(PingTurn::Ping(id, *nonce))
+    }
+
+    /// A ping was queued for `id`: one more unanswered, until its pong.
+    pub(crate) fn pinged(&mut self, id: ConnId) {
+        if let Some(c) = self.get_mut(id) {
+            c.link_mut().missed_pings += 1;
+        }
+    }
+}
+
+/// What a ping round does with one connection (see [`Slots::ping_turn`]).
+pub(crate) enum PingTurn {
+    /// Too many pings unanswered: close it.
+    Dead(ConnId),
+    /// Ping it with this nonce.
+    Ping(ConnId, u32),
 }
 
 /// Events kept for the adapter between drains; when full, newer ones are counted as lost.

@@ -356,22 +356,18 @@ impl<const W: usize> Peer<'_, W> {
         self.next_ping = now + self.config.ping_interval;
         let max = self.config.max_missed_pings;
         for i in 0..self.conns.capacity() {
-            let Some(id) = self.conns.id_at(i) else {
-                continue;
-            };
-            let Some(c) = self.conns.get_mut(id) else {
-                continue;
-            };
-            if c.link.phase != Phase::Open {
-                continue;
-            }
-            if c.link.missed_pings >= max {
-                self.close_now(id);
-                continue;
-            }
-            self.ping_nonce = self.ping_nonce.wrapping_add(1);
-            if c.ctl.push_back(Ctl::Ping(self.ping_nonce)).is_ok() {
-                c.link.missed_pings += 1;
+            match self.conns.ping_turn(i, max, &mut self.ping_nonce) {
+                Some(PingTurn::Dead(id)) => self.close_now(id),
+                Some(PingTurn::Ping(id, n)) => {
+                    let queued = self
+                        .conns
+                        .get_mut(id)
+                        .is_some_and(|c| c.ctl.push_back(Ctl::Ping(n)).is_ok());
+                    if queued {
+                        self.conns.pinged(id);
+                    }
+                }
+                None => {}
             }
         }
     }

@@ -117,7 +117,8 @@ use sha2::{Digest, Sha256};
 use crate::auth::{self, Side};
 use crate::bitmap::ChunkBitmap;
 use crate::conn::{
-    self, Accepted, ConnId, EventQueue, HasLink, Link, Phase, Slot, Slots, TableFull, Wire,
+    self, Accepted, ConnId, EventQueue, HasLink, Link, Phase, PingTurn, Slot, Slots, TableFull,
+    Wire,
 };
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};

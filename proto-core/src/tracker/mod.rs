@@ -97,7 +97,9 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::auth::{self, Nonce, Side};
 use crate::bitmap::{self, BitPool};
-use crate::conn::{self, Accepted, ConnId, HasLink, Link, Phase, Slot, Slots, TableFull, Wire};
+use crate::conn::{
+    self, Accepted, ConnId, HasLink, Link, Phase, PingTurn, Slot, Slots, TableFull, Wire,
+};
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
@@ -512,30 +514,26 @@ impl<'a> Tracker<'a> {
             Timer::Ping => {
                 self.next_ping = now + self.config.ping_interval;
                 let max_missed = self.config.max_missed_pings;
-                let mut nonce = self.ping_nonce;
                 for i in 0..self.conns.capacity() {
-                    let Some(id) = self.conns.id_at(i) else {
-                        continue;
-                    };
-                    let Some(c) = self.conns.get_mut(id) else {
-                        continue;
-                    };
-                    if c.link.phase != Phase::Open {
-                        continue;
-                    }
-                    if c.link.missed_pings >= max_missed {
-                        debug!("{:?} missed {} pings", id, max_missed);
-                        self.unregister(id, LeaveReason::TimedOut);
-                        self.close_now(id);
-                        continue;
-                    }
-                    nonce = nonce.wrapping_add(1);
-                    if c.replies.push_back(Reply::Ping(nonce)).is_ok() {
-                        c.link.missed_pings += 1;
-                        self.wake(id);
+                    match self.conns.ping_turn(i, max_missed, &mut self.ping_nonce) {
+                        Some(PingTurn::Dead(id)) => {
+                            debug!("{:?} missed {} pings", id, max_missed);
+                            self.unregister(id, LeaveReason::TimedOut);
+                            self.close_now(id);
+                        }
+                        Some(PingTurn::Ping(id, n)) => {
+                            let queued = self
+                                .conns
+                                .get_mut(id)
+                                .is_some_and(|c| c.replies.push_back(Reply::Ping(n)).is_ok());
+                            if queued {
+                                self.conns.pinged(id);
+                                self.wake(id);
+                            }
+                        }
+                        None => {}
                     }
                 }
-                self.ping_nonce = nonce;
             }
         }
     }
