@@ -29,6 +29,10 @@
 //!   address, or one past `max_peers`, is refused with a [`Refusal`] and the connection closed.
 //! - One IP address holds at most [`TrackerConfig::max_conns_per_ip`] connections, so a single
 //!   host cannot fill the tables with fake peers and lock honest ones out.
+//! - A full connection table makes room for a newcomer: the connection longest in its
+//!   handshake goes first, then the one that finished it longest ago without registering
+//!   ([`Accepted::evicted`]). A registered peer is never evicted: with every slot registered,
+//!   the newcomer is refused. A handshake has [`TrackerConfig::handshake_timeout`] (5 s).
 //! - The address recorded for a peer is the IP its connection came from with the listen port it
 //!   announced, never an address it claims.
 //! - Every [`TrackerConfig::ping_interval`] each connection that finished its handshake is
