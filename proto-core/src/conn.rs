@@ -52,6 +52,20 @@ impl fmt::Debug for ConnId {
     }
 }
 
+/// A protocol violation by a remote: either node cuts it off (a peer also counts a strike).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Offence {
+    /// Its bytes did not decode.
+    Frame(FrameError),
+    /// A message not allowed now (before `Hello`, or one meant for the other kind of node).
+    Unexpected,
+    /// A chunk range or bitfield that does not fit the file.
+    BadRange,
+    /// Too many block bytes that were never asked for (peers only).
+    Unsolicited,
+}
+
 /// The connection table is full; the adapter should refuse (close) the new socket.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -391,6 +391,16 @@ mod ring_tests {
     }
 }
 
+/// How many entries a table over `memory` may hold: `limit`, or the memory's length if it
+/// cannot grow.
+pub(crate) fn capacity<T>(memory: &ManagedSlice<'_, T>, limit: u16) -> u16 {
+    if memory.can_grow() {
+        limit
+    } else {
+        u16::try_from(memory.len()).unwrap_or(u16::MAX).min(limit)
+    }
+}
+
 /// A free place in `table`: the first empty one, or a new one at the end if its memory can
 /// grow and it has fewer than `limit` places. `None` when full.
 pub(crate) fn vacancy<T>(table: &mut ManagedSlice<'_, Option<T>>, limit: usize) -> Option<usize> {

@@ -3,10 +3,9 @@
 
 use core::net::SocketAddr;
 
+pub use crate::conn::Offence;
 use crate::manifest::ManifestHeader;
-use crate::wire::{
-    ChunkRange, FileEntry, FileId, FrameError, HolderItem, NodeId, PublishRefusal, Refusal,
-};
+use crate::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PublishRefusal, Refusal};
 
 /// Where a download stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,18 +197,4 @@ pub enum PeerEvent {
         /// Why.
         reason: FetchFailure,
     },
-}
-
-/// A protocol violation by a remote.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Offence {
-    /// Its bytes did not decode.
-    Frame(FrameError),
-    /// A message not allowed now.
-    Unexpected,
-    /// A chunk range or bitfield that does not fit the file.
-    BadRange,
-    /// Too many block bytes that were never asked for.
-    Unsolicited,
 }

@@ -72,3 +72,20 @@ pub(super) struct Parts<'a, const W: usize> {
     pub(super) candidates: ManagedSlice<'a, Option<Candidate>>,
     pub(super) peer_list: ManagedSlice<'a, Option<PeerEntry>>,
 }
+
+impl<const W: usize> Parts<'static, W> {
+    /// Empty heap tables, each grown on demand (feature `alloc`).
+    #[cfg(feature = "alloc")]
+    pub(super) fn heap() -> Self {
+        use alloc::collections::BTreeMap;
+        use alloc::vec::Vec;
+        Parts {
+            conns: ManagedSlice::Owned(Vec::new()),
+            files: ManagedSlice::Owned(Vec::new()),
+            by_id: ManagedMap::Owned(BTreeMap::new()),
+            active: ManagedSlice::Owned(Vec::new()),
+            candidates: ManagedSlice::Owned(Vec::new()),
+            peer_list: ManagedSlice::Owned(Vec::new()),
+        }
+    }
+}

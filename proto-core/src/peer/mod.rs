@@ -124,7 +124,7 @@ use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{ChunkHash, FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageWrite};
-use crate::table::vacancy;
+use crate::table::{capacity, vacancy};
 use crate::time::{Duration, Instant};
 use crate::wire::{
     BlockRef, ChunkRange, FileId, FrameError, Message, NodeId, PeerEntry, Refusal, RejectReason,
@@ -208,20 +208,7 @@ impl<'a, const W: usize> Peer<'a, W> {
     /// limit in `config`. If a tracker is configured it connects to it at once.
     #[cfg(feature = "alloc")]
     pub fn new(config: PeerConfig, now: Instant) -> Self {
-        use alloc::collections::BTreeMap;
-        use alloc::vec::Vec;
-        Peer::build(
-            config,
-            now,
-            Parts {
-                conns: ManagedSlice::Owned(Vec::new()),
-                files: ManagedSlice::Owned(Vec::new()),
-                by_id: ManagedMap::Owned(BTreeMap::new()),
-                active: ManagedSlice::Owned(Vec::new()),
-                candidates: ManagedSlice::Owned(Vec::new()),
-                peer_list: ManagedSlice::Owned(Vec::new()),
-            },
-        )
+        Peer::build(config, now, Parts::heap())
     }
 
     /// A peer whose tables live in `memory`, which the adapter owns (a device's static
@@ -745,16 +732,6 @@ impl<'a, const W: usize> Outputs for Peer<'a, W> {
         // The ping timer is always armed, so there is always an earliest.
         let next = self.timers().earliest().unwrap_or(self.next_ping);
         next.max(self.now)
-    }
-}
-
-/// How many entries a table over `memory` may hold: `limit`, or the memory's length if it
-/// cannot grow.
-fn capacity<T>(memory: &ManagedSlice<'_, T>, limit: u16) -> u16 {
-    match memory {
-        ManagedSlice::Borrowed(s) => u16::try_from(s.len()).unwrap_or(u16::MAX).min(limit),
-        #[cfg(feature = "alloc")]
-        ManagedSlice::Owned(_) => limit,
     }
 }
 

@@ -4,9 +4,10 @@
 use core::net::SocketAddr;
 
 use crate::auth::SwarmKey;
+pub use crate::conn::Offence;
 use crate::manifest::Name;
 use crate::time::Duration;
-use crate::wire::{FileId, FrameError, NodeId, PublishRefusal, Refusal};
+use crate::wire::{FileId, NodeId, PublishRefusal, Refusal};
 
 /// Settings for a [`Tracker`](super::Tracker).
 #[derive(Clone, Copy, Debug)]
@@ -88,18 +89,6 @@ pub enum LeaveReason {
     TimedOut,
     /// It broke the protocol and was disconnected.
     Misbehaved,
-}
-
-/// A protocol violation by a remote; the tracker disconnects it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum Offence {
-    /// Its bytes did not decode.
-    Frame(FrameError),
-    /// It sent a message that is not allowed now (before `Hello`, or a tracker-only message).
-    Unexpected,
-    /// A chunk range outside the file.
-    BadRange,
 }
 
 /// A table that was full when something needed a place in it.

@@ -77,3 +77,46 @@ impl<const C: usize, const F: usize, const H: usize, const W: usize> Default
         Self::new()
     }
 }
+
+/// The memory of every table, borrowed or owned.
+pub(super) struct Parts<'a> {
+    pub(super) conns: Mem<'a, Conn>,
+    pub(super) files: Mem<'a, FileState>,
+    pub(super) words: ManagedSlice<'a, u32>,
+    pub(super) by_id: ManagedMap<'a, FileId, u16>,
+    pub(super) holders: ManagedMap<'a, (u16, u16), Holding>,
+    pub(super) held: ManagedMap<'a, (u16, u16), ()>,
+    pub(super) nodes: ManagedMap<'a, NodeId, u16>,
+    pub(super) addrs: ManagedMap<'a, SocketAddr, u16>,
+    pub(super) per_ip: ManagedMap<'a, IpAddr, u16>,
+    pub(super) handshakes: ManagedMap<'a, (Instant, u16), ()>,
+    pub(super) ready: ManagedMap<'a, u16, ()>,
+    pub(super) closed: ManagedMap<'a, ConnId, ()>,
+    pub(super) strangers: ManagedMap<'a, (Instant, u16), ()>,
+    pub(super) events: ManagedSlice<'a, Option<TrackerEvent>>,
+}
+
+impl Parts<'static> {
+    /// Empty heap tables, each grown on demand (feature `alloc`).
+    #[cfg(feature = "alloc")]
+    pub(super) fn heap() -> Self {
+        use alloc::collections::BTreeMap;
+        use alloc::vec::Vec;
+        Parts {
+            conns: ManagedSlice::Owned(Vec::new()),
+            files: ManagedSlice::Owned(Vec::new()),
+            words: ManagedSlice::Owned(Vec::new()),
+            by_id: ManagedMap::Owned(BTreeMap::new()),
+            holders: ManagedMap::Owned(BTreeMap::new()),
+            held: ManagedMap::Owned(BTreeMap::new()),
+            nodes: ManagedMap::Owned(BTreeMap::new()),
+            addrs: ManagedMap::Owned(BTreeMap::new()),
+            per_ip: ManagedMap::Owned(BTreeMap::new()),
+            handshakes: ManagedMap::Owned(BTreeMap::new()),
+            ready: ManagedMap::Owned(BTreeMap::new()),
+            closed: ManagedMap::Owned(BTreeMap::new()),
+            strangers: ManagedMap::Owned(BTreeMap::new()),
+            events: ManagedSlice::Owned(Vec::new()),
+        }
+    }
+}

@@ -19,9 +19,10 @@
 //! because its remote is not reading. Keep the rest, stop reading that socket, and offer the
 //! rest again after draining. That is the backpressure that keeps every queue here bounded.
 //!
-//! This file keeps the surface, the entry points, registration and the message dispatch;
-//! `event` holds the config and events, `publish` the file table and holdings, `answers`
-//! what is sent, `invariants` what must always hold.
+//! This file keeps the surface, the entry points and the message dispatch; `register` the
+//! handshake's end and the active list, `event` the config and events, `conns` the connections and their one lifecycle
+//! (closing, freeing, eviction), `publish` the file table and holdings, `answers` what is
+//! sent, `memory` the tables' memory, `invariants` what must always hold.
 //!
 //! # Rules
 //!
@@ -79,15 +80,20 @@
 //! Chunk hashes are never in RAM: they go to storage as they arrive and are sent from storage.
 
 mod answers;
+mod conns;
 mod event;
 mod invariants;
 mod memory;
 mod publish;
+mod register;
 
 pub use event::{LeaveReason, Offence, Table, TrackerConfig, TrackerEvent};
 pub use memory::{SmallTrackerMemory, TrackerMemory};
 
+use memory::Parts;
+
 use answers::Reply;
+pub(crate) use conns::Conn;
 use publish::{PublishRx, Target};
 
 use core::fmt;
@@ -132,36 +138,6 @@ impl Timer {
 
 /// Replies queued per connection before the tracker stops reading from it.
 const REPLY_QUEUE: usize = 8;
-
-pub(crate) struct Conn {
-    link: Link,
-    /// On the active list: its recorded address is [`Conn::registered`].
-    listed: bool,
-    /// When its handshake finished: its key in the strangers index while `stranger`.
-    opened: Instant,
-    /// Finished its handshake and has not registered: in the strangers index.
-    stranger: bool,
-    replies: Deque<Reply, REPLY_QUEUE>,
-    publish: Option<PublishRx>,
-}
-
-impl Conn {
-    /// The address recorded for it, while registered: the IP its connection came from with
-    /// the listen port its `Hello` announced.
-    fn registered(&self) -> Option<SocketAddr> {
-        let hello = self.link.hello.filter(|_| self.listed)?;
-        Some(SocketAddr::new(self.link.remote.ip(), hello.listen_port))
-    }
-}
-
-impl HasLink for Conn {
-    fn link(&self) -> &Link {
-        &self.link
-    }
-    fn link_mut(&mut self) -> &mut Link {
-        &mut self.link
-    }
-}
 
 pub(crate) enum FileState {
     /// A publish is receiving its hashes into this slot.
@@ -252,28 +228,7 @@ impl<'a> Tracker<'a> {
     /// limit in `config`. The first ping round is one interval out.
     #[cfg(feature = "alloc")]
     pub fn new(config: TrackerConfig, now: Instant) -> Self {
-        use alloc::collections::BTreeMap;
-        use alloc::vec::Vec;
-        Tracker::build(
-            config,
-            now,
-            Parts {
-                conns: ManagedSlice::Owned(Vec::new()),
-                files: ManagedSlice::Owned(Vec::new()),
-                words: ManagedSlice::Owned(Vec::new()),
-                by_id: ManagedMap::Owned(BTreeMap::new()),
-                holders: ManagedMap::Owned(BTreeMap::new()),
-                held: ManagedMap::Owned(BTreeMap::new()),
-                nodes: ManagedMap::Owned(BTreeMap::new()),
-                addrs: ManagedMap::Owned(BTreeMap::new()),
-                per_ip: ManagedMap::Owned(BTreeMap::new()),
-                handshakes: ManagedMap::Owned(BTreeMap::new()),
-                ready: ManagedMap::Owned(BTreeMap::new()),
-                closed: ManagedMap::Owned(BTreeMap::new()),
-                strangers: ManagedMap::Owned(BTreeMap::new()),
-                events: ManagedSlice::Owned(Vec::new()),
-            },
-        )
+        Tracker::build(config, now, Parts::heap())
     }
 
     /// A tracker whose tables live in `memory`, which the adapter owns (a device's static
@@ -441,20 +396,6 @@ impl<'a> Tracker<'a> {
     pub fn handle_closed(&mut self, _now: Instant, conn: ConnId) {
         self.enter();
         self.drop_conn(conn);
-    }
-
-    /// Forgets `conn` at once: its socket is gone (or going, for an eviction).
-    fn drop_conn(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get(conn) else {
-            return;
-        };
-        if c.link.phase == Phase::Closed {
-            self.pending_actions -= 1;
-            self.closed.remove(&conn);
-        }
-        self.unregister(conn, LeaveReason::Disconnected);
-        self.abandon_publish(conn);
-        self.free(conn);
     }
 
     /// The adapter cannot take more output for `conn` until [`Tracker::handle_send_ready`].
@@ -631,140 +572,6 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    /// The handshake is done: the connection carries messages and its deadline is gone.
-    fn opened(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        if let Phase::Handshake { deadline } = c.link.phase {
-            self.handshakes.remove(&(deadline, id.index() as u16));
-        }
-        c.link.phase = Phase::Open;
-        // Until it registers (a query-only connection never does).
-        let since = c.link.last_rx;
-        c.opened = since;
-        c.stranger = self
-            .strangers
-            .insert((since, id.index() as u16), ())
-            .is_ok();
-        debug_assert!(c.stranger, "the strangers index has a place per connection");
-    }
-
-    /// The handshake's last step with a swarm key: the opener's proof, or a refusal.
-    fn check_proof(&mut self, id: ConnId, msg: Message) {
-        let (Some(key), Some(c)) = (self.config.swarm_key, self.conns.get(id)) else {
-            return;
-        };
-        let Some(theirs) = c.link.hello.map(|h| h.nonce) else {
-            return;
-        };
-        let ours = c.link.nonce;
-        let ok = match msg {
-            Message::Auth { proof } => key.verify(Side::Opener, &theirs, &ours, &proof),
-            _ => false,
-        };
-        if !ok {
-            self.refuse(id, Refusal::SwarmKey);
-            return;
-        }
-        self.opened(id);
-        let proof = key.prove(Side::Acceptor, &ours, &theirs);
-        self.reply(id, Reply::Auth(proof));
-    }
-
-    /// Answers `Refused(reason)`, reports it, and closes once that is sent.
-    fn refuse(&mut self, id: ConnId, reason: Refusal) {
-        let Some(remote) = self.conns.get(id).map(|c| c.link.remote) else {
-            return;
-        };
-        self.reply(id, Reply::Refused(reason));
-        self.event(TrackerEvent::Refused { remote, reason });
-        // A registered peer refused now (a proof where no key is configured) broke the
-        // protocol; anyone else was never on the list.
-        self.unregister(id, LeaveReason::Misbehaved);
-        self.close_after_flush(id);
-    }
-
-    fn register(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get(id) else {
-            return;
-        };
-        let remote = c.link.remote;
-        let Some(hello) = c.link.hello else {
-            return;
-        };
-        let addr = SocketAddr::new(remote.ip(), hello.listen_port);
-        let refusal = if self.nodes.get(&hello.node).is_some() {
-            Some(Refusal::DuplicateNode)
-        } else if hello.listen_port != 0 && self.addrs.get(&addr).is_some() {
-            Some(Refusal::DuplicateAddress)
-        } else if self.registered >= self.peer_capacity() {
-            Some(Refusal::TrackerFull)
-        } else {
-            let ix = id.index() as u16;
-            match self.nodes.insert(hello.node, ix) {
-                Ok(_) if hello.listen_port == 0 => None,
-                Ok(_) => match self.addrs.insert(addr, ix) {
-                    Ok(_) => None,
-                    Err(_) => {
-                        self.nodes.remove(&hello.node);
-                        Some(Refusal::TrackerFull)
-                    }
-                },
-                Err(_) => Some(Refusal::TrackerFull),
-            }
-        };
-        if let Some(reason) = refusal {
-            self.reply(id, Reply::Refused(reason));
-            self.event(TrackerEvent::Refused { remote, reason });
-            self.close_after_flush(id);
-            return;
-        }
-        if let Some(c) = self.conns.get_mut(id) {
-            c.listed = true;
-            if c.stranger {
-                c.stranger = false;
-                self.strangers.remove(&(c.opened, id.index() as u16));
-            }
-        }
-        self.registered += 1;
-        self.reply(id, Reply::Registered(addr));
-        self.event(TrackerEvent::PeerJoined {
-            node: hello.node,
-            addr,
-        });
-    }
-
-    /// Removes `id` from the active list and drops what it held; no-op if not registered.
-    fn unregister(&mut self, id: ConnId, reason: LeaveReason) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        let Some(addr) = c.registered() else {
-            return;
-        };
-        c.listed = false;
-        let node = c.link.hello.map(|h| h.node).unwrap_or_default();
-        let ix = id.index() as u16;
-        if self.nodes.get(&node) == Some(&ix) {
-            self.nodes.remove(&node);
-        }
-        if self.addrs.get(&addr) == Some(&ix) {
-            self.addrs.remove(&addr);
-        }
-        self.registered -= 1;
-        self.event(TrackerEvent::PeerLeft { node, addr, reason });
-        while let Some(&(_, slot)) = self
-            .held
-            .range((ix, 0)..=(ix, u16::MAX))
-            .next()
-            .map(|(k, _)| k)
-        {
-            self.drop_holding(slot, ix);
-            self.delist_if_incomplete(slot);
-        }
-    }
-
     // ---- helpers ------------------------------------------------------------------------
 
     fn reply(&mut self, id: ConnId, reply: Reply) {
@@ -775,14 +582,6 @@ impl<'a> Tracker<'a> {
                 warn!("reply queue of {:?} full", id);
             }
             self.wake(id);
-        }
-    }
-
-    /// `id` may have a frame to send: it joins the connections the transmit visits.
-    fn wake(&mut self, id: ConnId) {
-        if self.ready.insert(id.index() as u16, ()).is_err() {
-            // The ready set has a place per connection (memory checked at construction).
-            debug_assert!(false, "ready set full");
         }
     }
 
@@ -801,123 +600,6 @@ impl<'a> Tracker<'a> {
         self.unregister(id, LeaveReason::Misbehaved);
         self.close_now(id);
     }
-
-    /// Close without sending anything more.
-    fn close_now(&mut self, id: ConnId) {
-        self.close(id, false);
-    }
-
-    /// Close once the queued replies are sent.
-    fn close_after_flush(&mut self, id: ConnId) {
-        self.close(id, true);
-    }
-
-    /// The one way the tracker ends a connection. A registered peer leaves the active list
-    /// here if its closer did not already say why (and what it held goes with it), so no
-    /// holding outlives its connection; a publish in progress is abandoned; a connection is
-    /// counted for its `Close` action once.
-    fn close(&mut self, id: ConnId, flush: bool) {
-        self.unregister(id, LeaveReason::Disconnected);
-        self.abandon_publish(id);
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        match c.link.phase {
-            Phase::Closed => return,
-            Phase::Closing if flush => return,
-            Phase::Handshake { deadline } => {
-                self.handshakes.remove(&(deadline, id.index() as u16));
-            }
-            _ => {}
-        }
-        if flush && !c.replies.is_empty() {
-            c.link.phase = Phase::Closing;
-        } else {
-            self.closed_now(id);
-        }
-    }
-
-    /// `id` is closed: its close is to be reported by `poll_output`.
-    fn closed_now(&mut self, id: ConnId) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        c.link.phase = Phase::Closed;
-        c.replies.clear();
-        self.pending_actions += 1;
-        if self.closed.insert(id, ()).is_err() {
-            debug_assert!(false, "closed set full");
-        }
-    }
-
-    /// Drops `id`'s entries in the per-connection indexes.
-    fn forget(&mut self, id: ConnId) {
-        let ix = id.index() as u16;
-        self.ready.remove(&ix);
-        let Some(c) = self.conns.get(id) else {
-            return;
-        };
-        if let Phase::Handshake { deadline } = c.link.phase {
-            self.handshakes.remove(&(deadline, ix));
-        }
-        if c.stranger {
-            self.strangers.remove(&(c.opened, ix));
-        }
-        let ip = c.link.remote.ip();
-        match self.per_ip.get(&ip).copied() {
-            Some(n) if n > 1 => {
-                let _ = self.per_ip.insert(ip, n - 1);
-            }
-            Some(_) => {
-                self.per_ip.remove(&ip);
-            }
-            None => {}
-        }
-    }
-
-    /// Frees `id`'s slot; everything it was part of is already undone.
-    fn free(&mut self, id: ConnId) {
-        self.forget(id);
-        self.conns.remove(id);
-    }
-
-    /// The table is full and a connection arrives: the one that has done least makes room.
-    /// First the connection longest in its handshake (it has not said `Hello`, or not proved
-    /// the swarm key), then the one that finished its handshake longest ago without
-    /// registering. A registered peer is never evicted: with every slot registered the
-    /// newcomer is refused. Both orders are index lookups, O(log n).
-    fn evict_for_newcomer(&mut self) -> Result<ConnId, TableFull> {
-        let ix = match self.handshakes.iter().next() {
-            Some((&(_, ix), _)) => ix,
-            None => match self.strangers.iter().next() {
-                Some((&(_, ix), _)) => ix,
-                None => return Err(TableFull),
-            },
-        };
-        let victim = self.conns.id_at(usize::from(ix)).ok_or(TableFull)?;
-        debug!("{:?} evicted for a newcomer", victim);
-        self.drop_conn(victim);
-        self.event(TrackerEvent::Overloaded(Table::Connections));
-        Ok(victim)
-    }
-}
-
-/// The memory of every table, borrowed or owned.
-pub(super) struct Parts<'a> {
-    conns: Mem<'a, Conn>,
-    files: Mem<'a, FileState>,
-    words: ManagedSlice<'a, u32>,
-    by_id: ManagedMap<'a, FileId, u16>,
-    holders: ManagedMap<'a, (u16, u16), Holding>,
-    held: ManagedMap<'a, (u16, u16), ()>,
-    nodes: ManagedMap<'a, NodeId, u16>,
-    addrs: ManagedMap<'a, SocketAddr, u16>,
-    per_ip: ManagedMap<'a, IpAddr, u16>,
-    handshakes: ManagedMap<'a, (Instant, u16), ()>,
-    ready: ManagedMap<'a, u16, ()>,
-    closed: ManagedMap<'a, ConnId, ()>,
-    strangers: ManagedMap<'a, (Instant, u16), ()>,
-    events: ManagedSlice<'a, Option<TrackerEvent>>,
 }
 
 impl Outputs for Tracker<'_> {
