@@ -18,7 +18,6 @@ use adapter_smoltcp::flash::{Flash, FlashError, FlashStore};
 use adapter_smoltcp::Driver;
 use cortex_m_rt::{entry, exception};
 use panic_halt as _;
-use proto_core::link::Link;
 use proto_core::peer::{Peer, PeerConfig, SmallPeerMemory};
 use proto_core::time::Instant;
 use proto_core::wire::NodeId;
@@ -45,13 +44,8 @@ const MAX_CHUNKS: u32 = 1024;
 const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x53, 0x01];
 const IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
 const PEER_PORT: u16 = 7000;
-/// The file to fetch when the flash holds none, and the tracker to ask.
-const LINK: &str = match option_env!("SHOAL_LINK") {
-    Some(l) => l,
-    None => {
-        "shoal:0000000000000000000000000000000000000000000000000000000000000000?tr=10.0.0.1:7070"
-    }
-};
+// `FILE` and `TRACKER`, from the link the firmware was built with (parsed by build.rs).
+include!(concat!(env!("OUT_DIR"), "/link.rs"));
 
 /// Milliseconds since boot, counted by SysTick.
 static MILLIS: AtomicU32 = AtomicU32::new(0);
@@ -186,11 +180,9 @@ fn main() -> ! {
         ))
     });
 
-    let Ok(link) = Link::parse(LINK) else { halt() };
-    let tracker = link.tracker.as_ref().and_then(|t| t.parse().ok());
     let mut node = [0u8; 16];
     node[..6].copy_from_slice(&MAC);
-    let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, tracker);
+    let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, TRACKER);
     peer_config.rng_seed = rng.next_u64();
     let mut peer: DevicePeer = Peer::with_memory(peer_config, now(), PEER_MEMORY);
     let Ok(mut store) = FlashStore::open(Bank2(LockedFlash::new(p.FLASH)), MAX_CHUNKS) else {
@@ -200,7 +192,7 @@ fn main() -> ! {
     match store.resume(now(), &mut peer) {
         Ok(Some(_)) => {}
         _ => {
-            let _ = peer.fetch(now(), link.file);
+            let _ = peer.fetch(now(), FILE);
         }
     }
     let node = NODE.write(Driver::new(
