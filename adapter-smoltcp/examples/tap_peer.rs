@@ -22,7 +22,7 @@ use adapter_smoltcp::smoltcp::socket::tcp;
 use adapter_smoltcp::smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 use adapter_smoltcp::{Driver, Storage};
 use proto_core::link::Link;
-use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::manifest::{Built, ManifestBuilder, ManifestHeader};
 use proto_core::peer::{Peer, PeerConfig, PeerEvent, SmallPeerMemory};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::time::{Duration, Instant};
@@ -93,6 +93,7 @@ fn run() -> Result<(), String> {
     node[4..8].copy_from_slice(&std::process::id().to_le_bytes());
     let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, Some(tracker));
     peer_config.rng_seed = u64::from(std::process::id()) << 16 | u64::from(ip.octets()[3]);
+    peer_config.rewrite_blocks = false;
     // Fixed memory, as the firmware gives it: 4 connections, 1 file, 4 chunks in flight.
     let memory: &'static mut SmallPeerMemory = Box::leak(Box::default());
     let mut peer = Peer::with_memory(peer_config, now(), memory);
@@ -107,11 +108,15 @@ fn run() -> Result<(), String> {
             .and_then(|n| n.to_str())
             .unwrap_or("file");
         let header =
-            ManifestHeader::new(name, data.len() as u64, 256 * 1024).map_err(|e| e.to_string())?;
+            ManifestHeader::new(name, data.len() as u64, 128 * 1024).map_err(|e| e.to_string())?;
         let mut b = ManifestBuilder::new(header);
         let mut hashes = Vec::new();
-        b.update(&data, |_, h| hashes.extend_from_slice(&h.0))
-            .map_err(|e| e.to_string())?;
+        b.update(&data, |built| {
+            if let Built::Chunk { hash, .. } = built {
+                hashes.extend_from_slice(&hash.0)
+            }
+        })
+        .map_err(|e| e.to_string())?;
         let (header, id) = b.finish().map_err(|e| e.to_string())?;
         store
             .install(id, &header, &hashes, |off, buf| {

@@ -351,6 +351,35 @@ fn unreachable(tracker: &str) -> anyhow::Error {
     )
 }
 
+/// How `share` serves its files.
+pub struct ShareOptions {
+    /// Where peers reach it.
+    pub listen: SocketAddr,
+    /// The chunk size, or `None` for one chosen from each file's size.
+    pub chunk_size: Option<u32>,
+    /// What it may take on.
+    pub limits: Limits,
+}
+
+/// A size in bytes with an optional binary unit: `262144`, `256K`, `256KiB`, `1M`, `2G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?} is not a size: write a number of bytes, optionally followed by K, M or G (powers of 1024)")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: it must start with a number"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// A link to `id` named `name` on `tracker`.
 pub fn link_for(id: FileId, tracker: &str, name: &str) -> String {
     Link {
@@ -366,8 +395,7 @@ pub fn link_for(id: FileId, tracker: &str, name: &str) -> String {
 pub fn share(
     files: &[PathBuf],
     tracker_text: &str,
-    listen: SocketAddr,
-    limits: Limits,
+    how: ShareOptions,
     signals: bool,
     mut links: impl FnMut(String),
     mut stop: impl FnMut() -> bool,
@@ -375,9 +403,12 @@ pub fn share(
     let tracker = resolve(tracker_text)?;
     let mut manifests = Vec::new();
     for f in files {
-        manifests.push((f.clone(), manifest_for(f, None, HostPeer::MAX_FILE_CHUNKS)?));
+        manifests.push((
+            f.clone(),
+            manifest_for(f, how.chunk_size, HostPeer::MAX_FILE_CHUNKS)?,
+        ));
     }
-    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, signals, limits)?;
+    let mut driver = peer_driver(tracker, Some(bind(how.listen)?), true, signals, how.limits)?;
     let now = Instant::now();
     for (path, m) in &manifests {
         let slot = driver
@@ -867,4 +898,21 @@ pub fn println_flush(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("262144"), Ok(262_144));
+        assert_eq!(parse_size("128K"), Ok(128 << 10));
+        assert_eq!(parse_size("128kib"), Ok(128 << 10));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("12Q").unwrap_err().contains("not a size"));
+        assert!(parse_size("K").unwrap_err().contains("start with a number"));
+        assert!(parse_size("99999999999999999999G").is_err());
+    }
 }

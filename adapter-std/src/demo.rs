@@ -80,8 +80,11 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
         cli::share(
             &[src],
             &tracker_addr.to_string(),
-            loopback,
-            cli::Limits::default(),
+            cli::ShareOptions {
+                listen: loopback,
+                chunk_size: None,
+                limits: cli::Limits::default(),
+            },
             false,
             |l| drop(tx.send(l)),
             || s.load(Ordering::Relaxed),

@@ -41,6 +41,12 @@ struct LimitArgs {
     max_conns: u16,
 }
 
+/// A chunk size with an optional unit (`128K`, `1M`, `262144`).
+fn chunk_size(text: &str) -> Result<u32, String> {
+    let bytes = cli::parse_size(text)?;
+    u32::try_from(bytes).map_err(|_| format!("{text} is larger than the largest chunk size, 16M"))
+}
+
 impl From<LimitArgs> for cli::Limits {
     fn from(a: LimitArgs) -> Self {
         cli::Limits {
@@ -73,6 +79,10 @@ enum Cmd {
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
+        /// Chunk size: a power of two from 16K to 16M (128K for devices whose flash sectors
+        /// are 128 KiB). Default: 256K, doubled until the file has at most 8192 chunks.
+        #[arg(long, value_name = "SIZE", value_parser = chunk_size)]
+        chunk_size: Option<u32>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -183,12 +193,16 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             files,
             tracker,
             listen,
+            chunk_size,
             limits,
         } => cli::share(
             &files,
             &tracker,
-            listen,
-            limits.into(),
+            cli::ShareOptions {
+                listen,
+                chunk_size,
+                limits: limits.into(),
+            },
             true,
             |l| cli::println_flush(&l),
             || false,

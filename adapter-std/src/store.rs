@@ -2,19 +2,23 @@
 //!
 //! # Shared files
 //!
-//! Sharing a file needs its manifest: the SHA-256 of every chunk. Building it reads the whole
-//! file once; the result is cached in the state directory (`<state>/shared/<key>.manifest`,
-//! keyed by the file's absolute path) with the file's size and modification time, so sharing
-//! the same unchanged file again starts at once.
+//! Sharing a file needs its manifest (the merkle root of every chunk) and its leaves (the
+//! SHA-256 of every 16 KiB block, 0.2% of the file's size, served to downloaders so they can
+//! check each block). Building them reads the whole file once; the result is cached in the
+//! state directory (`<state>/shared/<key>.manifest` and `<key>.leaves`, keyed by the file's
+//! absolute path) with the file's size and modification time, so sharing the same unchanged
+//! file again starts at once. The leaves are read from their file as they are served, never
+//! held in memory (unless the state directory cannot be written).
 //!
 //! # Downloads
 //!
-//! A download to `OUT` writes `OUT.part` with positional writes as payload arrives, and keeps
-//! `OUT.shoal-journal`: the file id, the manifest, then the index of every chunk verified so
-//! far. Journal records are made durable in batches, each only after the `.part` data they
-//! vouch for was synced. Killed at any instant, a download started again with the same output
+//! A download to `OUT` writes `OUT.part` with positional writes as payload arrives, the leaves
+//! of its chunks to `OUT.shoal-leaves` as they arrive, and keeps `OUT.shoal-journal`: the file
+//! id, the manifest, then the index of every chunk verified so far. Journal records are made
+//! durable in batches, each only after the data and leaves they vouch for were synced. Killed at any instant, a download started again with the same output
 //! resumes from the journal without fetching its chunks again. `OUT` itself appears only when
-//! every chunk is verified and synced: `OUT.part` is renamed to it, and the journal removed.
+//! every chunk is verified and synced: `OUT.part` is renamed to it, the journal removed, and the
+//! leaves moved to the shared-file cache.
 //!
 //! The state directory is `$SHOAL_STATE_DIR`, else `$XDG_STATE_HOME/shoal`, else
 //! `~/.local/state/shoal`.
@@ -27,15 +31,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::manifest::{Built, ManifestBuilder, ManifestHeader};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::wire::FileId;
 use sha2::{Digest, Sha256};
 
 use proto_core::storage::Storage;
 
-const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ1\n";
-const MANIFEST_MAGIC: &[u8; 8] = b"SHOALM1\n";
+// Version 2: chunk hashes are merkle roots over 16 KiB blocks, with leaves beside them.
+const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ2\n";
+const MANIFEST_MAGIC: &[u8; 8] = b"SHOALM2\n";
 /// Journal records are synced after this many, or this long after the first unsynced one.
 const JOURNAL_BATCH: usize = 32;
 const JOURNAL_DELAY: Duration = Duration::from_millis(500);
@@ -63,6 +68,57 @@ pub struct Manifest {
     pub header: ManifestHeader,
     /// Every chunk hash, 32 bytes each.
     pub hashes: Vec<u8>,
+    /// Where the leaves are (a shared file's; a download's are beside it).
+    pub leaves: LeafSource,
+}
+
+/// Where a shared file's leaves are kept.
+#[derive(Clone, Debug)]
+pub enum LeafSource {
+    /// In a file of the cache.
+    File(PathBuf),
+    /// In memory: the cache could not be written.
+    Memory(Vec<u8>),
+    /// Nowhere yet (a download's, until its manifest arrives).
+    None,
+}
+
+/// A file's leaves, open for serving (and, for a download, for writing as they arrive).
+enum Leaves {
+    File(File),
+    Memory(Vec<u8>),
+}
+
+impl Leaves {
+    fn open(source: &LeafSource) -> io::Result<Leaves> {
+        Ok(match source {
+            LeafSource::File(p) => Leaves::File(File::open(p)?),
+            LeafSource::Memory(v) => Leaves::Memory(v.clone()),
+            LeafSource::None => Leaves::Memory(Vec::new()),
+        })
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            Leaves::File(f) => f.read_at(buf, offset),
+            Leaves::Memory(v) => {
+                let start = (offset as usize).min(v.len());
+                let n = buf.len().min(v.len() - start);
+                buf[..n].copy_from_slice(&v[start..start + n]);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// The cache files of the file at absolute path `abs`: its manifest and its leaves.
+fn cache_paths(abs: &Path) -> (PathBuf, PathBuf) {
+    let key = hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()));
+    let dir = state_dir().join("shared");
+    (
+        dir.join(format!("{key}.manifest")),
+        dir.join(format!("{key}.leaves")),
+    )
 }
 
 /// Builds (or loads from the cache) the manifest of `path`, with chunk size `chunk_size` or,
@@ -95,11 +151,8 @@ pub fn manifest_for(
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
     let chunk = chunk_size.unwrap_or_else(|| ManifestHeader::pick_chunk_size(size, max_chunks));
-    let cache = state_dir().join("shared").join(format!(
-        "{}.manifest",
-        hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()))
-    ));
-    if let Some(m) = read_cached(&cache, size, mtime, chunk) {
+    let (cache, leaves_path) = cache_paths(&abs);
+    if let Some(m) = read_cached(&cache, &leaves_path, size, mtime, chunk) {
         tracing::info!(
             "{}: manifest from cache (unchanged since it was hashed)",
             path.display()
@@ -111,6 +164,7 @@ pub fn manifest_for(
         .map_err(|e| anyhow::anyhow!("cannot share {}: {e}", path.display()))?;
     let mut builder = ManifestBuilder::new(header);
     let mut hashes = Vec::with_capacity(builder.header().hashes_len() as usize);
+    let mut leaves = Vec::with_capacity(builder.header().leaves_len() as usize);
     let mut f = File::open(&abs).with_context(|| format!("cannot open {}", path.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -121,19 +175,32 @@ pub fn manifest_for(
             break;
         }
         builder
-            .update(&buf[..n], |_, h| hashes.extend_from_slice(&h.0))
+            .update(&buf[..n], |built| match built {
+                Built::Leaf { leaf, .. } => leaves.extend_from_slice(&leaf),
+                Built::Chunk { hash, .. } => hashes.extend_from_slice(&hash.0),
+            })
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
     let (header, id) = builder
         .finish()
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let m = Manifest { id, header, hashes };
-    // A cache that cannot be written only costs a rehash next time.
+    // The leaves are served from the cache; a cache that cannot be written keeps them in
+    // memory, and only costs a rehash next time.
+    let leaves = match write_atomically(&leaves_path, &leaves) {
+        Ok(()) => LeafSource::File(leaves_path),
+        Err(_) => LeafSource::Memory(leaves),
+    };
+    let m = Manifest {
+        id,
+        header,
+        hashes,
+        leaves,
+    };
     let _ = write_cached(&cache, size, mtime, &m);
     Ok(m)
 }
 
-fn read_cached(path: &Path, size: u64, mtime: u128, chunk: u32) -> Option<Manifest> {
+fn read_cached(path: &Path, leaves: &Path, size: u64, mtime: u128, chunk: u32) -> Option<Manifest> {
     let bytes = fs::read(path).ok()?;
     let rest = bytes.strip_prefix(MANIFEST_MAGIC)?;
     let (s, rest) = rest.split_at_checked(8)?;
@@ -144,15 +211,16 @@ fn read_cached(path: &Path, size: u64, mtime: u128, chunk: u32) -> Option<Manife
         return None;
     }
     let (id, header, hashes) = decode_manifest(rest)?;
-    (header.chunk_size == chunk && header.size == size).then(|| Manifest {
+    let leaves_ok = fs::metadata(leaves).is_ok_and(|m| m.len() == header.leaves_len());
+    (header.chunk_size == chunk && header.size == size && leaves_ok).then(|| Manifest {
         id,
         header,
         hashes: hashes.to_vec(),
+        leaves: LeafSource::File(leaves.to_owned()),
     })
 }
 
 fn write_cached(path: &Path, size: u64, mtime: u128, m: &Manifest) -> io::Result<()> {
-    fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     let mut bytes = MANIFEST_MAGIC.to_vec();
     bytes.extend_from_slice(&size.to_le_bytes());
     bytes.extend_from_slice(&mtime.to_le_bytes());
@@ -188,6 +256,7 @@ fn manifest_len(header: &ManifestHeader) -> usize {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     let tmp = path.with_extension("tmp");
     {
         let mut f = File::create(&tmp)?;
@@ -207,11 +276,21 @@ pub struct Resume {
 
 /// The journal and part file paths of a download to `out`.
 pub fn part_paths(out: &Path) -> (PathBuf, PathBuf) {
-    let mut part = out.as_os_str().to_owned();
-    part.push(".part");
-    let mut journal = out.as_os_str().to_owned();
-    journal.push(".shoal-journal");
-    (PathBuf::from(part), PathBuf::from(journal))
+    (
+        with_suffix(out, ".part"),
+        with_suffix(out, ".shoal-journal"),
+    )
+}
+
+/// Where a download to `out` keeps the leaves that arrived.
+pub fn leaves_path(out: &Path) -> PathBuf {
+    with_suffix(out, ".shoal-leaves")
+}
+
+fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
 }
 
 /// Reads the journal of a download to `out` for `id`, if one exists and matches.
@@ -220,7 +299,7 @@ pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
     let bytes = fs::read(&journal).ok()?;
     let rest = bytes.strip_prefix(JOURNAL_MAGIC)?;
     let (jid, header, hashes) = decode_manifest(rest)?;
-    if jid != *id || !part.exists() {
+    if jid != *id || !part.exists() || !leaves_path(out).exists() {
         return None;
     }
     let records = &rest[manifest_len(&header)..];
@@ -236,6 +315,7 @@ pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
             id: jid,
             header,
             hashes: hashes.to_vec(),
+            leaves: LeafSource::None,
         },
         verified,
     })
@@ -246,6 +326,7 @@ enum Slot {
     Shared {
         data: File,
         hashes: Vec<u8>,
+        leaves: Leaves,
         path: Option<PathBuf>,
     },
     /// A download: hashes stream in before the manifest is checked; the part file exists once
@@ -256,6 +337,7 @@ enum Slot {
         manifest: Option<Box<(FileId, ManifestHeader)>>,
         hashes: Vec<u8>,
         part: Option<File>,
+        leaves: Option<File>,
         journal: Option<File>,
         unsynced: Vec<u32>,
         first_unsynced: Option<Instant>,
@@ -277,6 +359,7 @@ impl FileStore {
             Slot::Shared {
                 data,
                 hashes: m.hashes.clone(),
+                leaves: Leaves::open(&m.leaves)?,
                 path: None,
             },
         );
@@ -293,6 +376,7 @@ impl FileStore {
                 manifest: None,
                 hashes: Vec::new(),
                 part: None,
+                leaves: None,
                 journal: None,
                 unsynced: Vec::new(),
                 first_unsynced: None,
@@ -305,6 +389,11 @@ impl FileStore {
         let (part, journal) = part_paths(&out);
         let part = OpenOptions::new().read(true).write(true).open(part)?;
         part.set_len(r.manifest.header.size)?;
+        let leaves = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(leaves_path(&out))?;
+        leaves.set_len(r.manifest.header.leaves_len())?;
         let journal = OpenOptions::new().append(true).open(journal)?;
         self.slots.insert(
             slot,
@@ -313,6 +402,7 @@ impl FileStore {
                 manifest: Some(Box::new((r.manifest.id, r.manifest.header.clone()))),
                 hashes: r.manifest.hashes.clone(),
                 part: Some(part),
+                leaves: Some(leaves),
                 journal: Some(journal),
                 unsynced: Vec::new(),
                 first_unsynced: None,
@@ -360,6 +450,7 @@ impl FileStore {
     fn sync_journal(&mut self, slot: u16) -> io::Result<()> {
         let Some(Slot::Fetch {
             part: Some(part),
+            leaves: Some(leaves),
             journal: Some(journal),
             unsynced,
             first_unsynced,
@@ -372,6 +463,7 @@ impl FileStore {
             return Ok(());
         }
         part.sync_data()?;
+        leaves.sync_data()?;
         let bytes: Vec<u8> = unsynced.iter().flat_map(|c| c.to_le_bytes()).collect();
         journal.write_all(&bytes)?;
         journal.sync_data()?;
@@ -439,6 +531,7 @@ impl Storage for FileStore {
             manifest,
             hashes,
             part,
+            leaves,
             journal,
             ..
         }) = self.slots.get_mut(&slot)
@@ -462,6 +555,13 @@ impl Storage for FileStore {
             .truncate(true)
             .open(&part_path)?;
         f.set_len(header.size)?;
+        let l = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(leaves_path(out))?;
+        l.set_len(header.leaves_len())?;
         let mut bytes = JOURNAL_MAGIC.to_vec();
         encode_manifest(
             &mut bytes,
@@ -469,11 +569,13 @@ impl Storage for FileStore {
                 id,
                 header: header.clone(),
                 hashes: hashes.clone(),
+                leaves: LeafSource::None,
             },
         );
         write_atomically(&journal_path, &bytes)?;
         *journal = Some(OpenOptions::new().append(true).open(&journal_path)?);
         *part = Some(f);
+        *leaves = Some(l);
         *manifest = Some(Box::new((id, header.clone())));
         Ok(())
     }
@@ -507,6 +609,7 @@ impl Storage for FileStore {
             out: Some(out),
             manifest: Some(manifest),
             part: Some(part),
+            leaves: Some(leaves),
             hashes,
             ..
         }) = self.slots.remove(&slot)
@@ -523,33 +626,41 @@ impl Storage for FileStore {
             }
         }
         let _ = fs::remove_file(&journal_path);
-        // Sharing the finished file later needs no rehash.
+        // Sharing the finished file later needs no rehash: its manifest and leaves go to the
+        // cache (the open leaves file goes on serving wherever its name ends up).
+        let downloaded = leaves_path(&out);
         if let (Ok(meta), Ok(abs)) = (fs::metadata(&out), fs::canonicalize(&out)) {
             let mtime = meta
                 .modified()
                 .ok()
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_nanos());
-            let cache = state_dir().join("shared").join(format!(
-                "{}.manifest",
-                hex::encode(Sha256::digest(abs.as_os_str().as_encoded_bytes()))
-            ));
-            let _ = write_cached(
-                &cache,
-                meta.len(),
-                mtime,
-                &Manifest {
-                    id,
-                    header,
-                    hashes: hashes.clone(),
-                },
-            );
+            let (cache, cached_leaves) = cache_paths(&abs);
+            let moved = fs::create_dir_all(cached_leaves.parent().unwrap_or(Path::new(".")))
+                .and_then(|()| fs::rename(&downloaded, &cached_leaves))
+                .is_ok();
+            if moved {
+                let _ = write_cached(
+                    &cache,
+                    meta.len(),
+                    mtime,
+                    &Manifest {
+                        id,
+                        header,
+                        hashes: hashes.clone(),
+                        leaves: LeafSource::File(cached_leaves),
+                    },
+                );
+            }
         }
+        // Another file system (or none writable): the leaves are not kept past this run.
+        let _ = fs::remove_file(&downloaded);
         self.slots.insert(
             slot,
             Slot::Shared {
                 data: part,
                 hashes,
+                leaves: Leaves::File(leaves),
                 path: Some(out),
             },
         );
@@ -572,6 +683,13 @@ impl Storage for FileStore {
                 }),
                 Region::Data,
             ) => part.write_all_at(data, offset),
+            (
+                Some(Slot::Fetch {
+                    leaves: Some(leaves),
+                    ..
+                }),
+                Region::Leaves,
+            ) => leaves.write_all_at(data, offset),
             _ => Err(io::Error::other("no writable storage for that slot")),
         }
     }
@@ -582,6 +700,16 @@ impl Storage for FileStore {
             Some(Slot::Fetch { part, hashes, .. }) => (part.as_ref(), hashes),
             None => return Err(io::Error::other("no storage for that slot")),
         };
+        if key.region == Region::Leaves {
+            return match self.slots.get(&key.slot) {
+                Some(Slot::Shared { leaves, .. }) => leaves.read_at(buf, offset),
+                Some(Slot::Fetch {
+                    leaves: Some(leaves),
+                    ..
+                }) => leaves.read_at(buf, offset),
+                _ => Err(io::Error::other("no leaves yet")),
+            };
+        }
         match key.region {
             Region::Hashes => {
                 let start = (offset as usize).min(hashes.len());
@@ -589,7 +717,7 @@ impl Storage for FileStore {
                 buf[..n].copy_from_slice(&hashes[start..start + n]);
                 Ok(n)
             }
-            Region::Data => file
+            Region::Data | Region::Leaves => file
                 .ok_or_else(|| io::Error::other("no data yet"))?
                 .read_at(buf, offset),
         }

@@ -20,7 +20,7 @@ use libfuzzer_sys::fuzz_target;
 use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
 use proto_core::io::Action;
-use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
+use proto_core::manifest::{ChunkHash, ManifestHeader};
 use proto_core::node::Node;
 use proto_core::peer::{Peer, PeerConfig, PeerEvent, PeerMemory};
 use proto_core::storage::Region;
@@ -41,24 +41,27 @@ struct Known {
     header: ManifestHeader,
     id: FileId,
     hashes: Vec<u8>,
+    leaves: Vec<u8>,
 }
 
-/// 5 chunks of 1 KiB, the last one short.
+/// The known file's chunk size: two 16 KiB blocks, so blocks are checked inside a chunk.
+const CHUNK: u32 = 32 * 1024;
+/// Bytes asked for in one request: one block.
+const REQUEST: u32 = 16 * 1024;
+
+/// 5 chunks of 32 KiB, the last one short (one block and a bit).
 fn known() -> &'static Known {
     static K: OnceLock<Known> = OnceLock::new();
     K.get_or_init(|| {
-        let data: Vec<u8> = (0..4500u32).map(|i| (i * 7 + i / 13) as u8).collect();
-        let header = ManifestHeader::new("k.bin", data.len() as u64, 1024).unwrap();
-        let mut b = ManifestBuilder::new(header);
-        let mut hashes = Vec::new();
-        b.update(&data, |_, h| hashes.extend_from_slice(&h.0))
-            .unwrap();
-        let (header, id) = b.finish().unwrap();
+        let len = 4 * CHUNK + 20_000;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 13) as u8).collect();
+        let m = proto_core::testing::manifest_of("k.bin", &data, CHUNK);
         Known {
             data,
-            header,
-            id,
-            hashes,
+            header: m.header,
+            id: m.id,
+            hashes: m.hashes,
+            leaves: m.leaves,
         }
     })
 }
@@ -152,6 +155,15 @@ enum P {
     /// A swarm-key proof, made right (with the peer's nonce and the right side) or not.
     Auth {
         good: bool,
+    },
+    GetLeaves {
+        chunk: u8,
+    },
+    /// A chunk's leaves: the true ones (with one byte changed, if `corrupt`), or none.
+    Leaves {
+        chunk: u8,
+        none: bool,
+        corrupt: Option<u8>,
     },
 }
 
@@ -255,7 +267,10 @@ impl Net<'_> {
                 let data = self.store.bytes(key(slot, Region::Data));
                 let start = k.header.chunk_offset(chunk) as usize;
                 let end = start + k.header.chunk_len(chunk) as usize;
-                let got = data.get(start..end).map(ChunkHash::of).unwrap_or_default();
+                let got = data
+                    .get(start..end)
+                    .map(|d| ChunkHash::of(d, k.header.chunk_size))
+                    .unwrap_or_default();
                 let i = chunk as usize * 32;
                 assert_eq!(
                     &got.0[..],
@@ -287,12 +302,14 @@ impl Net<'_> {
     }
 }
 
+/// A block ref near what the peer asks for: whole blocks at block offsets mostly, and
+/// lengths and offsets that straddle or leave the chunk.
 fn block(chunk: u8, offset: u16, len: u16) -> BlockRef {
     BlockRef {
         file: known().id,
         chunk: u32::from(chunk % 6),
-        offset: u32::from(offset % 1100),
-        len: u32::from(len % 1100),
+        offset: [0, REQUEST, CHUNK, 1000][usize::from(offset % 4)],
+        len: [REQUEST, 3616, 0, REQUEST + 1, 1000][usize::from(len % 5)],
     }
 }
 
@@ -314,7 +331,8 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     config.swarm_key = keyed.then_some(KEY);
     // Both kinds of memory with the same small limits, so the tables fill: fixed arrays (a
     // device's) for inputs of an even number of steps, heap tables grown on demand for odd.
-    let mut memory = Box::new(PeerMemory::<4, 2, 2, 4>::new());
+    config.block_len = REQUEST;
+    let mut memory = Box::new(PeerMemory::<4, 2, 2, 4, 2>::new());
     let p = if ops.len() % 2 == 0 {
         Peer::with_memory(config, Instant::ZERO, &mut memory)
     } else {
@@ -348,6 +366,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 if let Ok(s) = net.p.share(net.now, k.id, k.header.clone()) {
                     net.shared_slot = Some(s);
                     net.store.set(key(s, Region::Hashes), &k.hashes);
+                    net.store.set(key(s, Region::Leaves), &k.leaves);
                     net.store.set(key(s, Region::Data), &k.data);
                 }
                 net.drain();
@@ -521,6 +540,40 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         vec![],
                     ),
                     P::GetManifest => (Message::GetManifest { file: k.id }, vec![]),
+                    P::GetLeaves { chunk } => (
+                        Message::GetLeaves {
+                            file: k.id,
+                            chunk: u32::from(chunk % 6),
+                        },
+                        vec![],
+                    ),
+                    P::Leaves {
+                        chunk,
+                        none,
+                        corrupt,
+                    } => {
+                        let chunk = u32::from(chunk % 6);
+                        let count = if none { 0 } else { k.header.blocks_in(chunk) };
+                        let at = k.header.leaf_offset(chunk) as usize;
+                        let mut body = k
+                            .leaves
+                            .get(at..at + 32 * count as usize)
+                            .unwrap_or_default()
+                            .to_vec();
+                        if let Some(i) = corrupt.filter(|_| !body.is_empty()) {
+                            let n = usize::from(i) % body.len();
+                            body[n] ^= 1;
+                        }
+                        let count = body.len() as u32 / 32;
+                        (
+                            Message::Leaves {
+                                file: k.id,
+                                chunk,
+                                count,
+                            },
+                            body,
+                        )
+                    }
                     P::Ping(n) => (Message::Ping(n), vec![]),
                     P::Auth { good } => (net.auth(c, good), vec![]),
                 };

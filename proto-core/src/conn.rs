@@ -287,6 +287,12 @@ pub(crate) trait Wire {
         data: &'a [u8],
         remaining: u64,
     ) -> Option<StorageWrite<'a>>;
+    /// The most body bytes `on_body` may be handed at once on `id` (at least 1): a peer
+    /// stops at each block boundary to verify the block before taking more.
+    fn body_room(&self, id: ConnId) -> usize {
+        let _ = id;
+        usize::MAX
+    }
     /// The remote's bytes did not decode: it is cut off.
     fn on_frame_error(&mut self, id: ConnId, e: FrameError);
 }
@@ -309,7 +315,11 @@ pub(crate) fn recv<'a, N: Wire + ?Sized>(
             return Recv::all(input);
         }
         let idle = l.decoder.is_idle();
-        let rest = &input[used..];
+        let mut rest = &input[used..];
+        if l.decoder.in_body() {
+            // Inside a body: no further than the node takes in one piece.
+            rest = &rest[..rest.len().min(node.body_room(id).max(1))];
+        }
         if rest.is_empty() || (idle && !node.may_read(id)) {
             return Recv {
                 consumed: used,

@@ -1,9 +1,25 @@
-//! Manifests (shoal's metainfo): name, size, chunk size, and the SHA-256 of every chunk.
+//! Manifests (shoal's metainfo): name, size, chunk size, and the merkle root of every chunk.
+//!
+//! # Blocks, leaves and chunk roots
+//!
+//! A chunk is cut into blocks of [`BLOCK_SIZE`] (16 KiB; a chunk smaller than that is one
+//! block). A block's *leaf* is the SHA-256 of its bytes, and a chunk's hash ([`ChunkHash`]) is
+//! the root of a binary SHA-256 merkle tree over its leaves, padded with all-zero leaves to
+//! [`ManifestHeader::blocks_per_chunk`] (a power of two), each inner node the SHA-256 of its
+//! two children side by side: BitTorrent v2's layout (BEP 52) with the chunk as the piece. So a
+//! chunk of one block hashes to the SHA-256 of its bytes, and the last, short chunk of a file
+//! has a tree as wide as the others.
+//!
+//! A downloader fetches a chunk's leaves once (checking them against the root) and then
+//! verifies every block on its own as it arrives: a bad block costs one block, and a verified
+//! block can be served before its chunk is whole. Stored leaves live in their own region
+//! ([`Region::Leaves`](crate::storage::Region::Leaves)): 32 bytes per block in file order,
+//! chunk `c`'s starting at [`ManifestHeader::leaf_offset`].
 //!
 //! # The encoded manifest and the file id
 //!
 //! The encoded manifest is the postcard encoding of the [`ManifestHeader`] followed by the
-//! chunk hashes, 32 bytes each, in chunk order. The [`FileId`] is the SHA-256 of those bytes.
+//! chunk roots, 32 bytes each, in chunk order. The [`FileId`] is the SHA-256 of those bytes.
 //! Because the hashes come last and raw, the id can be computed (and checked) while the hashes
 //! stream past, without ever holding them all: [`FileIdHasher`] does that, and
 //! [`ManifestBuilder`] builds a manifest from a file's bytes fed in any pieces.
@@ -23,24 +39,140 @@ pub const MIN_CHUNK_SIZE: u32 = 1 << 10;
 pub const MAX_CHUNK_SIZE: u32 = 1 << 24;
 /// The most chunks any manifest may have (the wire's limit; trackers and peers may accept fewer).
 pub const MAX_CHUNKS: u32 = 1 << 20;
-/// Bytes of one chunk hash.
+/// Bytes of one chunk hash (and of one leaf).
 pub const HASH_LEN: usize = 32;
+/// The unit of verification: 16 KiB (a chunk smaller than this is one block).
+pub const BLOCK_SIZE: u32 = 16 * 1024;
+/// The most blocks a chunk may have: a [`MAX_CHUNK_SIZE`] chunk of [`BLOCK_SIZE`] blocks.
+pub const MAX_CHUNK_BLOCKS: u32 = MAX_CHUNK_SIZE / BLOCK_SIZE;
 /// The longest postcard encoding of a [`ManifestHeader`].
 pub const MAX_HEADER_LEN: usize = MAX_NAME_LEN + 2 + 10 + 5;
 
 /// A file name as carried on the wire.
 pub type Name = heapless::String<MAX_NAME_LEN>;
 
-/// The SHA-256 of one chunk.
+/// The merkle root of one chunk (see the [module docs](self)).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ChunkHash(pub [u8; HASH_LEN]);
 
+/// The SHA-256 of one block: a leaf of its chunk's merkle tree.
+pub type Leaf = [u8; HASH_LEN];
+
 impl ChunkHash {
-    /// The hash of `data`.
-    pub fn of(data: &[u8]) -> ChunkHash {
-        ChunkHash(Sha256::digest(data).into())
+    /// The root of `data`, a whole chunk of a file whose chunks are `chunk_size` bytes.
+    pub fn of(data: &[u8], chunk_size: u32) -> ChunkHash {
+        let block = block_len(chunk_size) as usize;
+        let mut tree = MerkleBuilder::new();
+        for b in data.chunks(block) {
+            tree.push(leaf(b));
+        }
+        if data.is_empty() {
+            tree.push(leaf(&[]));
+        }
+        ChunkHash(tree.finish(width(chunk_size)))
     }
+}
+
+/// The leaf of one block: the SHA-256 of its bytes.
+pub fn leaf(block: &[u8]) -> Leaf {
+    Sha256::digest(block).into()
+}
+
+/// The block size of a file with chunks of `chunk_size` bytes.
+fn block_len(chunk_size: u32) -> u32 {
+    chunk_size.clamp(1, BLOCK_SIZE)
+}
+
+/// Leaves in a full chunk's tree: a power of two for a valid chunk size.
+fn width(chunk_size: u32) -> u32 {
+    chunk_size / block_len(chunk_size)
+}
+
+fn node(left: &Leaf, right: &Leaf) -> Leaf {
+    let mut sha = Sha256::new();
+    sha.update(left);
+    sha.update(right);
+    sha.finalize().into()
+}
+
+/// The root of the tree over `leaves`, padded with zero leaves to `width` (a power of two, at
+/// least `leaves.len()`).
+pub fn merkle_root(leaves: &[Leaf], width: u32) -> Leaf {
+    let mut tree = MerkleBuilder::new();
+    for l in leaves {
+        tree.push(*l);
+    }
+    tree.finish(width)
+}
+
+/// Computes a merkle root from leaves pushed one at a time, holding one hash per level
+/// (at most 11 for [`MAX_CHUNK_BLOCKS`] leaves): nothing grows with the chunk.
+#[derive(Clone)]
+pub struct MerkleBuilder {
+    /// Roots of complete subtrees, left to right, with their heights (strictly decreasing).
+    stack: heapless::Vec<(u8, Leaf), 12>,
+}
+
+impl Default for MerkleBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MerkleBuilder {
+    /// An empty tree.
+    pub fn new() -> Self {
+        MerkleBuilder {
+            stack: heapless::Vec::new(),
+        }
+    }
+
+    /// Adds the next leaf. Pushing more than [`MAX_CHUNK_BLOCKS`] leaves gives a wrong root,
+    /// never a panic.
+    pub fn push(&mut self, leaf: Leaf) {
+        let mut top = (0u8, leaf);
+        while let Some(&(h, left)) = self.stack.last() {
+            if h != top.0 {
+                break;
+            }
+            self.stack.pop();
+            top = (h + 1, node(&left, &top.1));
+        }
+        // Heights strictly decrease, so the stack holds at most one entry per height.
+        let _ = self.stack.push(top);
+    }
+
+    /// The root of a tree `width` leaves wide (a power of two), the leaves not pushed being
+    /// all-zero.
+    pub fn finish(mut self, width: u32) -> Leaf {
+        let height = width.max(1).trailing_zeros() as u8;
+        loop {
+            let Some((h, right)) = self.stack.pop() else {
+                return zero_subtree(height);
+            };
+            if self.stack.is_empty() && h >= height {
+                return right;
+            }
+            let combined = match self.stack.last() {
+                Some(&(lh, left)) if lh == h => {
+                    self.stack.pop();
+                    node(&left, &right)
+                }
+                _ => node(&right, &zero_subtree(h)),
+            };
+            let _ = self.stack.push((h + 1, combined));
+        }
+    }
+}
+
+/// The root of a subtree of `height` levels whose leaves are all zero.
+fn zero_subtree(height: u8) -> Leaf {
+    let mut z = [0u8; HASH_LEN];
+    for _ in 0..height {
+        z = node(&z, &z);
+    }
+    z
 }
 
 impl fmt::Debug for ChunkHash {
@@ -170,6 +302,31 @@ impl ManifestHeader {
         u64::from(self.chunk_count()) * HASH_LEN as u64
     }
 
+    /// The block size: [`BLOCK_SIZE`], or the chunk size if that is smaller.
+    pub fn block_len(&self) -> u32 {
+        block_len(self.chunk_size)
+    }
+
+    /// Leaves in every chunk's tree (a power of two): a full chunk's blocks.
+    pub fn blocks_per_chunk(&self) -> u32 {
+        width(self.chunk_size)
+    }
+
+    /// Blocks of chunk `index` (the last chunk may have fewer; 0 past the end).
+    pub fn blocks_in(&self, index: u32) -> u32 {
+        self.chunk_len(index).div_ceil(self.block_len())
+    }
+
+    /// Byte offset of chunk `index`'s first leaf in the leaves region.
+    pub fn leaf_offset(&self, index: u32) -> u64 {
+        u64::from(index) * u64::from(self.blocks_per_chunk()) * HASH_LEN as u64
+    }
+
+    /// Bytes of the leaves region: 32 per block of the file.
+    pub fn leaves_len(&self) -> u64 {
+        self.size.div_ceil(u64::from(self.block_len())) * HASH_LEN as u64
+    }
+
     /// Picks a chunk size for a file of `size` bytes: 256 KiB, doubled until the file needs at
     /// most `max_chunks` chunks (so small devices and trackers with few bitmap words still fit).
     pub fn pick_chunk_size(size: u64, max_chunks: u32) -> u32 {
@@ -246,16 +403,39 @@ impl fmt::Display for BuildError {
 
 impl core::error::Error for BuildError {}
 
+/// What [`ManifestBuilder::update`] hands out as the file's bytes go past.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Built {
+    /// The leaf of block `index` (counted from the file's start), at
+    /// `index * 32` of the leaves region.
+    Leaf {
+        /// The block.
+        index: u64,
+        /// Its leaf.
+        leaf: Leaf,
+    },
+    /// The root of chunk `index`, after its last leaf.
+    Chunk {
+        /// The chunk.
+        index: u32,
+        /// Its root.
+        hash: ChunkHash,
+    },
+}
+
 /// Builds a manifest from a file's bytes, fed in pieces of any size.
 ///
-/// Each chunk's hash is handed to a callback as soon as the chunk is complete, so the caller
-/// can store it (a sidecar file, flash) instead of the builder holding them all.
+/// Each leaf and each chunk root is handed to a callback as soon as it is known, so the caller
+/// can store them (a sidecar file, flash) instead of the builder holding them all.
 pub struct ManifestBuilder {
     header: ManifestHeader,
     id: FileIdHasher,
-    chunk: Sha256,
+    block: Sha256,
+    tree: MerkleBuilder,
+    in_block: u32,
     in_chunk: u32,
     index: u32,
+    blocks: u64,
     fed: u64,
 }
 
@@ -265,9 +445,12 @@ impl ManifestBuilder {
         ManifestBuilder {
             id: FileIdHasher::new(&header),
             header,
-            chunk: Sha256::new(),
+            block: Sha256::new(),
+            tree: MerkleBuilder::new(),
+            in_block: 0,
             in_chunk: 0,
             index: 0,
+            blocks: 0,
             fed: 0,
         }
     }
@@ -277,26 +460,45 @@ impl ManifestBuilder {
         &self.header
     }
 
-    /// Feeds the next bytes of the file; `on_chunk(index, hash)` runs for each completed chunk.
+    /// Feeds the next bytes of the file; `out` is called with every leaf and every chunk
+    /// root as each is completed, in file order.
     pub fn update(
         &mut self,
         mut data: &[u8],
-        mut on_chunk: impl FnMut(u32, ChunkHash),
+        mut out: impl FnMut(Built),
     ) -> Result<(), BuildError> {
         if self.header.size - self.fed < data.len() as u64 {
             return Err(BuildError::TooMuchData);
         }
         self.fed += data.len() as u64;
+        let block = self.header.block_len();
         while !data.is_empty() {
-            let want = self.header.chunk_len(self.index) - self.in_chunk;
+            let chunk_len = self.header.chunk_len(self.index);
+            let block_end = (self.in_chunk - self.in_block + block).min(chunk_len);
+            let want = block_end - self.in_chunk;
             let take = (want as usize).min(data.len());
-            self.chunk.update(&data[..take]);
+            self.block.update(&data[..take]);
+            self.in_block += take as u32;
             self.in_chunk += take as u32;
             data = &data[take..];
-            if self.in_chunk == self.header.chunk_len(self.index) {
-                let hash = ChunkHash(self.chunk.finalize_reset().into());
+            if self.in_chunk == block_end {
+                let leaf: Leaf = self.block.finalize_reset().into();
+                out(Built::Leaf {
+                    index: self.blocks,
+                    leaf,
+                });
+                self.tree.push(leaf);
+                self.blocks += 1;
+                self.in_block = 0;
+            }
+            if self.in_chunk == chunk_len {
+                let tree = core::mem::take(&mut self.tree);
+                let hash = ChunkHash(tree.finish(self.header.blocks_per_chunk()));
                 self.id.update(&hash.0);
-                on_chunk(self.index, hash);
+                out(Built::Chunk {
+                    index: self.index,
+                    hash,
+                });
                 self.index += 1;
                 self.in_chunk = 0;
             }
@@ -325,9 +527,11 @@ mod tests {
         let mut b = ManifestBuilder::new(header);
         let mut hashes = Vec::new();
         for p in data.chunks(piece.max(1)) {
-            b.update(p, |i, h| {
-                assert_eq!(i as usize, hashes.len());
-                hashes.push(h)
+            b.update(p, |built| {
+                if let Built::Chunk { index, hash } = built {
+                    assert_eq!(index as usize, hashes.len());
+                    hashes.push(hash)
+                }
             })
             .unwrap();
         }
@@ -343,7 +547,9 @@ mod tests {
         assert_eq!(id1, id2);
         assert_eq!(h1, h2);
         assert_eq!(h1.len(), 5);
-        assert_eq!(h1[4], ChunkHash::of(&data[4096..]));
+        // Chunks of one block: the root is the SHA-256 of the bytes.
+        assert_eq!(h1[4], ChunkHash(Sha256::digest(&data[4096..]).into()));
+        assert_eq!(h1[4], ChunkHash::of(&data[4096..], 1024));
         // The id is the SHA-256 of postcard(header) ++ hashes.
         let header = ManifestHeader::new("f.bin", 5000, 1024).unwrap();
         let mut enc = postcard::to_allocvec(&header).unwrap();
@@ -359,9 +565,9 @@ mod tests {
     fn builder_rejects_wrong_amount_of_data() {
         let header = ManifestHeader::new("a", 10, 1024).unwrap();
         let mut b = ManifestBuilder::new(header.clone());
-        assert_eq!(b.update(&[0; 11], |_, _| {}), Err(BuildError::TooMuchData));
+        assert_eq!(b.update(&[0; 11], |_| {}), Err(BuildError::TooMuchData));
         let mut b = ManifestBuilder::new(header);
-        b.update(&[0; 9], |_, _| {}).unwrap();
+        b.update(&[0; 9], |_| {}).unwrap();
         assert_eq!(b.finish().unwrap_err(), BuildError::TooLittleData);
     }
 
@@ -423,6 +629,75 @@ mod tests {
             chunk_size: u32::MAX,
         };
         assert_eq!(postcard::to_allocvec(&max).unwrap().len(), MAX_HEADER_LEN);
+    }
+
+    /// The tree written out the slow way: pad to `width` with zero leaves, hash pairs up.
+    fn reference_root(leaves: &[Leaf], width: usize) -> Leaf {
+        let mut level: Vec<Leaf> = leaves.to_vec();
+        level.resize(width, [0; 32]);
+        while level.len() > 1 {
+            level = level.chunks(2).map(|p| node(&p[0], &p[1])).collect();
+        }
+        level[0]
+    }
+
+    #[test]
+    fn merkle_root_matches_the_padded_tree_for_every_shape() {
+        let leaves: Vec<Leaf> = (0..64u8).map(|i| leaf(&[i; 3])).collect();
+        for width in [1usize, 2, 4, 8, 16, 64] {
+            for n in 0..=width {
+                assert_eq!(
+                    merkle_root(&leaves[..n], width as u32),
+                    reference_root(&leaves[..n], width),
+                    "{n} leaves, width {width}"
+                );
+            }
+        }
+        // Three leaves in a tree of four: the fourth is zero.
+        let (a, b, c) = (leaves[0], leaves[1], leaves[2]);
+        assert_eq!(
+            merkle_root(&[a, b, c], 4),
+            node(&node(&a, &b), &node(&c, &[0; 32]))
+        );
+    }
+
+    #[test]
+    fn builder_hands_out_every_leaf_and_roots_over_them() {
+        // 256 KiB chunks (16 blocks each); the last chunk has 3 blocks and a short one.
+        let chunk = 256 * 1024;
+        let size = 2 * chunk as usize + 2 * BLOCK_SIZE as usize + 100;
+        let data: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        let header = ManifestHeader::new("f", size as u64, chunk).unwrap();
+        assert_eq!((header.blocks_per_chunk(), header.blocks_in(2)), (16, 3));
+        assert_eq!(header.leaves_len(), (16 + 16 + 3) * 32);
+        for piece in [1000, 65536, size] {
+            let mut b = ManifestBuilder::new(header.clone());
+            let (mut leaves, mut roots) = (Vec::new(), Vec::new());
+            for p in data.chunks(piece) {
+                b.update(p, |built| match built {
+                    Built::Leaf { index, leaf } => {
+                        assert_eq!(index as usize, leaves.len());
+                        leaves.push(leaf)
+                    }
+                    Built::Chunk { index, hash } => {
+                        assert_eq!(index as usize, roots.len());
+                        roots.push(hash)
+                    }
+                })
+                .unwrap();
+            }
+            b.finish().unwrap();
+            assert_eq!(leaves.len(), 35);
+            assert_eq!(leaves[34], leaf(&data[size - 100..]));
+            for (c, root) in roots.iter().enumerate() {
+                let start = c * chunk as usize;
+                let bytes = &data[start..(start + chunk as usize).min(size)];
+                assert_eq!(*root, ChunkHash::of(bytes, chunk));
+                let first = (header.leaf_offset(c as u32) / 32) as usize;
+                let n = header.blocks_in(c as u32) as usize;
+                assert_eq!(root.0, reference_root(&leaves[first..first + n], 16));
+            }
+        }
     }
 
     #[test]

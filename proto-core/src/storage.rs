@@ -2,12 +2,17 @@
 //! offset, and the adapter moves the bytes (from its receive buffer to disk, or from disk to
 //! the socket) so payload is copied at most once.
 
-/// Which part of a file slot: its chunk hashes or its data.
+/// Which part of a file slot: its chunk hashes, its leaves, or its data.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Region {
     /// The chunk hashes of a manifest, 32 bytes per chunk in chunk order.
     Hashes,
+    /// The leaves: the SHA-256 of every block, 32 bytes per block in file order (chunk `c`'s
+    /// from [`ManifestHeader::leaf_offset`](crate::manifest::ManifestHeader::leaf_offset)).
+    /// Written by the core as a chunk's leaves arrive (before they are checked, like data);
+    /// read to serve them. A store may instead compute them from verified data on read.
+    Leaves,
     /// The file's bytes.
     Data,
 }

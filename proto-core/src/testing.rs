@@ -18,7 +18,7 @@ use std::vec::Vec;
 
 use crate::conn::ConnId;
 use crate::io::{Action, Output, FRAME_BUF_LEN};
-use crate::manifest::ManifestHeader;
+use crate::manifest::{Built, ManifestBuilder, ManifestHeader};
 use crate::node::Node;
 use crate::storage::{Region, Storage, StorageKey};
 use crate::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use crate::wire::{encode_frame, FileId, FrameDecoder, Item, Message};
 /// Storage in memory: every region a growing byte vector; the journal as lists.
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
-    regions: BTreeMap<(u16, bool), Vec<u8>>,
+    regions: BTreeMap<(u16, u8), Vec<u8>>,
     /// Manifests journalled, in order.
     pub manifests: Vec<(u16, FileId, ManifestHeader)>,
     /// Chunks journalled as verified, in order.
@@ -42,8 +42,13 @@ pub struct MemStore {
     pub written: u64,
 }
 
-fn region_key(key: StorageKey) -> (u16, bool) {
-    (key.slot, key.region == Region::Data)
+fn region_key(key: StorageKey) -> (u16, u8) {
+    let region = match key.region {
+        Region::Hashes => 0,
+        Region::Leaves => 1,
+        Region::Data => 2,
+    };
+    (key.slot, region)
 }
 
 impl MemStore {
@@ -122,6 +127,49 @@ impl Storage for MemStore {
     fn file_complete(&mut self, slot: u16) -> Result<(), Infallible> {
         self.completed.push(slot);
         Ok(())
+    }
+}
+
+/// A file's manifest, built from its bytes, with what a store keeps of it.
+#[derive(Clone, Debug)]
+pub struct TestManifest {
+    /// The header.
+    pub header: ManifestHeader,
+    /// The file id.
+    pub id: FileId,
+    /// The chunk roots, as stored under [`Region::Hashes`].
+    pub hashes: Vec<u8>,
+    /// The leaves, as stored under [`Region::Leaves`].
+    pub leaves: Vec<u8>,
+}
+
+/// Builds the manifest of `data` named `name` with chunks of `chunk` bytes.
+pub fn manifest_of(name: &str, data: &[u8], chunk: u32) -> TestManifest {
+    let header =
+        ManifestHeader::new(name, data.len() as u64, chunk).expect("a valid test manifest");
+    let mut b = ManifestBuilder::new(header);
+    let (mut hashes, mut leaves) = (Vec::new(), Vec::new());
+    b.update(data, |built| match built {
+        Built::Leaf { leaf, .. } => leaves.extend_from_slice(&leaf),
+        Built::Chunk { hash, .. } => hashes.extend_from_slice(&hash.0),
+    })
+    .expect("exactly the header's bytes");
+    let (header, id) = b.finish().expect("exactly the header's bytes");
+    TestManifest {
+        header,
+        id,
+        hashes,
+        leaves,
+    }
+}
+
+impl MemStore {
+    /// Stores what sharing `m` from `slot` needs: its hashes, its leaves, and `data`.
+    pub fn put_shared(&mut self, slot: u16, m: &TestManifest, data: &[u8]) {
+        let key = |region| StorageKey { slot, region };
+        self.set(key(Region::Hashes), &m.hashes);
+        self.set(key(Region::Leaves), &m.leaves);
+        self.set(key(Region::Data), data);
     }
 }
 
@@ -490,10 +538,16 @@ fn deliver_to<N: Node>(end: &mut End<N>, now: Instant, conn: ConnId) -> bool {
 
 /// A peer over fixed memory that lives as long as the test (the device's path: nothing is
 /// allocated by the peer; the memory is leaked on purpose, once per peer).
-pub fn fixed_peer<const C: usize, const F: usize, const W: usize, const A: usize>(
+pub fn fixed_peer<
+    const C: usize,
+    const F: usize,
+    const W: usize,
+    const A: usize,
+    const B: usize,
+>(
     config: crate::peer::PeerConfig,
     now: crate::time::Instant,
 ) -> crate::peer::Peer<'static, W> {
-    let memory: &'static mut crate::peer::PeerMemory<C, F, W, A> = Box::leak(Box::default());
+    let memory: &'static mut crate::peer::PeerMemory<C, F, W, A, B> = Box::leak(Box::default());
     crate::peer::Peer::with_memory(config, now, memory)
 }

@@ -32,7 +32,7 @@ use crate::auth::{Nonce, Proof};
 use crate::manifest::{ManifestError, ManifestHeader, Name, MAX_CHUNKS};
 
 /// The protocol version spoken by this build; sent in every [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes in the length prefix of every frame.
 pub const LEN_PREFIX: usize = 4;
@@ -309,6 +309,24 @@ pub enum Message {
     /// Any node to tracker: list the registered peers. The answer is a stream of
     /// [`Message::PeerListItem`]s and a [`Message::PeerListEnd`]; nothing is pushed unasked.
     ListPeers,
+    /// Peer to peer: send me the leaves of `chunk` (the SHA-256 of each of its blocks), so I can
+    /// verify its blocks one by one as they come.
+    GetLeaves {
+        /// The file.
+        file: FileId,
+        /// The chunk.
+        chunk: u32,
+    },
+    /// Peer to peer: the leaves of `chunk`. Body: `count` leaves, 32 bytes each, in block
+    /// order. `count` is the chunk's number of blocks, or 0 for "I do not have them".
+    Leaves {
+        /// The file.
+        file: FileId,
+        /// The chunk.
+        chunk: u32,
+        /// Leaves in the body.
+        count: u32,
+    },
 }
 
 /// A block: `len` bytes at `offset` within chunk `chunk` of `file`.
@@ -355,6 +373,8 @@ impl Message {
             Message::Bitfield { chunks, .. } => {
                 (*chunks <= MAX_CHUNKS).then_some(u64::from(chunks.div_ceil(8)))
             }
+            Message::Leaves { count, .. } => (*count <= crate::manifest::MAX_CHUNK_BLOCKS)
+                .then_some(u64::from(*count) * crate::manifest::HASH_LEN as u64),
             _ => Some(0),
         }
     }
@@ -483,6 +503,11 @@ impl FrameDecoder {
     /// True when the decoder is between frames (no partial frame or body pending).
     pub fn is_idle(&self) -> bool {
         self.prefix_have == 0 && self.body_left == 0
+    }
+
+    /// True when the next input bytes are body bytes.
+    pub fn in_body(&self) -> bool {
+        self.body_left > 0
     }
 
     /// Decodes from `input`; returns the bytes consumed and at most one item.

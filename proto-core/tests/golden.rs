@@ -41,9 +41,11 @@ fn tag(m: &Message) -> usize {
         Message::Reject { .. } => 26,
         Message::Auth { .. } => 27,
         Message::ListPeers => 28,
+        Message::GetLeaves { .. } => 29,
+        Message::Leaves { .. } => 30,
     }
 }
-const VARIANTS: usize = 29;
+const VARIANTS: usize = 31;
 
 fn examples() -> Vec<Message> {
     let file = FileId([0xf1; 32]);
@@ -107,6 +109,12 @@ fn examples() -> Vec<Message> {
         Message::Cancel(block),
         Message::Auth { proof: [0xa7; 32] },
         Message::ListPeers,
+        Message::GetLeaves { file, chunk: 7 },
+        Message::Leaves {
+            file,
+            chunk: 7,
+            count: 16,
+        },
     ];
     for r in [
         Refusal::VersionMismatch { supported: 1 },
@@ -174,7 +182,7 @@ fn every_message_encodes_to_its_golden_bytes() {
 }
 
 const GOLDEN: &[&str] = &[
-    "2400000000020d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    "2400000000030d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
     "020000000107",
     "020000000207",
     "0100000003",
@@ -200,6 +208,8 @@ const GOLDEN: &[&str] = &[
     "2800000019f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f103808001808001",
     "210000001ba7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7",
     "010000001c",
+    "220000001df1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f107",
+    "230000001ef1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f10710",
     "03000000050001",
     "020000000501",
     "020000000502",

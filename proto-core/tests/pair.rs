@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 
-use proto_core::manifest::{ManifestBuilder, ManifestHeader};
 use proto_core::peer::{Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::testing::{End, Pair};
@@ -24,7 +23,7 @@ fn pair() -> Pair<P, T> {
         Instant::ZERO,
         memory,
     );
-    let peer = proto_core::testing::fixed_peer::<4, 1, 8, 4>(
+    let peer = proto_core::testing::fixed_peer::<4, 1, 8, 4, 16>(
         PeerConfig::new(NodeId([1; 16]), 7000, Some(tracker_addr)),
         Instant::ZERO,
     );
@@ -54,11 +53,8 @@ fn a_peer_registers_publishes_stays_and_comes_back_after_a_reset() {
 
     // Share a file: its hashes go from the peer's store to the tracker's.
     let data: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
-    let mut b = ManifestBuilder::new(ManifestHeader::new("p.bin", 5000, 1024).unwrap());
-    let mut hashes = Vec::new();
-    b.update(&data, |_, h| hashes.extend_from_slice(&h.0))
-        .unwrap();
-    let (header, id) = b.finish().unwrap();
+    let m = proto_core::testing::manifest_of("p.bin", &data, 1024);
+    let (header, id, hashes) = (m.header, m.id, m.hashes);
     let key = StorageKey {
         slot: 0,
         region: Region::Hashes,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use proto_core::conn::ConnId;
 use proto_core::io::Action;
-use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::manifest::ManifestHeader;
 use proto_core::peer::{FetchFailure, Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, StorageKey};
 use proto_core::testing::{self, frame, MemStore, Seen};
@@ -38,7 +38,7 @@ impl Harness {
     fn new(config: impl FnOnce(&mut PeerConfig)) -> Self {
         let mut c = PeerConfig::new(NodeId([1; 16]), 7000, Some(TRACKER.parse().unwrap()));
         config(&mut c);
-        let p = proto_core::testing::fixed_peer::<6, 2, 8, 8>(c, Instant::ZERO);
+        let p = proto_core::testing::fixed_peer::<6, 2, 8, 8, 16>(c, Instant::ZERO);
         let mut h = Harness {
             p,
             now: Instant::ZERO,
@@ -94,13 +94,8 @@ impl Harness {
 
 fn manifest(len: usize) -> (ManifestHeader, FileId, Vec<u8>) {
     let data: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
-    let header = ManifestHeader::new("f.bin", len as u64, 1024).unwrap();
-    let mut b = ManifestBuilder::new(header);
-    let mut hashes = Vec::new();
-    b.update(&data, |_, h| hashes.extend_from_slice(&h.0))
-        .unwrap();
-    let (header, id) = b.finish().unwrap();
-    (header, id, hashes)
+    let m = proto_core::testing::manifest_of("f.bin", &data, 1024);
+    (m.header, m.id, m.hashes)
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! (The simulator measures the same rules across whole swarms.)
 
 use proto_core::conn::ConnId;
-use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::manifest::ManifestHeader;
 use proto_core::peer::{Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, Storage, StorageKey};
 use proto_core::testing::{self, frame, MemStore, Seen};
@@ -21,33 +21,38 @@ struct Swarm {
     id: FileId,
     header: ManifestHeader,
     data: Vec<u8>,
+    leaves: Vec<u8>,
+    /// Leaves asked of a remote and not yet sent: they go right before its next block.
+    leaves_asked: Vec<(ConnId, u32)>,
 }
 
 impl Swarm {
     /// A file of `chunks` chunks of `chunk` bytes, fetched `block` bytes at a time with at most
     /// `in_flight` bytes asked of one connection.
     fn new(chunks: u32, chunk: u32, block: u32, in_flight: u32) -> Self {
+        Self::with(chunks, chunk, block, in_flight, |_| {})
+    }
+
+    /// Like `new`, with the peer's config changed by `tune`.
+    fn with(
+        chunks: u32,
+        chunk: u32,
+        block: u32,
+        in_flight: u32,
+        tune: impl FnOnce(&mut PeerConfig),
+    ) -> Self {
         let len = (chunks * chunk) as usize;
         let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
-        let header = ManifestHeader::new("s.bin", len as u64, chunk).unwrap();
-        let mut b = ManifestBuilder::new(header);
-        let mut hashes = Vec::new();
-        b.update(&data, |_, h| hashes.extend_from_slice(&h.0))
-            .unwrap();
-        let (header, id) = b.finish().unwrap();
+        let m = proto_core::testing::manifest_of("s.bin", &data, chunk);
+        let (header, id) = (m.header.clone(), m.id);
         let mut c = PeerConfig::new(NodeId([1; 16]), 7000, None);
         c.block_len = block;
         c.max_in_flight = in_flight;
-        let mut p = proto_core::testing::fixed_peer::<6, 1, 8, 8>(c, Instant::ZERO);
+        tune(&mut c);
+        let mut p = proto_core::testing::fixed_peer::<6, 1, 8, 8, 16>(c, Instant::ZERO);
         let slot = p.resume(Instant::ZERO, id, header.clone(), []).unwrap();
         let mut store = MemStore::default();
-        store.set(
-            StorageKey {
-                slot,
-                region: Region::Hashes,
-            },
-            &hashes,
-        );
+        store.put_shared(slot, &m, &[]);
         let mut s = Swarm {
             p,
             now: Instant::ZERO,
@@ -56,6 +61,8 @@ impl Swarm {
             id,
             header,
             data,
+            leaves: m.leaves.clone(),
+            leaves_asked: Vec::new(),
         };
         s.drain();
         s
@@ -109,14 +116,53 @@ impl Swarm {
 
     /// Everything sent to `c` since last asked.
     fn sent(&mut self, c: ConnId) -> Vec<Message> {
-        self.seen.take(c)
+        let sent = self.seen.take(c);
+        for m in &sent {
+            if let Message::GetLeaves { chunk, .. } = m {
+                self.leaves_asked.push((c, *chunk));
+            }
+        }
+        sent
     }
 
     /// Remote `c` sends block `b` with the first `upto` bytes of its true payload.
     fn block(&mut self, c: ConnId, b: BlockRef, upto: u32) {
         let start = self.header.chunk_offset(b.chunk) as usize + b.offset as usize;
-        let mut bytes = frame(&Message::Block(b));
-        bytes.extend_from_slice(&self.data[start..start + upto.min(b.len) as usize]);
+        let payload = self.data[start..start + upto.min(b.len) as usize].to_vec();
+        self.send_block(c, b, &payload);
+    }
+
+    /// Remote `c` sends block `b` whole, with the byte at `bad` (from the block's start)
+    /// flipped.
+    fn bad_block(&mut self, c: ConnId, b: BlockRef, bad: usize) {
+        let start = self.header.chunk_offset(b.chunk) as usize + b.offset as usize;
+        let mut payload = self.data[start..start + b.len as usize].to_vec();
+        payload[bad] ^= 0x40;
+        self.send_block(c, b, &payload);
+    }
+
+    /// Remote `c` sends block `b` with `payload` (its leaves first, if it was asked for them).
+    fn send_block(&mut self, c: ConnId, b: BlockRef, payload: &[u8]) {
+        let mut bytes = Vec::new();
+        // A remote answers a GetLeaves before the blocks asked for after it.
+        for m in self.seen.got.get(&c).into_iter().flatten() {
+            if let Message::GetLeaves { chunk, .. } = m {
+                self.leaves_asked.push((c, *chunk));
+            }
+        }
+        if let Some(k) = self.leaves_asked.iter().position(|&a| a == (c, b.chunk)) {
+            self.leaves_asked.remove(k);
+            let count = self.header.blocks_in(b.chunk);
+            bytes.extend(frame(&Message::Leaves {
+                file: self.id,
+                chunk: b.chunk,
+                count,
+            }));
+            let at = self.header.leaf_offset(b.chunk) as usize;
+            bytes.extend_from_slice(&self.leaves[at..at + 32 * count as usize]);
+        }
+        bytes.extend(frame(&Message::Block(b)));
+        bytes.extend_from_slice(payload);
         self.feed(c, &bytes);
     }
 
@@ -301,4 +347,101 @@ fn storage_holds_what_was_verified() {
     assert_eq!(buf, s.data);
     assert_eq!(s.store.verified.len(), 2, "both chunks journalled");
     assert_eq!(s.store.completed, vec![0]);
+}
+
+/// Who was blamed for bad blocks or leaves, in order.
+fn rejected_from(s: &Swarm) -> Vec<std::net::SocketAddr> {
+    s.seen
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            PeerEvent::ChunkRejected { from, .. } => Some(*from),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_corrupt_block_costs_that_block_alone() {
+    // One 64 KiB chunk of four 16 KiB blocks, asked for in one 64 KiB request.
+    let mut s = Swarm::new(1, 64 * 1024, 64 * 1024, 64 * 1024);
+    let x = s.holder(2, |_| true);
+    let sent = s.sent(x);
+    assert!(
+        sent.contains(&Message::GetLeaves {
+            file: s.id,
+            chunk: 0
+        }),
+        "the leaves are asked for with the first request: {sent:?}"
+    );
+    s.seen.got.insert(x, sent);
+    let b = one(s.requests(x));
+    assert_eq!((b.offset, b.len), (0, 64 * 1024));
+    // y joins as an endgame duplicate from the start.
+    let y = s.holder(3, |_| true);
+    assert_eq!(one(s.requests(y)).offset, 0);
+    // The third block (bytes 32 KiB..48 KiB) is corrupt.
+    s.bad_block(x, b, 40_000);
+    assert_eq!(rejected_from(&s), vec!["10.0.0.2:7002".parse().unwrap()]);
+    assert!(!s.verified(0));
+    // The two good blocks before it stay: the chunk goes on from 32 KiB, from the other
+    // holder, and nothing before that is asked for again.
+    let again = s.requests(y);
+    assert_eq!(
+        again.iter().map(|r| (r.offset, r.len)).collect::<Vec<_>>(),
+        [(32 * 1024, 32 * 1024)]
+    );
+    assert!(
+        s.requests(x).is_empty(),
+        "x sent the bad block: it is not asked again"
+    );
+    s.block(y, again[0], again[0].len);
+    assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
+fn on_flash_a_corrupt_block_restarts_its_chunk() {
+    // Storage that cannot rewrite in place: the chunk starts over, from another holder.
+    let mut s = Swarm::with(1, 64 * 1024, 64 * 1024, 64 * 1024, |c| {
+        c.rewrite_blocks = false
+    });
+    let x = s.holder(2, |_| true);
+    let b = one(s.requests(x));
+    let y = s.holder(3, |_| true);
+    let dup = one(s.requests(y));
+    s.bad_block(x, b, 40_000);
+    assert_eq!(rejected_from(&s).len(), 1);
+    // y's copy from offset 0 is exactly what the restarted chunk needs.
+    assert_eq!(dup.offset, 0);
+    assert!(s.requests(y).is_empty() && s.requests(x).is_empty());
+    s.block(y, dup, dup.len);
+    assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
+fn leaves_that_do_not_match_the_root_are_thrown_away_and_asked_elsewhere() {
+    let mut s = Swarm::new(1, 64 * 1024, 64 * 1024, 64 * 1024);
+    let x = s.holder(2, |_| true);
+    let b = one(s.requests(x));
+    let y = s.holder(3, |_| true);
+    // y is an endgame duplicate; it asks for the leaves too, before its own request.
+    let sent = s.sent(y);
+    assert!(sent.contains(&Message::GetLeaves {
+        file: s.id,
+        chunk: 0
+    }));
+    s.seen.got.insert(y, sent);
+    let dup = one(s.requests(y));
+    // x answers with a wrong leaf, then its (true) block.
+    s.leaves[40] ^= 1;
+    s.block(x, b, b.len);
+    s.leaves[40] ^= 1;
+    assert_eq!(rejected_from(&s), vec!["10.0.0.2:7002".parse().unwrap()]);
+    assert!(!s.verified(0), "no byte is taken against unchecked leaves");
+    // y's leaves check out, and its copy completes the chunk.
+    s.block(y, dup, dup.len);
+    assert!(s.verified(0));
+    s.p.check_invariants();
 }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use proto_core::auth::{Side, SwarmKey};
 use proto_core::conn::ConnId;
 use proto_core::io::Action;
-use proto_core::manifest::{ManifestBuilder, ManifestHeader};
+use proto_core::manifest::ManifestHeader;
 use proto_core::node::Node;
 use proto_core::storage::{Region, StorageKey};
 use proto_core::testing::{self, Frames, MemStore};
@@ -282,13 +282,8 @@ fn file(name: &str, len: usize, seed: u8) -> (ManifestHeader, FileId, Vec<u8>) {
     let data: Vec<u8> = (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect();
-    let header = ManifestHeader::new(name, len as u64, 1024).unwrap();
-    let mut b = ManifestBuilder::new(header);
-    let mut body = Vec::new();
-    b.update(&data, |_, h| body.extend_from_slice(&h.0))
-        .unwrap();
-    let (header, id) = b.finish().unwrap();
-    (header, id, body)
+    let m = proto_core::testing::manifest_of(name, &data, 1024);
+    (m.header, m.id, m.hashes)
 }
 
 fn publish(net: &mut Net, c: ConnId, f: &(ManifestHeader, FileId, Vec<u8>)) -> Message {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use proto_core::link::Link;
 use proto_core::manifest::{
-    validate_name, ManifestBuilder, ManifestError, ManifestHeader, Name, MAX_CHUNK_SIZE,
+    validate_name, Built, ManifestBuilder, ManifestError, ManifestHeader, Name, MAX_CHUNK_SIZE,
     MAX_NAME_LEN, MIN_CHUNK_SIZE,
 };
 use proto_core::wire::{
@@ -268,13 +268,15 @@ proptest! {
 
     #[test]
     fn manifest_id_does_not_depend_on_how_the_file_is_fed(
-        data in prop::collection::vec(any::<u8>(), 0..6000),
-        cuts in prop::collection::vec(1usize..2000, 1..5),
+        data in prop::collection::vec(any::<u8>(), 0..80_000),
+        cuts in prop::collection::vec(1usize..20_000, 1..5),
     ) {
-        let header = ManifestHeader::new("f", data.len() as u64, 1024).unwrap();
+        // 32 KiB chunks of two 16 KiB blocks: cuts fall inside blocks, between blocks and
+        // between chunks.
+        let header = ManifestHeader::new("f", data.len() as u64, 32 * 1024).unwrap();
         let whole = {
             let mut b = ManifestBuilder::new(header.clone());
-            b.update(&data, |_, _| {}).unwrap();
+            b.update(&data, |_| {}).unwrap();
             b.finish().unwrap()
         };
         let mut b = ManifestBuilder::new(header);
@@ -284,7 +286,13 @@ proptest! {
         while !rest.is_empty() {
             let n = cuts[k % cuts.len()].min(rest.len());
             k += 1;
-            b.update(&rest[..n], |i, _| { assert_eq!(i, seen); seen += 1; }).unwrap();
+            b.update(&rest[..n], |built| {
+                if let Built::Chunk { index, .. } = built {
+                    assert_eq!(index, seen);
+                    seen += 1;
+                }
+            })
+            .unwrap();
             rest = &rest[n..];
         }
         prop_assert_eq!(b.finish().unwrap(), whole);

@@ -380,6 +380,12 @@ impl Hostile {
                 let payload = self.garbage(b.len as usize);
                 self.send(conn, &Message::Block(b), &payload);
             }
+            // Leaves as made up as the blocks.
+            (Message::GetLeaves { chunk, .. }, Role::FromPeer) if chunk.is_multiple_of(2) => {
+                let count = self.header.blocks_in(chunk);
+                let body = self.garbage(count as usize * 32);
+                self.send(conn, &Message::Leaves { file, chunk, count }, &body);
+            }
             _ => {}
         }
     }

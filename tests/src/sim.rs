@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use proto_core::auth::SwarmKey;
 use proto_core::conn::ConnId;
 use proto_core::io::{Action, Output, Transmit, FRAME_BUF_LEN};
-use proto_core::manifest::{ChunkHash, ManifestBuilder, ManifestHeader};
+use proto_core::manifest::{Built, ChunkHash, ManifestBuilder, ManifestHeader};
 use proto_core::node::Node as _;
 use proto_core::peer::{Peer, PeerConfig, PeerEvent};
 use proto_core::storage::Storage;
@@ -292,6 +292,8 @@ pub struct Sim {
     links: BTreeMap<u64, Link>,
     next_link: u64,
     original: Vec<u8>,
+    /// The leaves of `original` (see `read_stored` for why a peer's own are not kept).
+    leaves: Vec<u8>,
     hashes: Vec<u8>,
     file: FileId,
     header: ManifestHeader,
@@ -326,9 +328,12 @@ impl Sim {
         let header = ManifestHeader::new("sim.bin", cfg.file_bytes, cfg.chunk_bytes)
             .expect("valid sim header");
         let mut builder = ManifestBuilder::new(header);
-        let mut hashes = Vec::new();
+        let (mut hashes, mut leaves) = (Vec::new(), Vec::new());
         builder
-            .update(&original, |_, h| hashes.extend_from_slice(&h.0))
+            .update(&original, |built| match built {
+                Built::Leaf { leaf, .. } => leaves.extend_from_slice(&leaf),
+                Built::Chunk { hash, .. } => hashes.extend_from_slice(&hash.0),
+            })
             .expect("sized to the header");
         let (header, file) = builder.finish().expect("sized to the header");
         let mut sim = Sim {
@@ -340,6 +345,7 @@ impl Sim {
             links: BTreeMap::new(),
             next_link: 0,
             original,
+            leaves,
             hashes,
             file,
             header,
@@ -1046,7 +1052,14 @@ impl Sim {
             let mut at = 0;
             while at < inbox.len() {
                 let input = &inbox[at..];
-                let (core, mut view) = split(&mut self.nodes[node], &self.original, &self.header);
+                let (core, mut view) = split(
+                    &mut self.nodes[node],
+                    Content {
+                        original: &self.original,
+                        leaves: &self.leaves,
+                        header: &self.header,
+                    },
+                );
                 let never = &mut |_, e: Infallible| match e {};
                 let consumed = match core {
                     Core::Tracker(t) => {
@@ -1083,7 +1096,14 @@ impl Sim {
         let mut buf = [0u8; FRAME_BUF_LEN];
         loop {
             let now = self.now;
-            let (core, mut view) = split(&mut self.nodes[i], &self.original, &self.header);
+            let (core, mut view) = split(
+                &mut self.nodes[i],
+                Content {
+                    original: &self.original,
+                    leaves: &self.leaves,
+                    header: &self.header,
+                },
+            );
             let never = &mut |_, e: Infallible| match e {};
             let out = match core {
                 Core::Tracker(t) => {
@@ -1196,12 +1216,13 @@ impl Sim {
         match ev {
             PeerEvent::ChunkVerified { chunk, .. } => {
                 let range = self.chunk_range(*chunk);
+                let chunk_size = self.header.chunk_size;
                 let n = &mut self.nodes[i];
                 let c = *chunk as usize;
                 let stored = match n.store.data.get(c) {
-                    Some(Stored::Written(b)) => ChunkHash::of(b),
-                    Some(Stored::Original) => ChunkHash::of(&self.original[range]),
-                    _ => ChunkHash::of(&[]),
+                    Some(Stored::Written(b)) => ChunkHash::of(b, chunk_size),
+                    Some(Stored::Original) => ChunkHash::of(&self.original[range], chunk_size),
+                    _ => ChunkHash::of(&[], chunk_size),
                 };
                 if stored.0[..] != self.hashes[c * 32..c * 32 + 32] {
                     self.bad_chunks += 1;
@@ -1240,15 +1261,12 @@ impl Sim {
             return self.tracker_store.read_vec(key, offset, len);
         }
         let n = &self.nodes[i];
-        read_stored(
-            &n.store,
-            &self.original,
-            &self.header,
-            n.corrupt,
-            key,
-            offset,
-            len,
-        )
+        let content = Content {
+            original: &self.original,
+            leaves: &self.leaves,
+            header: &self.header,
+        };
+        read_stored(&n.store, content, n.corrupt, key, offset, len)
     }
 
     /// Byte range of chunk `c` in the file.
@@ -1261,24 +1279,30 @@ impl Sim {
 /// corruption of a corrupt seeder), discards and the journal.
 struct StoreView<'a> {
     store: &'a mut Store,
-    original: &'a [u8],
-    header: &'a ManifestHeader,
+    content: Content<'a>,
     corrupt: bool,
+}
+
+/// The file every peer of the swarm holds or fetches: its bytes, its leaves and its header.
+#[derive(Clone, Copy)]
+struct Content<'a> {
+    original: &'a [u8],
+    leaves: &'a [u8],
+    header: &'a ManifestHeader,
 }
 
 impl Storage for StoreView<'_> {
     type Error = Infallible;
 
     fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), Infallible> {
-        write_store(self.store, key, offset, data, self.header);
+        write_store(self.store, key, offset, data, self.content.header);
         Ok(())
     }
 
     fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> Result<usize, Infallible> {
         let got = read_stored(
             self.store,
-            self.original,
-            self.header,
+            self.content,
             self.corrupt,
             key,
             offset,
@@ -1322,15 +1346,10 @@ fn chunk_range(header: &ManifestHeader, c: u32) -> std::ops::Range<usize> {
 }
 
 /// A node's core, and its store as the core sees it.
-fn split<'a>(
-    n: &'a mut Node,
-    original: &'a [u8],
-    header: &'a ManifestHeader,
-) -> (&'a mut Core, StoreView<'a>) {
+fn split<'a>(n: &'a mut Node, content: Content<'a>) -> (&'a mut Core, StoreView<'a>) {
     let view = StoreView {
         store: &mut n.store,
-        original,
-        header,
+        content,
         corrupt: n.corrupt,
     };
     (&mut n.core, view)
@@ -1339,15 +1358,23 @@ fn split<'a>(
 /// `len` bytes at `offset` of `key` in a peer's store.
 fn read_stored(
     store: &Store,
-    original: &[u8],
-    header: &ManifestHeader,
+    content: Content<'_>,
     corrupt: bool,
     key: StorageKey,
     offset: u64,
     len: u64,
 ) -> Vec<u8> {
+    let Content {
+        original,
+        leaves,
+        header,
+    } = content;
     let src: &[u8] = match key.region {
         Region::Hashes => &store.hashes,
+        // A peer serves the leaves of verified chunks only, which it checked against their
+        // roots: they are the original's, so the simulator keeps one copy for every peer
+        // (a thousand peers' copies of a 64 MiB file's leaves would be 128 MB).
+        Region::Leaves => leaves,
         Region::Data => {
             // Reads for serving stay inside one chunk.
             let c = (offset / u64::from(header.chunk_size)) as u32;
@@ -1382,6 +1409,8 @@ fn write_store(
 ) {
     match key.region {
         Region::Hashes => put(&mut store.hashes, offset, data),
+        // Not kept (see `read_stored`).
+        Region::Leaves => {}
         Region::Data => {
             // The core writes block payload, which never crosses a chunk boundary.
             let c = (offset / u64::from(header.chunk_size)) as u32;

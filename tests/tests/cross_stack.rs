@@ -190,6 +190,9 @@ fn smoltcp_and_linux_peers_swap_files_both_ways() {
         &[
             "share",
             "a.bin",
+            // The device keeps leaves for chunks of up to 128 KiB.
+            "--chunk-size",
+            "128K",
             "--tracker",
             &tracker_addr,
             "--listen",

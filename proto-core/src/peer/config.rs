@@ -53,6 +53,14 @@ pub struct PeerConfig {
     pub max_files: u16,
     /// Most chunks in flight at once, over all fetches. Default 128.
     pub max_active: u16,
+    /// Most blocks a chunk may have for this peer to fetch it: each chunk in flight keeps the
+    /// leaves of its blocks, 32 bytes each. Default 1,024 (16 MiB chunks, the largest there
+    /// are); with memory passed in, the smaller of this and what that memory holds.
+    pub max_chunk_blocks: u16,
+    /// Whether storage can write a block again in place. A file can; flash, programmed only
+    /// where it was erased, cannot: with `false` a block that fails its leaf restarts its whole
+    /// chunk (whose first write erases the sector again) instead of just itself. Default true.
+    pub rewrite_blocks: bool,
     /// How long a connection may leave requests unanswered before its work moves elsewhere.
     /// Default 5 s.
     pub stall_timeout: Duration,
@@ -93,6 +101,8 @@ impl PeerConfig {
             max_conns: 64,
             max_files: 4_096,
             max_active: 128,
+            max_chunk_blocks: crate::manifest::MAX_CHUNK_BLOCKS as u16,
+            rewrite_blocks: true,
             stall_timeout: Duration::from_secs(5),
             locate_interval: Duration::from_secs(3),
             fetch_deadline: None,
@@ -120,6 +130,11 @@ pub enum CommandError {
     NoTracker,
     /// No such slot.
     NoSuchSlot,
+    /// The file's chunks have more blocks than this peer keeps leaves for.
+    ChunkTooLarge {
+        /// The largest chunk this peer can fetch, in bytes.
+        max: u32,
+    },
 }
 
 impl core::fmt::Display for CommandError {
@@ -135,6 +150,11 @@ impl core::fmt::Display for CommandError {
             ),
             CommandError::NoTracker => f.write_str("not connected to a tracker"),
             CommandError::NoSuchSlot => f.write_str("no such file slot"),
+            CommandError::ChunkTooLarge { max } => write!(
+                f,
+                "the file's chunks are larger than the {} KiB this peer can verify",
+                max / 1024
+            ),
         }
     }
 }

@@ -44,6 +44,10 @@ pub(super) enum Ctl {
     Manifest(u16),
     Reject(Blk, RejectReason),
     Cancel(Blk),
+    /// Ask for a chunk's leaves.
+    GetLeaves(u32),
+    /// Send a chunk's leaves (or say we have none).
+    Leaves(u32),
 }
 
 /// A block of the file its connection is about. Queues keep these rather than [`BlockRef`]s:
@@ -93,6 +97,14 @@ pub(super) enum Sink {
     },
     /// A bitfield: byte `pos` is next.
     Bitfield {
+        pos: u32,
+    },
+    /// The leaves of `chunk`: into chunk in flight `active` (if they were asked of this
+    /// connection), byte `pos` next.
+    Leaves {
+        active: Option<usize>,
+        slot: u16,
+        chunk: u32,
         pos: u32,
     },
     /// Manifest hashes for `slot`, checked against its id as they stream.

@@ -45,6 +45,11 @@ pub enum FetchFailure {
     },
     /// Storage failed (disk full, flash error).
     Storage,
+    /// The file's chunks have more blocks than this peer keeps leaves for.
+    ChunkTooLarge {
+        /// The largest chunk this peer can fetch, in bytes.
+        max: u32,
+    },
 }
 
 /// What happened, for the user.
@@ -123,13 +128,15 @@ pub enum PeerEvent {
         /// The chunk.
         chunk: u32,
     },
-    /// A chunk did not match its hash and was discarded; it will be fetched again.
+    /// A block of a chunk did not match its leaf, or the chunk's leaves did not match its
+    /// root: they were discarded and will be fetched again (elsewhere, if another peer has
+    /// them).
     ChunkRejected {
         /// The slot.
         slot: u16,
         /// The chunk.
         chunk: u32,
-        /// The peer that sent (the first bytes of) it.
+        /// The peer that sent (the first bytes of) the bad block or leaves.
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
         from: SocketAddr,
     },

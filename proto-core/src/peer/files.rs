@@ -177,6 +177,17 @@ impl<const W: usize> Peer<'_, W> {
         })
     }
 
+    /// Whether this peer keeps enough leaves per chunk in flight to fetch a file with this
+    /// header; `Err` has the largest chunk it can fetch, in bytes.
+    pub(super) fn can_verify(&self, header: &ManifestHeader) -> Result<(), u32> {
+        let max = u32::from(self.config.max_chunk_blocks);
+        if header.blocks_per_chunk() <= max {
+            Ok(())
+        } else {
+            Err(max.saturating_mul(crate::manifest::BLOCK_SIZE))
+        }
+    }
+
     pub(super) fn new_file(
         &mut self,
         now: Instant,
@@ -423,6 +434,10 @@ impl<const W: usize> Peer<'_, W> {
                 }
             }
             self.event(PeerEvent::ManifestRejected { slot });
+            return;
+        }
+        if let Err(max) = self.can_verify(&header) {
+            self.fail_fetch(slot, FetchFailure::ChunkTooLarge { max });
             return;
         }
         let count = header.chunk_count();

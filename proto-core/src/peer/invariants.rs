@@ -30,6 +30,22 @@ impl<const W: usize> Peer<'_, W> {
                 a.frontier <= self.chunk_len(a.slot, a.chunk),
                 "the frontier stays inside its chunk"
             );
+            let block = self
+                .file(a.slot)
+                .and_then(|f| f.header())
+                .map_or(1, |h| h.block_len());
+            assert!(
+                a.verified <= a.frontier && a.frontier - a.verified <= block,
+                "at most one block is taken and not yet verified"
+            );
+            assert!(
+                a.verified.is_multiple_of(block),
+                "the verified mark is on a block boundary"
+            );
+            assert!(
+                a.frontier == 0 || a.leaves == Leaves::Checked,
+                "no byte of a chunk is taken before its leaves are checked"
+            );
             assert_eq!(
                 self.active_index(a.slot, a.chunk),
                 Some(i),

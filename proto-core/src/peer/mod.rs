@@ -59,10 +59,10 @@
 //! In fixed memory, [`Peer::ram_bytes`] is the exact size (the peer and its memory); RAM grows
 //! with file size only through `W` (one bit per chunk per file and per connection).
 //!
-//! | memory | C | F | W | A | bytes |
-//! |---|---|---|---|---|---|
-//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 22,448 |
-//! | `PeerMemory<64, 16, 256, 128>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 358,768 |
+//! | memory | C | F | W | A | B | bytes |
+//! |---|---|---|---|---|---|---|
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 23,432 |
+//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 422,280 |
 //!
 //! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
 //! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
@@ -71,10 +71,11 @@
 //! Per connection: a 512-byte frame buffer, the remote's chunk bitmap (`4 * W` bytes), and
 //! bounded queues of requests (32), blocks to serve (16) and control frames (16); queued blocks
 //! are 12 bytes, without the file id (a connection is about one file). Events wait in a queue
-//! of 16. Per chunk in flight: a SHA-256 state and who supplied it. No chunk payload and no
-//! chunk hash is ever held:
-//! payload streams from the receive buffer to storage, and hashes are read from storage one
-//! at a time as chunks start.
+//! of 16. Per chunk in flight: a SHA-256 state, who supplied the block being taken, and the
+//! chunk's leaves (32 bytes per 16 KiB block: `B` × 32 bytes; 256 bytes per chunk on the
+//! device, whose flash chunks are 128 KiB). No payload is ever held: it streams from the
+//! receive buffer to storage, and chunk roots are read from storage one at a time as chunks
+//! start.
 //!
 //! A test checks both fixed figures (x86_64; a 32-bit target is a little smaller).
 
@@ -105,7 +106,7 @@ use conns::{Blk, Conn, Ctl, End, Req, Role, Sink};
 use files::{held_bytes, File, HaveCursor, HaveLog, ManifestState};
 use timers::Timer;
 use tracker_session::TrackerSession;
-use verify::Active;
+use verify::{Active, Leaves};
 
 use core::net::SocketAddr;
 
@@ -122,7 +123,9 @@ use crate::conn::{
 };
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
-use crate::manifest::{ChunkHash, FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
+use crate::manifest::{
+    merkle_root, ChunkHash, FileIdHasher, Leaf, ManifestHeader, HASH_LEN, MAX_CHUNKS,
+};
 use crate::storage::{Region, StorageKey, StorageWrite};
 use crate::table::{capacity, vacancy};
 use crate::time::{Duration, Instant};
@@ -177,6 +180,8 @@ pub struct Peer<'a, const W: usize> {
     /// Files by id.
     by_id: ManagedMap<'a, FileId, u16>,
     active: ManagedSlice<'a, Option<Active>>,
+    /// The leaves of the chunks in flight: `max_chunk_blocks` places for each.
+    leaves: ManagedSlice<'a, Leaf>,
     candidates: ManagedSlice<'a, Option<Candidate>>,
     /// (node, listen address, strikes): strikes at `ban_after` mean banned.
     reputation: Deque<(NodeId, SocketAddr, u8), REPUTATION>,
@@ -214,19 +219,33 @@ impl<'a, const W: usize> Peer<'a, W> {
     /// A peer whose tables live in `memory`, which the adapter owns (a device's static
     /// memory): nothing is allocated, and each capacity is the smaller of `config`'s and the
     /// memory's. If a tracker is configured it connects to it at once.
-    pub fn with_memory<const C: usize, const F: usize, const A: usize>(
+    pub fn with_memory<const C: usize, const F: usize, const A: usize, const B: usize>(
         config: PeerConfig,
         now: Instant,
-        memory: &'a mut PeerMemory<C, F, W, A>,
+        memory: &'a mut PeerMemory<C, F, W, A, B>,
     ) -> Self {
         Peer::build(config, now, memory.parts())
     }
 
     fn build(config: PeerConfig, now: Instant, mut parts: Parts<'a, W>) -> Self {
         parts.by_id.clear();
+        let max_active = capacity(&parts.active, config.max_active);
+        // Fixed memory divides its leaves among the chunks in flight; the heap grows to the
+        // config's figure as chunks start.
+        let max_chunk_blocks = match &parts.leaves {
+            ManagedSlice::Borrowed(l) => {
+                let per = l.len() / usize::from(max_active.max(1));
+                u16::try_from(per)
+                    .unwrap_or(u16::MAX)
+                    .min(config.max_chunk_blocks)
+            }
+            #[cfg(feature = "alloc")]
+            ManagedSlice::Owned(_) => config.max_chunk_blocks,
+        };
         let config = PeerConfig {
             max_files: capacity(&parts.files, config.max_files),
-            max_active: capacity(&parts.active, config.max_active),
+            max_active,
+            max_chunk_blocks,
             ..config
         };
         let mut peer = Peer {
@@ -237,6 +256,7 @@ impl<'a, const W: usize> Peer<'a, W> {
             files: parts.files,
             by_id: parts.by_id,
             active: parts.active,
+            leaves: parts.leaves,
             candidates: parts.candidates,
             reputation: Deque::new(),
             events: EventQueue::new(),
@@ -278,8 +298,9 @@ impl<'a, const W: usize> Peer<'a, W> {
     }
 
     /// The bytes of a peer in fixed memory: the peer itself and its [`PeerMemory`].
-    pub const fn ram_bytes<const C: usize, const F: usize, const A: usize>() -> usize {
-        core::mem::size_of::<Self>() + core::mem::size_of::<PeerMemory<C, F, W, A>>()
+    pub const fn ram_bytes<const C: usize, const F: usize, const A: usize, const B: usize>() -> usize
+    {
+        core::mem::size_of::<Self>() + core::mem::size_of::<PeerMemory<C, F, W, A, B>>()
     }
 
     // ---- commands ----------------------------------------------------------------------
@@ -323,6 +344,9 @@ impl<'a, const W: usize> Peer<'a, W> {
             bits.set(c);
         }
         let complete = bits.is_full();
+        if let (false, Err(max)) = (complete, self.can_verify(&header)) {
+            return Err(CommandError::ChunkTooLarge { max });
+        }
         let slot = self.new_file(now, file, ManifestState::Known(header), !complete, bits)?;
         if let Some(f) = self.file_mut(slot) {
             f.bytes_done = held_bytes(f);
@@ -569,14 +593,14 @@ impl<'a, const W: usize> Peer<'a, W> {
         r
     }
 
-    /// The stored hash of `chunk` in `slot`, asked for by [`Action::ReadHash`].
+    /// The stored hash (merkle root) of `chunk` in `slot`, asked for by [`Action::ReadHash`].
     pub fn handle_hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
         self.enter(now);
         if let Some(i) = self.active_index(slot, chunk) {
             if let Some(a) = self.active[i].as_mut() {
                 a.expected = Some(hash);
             }
-            self.try_verify(i);
+            self.check_leaves(i);
         }
         self.schedule();
     }
@@ -677,6 +701,9 @@ impl<'a, const W: usize> Wire for Peer<'a, W> {
         remaining: u64,
     ) -> Option<StorageWrite<'i>> {
         Peer::on_body(self, id, data, remaining)
+    }
+    fn body_room(&self, id: ConnId) -> usize {
+        Peer::body_room(self, id)
     }
     fn on_frame_error(&mut self, id: ConnId, e: FrameError) {
         self.misbehaved(id, Offence::Frame(e));

@@ -1,6 +1,7 @@
 //! The receive path of the peer wire protocol: availability (bitfields and haves), requests
-//! to serve, rejects, and blocks whose payload streams through [`verify`](super::verify)'s
-//! frontier rule to storage.
+//! to serve, rejects, leaves, and blocks whose payload streams through
+//! [`verify`](super::verify)'s frontier rule to storage, stopping at every block boundary to
+//! check the block.
 
 use super::*;
 
@@ -41,6 +42,18 @@ impl<const W: usize> Peer<'_, W> {
                 }
             }
             Message::Block(b) => self.on_block(id, b),
+            Message::GetLeaves { file, chunk } => {
+                let Some(slot) = self.conn_slot(id, &file) else {
+                    self.misbehaved(id, Offence::Unexpected);
+                    return;
+                };
+                if chunk >= self.chunk_count(slot) {
+                    self.misbehaved(id, Offence::BadRange);
+                    return;
+                }
+                self.ctl(id, Ctl::Leaves(chunk));
+            }
+            Message::Leaves { file, chunk, count } => self.on_leaves(id, file, chunk, count),
             Message::Reject { block, reason } => self.on_reject(id, block, reason),
             Message::GetManifest { file } => {
                 let known = self
@@ -254,15 +267,39 @@ impl<const W: usize> Peer<'_, W> {
             let addr = c.listen_addr();
             let node = c.link.hello.map(|h| h.node).unwrap_or_default();
             if let Some(i) = self.active_index(slot, b.chunk) {
+                let mut skipped = false;
                 if let Some(a) = self.active[i].as_mut() {
-                    if a.receiving.is_none() && a.frontier == b.offset && a.digest.is_none() {
-                        a.receiving = Some(id);
-                        a.receiving_end = b.offset + b.len;
-                        if !a.contributors.iter().any(|(c, _, _)| *c == id) {
-                            let _ = a.contributors.push((id, addr, node));
+                    if a.receiving.is_none() && a.frontier == b.offset {
+                        if a.leaves == Leaves::Checked {
+                            a.receiving = Some(id);
+                            a.receiving_end = b.offset + b.len;
+                            if !a.contributors.iter().any(|(c, _, _)| *c == id) {
+                                let _ = a.contributors.push((id, addr, node));
+                            }
+                            active = Some(i);
+                        } else {
+                            // The block the chunk needs next, before its leaves could be
+                            // checked: not taken. From a source asked for the leaves first,
+                            // that means it skipped them.
+                            skipped = a.leaves == Leaves::Missing && a.asked.contains(&Some(id));
                         }
-                        active = Some(i);
                     }
+                }
+                if skipped {
+                    if let Some(c) = self.conns.get_mut(id) {
+                        c.unsolicited += u64::from(b.len);
+                        if c.unsolicited > 8 * u64::from(self.config.block_len.max(b.len)) {
+                            self.misbehaved(id, Offence::Unsolicited);
+                            return;
+                        }
+                    }
+                }
+                if active.is_none() {
+                    // Not taken (a copy the frontier has passed, a stale copy of a cancelled
+                    // request, or too early): whichever source no longer has a request where
+                    // the chunk goes on asks again from there, so the chunk never waits on
+                    // a request that was used up.
+                    self.resync(i);
                 }
             }
         } else {
@@ -293,6 +330,98 @@ impl<const W: usize> Peer<'_, W> {
         }
     }
 
+    /// A block's body ended on connection `id`: the chunk waits for its next block.
+    pub(super) fn end_block(&mut self, id: ConnId, active: Option<usize>, chunk: u32) {
+        if let Some(a) = active.and_then(|i| self.active[i].as_mut()) {
+            if a.receiving == Some(id) && a.chunk == chunk {
+                a.receiving = None;
+            }
+        }
+    }
+
+    /// The leaves of `chunk`, `count` of them, follow.
+    pub(super) fn on_leaves(&mut self, id: ConnId, file: FileId, chunk: u32, count: u32) {
+        let Some(slot) = self.conn_slot(id, &file) else {
+            self.misbehaved(id, Offence::Unexpected);
+            return;
+        };
+        let asked = self.active_index(slot, chunk).filter(|&i| {
+            self.active[i]
+                .as_ref()
+                .is_some_and(|a| a.asked.contains(&Some(id)))
+        });
+        if count == 0 {
+            // It does not have them: then it has not the chunk either.
+            if let Some(i) = asked {
+                if let Some(c) = self.conns.get_mut(id) {
+                    c.remote_has.clear(chunk);
+                }
+                self.release_chunk_from(i, id);
+            }
+            return;
+        }
+        let want = self
+            .file(slot)
+            .and_then(|f| f.header())
+            .map_or(0, |h| h.blocks_in(chunk));
+        if count != want {
+            self.misbehaved(id, Offence::BadRange);
+            return;
+        }
+        // The first complete set is the one checked; others are read past.
+        let take = asked.filter(|&i| {
+            self.active[i].as_mut().is_some_and(|a| match a.leaves {
+                Leaves::Missing => {
+                    a.leaves = Leaves::Receiving(id);
+                    true
+                }
+                _ => false,
+            })
+        });
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if asked.is_none() {
+            // Leaves nobody asked for count as unsolicited bytes, like blocks.
+            c.unsolicited += u64::from(count) * HASH_LEN as u64;
+        }
+        c.sink = Sink::Leaves {
+            active: take,
+            slot,
+            chunk,
+            pos: 0,
+        };
+    }
+
+    /// How much of a body `on_body` takes at once on `id`: up to the end of the block being
+    /// verified, so each block is checked before a byte past it is taken.
+    pub(super) fn body_room(&self, id: ConnId) -> usize {
+        let Some(c) = self.conns.get(id) else {
+            return usize::MAX;
+        };
+        let Sink::Block {
+            active: Some(i),
+            slot,
+            chunk,
+            ..
+        } = c.sink
+        else {
+            return usize::MAX;
+        };
+        let Some(a) = self.active.get(i).and_then(Option::as_ref) else {
+            return usize::MAX;
+        };
+        if a.receiving != Some(id) || a.chunk != chunk || a.slot != slot {
+            return usize::MAX;
+        }
+        let Some(h) = self.file(slot).and_then(|f| f.header()) else {
+            return usize::MAX;
+        };
+        let block = h.block_len();
+        let end = ((a.frontier / block + 1) * block).min(h.chunk_len(chunk));
+        (end.saturating_sub(a.frontier) as usize).max(1)
+    }
+
     pub(super) fn on_body<'a>(
         &mut self,
         id: ConnId,
@@ -314,12 +443,28 @@ impl<const W: usize> Peer<'_, W> {
                 *file_offset += data.len() as u64;
                 let (slot, chunk) = (*slot, *chunk);
                 let target = *active;
-                match target.and_then(|i| self.active[i].as_mut()) {
-                    Some(a) if a.receiving == Some(id) && a.chunk == chunk && a.slot == slot => {
+                let sizes = self
+                    .file(slot)
+                    .and_then(|f| f.header())
+                    .map(|h| (h.block_len(), h.chunk_len(chunk)));
+                match (target, target.and_then(|i| self.active[i].as_mut()), sizes) {
+                    (Some(i), Some(a), Some((block, len)))
+                        if a.receiving == Some(id) && a.chunk == chunk && a.slot == slot =>
+                    {
+                        // `body_room` stopped the input at the block's end.
                         a.sha.update(data);
                         a.frontier += data.len() as u32;
+                        let at_boundary = a.frontier.is_multiple_of(block) || a.frontier >= len;
                         if let Some(f) = self.files[slot as usize].as_mut() {
                             f.rate.add(now, data.len() as u64);
+                        }
+                        if at_boundary && !self.block_done(i, id) {
+                            // The rest of this block's body is not taken.
+                            if let Some(c) = self.conns.get_mut(id) {
+                                if let Sink::Block { active, .. } = &mut c.sink {
+                                    *active = None;
+                                }
+                            }
                         }
                         Some(StorageWrite {
                             key: key(slot, Region::Data),
@@ -341,6 +486,45 @@ impl<const W: usize> Peer<'_, W> {
                 }
                 *pos += data.len() as u32;
                 None
+            }
+            Sink::Leaves {
+                active,
+                chunk,
+                pos,
+                slot,
+            } => {
+                let (at, chunk, slot) = (*pos, *chunk, *slot);
+                *pos += data.len() as u32;
+                let taken = (*active).filter(|&i| {
+                    self.active[i]
+                        .as_ref()
+                        .is_some_and(|a| a.chunk == chunk && a.slot == slot)
+                });
+                let Some(i) = taken else {
+                    if remaining == 0 {
+                        self.end_body(id);
+                    }
+                    return None;
+                };
+                let leaves = self.leaves_of(i);
+                for (k, byte) in data.iter().enumerate() {
+                    let n = at as usize + k;
+                    if let Some(l) = leaves.get_mut(n / HASH_LEN) {
+                        l[n % HASH_LEN] = *byte;
+                    }
+                }
+                let base = self
+                    .file(slot)
+                    .and_then(|f| f.header())
+                    .map_or(0, |h| h.leaf_offset(chunk));
+                if remaining == 0 {
+                    self.end_body(id);
+                }
+                return Some(StorageWrite {
+                    key: key(slot, Region::Leaves),
+                    offset: base + u64::from(at),
+                    data,
+                });
             }
             Sink::Hashes {
                 slot,
@@ -370,6 +554,20 @@ impl<const W: usize> Peer<'_, W> {
         match core::mem::replace(&mut c.sink, Sink::None) {
             Sink::None => {}
             Sink::Block { active, chunk, .. } => self.end_block(id, active, chunk),
+            Sink::Leaves {
+                active: Some(i),
+                chunk,
+                slot,
+                ..
+            } => {
+                let ours = self.active[i]
+                    .as_ref()
+                    .is_some_and(|a| a.chunk == chunk && a.slot == slot);
+                if ours {
+                    self.leaves_arrived(i, id);
+                }
+            }
+            Sink::Leaves { active: None, .. } => {}
             Sink::Bitfield { .. } => {
                 c.bitfield_in = true;
                 let partial = !c.remote_has.is_full();

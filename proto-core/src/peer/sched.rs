@@ -28,7 +28,6 @@
 use heapless::Vec;
 use rand_xoshiro::rand_core::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use sha2::{Digest, Sha256};
 
 use super::{Active, Blk, Conn, Ctl, Peer, Phase, Req};
 use crate::bitmap::ChunkBitmap;
@@ -144,9 +143,8 @@ impl<const W: usize> Peer<'_, W> {
         self.active.iter().position(|a| {
             a.as_ref().is_some_and(|a| {
                 let len = self.chunk_len(a.slot, a.chunk);
-                a.digest.is_none()
-                    && ((a.owner == Some(id) && a.owner_next < len)
-                        || (a.dup == Some(id) && a.dup_next < len))
+                (a.owner == Some(id) && a.owner_next < len)
+                    || (a.dup == Some(id) && a.dup_next < len)
             })
         })
     }
@@ -160,6 +158,14 @@ impl<const W: usize> Peer<'_, W> {
         let len = self.chunk_len(slot, chunk);
         if self.file(slot).is_none() {
             return;
+        }
+        let Some(a) = self.active[i].as_mut() else {
+            return;
+        };
+        if a.must_ask_leaves(id) {
+            // The leaves go first on this connection: its blocks cannot overtake them.
+            a.asked_leaves(id);
+            self.ctl(id, Ctl::GetLeaves(chunk));
         }
         let Some(a) = self.active[i].as_mut() else {
             return;
@@ -203,8 +209,8 @@ impl<const W: usize> Peer<'_, W> {
                 a.slot == slot
                     && a.owner.is_none()
                     && a.dup.is_none()
-                    && a.digest.is_none()
                     && c.remote_has.get(a.chunk)
+                    && !self.avoid(id, slot, a.chunk)
             })
             .max_by_key(|(_, a)| a.frontier)
             .map(|(i, _)| i)
@@ -319,26 +325,28 @@ impl<const W: usize> Peer<'_, W> {
             .any(|&(s, c, n)| s == slot && c == chunk && n == node)
     }
 
+    /// Whether `id` sent a bad copy of part of `chunk` lately while another open connection
+    /// offers it: then that one supplies it.
+    pub(super) fn avoid(&self, id: ConnId, slot: u16, chunk: u32) -> bool {
+        let Some(c) = self.conns.get(id) else {
+            return false;
+        };
+        let node = c.link.hello.map(|h| h.node).unwrap_or_default();
+        self.failed_from(slot, chunk, node)
+            && self.conns.iter().any(|(other, o)| {
+                other != id
+                    && o.file == Some(slot)
+                    && o.is_open()
+                    && o.bitfield_in
+                    && o.remote_has.get(chunk)
+            })
+    }
+
     pub(super) fn start_chunk(&mut self, slot: u16, chunk: u32, owner: ConnId) -> bool {
         let Some(free) = vacancy(&mut self.active, usize::from(self.config.max_active)) else {
             return false;
         };
-        self.active[free] = Some(Active {
-            slot,
-            chunk,
-            frontier: 0,
-            sha: Sha256::new(),
-            receiving: None,
-            receiving_end: 0,
-            owner: Some(owner),
-            owner_next: 0,
-            dup: None,
-            dup_next: 0,
-            expected: None,
-            hash_asked: false,
-            digest: None,
-            contributors: Vec::new(),
-        });
+        self.active[free] = Some(Active::new(slot, chunk, owner));
         if let Some(f) = self.file_mut(slot) {
             f.busy.set(chunk);
         }
@@ -360,13 +368,8 @@ impl<const W: usize> Peer<'_, W> {
                     && a.owner.is_some()
                     && a.owner != Some(id)
                     && a.dup.is_none()
-                    && a.digest.is_none()
                     && c.remote_has.get(a.chunk)
-                    && !self.failed_from(
-                        slot,
-                        a.chunk,
-                        c.link.hello.map(|h| h.node).unwrap_or_default(),
-                    )
+                    && !self.avoid(id, slot, a.chunk)
             })
             .min_by_key(|(_, a)| a.frontier)
             .map(|(i, _)| i)
@@ -428,6 +431,7 @@ impl<const W: usize> Peer<'_, W> {
         if a.receiving == Some(id) {
             a.receiving = None;
         }
+        a.forget_source(id);
         // A chunk nobody started goes back to the pool, to be picked by rarity again.
         if a.owner.is_none() && a.dup.is_none() && a.frontier == 0 && a.receiving.is_none() {
             let (slot, chunk) = (a.slot, a.chunk);

@@ -116,6 +116,32 @@ impl<const W: usize> Peer<'_, W> {
                 reason,
             },
             Ctl::Cancel(b) => Message::Cancel(b.in_file(self.conn_file(id)?)),
+            Ctl::GetLeaves(chunk) => Message::GetLeaves {
+                file: self.conn_file(id)?,
+                chunk,
+            },
+            Ctl::Leaves(chunk) => {
+                let slot = self.conns.get(id)?.file?;
+                let f = self.file(slot)?;
+                let h = f.header()?;
+                // Leaves are served from storage for a verified chunk only.
+                let count = if f.have.get(chunk) {
+                    h.blocks_in(chunk)
+                } else {
+                    0
+                };
+                let then = StorageSend {
+                    key: key(slot, Region::Leaves),
+                    offset: h.leaf_offset(chunk),
+                    len: u64::from(count) * crate::manifest::HASH_LEN as u64,
+                };
+                let msg = Message::Leaves {
+                    file: f.id,
+                    chunk,
+                    count,
+                };
+                return Some((msg, (count > 0).then_some(then)));
+            }
             Ctl::Join(slot) => Message::Have {
                 file: self.file(slot)?.id,
                 ranges: Vec::new(),

@@ -1,27 +1,44 @@
-//! Verification: the frontier rule and the chunk hash check.
+//! Verification: the frontier rule, a chunk's leaves, and the check of every block.
 //!
-//! Bytes of a chunk are taken strictly in order at the chunk's *frontier*: the SHA-256 is
-//! updated as they arrive and they go to storage at once, so no chunk is ever buffered. Any
-//! connection that was asked for the block at the frontier may supply it; copies that arrive
-//! later are dropped unwritten. That one rule makes a stalled connection's chunk continue
-//! elsewhere from where it stopped, and makes endgame duplicates safe.
+//! Bytes of a chunk are taken strictly in order at the chunk's *frontier*: they are hashed as
+//! they arrive and go to storage at once, so no block is ever buffered. Any connection that
+//! was asked for the block at the frontier may supply it; copies that arrive later are dropped
+//! unwritten. That one rule makes a stalled connection's chunk continue elsewhere from where
+//! it stopped, and makes endgame duplicates safe.
 //!
-//! A whole chunk's digest is compared with its stored hash (read through
-//! [`Action::ReadHash`](crate::io::Action::ReadHash)); a match is journalled and announced, a
-//! mismatch is discarded, fetched again, and counted against its sender.
+//! Before any byte of a chunk is taken, its *leaves* (the SHA-256 of each of its 16 KiB
+//! blocks, see [`crate::manifest`]) are fetched and checked against the chunk's root (read
+//! from storage with [`Action::ReadHash`](crate::io::Action::ReadHash)). Until they are
+//! checked, every source of the chunk asks for them right before its first block request
+//! (32 bytes per 16 KiB block, so asking twice costs little): its blocks then cannot overtake
+//! its leaves on the stream, and no round trip is lost. The first complete set that arrives is
+//! the one checked. The receive path then stops at every block boundary (`handle_recv` takes
+//! no byte past it) and compares the block's digest with its leaf:
+//!
+//! - a match moves the chunk's verified mark; the last block completes the chunk, which is
+//!   journalled and announced at once;
+//! - a mismatch costs that block: the frontier goes back to the block's start, its sender gets
+//!   a strike, and the chunk continues from another holder where one exists. (Storage that
+//!   cannot write a block again in place, flash, sets
+//!   [`PeerConfig::rewrite_blocks`](super::PeerConfig::rewrite_blocks) to false: there the chunk
+//!   starts over, so that its first write erases its sector again.)
+//!
+//! Leaves that do not match the root are thrown away and asked for elsewhere, with a strike
+//! against their sender.
 
 use super::*;
 
-impl Active {
-    /// The offset of the next byte that will be taken: the end of the block streaming in, or
-    /// the frontier.
-    pub(super) fn next_needed(&self) -> u32 {
-        if self.receiving.is_some() {
-            self.receiving_end
-        } else {
-            self.frontier
-        }
-    }
+/// Where a chunk's leaves stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Leaves {
+    /// None yet (asked of the connections in [`Active::asked`]).
+    Missing,
+    /// Streaming in from this connection (a set from any other is dropped meanwhile).
+    Receiving(ConnId),
+    /// All arrived from this connection; waiting for the chunk's root to check them.
+    Arrived(ConnId),
+    /// Checked against the root: blocks are taken.
+    Checked,
 }
 
 /// A chunk being downloaded.
@@ -30,6 +47,9 @@ pub(super) struct Active {
     pub(super) chunk: u32,
     /// Bytes taken in order so far (hashed and written).
     pub(super) frontier: u32,
+    /// Bytes verified: the end of the last block that matched its leaf.
+    pub(super) verified: u32,
+    /// The digest of the block being taken.
     pub(super) sha: Sha256,
     /// The connection whose block at the frontier is streaming in now, and where that block
     /// ends.
@@ -41,47 +61,186 @@ pub(super) struct Active {
     /// An endgame duplicate source.
     pub(super) dup: Option<ConnId>,
     pub(super) dup_next: u32,
+    /// The chunk's root, once read from storage.
     pub(super) expected: Option<ChunkHash>,
     pub(super) hash_asked: bool,
-    pub(super) digest: Option<[u8; 32]>,
-    /// Who supplied bytes of this attempt (for blame if the hash fails).
+    pub(super) leaves: Leaves,
+    /// The sources asked for the leaves (a chunk has at most two: owner and duplicate).
+    pub(super) asked: [Option<ConnId>; 2],
+    /// Who supplied bytes of the block being taken (for blame if it fails).
     pub(super) contributors: Vec<(ConnId, SocketAddr, NodeId), 4>,
 }
 
-impl<const W: usize> Peer<'_, W> {
-    /// A block's body ended on connection `id`.
-    pub(super) fn end_block(&mut self, id: ConnId, active: Option<usize>, chunk: u32) {
-        let Some(i) = active else {
-            return;
-        };
-        let Some(slot) = self.active[i].as_ref().map(|a| a.slot) else {
-            return;
-        };
-        let len = self.chunk_len(slot, chunk);
-        let Some(a) = self.active[i].as_mut() else {
-            return;
-        };
-        if a.receiving != Some(id) || a.chunk != chunk {
-            return;
-        }
-        a.receiving = None;
-        let Some(a) = self.active[i].as_mut() else {
-            return;
-        };
-        if a.frontier >= len && a.digest.is_none() {
-            a.digest = Some(a.sha.finalize_reset().into());
-            self.try_verify(i);
+impl Active {
+    /// A chunk with nothing of it asked for yet.
+    pub(super) fn new(slot: u16, chunk: u32, owner: ConnId) -> Self {
+        Active {
+            slot,
+            chunk,
+            frontier: 0,
+            verified: 0,
+            sha: Sha256::new(),
+            receiving: None,
+            receiving_end: 0,
+            owner: Some(owner),
+            owner_next: 0,
+            dup: None,
+            dup_next: 0,
+            expected: None,
+            hash_asked: false,
+            leaves: Leaves::Missing,
+            asked: [None; 2],
+            contributors: Vec::new(),
         }
     }
 
-    /// Compares a whole chunk's digest with its stored hash, once both are known.
-    pub(super) fn try_verify(&mut self, i: usize) {
+    /// The offset of the next byte that will be taken: the end of the block streaming in, or
+    /// the frontier.
+    pub(super) fn next_needed(&self) -> u32 {
+        if self.receiving.is_some() {
+            self.receiving_end
+        } else {
+            self.frontier
+        }
+    }
+
+    /// Whether connection `id` must ask for the leaves before its next block request.
+    pub(super) fn must_ask_leaves(&self, id: ConnId) -> bool {
+        self.leaves != Leaves::Checked && !self.asked.contains(&Some(id))
+    }
+
+    /// Notes that `id` was asked for the leaves, in place of a source that left.
+    pub(super) fn asked_leaves(&mut self, id: ConnId) {
+        let (owner, dup) = (self.owner, self.dup);
+        let place = self
+            .asked
+            .iter_mut()
+            .find(|a| a.is_none_or(|c| Some(c) != owner && Some(c) != dup));
+        if let Some(place) = place {
+            *place = Some(id);
+        }
+    }
+
+    /// Connection `id` no longer supplies this chunk.
+    pub(super) fn forget_source(&mut self, id: ConnId) {
+        for a in &mut self.asked {
+            if *a == Some(id) {
+                *a = None;
+            }
+        }
+        if self.leaves == Leaves::Receiving(id) {
+            self.leaves = Leaves::Missing;
+        }
+    }
+}
+
+impl<const W: usize> Peer<'_, W> {
+    /// The leaves of chunk in flight `i`, as many as its chunk has blocks.
+    pub(super) fn leaves_of(&mut self, i: usize) -> &mut [Leaf] {
+        let stride = self.leaf_stride();
+        let start = i * stride;
+        let end = start + stride;
+        if self.leaves.len() < end {
+            // Heap memory grows as chunks are started; fixed memory has every place already
+            // (`leaf_stride` divides it among the chunks in flight).
+            #[cfg(feature = "alloc")]
+            if let ManagedSlice::Owned(v) = &mut self.leaves {
+                v.resize(end, [0; HASH_LEN]);
+            }
+        }
+        self.leaves.get_mut(start..end).unwrap_or_default()
+    }
+
+    /// Leaves per chunk in flight: the most blocks a chunk may have on this peer.
+    pub(super) fn leaf_stride(&self) -> usize {
+        usize::from(self.config.max_chunk_blocks)
+    }
+
+    /// A chunk's leaves arrived whole from `from`.
+    pub(super) fn leaves_arrived(&mut self, i: usize, from: ConnId) {
+        if let Some(a) = self.active[i].as_mut() {
+            if a.leaves == Leaves::Receiving(from) {
+                a.leaves = Leaves::Arrived(from);
+                self.check_leaves(i);
+            }
+        }
+    }
+
+    /// Checks arrived leaves against the chunk's root, once both are known.
+    pub(super) fn check_leaves(&mut self, i: usize) {
         let Some(a) = self.active[i].as_ref() else {
             return;
         };
-        let (Some(expected), Some(digest)) = (a.expected, a.digest) else {
+        let (Leaves::Arrived(from), Some(expected)) = (a.leaves, a.expected) else {
             return;
         };
+        let (slot, chunk) = (a.slot, a.chunk);
+        let Some(h) = self.file(slot).and_then(|f| f.header()) else {
+            return;
+        };
+        let (count, width) = (h.blocks_in(chunk) as usize, h.blocks_per_chunk());
+        let root = merkle_root(self.leaves_of(i).get(..count).unwrap_or_default(), width);
+        if root == expected.0 {
+            if let Some(a) = self.active[i].as_mut() {
+                a.leaves = Leaves::Checked;
+            }
+            return;
+        }
+        if let Some(a) = self.active[i].as_mut() {
+            a.leaves = Leaves::Missing;
+        }
+        if let Some((addr, node)) = self.conns.get(from).map(|c| {
+            let node = c.link.hello.map(|h| h.node).unwrap_or_default();
+            (c.listen_addr(), node)
+        }) {
+            self.blame(slot, chunk, &[(from, addr, node)]);
+        }
+        self.release_chunk_from(i, from);
+    }
+
+    /// The bytes of chunk `i` up to its frontier complete a block: compare it with its leaf.
+    /// Returns false if it failed (the rest of `from`'s block is then not taken).
+    pub(super) fn block_done(&mut self, i: usize, from: ConnId) -> bool {
+        let Some(a) = self.active[i].as_ref() else {
+            return false;
+        };
+        let (slot, chunk, frontier) = (a.slot, a.chunk, a.frontier);
+        let Some(h) = self.file(slot).and_then(|f| f.header()) else {
+            return false;
+        };
+        let (len, block) = (h.chunk_len(chunk), h.block_len());
+        let k = ((frontier - 1) / block) as usize;
+        let leaf = self.leaves_of(i).get(k).copied();
+        let Some(a) = self.active[i].as_mut() else {
+            return false;
+        };
+        let digest: Leaf = a.sha.finalize_reset().into();
+        if Some(digest) == leaf {
+            a.verified = frontier;
+            // The next block's bytes come from the connection streaming now, if any.
+            let receiving = a.receiving;
+            a.contributors.retain(|&(c, _, _)| Some(c) == receiving);
+            if frontier >= len {
+                self.complete_chunk(i);
+            }
+            return true;
+        }
+        let restart = if self.config.rewrite_blocks {
+            a.verified
+        } else {
+            a.verified = 0;
+            0
+        };
+        a.frontier = restart;
+        a.receiving = None;
+        let who = core::mem::take(&mut a.contributors);
+        self.blame(slot, chunk, &who);
+        self.release_chunk_from(i, from);
+        false
+    }
+
+    /// Every block of chunk `i` is verified.
+    fn complete_chunk(&mut self, i: usize) {
         let Some(a) = self.active[i].take() else {
             return;
         };
@@ -89,11 +248,7 @@ impl<const W: usize> Peer<'_, W> {
             f.busy.clear(a.chunk);
         }
         self.cancel_requests(a.slot, a.chunk);
-        if expected.0 == digest {
-            self.chunk_verified(a.slot, a.chunk);
-        } else {
-            self.chunk_failed(&a);
-        }
+        self.chunk_verified(a.slot, a.chunk);
     }
 
     pub(super) fn chunk_verified(&mut self, slot: u16, chunk: u32) {
@@ -115,23 +270,21 @@ impl<const W: usize> Peer<'_, W> {
         }
     }
 
-    pub(super) fn chunk_failed(&mut self, a: &Active) {
-        let Some(&(_, from, _)) = a.contributors.first() else {
+    /// A block or the leaves of `chunk` failed, supplied by `who`: an event, a strike when
+    /// the blame is certain (one sender), and a note so the chunk goes elsewhere if it can.
+    pub(super) fn blame(&mut self, slot: u16, chunk: u32, who: &[(ConnId, SocketAddr, NodeId)]) {
+        let Some(&(_, from, _)) = who.first() else {
             return;
         };
-        self.event(PeerEvent::ChunkRejected {
-            slot: a.slot,
-            chunk: a.chunk,
-            from,
-        });
-        for &(_, addr, node) in &a.contributors {
+        self.event(PeerEvent::ChunkRejected { slot, chunk, from });
+        for &(_, addr, node) in who {
             if self.recent_bad.is_full() {
                 self.recent_bad.pop_front();
             }
-            let _ = self.recent_bad.push_back((a.slot, a.chunk, node));
+            let _ = self.recent_bad.push_back((slot, chunk, node));
             // With one sender the blame is certain; with several (endgame) it is shared, and
             // the chunk will not go to any of them again while another holder has it.
-            if a.contributors.len() == 1 {
+            if who.len() == 1 {
                 self.strike(node, addr);
             }
         }
