@@ -94,6 +94,7 @@ fn run() -> Result<(), String> {
     let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, Some(tracker));
     peer_config.rng_seed = u64::from(std::process::id()) << 16 | u64::from(ip.octets()[3]);
     peer_config.rewrite_blocks = false;
+    peer_config.serve_partial = false;
     // Fixed memory, as the firmware gives it: 4 connections, 1 file, 4 chunks in flight.
     let memory: &'static mut SmallPeerMemory = Box::leak(Box::default());
     let mut peer = Peer::with_memory(peer_config, now(), memory);

@@ -28,9 +28,10 @@
 //!
 //! The leaves of a chunk (the SHA-256 of each 16 KiB block) are not stored: the core writes
 //! them as they arrive and keeps the ones it checks in RAM, and it reads stored leaves only to
-//! serve them for verified chunks, whose blocks are on flash. So writes to
-//! [`Region::Leaves`] are dropped and a read hashes the blocks it covers from flash (a
-//! chunk's 8 leaves cost one pass over its 128 KiB), which saves 1/512 of the flash.
+//! serve them for verified chunks, whose blocks are on flash (a device peer sets
+//! `PeerConfig::serve_partial` to false). So writes to [`Region::Leaves`] are dropped and a
+//! read hashes the blocks it covers from flash (a chunk's 8 leaves cost one pass over its
+//! 128 KiB), which saves 1/512 of the flash.
 
 use proto_core::manifest::{ManifestHeader, HASH_LEN};
 use proto_core::peer::{CommandError, Peer};

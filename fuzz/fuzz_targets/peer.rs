@@ -159,6 +159,10 @@ enum P {
     GetLeaves {
         chunk: u8,
     },
+    /// The remote says it is fetching a chunk and serves its blocks as it verifies them.
+    Started {
+        chunk: u8,
+    },
     /// A chunk's leaves: the true ones (with one byte changed, if `corrupt`), or none.
     Leaves {
         chunk: u8,
@@ -540,6 +544,13 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         vec![],
                     ),
                     P::GetManifest => (Message::GetManifest { file: k.id }, vec![]),
+                    P::Started { chunk } => (
+                        Message::Started {
+                            file: k.id,
+                            chunk: u32::from(chunk % 6),
+                        },
+                        vec![],
+                    ),
                     P::GetLeaves { chunk } => (
                         Message::GetLeaves {
                             file: k.id,

@@ -327,6 +327,15 @@ pub enum Message {
         /// Leaves in the body.
         count: u32,
     },
+    /// Peer to peer: I am fetching `chunk` and have checked its leaves; ask me for its blocks
+    /// (and leaves): I serve each block as soon as I have verified it. A `Have` follows when
+    /// the chunk is whole, a `Reject` for what I was asked if I give it up.
+    Started {
+        /// The file.
+        file: FileId,
+        /// The chunk.
+        chunk: u32,
+    },
 }
 
 /// A block: `len` bytes at `offset` within chunk `chunk` of `file`.

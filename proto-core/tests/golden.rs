@@ -43,9 +43,10 @@ fn tag(m: &Message) -> usize {
         Message::ListPeers => 28,
         Message::GetLeaves { .. } => 29,
         Message::Leaves { .. } => 30,
+        Message::Started { .. } => 31,
     }
 }
-const VARIANTS: usize = 31;
+const VARIANTS: usize = 32;
 
 fn examples() -> Vec<Message> {
     let file = FileId([0xf1; 32]);
@@ -115,6 +116,7 @@ fn examples() -> Vec<Message> {
             chunk: 7,
             count: 16,
         },
+        Message::Started { file, chunk: 7 },
     ];
     for r in [
         Refusal::VersionMismatch { supported: 1 },
@@ -210,6 +212,7 @@ const GOLDEN: &[&str] = &[
     "010000001c",
     "220000001df1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f107",
     "230000001ef1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f10710",
+    "220000001ff1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f107",
     "03000000050001",
     "020000000501",
     "020000000502",

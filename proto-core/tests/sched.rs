@@ -445,3 +445,92 @@ fn leaves_that_do_not_match_the_root_are_thrown_away_and_asked_elsewhere() {
     assert!(s.verified(0));
     s.p.check_invariants();
 }
+
+#[test]
+fn blocks_of_an_unfinished_chunk_are_served_as_they_are_verified() {
+    // One 64 KiB chunk fetched a block (16 KiB) at a time from x; d has nothing.
+    let mut s = Swarm::new(1, 64 * 1024, 16 * 1024, 16 * 1024);
+    let x = s.holder(2, |_| true);
+    let mut pending = s.requests(x);
+    let first = pending.remove(0);
+    let d = s.holder(3, |_| false);
+    s.sent(d);
+    // The leaves check out with x's first block: d hears that the chunk is on its way.
+    s.block(x, first, first.len);
+    let told = s.sent(d);
+    assert!(
+        told.contains(&Message::Started {
+            file: s.id,
+            chunk: 0
+        }),
+        "{told:?}"
+    );
+    // d asks for the leaves and every block; what is verified goes at once, the rest waits.
+    let block = |k: u32| BlockRef {
+        file: s.id,
+        chunk: 0,
+        offset: k * 16 * 1024,
+        len: 16 * 1024,
+    };
+    let mut asks = frame(&Message::GetLeaves {
+        file: s.id,
+        chunk: 0,
+    });
+    for k in 0..4 {
+        asks.extend(frame(&Message::Request(block(k))));
+    }
+    s.feed(d, &asks);
+    let served = s.sent(d);
+    assert!(served.contains(&Message::Leaves {
+        file: s.id,
+        chunk: 0,
+        count: 4
+    }));
+    let blocks = |m: &[Message]| {
+        m.iter()
+            .filter_map(|m| match m {
+                Message::Block(b) => Some(b.offset / (16 * 1024)),
+                Message::Reject { .. } => Some(99),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(blocks(&served), [0]);
+    // Each block x delivers goes on to d.
+    for k in 1..4 {
+        pending.extend(s.requests(x));
+        let at = pending.iter().position(|r| r.offset == k * 16 * 1024);
+        let r = pending.remove(at.unwrap_or_else(|| panic!("block {k} asked of x: {pending:?}")));
+        s.block(x, r, r.len);
+        assert_eq!(blocks(&s.sent(d)), [k]);
+    }
+    assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
+fn a_source_of_a_chunk_is_not_served_that_chunk_before_it_is_whole() {
+    // x and y both feed us chunk 0 (y as the endgame duplicate); were y to wait on us for the
+    // same chunk, each would wait on the other.
+    let mut s = Swarm::new(1, 64 * 1024, 16 * 1024, 16 * 1024);
+    let x = s.holder(2, |_| true);
+    let r = one(s.requests(x));
+    let y = s.holder(3, |_| true);
+    s.sent(y);
+    s.block(x, r, r.len);
+    let ask = BlockRef {
+        file: s.id,
+        chunk: 0,
+        offset: 0,
+        len: 16 * 1024,
+    };
+    s.feed(y, &frame(&Message::Request(ask)));
+    let sent = s.sent(y);
+    assert!(
+        sent.contains(&Message::Reject {
+            block: ask,
+            reason: proto_core::wire::RejectReason::NotHeld
+        }),
+        "{sent:?}"
+    );
+}

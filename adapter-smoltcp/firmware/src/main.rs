@@ -184,8 +184,10 @@ fn main() -> ! {
     node[..6].copy_from_slice(&MAC);
     let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, TRACKER);
     peer_config.rng_seed = rng.next_u64();
-    // Flash is programmed only where erased: a bad block restarts its chunk (and sector).
+    // Flash is programmed only where erased: a bad block restarts its chunk (and sector); and
+    // the store computes leaves from whole chunks, so only whole chunks are served.
     peer_config.rewrite_blocks = false;
+    peer_config.serve_partial = false;
     let mut peer: DevicePeer = Peer::with_memory(peer_config, now(), PEER_MEMORY);
     let Ok(mut store) = FlashStore::open(Bank2(LockedFlash::new(p.FLASH)), MAX_CHUNKS) else {
         halt()

@@ -209,8 +209,10 @@ pub const PEER_PORT: u16 = 7000;
 pub fn peer_config(n: u8, tracker: SocketAddr) -> PeerConfig {
     let mut c = PeerConfig::new(NodeId([n; 16]), PEER_PORT, Some(tracker));
     c.rng_seed = u64::from(n) * 7919;
-    // Flash (RamFlash keeps its rules) cannot take a block written again in place.
+    // Flash (RamFlash keeps its rules) cannot take a block written again in place, and the
+    // store computes leaves from whole chunks.
     c.rewrite_blocks = false;
+    c.serve_partial = false;
     c
 }
 

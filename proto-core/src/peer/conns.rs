@@ -48,6 +48,19 @@ pub(super) enum Ctl {
     GetLeaves(u32),
     /// Send a chunk's leaves (or say we have none).
     Leaves(u32),
+    /// Say we are fetching a chunk and serve its blocks as they come.
+    Started(u32),
+}
+
+/// Removes and returns the entry at `at` of `q`, keeping the others in order.
+pub(super) fn take_at<T: Copy, const N: usize>(q: &mut Deque<T, N>, at: usize) -> Option<T> {
+    let item = *q.iter().nth(at)?;
+    let mut i = 0;
+    q.retain(|_| {
+        i += 1;
+        i - 1 != at
+    });
+    Some(item)
 }
 
 /// A block of the file its connection is about. Queues keep these rather than [`BlockRef`]s:
@@ -124,7 +137,13 @@ pub(crate) struct Conn<const W: usize> {
     pub(super) ctl: Deque<Ctl, CTL_QUEUE>,
     pub(super) reqs: Deque<Req, REQ_QUEUE>,
     pub(super) serve: Deque<Blk, SERVE_QUEUE>,
+    /// Chunks the remote holds, or is fetching and serves as it verifies them (`Started`).
     pub(super) remote_has: ChunkBitmap<W>,
+    /// The latest chunks of `remote_has` the remote is still fetching (`Started`, no `Have`
+    /// yet). A chunk of ours that lost its source is continued only from a remote that holds
+    /// it whole: one fetching it might be waiting on us. (Older entries fall out; the stall
+    /// timeout on waiting blocks covers those.)
+    pub(super) partial: Vec<u32, PARTIALS>,
     pub(super) bitfield_in: bool,
     pub(super) bitfield_out: bool,
     /// Our bitfield body being sent: slot and next byte.
@@ -153,6 +172,11 @@ impl<const W: usize> HasLink for Conn<W> {
 }
 
 impl<const W: usize> Conn<W> {
+    /// Whether the remote holds `chunk` whole, as far as we know.
+    pub(super) fn holds_whole(&self, chunk: u32) -> bool {
+        self.remote_has.get(chunk) && !self.partial.contains(&chunk)
+    }
+
     /// A connection with a fresh handshake nonce from `rng`.
     pub(super) fn new(
         role: Role,
@@ -177,6 +201,7 @@ impl<const W: usize> Conn<W> {
             reqs: Deque::new(),
             serve: Deque::new(),
             remote_has: ChunkBitmap::new(0).unwrap_or_else(|_| unreachable_bitmap()),
+            partial: Vec::new(),
             bitfield_in: false,
             bitfield_out: false,
             bitfield_body: None,

@@ -28,7 +28,8 @@
 //! `config` and `event` (what the peer is told and tells), `conns` (per-connection state
 //! and the one teardown path), `handshake`, `tracker_session`, `files` (the file table and
 //! manifest intake), `candidates` (whom to dial, strikes and bans), `recv` (the receive path),
-//! `verify` (the frontier rule), `sched` (the scheduler), `send` (what goes out next),
+//! `verify` (the frontier rule and the check of every block), `partial` (serving a chunk
+//! before it is whole), `sched` (the scheduler), `send` (what goes out next),
 //! `timers` and `invariants`.
 //!
 //! # How a download goes
@@ -61,8 +62,8 @@
 //!
 //! | memory | C | F | W | A | B | bytes |
 //! |---|---|---|---|---|---|---|
-//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 23,432 |
-//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 422,280 |
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 23,632 |
+//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 425,872 |
 //!
 //! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
 //! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
@@ -87,6 +88,7 @@ mod files;
 mod handshake;
 mod invariants;
 mod memory;
+mod partial;
 mod rate;
 mod recv;
 mod sched;
@@ -102,7 +104,7 @@ pub use event::{FetchFailure, Offence, PeerEvent, Progress};
 use memory::Parts;
 
 use candidates::Candidate;
-use conns::{Blk, Conn, Ctl, End, Req, Role, Sink};
+use conns::{take_at, Blk, Conn, Ctl, End, Req, Role, Sink};
 use files::{held_bytes, File, HaveCursor, HaveLog, ManifestState};
 use timers::Timer;
 use tracker_session::TrackerSession;
@@ -148,6 +150,8 @@ pub type SmallPeer<'a> = Peer<'a, 32>;
 const CTL_QUEUE: usize = 16;
 const REQ_QUEUE: usize = 32;
 const SERVE_QUEUE: usize = 16;
+/// Chunks a remote is fetching that a connection remembers (see `Conn::partial`).
+const PARTIALS: usize = 8;
 const EVENT_QUEUE: usize = 16;
 /// The most events one message can cause (a block that completes a chunk and the file, a
 /// remote that misbehaves and is banned and lost, ...). `handle_recv` stops reading while fewer

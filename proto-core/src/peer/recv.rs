@@ -27,6 +27,8 @@ impl<const W: usize> Peer<'_, W> {
                 for r in &ranges {
                     c.remote_has.set_range(*r);
                 }
+                c.partial
+                    .retain(|&k| !ranges.iter().any(|r| (r.start..r.end).contains(&k)));
                 if !c.remote_has.is_full() {
                     self.prefer_swarm(slot, &ranges);
                 }
@@ -43,17 +45,32 @@ impl<const W: usize> Peer<'_, W> {
             }
             Message::Block(b) => self.on_block(id, b),
             Message::GetLeaves { file, chunk } => {
-                let Some(slot) = self.conn_slot(id, &file) else {
-                    self.misbehaved(id, Offence::Unexpected);
-                    return;
-                };
-                if chunk >= self.chunk_count(slot) {
-                    self.misbehaved(id, Offence::BadRange);
-                    return;
+                if self.chunk_of(id, &file, chunk).is_some() {
+                    self.ctl(id, Ctl::Leaves(chunk));
                 }
-                self.ctl(id, Ctl::Leaves(chunk));
             }
             Message::Leaves { file, chunk, count } => self.on_leaves(id, file, chunk, count),
+            Message::Started { file, chunk } => {
+                let Some(slot) = self.chunk_of(id, &file, chunk) else {
+                    return;
+                };
+                // Its blocks come as the remote verifies them.
+                let Some(c) = self.conns.get_mut(id) else {
+                    return;
+                };
+                if !c.remote_has.get(chunk) {
+                    c.remote_has.set(chunk);
+                    if c.partial.is_full() {
+                        c.partial.remove(0);
+                    }
+                    let _ = c.partial.push(chunk);
+                }
+                let range = [ChunkRange {
+                    start: chunk,
+                    end: chunk + 1,
+                }];
+                self.prefer_swarm(slot, &range);
+            }
             Message::Reject { block, reason } => self.on_reject(id, block, reason),
             Message::GetManifest { file } => {
                 let known = self
@@ -80,6 +97,20 @@ impl<const W: usize> Peer<'_, W> {
             }
             _ => self.misbehaved(id, Offence::Unexpected),
         }
+    }
+
+    /// The slot of `file` if connection `id` is about it and `chunk` is one of its chunks;
+    /// otherwise the remote misbehaved.
+    fn chunk_of(&mut self, id: ConnId, file: &FileId, chunk: u32) -> Option<u16> {
+        let Some(slot) = self.conn_slot(id, file) else {
+            self.misbehaved(id, Offence::Unexpected);
+            return None;
+        };
+        if chunk >= self.chunk_count(slot) {
+            self.misbehaved(id, Offence::BadRange);
+            return None;
+        }
+        Some(slot)
     }
 
     pub(super) fn on_bitfield(&mut self, id: ConnId, file: FileId, chunks: u32) {
@@ -177,17 +208,32 @@ impl<const W: usize> Peer<'_, W> {
             return;
         };
         let chunk_len = h.chunk_len(b.chunk);
+        let held = f.have.get(b.chunk);
+        let b = Blk::of(&b);
+        // A block of a chunk we are fetching waits in the queue until we have verified it;
+        // at most half the queue waits, so the blocks that can go always find room and a
+        // full queue (which stops reading) never waits on this connection's own input.
+        let waiting = || {
+            self.conns.get(id).map_or(0, |c| {
+                c.serve.iter().filter(|q| !self.servable(slot, q)).count()
+            })
+        };
         let reason = if b.chunk >= h.chunk_count()
             || b.len == 0
             || u64::from(b.offset) + u64::from(b.len) > u64::from(chunk_len)
         {
             Some(RejectReason::OutOfRange)
-        } else if !f.have.get(b.chunk) {
+        } else if held {
+            None
+        } else if !self.servable_chunk(slot, b.chunk) || self.feeds(slot, b.chunk, id) {
+            // (A remote that is itself our source for the chunk would wait on us while we
+            // wait on it.)
             Some(RejectReason::NotHeld)
+        } else if !self.servable(slot, &b) && waiting() >= SERVE_QUEUE / 2 {
+            Some(RejectReason::Busy)
         } else {
             None
         };
-        let b = Blk::of(&b);
         if let Some(reason) = reason {
             self.ctl(id, Ctl::Reject(b, reason));
             return;
@@ -229,6 +275,7 @@ impl<const W: usize> Peer<'_, W> {
             RejectReason::Busy => c.pause_until = self.now + BUSY_PAUSE,
             RejectReason::NotHeld | RejectReason::OutOfRange => {
                 c.remote_has.clear(b.chunk);
+                c.partial.retain(|&k| k != b.chunk);
             }
         }
         if let Some(slot) = c.file {
@@ -259,11 +306,7 @@ impl<const W: usize> Peer<'_, W> {
                     c.rtt = Some(c.rtt.map_or(sample, |r| r.min(sample)));
                 }
             }
-            let mut i = 0;
-            c.reqs.retain(|_| {
-                i += 1;
-                i - 1 != pos
-            });
+            take_at(&mut c.reqs, pos);
             let addr = c.listen_addr();
             let node = c.link.hello.map(|h| h.node).unwrap_or_default();
             if let Some(i) = self.active_index(slot, b.chunk) {

@@ -110,6 +110,7 @@ impl<const W: usize> Peer<'_, W> {
                     a.owner = Some(id);
                     a.owner_next = a.frontier;
                 }
+                self.became_source(i, id);
             } else if let Some(chunk) = self.pick_rarest(id, slot) {
                 if !self.start_chunk(slot, chunk, id) {
                     return;
@@ -119,6 +120,7 @@ impl<const W: usize> Peer<'_, W> {
                     a.dup = Some(id);
                     a.dup_next = a.next_needed();
                 }
+                self.became_source(i, id);
             } else {
                 return;
             }
@@ -209,7 +211,7 @@ impl<const W: usize> Peer<'_, W> {
                 a.slot == slot
                     && a.owner.is_none()
                     && a.dup.is_none()
-                    && c.remote_has.get(a.chunk)
+                    && c.holds_whole(a.chunk)
                     && !self.avoid(id, slot, a.chunk)
             })
             .max_by_key(|(_, a)| a.frontier)
@@ -346,7 +348,7 @@ impl<const W: usize> Peer<'_, W> {
         let Some(free) = vacancy(&mut self.active, usize::from(self.config.max_active)) else {
             return false;
         };
-        self.active[free] = Some(Active::new(slot, chunk, owner));
+        self.active[free] = Some(Active::new(slot, chunk, owner, self.now));
         if let Some(f) = self.file_mut(slot) {
             f.busy.set(chunk);
         }
@@ -368,7 +370,7 @@ impl<const W: usize> Peer<'_, W> {
                     && a.owner.is_some()
                     && a.owner != Some(id)
                     && a.dup.is_none()
-                    && c.remote_has.get(a.chunk)
+                    && c.holds_whole(a.chunk)
                     && !self.avoid(id, slot, a.chunk)
             })
             .min_by_key(|(_, a)| a.frontier)
@@ -439,7 +441,13 @@ impl<const W: usize> Peer<'_, W> {
             if let Some(f) = self.file_mut(slot) {
                 f.busy.clear(chunk);
             }
+            self.refuse_waiting(slot, chunk);
             return;
+        }
+        if a.owner.is_none() && a.dup.is_none() {
+            // No source left: nothing more will come for those waiting on us.
+            let (slot, chunk) = (a.slot, a.chunk);
+            self.refuse_waiting(slot, chunk);
         }
         self.resync(i);
     }
@@ -499,6 +507,7 @@ impl<const W: usize> Peer<'_, W> {
                     && c.reqs.iter().any(|r| r.sent.is_some())
                     && now - c.link.last_rx >= timeout
             });
+            self.expire_waiting(id);
             if !stalled {
                 continue;
             }

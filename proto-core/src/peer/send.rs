@@ -8,7 +8,7 @@
 
 use heapless::Vec;
 
-use super::{key, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
+use super::{key, take_at, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
 use crate::conn::ConnId;
 use crate::io::Transmit;
 use crate::storage::{Region, StorageSend};
@@ -116,6 +116,10 @@ impl<const W: usize> Peer<'_, W> {
                 reason,
             },
             Ctl::Cancel(b) => Message::Cancel(b.in_file(self.conn_file(id)?)),
+            Ctl::Started(chunk) => Message::Started {
+                file: self.conn_file(id)?,
+                chunk,
+            },
             Ctl::GetLeaves(chunk) => Message::GetLeaves {
                 file: self.conn_file(id)?,
                 chunk,
@@ -124,8 +128,9 @@ impl<const W: usize> Peer<'_, W> {
                 let slot = self.conns.get(id)?.file?;
                 let f = self.file(slot)?;
                 let h = f.header()?;
-                // Leaves are served from storage for a verified chunk only.
-                let count = if f.have.get(chunk) {
+                // Leaves are served from storage: a verified chunk's, or those checked of a
+                // chunk being fetched (stored as they arrived).
+                let count = if self.servable_chunk(slot, chunk) {
                     h.blocks_in(chunk)
                 } else {
                     0
@@ -248,8 +253,12 @@ impl<const W: usize> Peer<'_, W> {
                 return None;
             }
         }
+        // The first block that can go: held, or verified already in a chunk being fetched
+        // (the others wait for it, see `Peer::on_request`).
+        let c = self.conns.get(id)?;
+        let next = c.serve.iter().position(|b| self.servable(slot, b))?;
         let c = self.conns.get_mut(id)?;
-        let b = c.serve.pop_front()?;
+        let b = take_at(&mut c.serve, next)?;
         c.last_served = now;
         let offset = self.file(slot)?.header()?.chunk_offset(b.chunk) + u64::from(b.offset);
         if let Some(bucket) = self.upload.as_mut() {

@@ -86,10 +86,22 @@ impl<const W: usize> Peer<'_, W> {
                     _ => None,
                 })
                 .min(),
-            Timer::Stall => conns
-                .filter(|c| c.link.phase == Phase::Open && c.reqs.iter().any(|r| r.sent.is_some()))
-                .map(|c| c.link.last_rx + self.config.stall_timeout)
-                .min(),
+            Timer::Stall => {
+                let stall = conns
+                    .filter(|c| {
+                        c.link.phase == Phase::Open && c.reqs.iter().any(|r| r.sent.is_some())
+                    })
+                    .map(|c| c.link.last_rx + self.config.stall_timeout)
+                    .min();
+                // Blocks remotes wait for, in chunks that stopped moving on.
+                let waiting = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| !c.serve.is_empty())
+                    .filter_map(|(_, c)| self.waiting_deadline(c))
+                    .min();
+                stall.into_iter().chain(waiting).min()
+            }
             Timer::Ping => Some(self.next_ping),
             Timer::TrackerRetry => {
                 (self.session.conn.is_none() && self.config.tracker.is_some() && !self.leaving)

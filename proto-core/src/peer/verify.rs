@@ -69,11 +69,13 @@ pub(super) struct Active {
     pub(super) asked: [Option<ConnId>; 2],
     /// Who supplied bytes of the block being taken (for blame if it fails).
     pub(super) contributors: Vec<(ConnId, SocketAddr, NodeId), 4>,
+    /// When the chunk started or last verified a block.
+    pub(super) progressed: Instant,
 }
 
 impl Active {
     /// A chunk with nothing of it asked for yet.
-    pub(super) fn new(slot: u16, chunk: u32, owner: ConnId) -> Self {
+    pub(super) fn new(slot: u16, chunk: u32, owner: ConnId, now: Instant) -> Self {
         Active {
             slot,
             chunk,
@@ -91,6 +93,7 @@ impl Active {
             leaves: Leaves::Missing,
             asked: [None; 2],
             contributors: Vec::new(),
+            progressed: now,
         }
     }
 
@@ -184,6 +187,7 @@ impl<const W: usize> Peer<'_, W> {
             if let Some(a) = self.active[i].as_mut() {
                 a.leaves = Leaves::Checked;
             }
+            self.announce_started(slot, chunk);
             return;
         }
         if let Some(a) = self.active[i].as_mut() {
@@ -217,6 +221,7 @@ impl<const W: usize> Peer<'_, W> {
         let digest: Leaf = a.sha.finalize_reset().into();
         if Some(digest) == leaf {
             a.verified = frontier;
+            a.progressed = self.now;
             // The next block's bytes come from the connection streaming now, if any.
             let receiving = a.receiving;
             a.contributors.retain(|&(c, _, _)| Some(c) == receiving);

@@ -31,6 +31,12 @@ enum HostileArg {
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// Bytes per block request, in KiB (default: the peer's, 64).
+    #[arg(long)]
+    request_kib: Option<u32>,
+    /// Peers serve only whole chunks (no blocks of chunks they are still fetching).
+    #[arg(long)]
+    no_partial: bool,
     /// Peers in all, seeders included.
     #[arg(long, default_value_t = 20)]
     peers: usize,
@@ -112,6 +118,8 @@ fn main() -> ExitCode {
         time_limit: Duration::from_secs(a.time_limit_s),
         sniff: a.trace,
         swarm_key: a.swarm_key.then_some(SwarmKey([0x5a; 32])),
+        request_bytes: a.request_kib.map(|k| k * 1024),
+        serve_partial: !a.no_partial,
         hostile: a.hostile.map(|h| match h {
             HostileArg::Oversized => Attack::OversizedFrames,
             HostileArg::Flood => Attack::RequestFlood,
@@ -128,9 +136,6 @@ fn main() -> ExitCode {
             }
             if let Some(v) = env("SIM_CONNS") {
                 c.max_conns_per_file = v as usize;
-            }
-            if let Some(v) = env("SIM_BLOCK_KIB") {
-                c.block_len = v as u32 * 1024;
             }
         },
     };
