@@ -99,6 +99,8 @@ pub struct SimConfig {
     /// Whether peers serve blocks of chunks they are still fetching
     /// (`PeerConfig::serve_partial`).
     pub serve_partial: bool,
+    /// Downloaders (the last ones) whose links are ten times slower, both ways.
+    pub slow_peers: usize,
 }
 
 impl Default for SimConfig {
@@ -124,6 +126,7 @@ impl Default for SimConfig {
             hostile: None,
             request_bytes: None,
             serve_partial: true,
+            slow_peers: 0,
         }
     }
 }
@@ -377,7 +380,13 @@ impl Sim {
             .push(sim.node_shell(tracker_addr, u64::MAX / 4, u64::MAX / 4));
         for i in 1..=sim.cfg.peers {
             let addr = SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250 + 2) as u8], PEER_PORT));
-            let mut n = sim.node_shell(addr, sim.cfg.up, sim.cfg.down);
+            let slow = i + sim.cfg.slow_peers > sim.cfg.peers && i > sim.cfg.seeders;
+            let (up, down) = if slow {
+                (sim.cfg.up / 10, sim.cfg.down / 10)
+            } else {
+                (sim.cfg.up, sim.cfg.down)
+            };
+            let mut n = sim.node_shell(addr, up, down);
             n.seeder = i <= sim.cfg.seeders;
             n.corrupt = i <= sim.cfg.corrupt_seeders;
             sim.nodes.push(n);
@@ -590,12 +599,20 @@ impl Sim {
     /// The fluid lower bound: max(F/u_seed, F/d_min, N*F/(u_seed + sum of downloader uploads)).
     pub fn bound_secs(&self) -> f64 {
         let f = self.cfg.file_bytes as f64;
-        let n_down = self.cfg.peers.saturating_sub(self.cfg.seeders) as f64;
-        let u_seed = self.cfg.up as f64 * self.cfg.seeders as f64;
-        let u_sum = u_seed + self.cfg.up as f64 * n_down;
+        let peers = self.nodes.iter().skip(1).take(self.cfg.peers);
+        let (mut u_seed, mut u_down, mut d_min, mut n_down) = (0.0, 0.0, f64::MAX, 0.0);
+        for n in peers {
+            if n.seeder {
+                u_seed += n.up as f64;
+            } else {
+                u_down += n.up as f64;
+                d_min = d_min.min(n.down as f64);
+                n_down += 1.0;
+            }
+        }
         (f / u_seed)
-            .max(f / self.cfg.down as f64)
-            .max(n_down * f / u_sum)
+            .max(f / d_min)
+            .max(n_down * f / (u_seed + u_down))
     }
 
     fn report(&mut self) -> Report {

@@ -37,6 +37,9 @@ struct Args {
     /// Peers serve only whole chunks (no blocks of chunks they are still fetching).
     #[arg(long)]
     no_partial: bool,
+    /// Downloaders (the last ones) whose links are ten times slower, both ways.
+    #[arg(long, default_value_t = 0)]
+    slow: usize,
     /// Peers in all, seeders included.
     #[arg(long, default_value_t = 20)]
     peers: usize,
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         swarm_key: a.swarm_key.then_some(SwarmKey([0x5a; 32])),
         request_bytes: a.request_kib.map(|k| k * 1024),
         serve_partial: !a.no_partial,
+        slow_peers: a.slow,
         hostile: a.hostile.map(|h| match h {
             HostileArg::Oversized => Attack::OversizedFrames,
             HostileArg::Flood => Attack::RequestFlood,
