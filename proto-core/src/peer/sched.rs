@@ -311,11 +311,21 @@ impl<const W: usize> Peer<'_, W> {
             let Some(owner) = a.owner else {
                 continue;
             };
-            let from_seed = self
-                .conns
-                .get(owner)
-                .is_some_and(|c| c.remote_has.is_full());
-            if from_seed && a.dup.is_none() {
+            let chunk = a.chunk;
+            let now = self.now;
+            // Only while the seed cannot have begun to answer: a request out for longer than
+            // a round trip has its blocks on the way, and cancelling it wastes them (behind a
+            // slow downlink, most of the download: half the simulator's peers ten times
+            // slower ran at 0.507 with the cancels, 0.876 without them).
+            let untouched = self.conns.get(owner).is_some_and(|c| {
+                let rtt = c.rtt.unwrap_or(Duration::from_millis(100));
+                c.remote_has.is_full()
+                    && c.reqs
+                        .iter()
+                        .filter(|r| r.block.chunk == chunk)
+                        .all(|r| r.sent.is_none_or(|t| now - t < rtt))
+            });
+            if untouched && a.dup.is_none() {
                 self.release_chunk_from(i, owner);
             }
         }
