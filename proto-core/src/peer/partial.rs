@@ -51,6 +51,10 @@ impl<const W: usize> Peer<'_, W> {
     /// When the first block `c` waits for gives up: a stall timeout after its chunk last
     /// moved on (whatever fed it stopped; the remote then asks another holder).
     pub(super) fn waiting_deadline(&self, c: &Conn<W>) -> Option<Instant> {
+        // Without partial serving nothing ever waits: no scan on every drain.
+        if !self.config.serve_partial {
+            return None;
+        }
         let slot = c.file?;
         c.serve
             .iter()

@@ -328,14 +328,8 @@ impl<const W: usize> Peer<'_, W> {
                         }
                     }
                 }
-                if skipped {
-                    if let Some(c) = self.conns.get_mut(id) {
-                        c.unsolicited += u64::from(b.len);
-                        if c.unsolicited > 8 * u64::from(self.config.block_len.max(b.len)) {
-                            self.misbehaved(id, Offence::Unsolicited);
-                            return;
-                        }
-                    }
+                if skipped && self.charge_unsolicited(id, b.len, u64::from(b.len)) {
+                    return;
                 }
                 if active.is_none() {
                     // Not taken (a copy the frontier has passed, a stale copy of a cancelled
@@ -348,10 +342,8 @@ impl<const W: usize> Peer<'_, W> {
         } else {
             let excess = u64::from(b.len).saturating_sub(c.cancelled);
             c.cancelled = c.cancelled.saturating_sub(u64::from(b.len));
-            c.unsolicited += excess;
             // Blocks asked for and then cancelled may still come; more than that is abuse.
-            if c.unsolicited > 8 * u64::from(self.config.block_len.max(b.len)) {
-                self.misbehaved(id, Offence::Unsolicited);
+            if self.charge_unsolicited(id, b.len, excess) {
                 return;
             }
         }
@@ -371,6 +363,21 @@ impl<const W: usize> Peer<'_, W> {
                 }
             };
         }
+    }
+
+    /// Counts `bytes` of a `len`-byte block that `id` should not have sent; true (and the
+    /// remote cut off) once they pass eight blocks' worth.
+    fn charge_unsolicited(&mut self, id: ConnId, len: u32, bytes: u64) -> bool {
+        let limit = 8 * u64::from(self.config.block_len.max(len));
+        let Some(c) = self.conns.get_mut(id) else {
+            return false;
+        };
+        c.unsolicited += bytes;
+        if c.unsolicited <= limit {
+            return false;
+        }
+        self.misbehaved(id, Offence::Unsolicited);
+        true
     }
 
     /// A block's body ended on connection `id`: the chunk waits for its next block.
