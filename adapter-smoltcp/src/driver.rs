@@ -465,6 +465,17 @@ impl<'s, N: Node, S: Storage, const K: usize> Driver<'s, N, S, K> {
             }
             // poll_stored carries out the storage actions itself.
             Action::ReadHash { .. } | Action::Discard(_) => {}
+            // A device hashes inline (`BlockCheck::Inline`); a peer configured otherwise is
+            // answered here and now, from flash.
+            Action::HashBlock {
+                key,
+                offset,
+                len,
+                ticket,
+            } => match proto_core::node::hash_stored(&mut self.store, key, offset, len) {
+                Ok(Some(digest)) => self.node.block_hash(now, ticket, digest),
+                _ => self.node.storage_failed(now, key),
+            },
         }
     }
 }

@@ -13,7 +13,7 @@ use mio::net::TcpListener;
 use proto_core::auth::SwarmKey;
 use proto_core::link::Link;
 use proto_core::manifest::{ManifestHeader, Name};
-use proto_core::peer::{FetchFailure, HostPeer, PeerConfig, PeerEvent};
+use proto_core::peer::{BlockCheck, FetchFailure, HostPeer, PeerConfig, PeerEvent};
 use proto_core::time::Instant;
 use proto_core::tracker::{Table, Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry, Refusal};
@@ -200,6 +200,8 @@ pub(crate) fn peer_driver(
     config.max_conns = limits.max_conns;
     config.rng_seed = random_seed();
     config.swarm_key = swarm_key();
+    // Blocks are hashed on the driver's hashing thread, beside the receive loop.
+    config.block_check = BlockCheck::Deferred;
     let peer = Box::new(HostPeer::new(config, Instant::now()));
     Ok(Driver::new(peer, FileStore::default(), listener, signals)?)
 }
@@ -473,7 +475,9 @@ pub fn share(
 }
 
 /// Tells the tracker we leave and gives the goodbye a moment to go out.
-pub(crate) fn leave<S: crate::driver::Storage<Error = std::io::Error>>(
+pub(crate) fn leave<
+    S: crate::driver::Storage<Error = std::io::Error> + crate::hasher::SharedRead,
+>(
     driver: &mut Driver<Box<HostPeer>, S>,
 ) {
     driver.node.leave(Instant::now());

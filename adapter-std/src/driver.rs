@@ -16,16 +16,20 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use proto_core::conn::{ConnId, TableFull};
-use proto_core::io::{Action, Output, FRAME_BUF_LEN};
+use proto_core::io::{Action, BlockTicket, Output, FRAME_BUF_LEN};
+use proto_core::node::hash_stored;
 pub use proto_core::node::Node;
 pub use proto_core::storage::Storage;
 use proto_core::storage::{Region, StorageKey, StorageSend};
 use proto_core::time::Instant;
+
+use crate::hasher::{Hasher, ReadAt, SharedRead};
 
 /// Above this many buffered output bytes a connection counts as blocked.
 pub const OUT_HIGH: usize = 1 << 20;
@@ -37,6 +41,7 @@ const READ_CHUNK: usize = 256 * 1024;
 pub const TICK: StdDuration = StdDuration::from_millis(100);
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const HASHED: Token = Token(usize::MAX - 3);
 
 struct Sock {
     stream: TcpStream,
@@ -91,6 +96,10 @@ pub struct Driver<N: Node, S: Storage<Error = io::Error>> {
     held: VecDeque<N::Event>,
     /// When the node next needs `handle_timeout`, as its last drain said.
     wake: Instant,
+    /// Wakes the loop when the hashing thread has a digest.
+    waker: Arc<mio::Waker>,
+    /// The hashing thread, started by the first [`Action::HashBlock`].
+    hasher: Option<Hasher>,
 }
 
 /// Why [`Driver::run`] returned.
@@ -102,7 +111,7 @@ pub enum Stop {
     Interrupted,
 }
 
-impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
+impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
     /// A driver for `node`, accepting connections on `listener` if given. With
     /// `catch_signals`, SIGINT and SIGTERM end [`Driver::run`] with [`Stop::Interrupted`].
     pub fn new(
@@ -127,6 +136,7 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
         } else {
             None
         };
+        let waker = Arc::new(mio::Waker::new(poll.registry(), HASHED)?);
         Ok(Driver {
             poll,
             listener,
@@ -143,6 +153,8 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
             last_storage_error: None,
             held: VecDeque::new(),
             wake: Instant::ZERO,
+            waker,
+            hasher: None,
         })
     }
 
@@ -201,6 +213,8 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                             }
                         }
                     }
+                    // Digests are taken below, on every turn.
+                    HASHED => {}
                     token => {
                         let Some(&conn) = self.tokens.get(&token) else {
                             continue;
@@ -215,6 +229,7 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                     }
                 }
             }
+            self.take_digests(now);
             self.read_all(now);
             if Instant::now() >= self.wake {
                 self.node.timeout(Instant::now());
@@ -450,6 +465,12 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
                 }
                 // poll_stored carries out the storage actions itself.
                 Output::Action(Action::ReadHash { .. } | Action::Discard(_)) => {}
+                Output::Action(Action::HashBlock {
+                    key,
+                    offset,
+                    len,
+                    ticket,
+                }) => self.hash_block(now, key, offset, len, ticket),
                 Output::Event(e) => self.held.push_back(e),
                 Output::Timeout(at) => {
                     self.wake = at;
@@ -458,6 +479,58 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
             }
         }
         self.flush_all();
+    }
+
+    /// Hands a written block to the hashing thread (started now if this is the first); hashes
+    /// it here if the store cannot share it.
+    fn hash_block(
+        &mut self,
+        now: Instant,
+        key: StorageKey,
+        offset: u64,
+        len: u32,
+        ticket: BlockTicket,
+    ) {
+        if self.hasher.is_none() {
+            match Hasher::start(self.waker.clone()) {
+                Ok(h) => self.hasher = Some(h),
+                Err(e) => tracing::debug!("no hashing thread ({e}); hashing on the loop"),
+            }
+        }
+        if let (Some(h), Some(reader)) = (self.hasher.as_ref(), self.store.shared_reader(key)) {
+            h.submit(reader, key, offset, len, ticket);
+            return;
+        }
+        match hash_stored(&mut self.store, key, offset, len) {
+            Ok(Some(digest)) => self.node.block_hash(now, ticket, digest),
+            Ok(None) => self.node.storage_failed(now, key),
+            Err(e) => {
+                tracing::debug!("storage failed for {key:?}: {e}");
+                self.last_storage_error = Some(e);
+                self.node.storage_failed(now, key);
+            }
+        }
+    }
+
+    /// Hands the node the digests the hashing thread has finished.
+    fn take_digests(&mut self, now: Instant) {
+        let Some(h) = self.hasher.as_ref() else {
+            return;
+        };
+        let mut any = false;
+        while let Some(done) = h.finished() {
+            any = true;
+            match done.digest {
+                Some(digest) => self.node.block_hash(now, done.ticket, digest),
+                None => {
+                    tracing::debug!("a block of {:?} could not be read back", done.key);
+                    self.node.storage_failed(now, done.key);
+                }
+            }
+        }
+        if any {
+            self.drain(now);
+        }
     }
 
     /// Reads pending payload from storage straight into the output buffer (the one copy in
@@ -573,6 +646,12 @@ impl<N: Node, S: Storage<Error = io::Error>> Driver<N, S> {
 #[derive(Default)]
 pub struct MemoryHashes {
     slots: HashMap<u16, Vec<u8>>,
+}
+
+impl SharedRead for MemoryHashes {
+    fn shared_reader(&mut self, _: StorageKey) -> Option<Arc<dyn ReadAt>> {
+        None
+    }
 }
 
 impl Storage for MemoryHashes {

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod console;
 pub mod driver;
+pub mod hasher;
 pub mod store;
 
 pub use proto_core;

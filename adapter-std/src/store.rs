@@ -28,6 +28,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -37,6 +38,8 @@ use proto_core::wire::FileId;
 use sha2::{Digest, Sha256};
 
 use proto_core::storage::Storage;
+
+use crate::hasher::SharedRead;
 
 // Version 2: chunk hashes are merkle roots over 16 KiB blocks, with leaves beside them.
 const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ2\n";
@@ -324,7 +327,8 @@ pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
 enum Slot {
     /// A whole file being shared; `path` is where a finished download put it.
     Shared {
-        data: File,
+        /// Shared with the hashing thread ([`crate::hasher`]).
+        data: Arc<File>,
         hashes: Vec<u8>,
         leaves: Leaves,
         path: Option<PathBuf>,
@@ -336,7 +340,8 @@ enum Slot {
         /// Boxed: a header is large, and a store holds a slot per file.
         manifest: Option<Box<(FileId, ManifestHeader)>>,
         hashes: Vec<u8>,
-        part: Option<File>,
+        /// Shared with the hashing thread ([`crate::hasher`]).
+        part: Option<Arc<File>>,
         leaves: Option<File>,
         journal: Option<File>,
         unsynced: Vec<u32>,
@@ -353,7 +358,7 @@ pub struct FileStore {
 impl FileStore {
     /// Serves `path` (already described by `m`) under `slot`.
     pub fn add_shared(&mut self, slot: u16, path: &Path, m: &Manifest) -> io::Result<()> {
-        let data = File::open(path)?;
+        let data = Arc::new(File::open(path)?);
         self.slots.insert(
             slot,
             Slot::Shared {
@@ -389,6 +394,7 @@ impl FileStore {
         let (part, journal) = part_paths(&out);
         let part = OpenOptions::new().read(true).write(true).open(part)?;
         part.set_len(r.manifest.header.size)?;
+        let part = Arc::new(part);
         let leaves = OpenOptions::new()
             .read(true)
             .write(true)
@@ -516,6 +522,19 @@ pub fn check_output(out: &Path) -> io::Result<()> {
         })
 }
 
+impl SharedRead for FileStore {
+    fn shared_reader(&mut self, key: StorageKey) -> Option<Arc<dyn crate::hasher::ReadAt>> {
+        if key.region != Region::Data {
+            return None;
+        }
+        let file = match self.slots.get(&key.slot)? {
+            Slot::Shared { data, .. } => data.clone(),
+            Slot::Fetch { part, .. } => part.clone()?,
+        };
+        Some(file)
+    }
+}
+
 impl Storage for FileStore {
     type Error = io::Error;
 
@@ -574,7 +593,7 @@ impl Storage for FileStore {
         );
         write_atomically(&journal_path, &bytes)?;
         *journal = Some(OpenOptions::new().append(true).open(&journal_path)?);
-        *part = Some(f);
+        *part = Some(Arc::new(f));
         *leaves = Some(l);
         *manifest = Some(Box::new((id, header.clone())));
         Ok(())

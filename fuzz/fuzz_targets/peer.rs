@@ -22,7 +22,7 @@ use proto_core::conn::ConnId;
 use proto_core::io::Action;
 use proto_core::manifest::{ChunkHash, ManifestHeader};
 use proto_core::node::Node;
-use proto_core::peer::{Peer, PeerConfig, PeerEvent, PeerMemory};
+use proto_core::peer::{BlockCheck, Peer, PeerConfig, PeerEvent, PeerMemory};
 use proto_core::storage::Region;
 use proto_core::storage::{Storage, StorageKey};
 use proto_core::testing::{self, frame, Frames, MemStore};
@@ -218,6 +218,7 @@ impl Net<'_> {
     fn drain(&mut self) {
         let k = known();
         let d = testing::drain(&mut self.p, self.now, &mut self.store);
+        let mut hashed = Vec::new();
         for a in d.actions {
             match a {
                 Action::Connect { conn, .. } => {
@@ -236,6 +237,18 @@ impl Net<'_> {
                 }
                 // Carried out on the store by testing::drain.
                 Action::ReadHash { .. } | Action::Discard(_) => {}
+                // With deferred checks: answered from the store, as a host's hashing thread
+                // would (after this drain, so the peer takes bytes meanwhile).
+                Action::HashBlock {
+                    key,
+                    offset,
+                    len,
+                    ticket,
+                } => hashed.push((
+                    key,
+                    proto_core::node::hash_stored(&mut self.store, key, offset, len),
+                    ticket,
+                )),
             }
         }
         for (conn, bytes) in d.sent {
@@ -282,6 +295,15 @@ impl Net<'_> {
                     "chunk {chunk} reported verified with bytes that do not match"
                 );
             }
+        }
+        if !hashed.is_empty() {
+            for (key, digest, ticket) in hashed {
+                match digest {
+                    Ok(Some(d)) => self.p.handle_block_hash(self.now, ticket, d),
+                    Ok(None) | Err(_) => self.p.handle_storage_failed(self.now, key),
+                }
+            }
+            self.drain();
         }
     }
 }
@@ -336,6 +358,9 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     // Both kinds of memory with the same small limits, so the tables fill: fixed arrays (a
     // device's) for inputs of an even number of steps, heap tables grown on demand for odd.
     config.block_len = REQUEST;
+    if ops.len() % 4 >= 2 {
+        config.block_check = BlockCheck::Deferred;
+    }
     let mut memory = Box::new(PeerMemory::<4, 2, 2, 4, 2>::new());
     let p = if ops.len() % 2 == 0 {
         Peer::with_memory(config, Instant::ZERO, &mut memory)

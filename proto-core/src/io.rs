@@ -65,6 +65,36 @@ pub enum Action {
     /// Stored bytes under this key are not valid any more (hashes that did not match the file
     /// id, a delisted file's hashes).
     Discard(StorageKey),
+    /// Hash a block that was just written: SHA-256 of the `len` bytes at `offset` of `key`
+    /// (only asked with [`BlockCheck::Deferred`](crate::peer::BlockCheck::Deferred)). The
+    /// adapter MUST answer with `handle_block_hash(ticket, digest)`, or
+    /// `handle_storage_failed` if it cannot read them, and answer a chunk's blocks in the
+    /// order they were asked (one FIFO worker does). It may do so on another thread, later:
+    /// the peer goes on taking bytes meanwhile, and an answer that comes after the chunk
+    /// moved on is ignored.
+    HashBlock {
+        /// The data region of the file.
+        key: StorageKey,
+        /// Byte offset of the block within the region.
+        offset: u64,
+        /// Bytes in the block (at most 16 KiB).
+        len: u32,
+        /// To hand back with the digest.
+        ticket: BlockTicket,
+    },
+}
+
+/// Which block a digest asked for by [`Action::HashBlock`] belongs to; opaque to the adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct BlockTicket {
+    pub(crate) slot: u16,
+    pub(crate) chunk: u32,
+    /// Where the block ends within its chunk.
+    pub(crate) end: u32,
+    /// The chunk's epoch when it was asked: a chunk that went back or started over since has
+    /// another, so a late answer cannot verify bytes it never saw.
+    pub(crate) epoch: u32,
 }
 
 /// What `poll_output` hands out, one at a time.

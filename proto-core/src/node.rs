@@ -9,7 +9,7 @@
 use core::net::SocketAddr;
 
 use crate::conn::{Accepted, ConnId, TableFull};
-use crate::io::{Action, Output, Recv, FRAME_BUF_LEN};
+use crate::io::{Action, BlockTicket, Output, Recv, FRAME_BUF_LEN};
 use crate::manifest::{ChunkHash, HASH_LEN};
 use crate::peer::{Peer, PeerEvent};
 use crate::storage::{Region, Storage, StorageKey};
@@ -39,6 +39,8 @@ pub trait Node {
     fn storage_failed(&mut self, now: Instant, key: StorageKey);
     /// See `handle_hash` (peers only).
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash);
+    /// See `handle_block_hash` (peers only).
+    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]);
     /// See `poll_output`.
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<Self::Event>;
 
@@ -73,8 +75,9 @@ pub trait Node {
 
     /// `poll_output`, with the storage actions carried out on `store` and every event
     /// journalled in it before it is handed out. What is left for the adapter is frames,
-    /// [`Action::Connect`], [`Action::Close`], events and the timeout. A storage failure is
-    /// reported to the node and handed to `on_error`.
+    /// [`Action::Connect`], [`Action::Close`], [`Action::HashBlock`] (the adapter chose where
+    /// blocks are hashed; [`hash_stored`] does it here and now), events and the timeout. A
+    /// storage failure is reported to the node and handed to `on_error`.
     fn poll_stored<S: Storage + ?Sized>(
         &mut self,
         now: Instant,
@@ -137,6 +140,9 @@ impl<N: Node + ?Sized> Node for std::boxed::Box<N> {
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
         (**self).hash(now, slot, chunk, hash)
     }
+    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) {
+        (**self).block_hash(now, ticket, digest)
+    }
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<N::Event> {
         (**self).poll_output(buf)
     }
@@ -174,6 +180,7 @@ impl Node for Tracker<'_> {
         self.handle_storage_failed(key)
     }
     fn hash(&mut self, _: Instant, _: u16, _: u32, _: ChunkHash) {}
+    fn block_hash(&mut self, _: Instant, _: BlockTicket, _: [u8; HASH_LEN]) {}
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<TrackerEvent> {
         Tracker::poll_output(self, buf)
     }
@@ -216,6 +223,9 @@ impl<'a, const W: usize> Node for Peer<'a, W> {
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
         self.handle_hash(now, slot, chunk, hash)
     }
+    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) {
+        self.handle_block_hash(now, ticket, digest)
+    }
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<PeerEvent> {
         Peer::poll_output(self, buf)
     }
@@ -240,4 +250,30 @@ impl<'a, const W: usize> Node for Peer<'a, W> {
             _ => Ok(()),
         }
     }
+}
+
+/// The SHA-256 of `len` bytes at `offset` of `key`, read from `store` a kilobyte at a time:
+/// how an adapter with nowhere else to hash answers [`Action::HashBlock`] at once. `None` if
+/// storage holds fewer bytes there.
+pub fn hash_stored<S: Storage + ?Sized>(
+    store: &mut S,
+    key: StorageKey,
+    offset: u64,
+    len: u32,
+) -> Result<Option<[u8; HASH_LEN]>, S::Error> {
+    use sha2::{Digest, Sha256};
+    let mut sha = Sha256::new();
+    let mut buf = [0u8; 1024];
+    let mut done = 0u64;
+    while done < u64::from(len) {
+        let want = (u64::from(len) - done).min(buf.len() as u64) as usize;
+        let n = store.read(key, offset + done, &mut buf[..want])?;
+        // A store that claims more than it was given room for is as wrong as a short one.
+        let Some(piece) = buf.get(..n).filter(|_| n > 0) else {
+            return Ok(None);
+        };
+        sha.update(piece);
+        done += n as u64;
+    }
+    Ok(Some(sha.finalize().into()))
 }

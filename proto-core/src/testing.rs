@@ -510,6 +510,17 @@ fn drain_side<X: Node, Y: Node>(
             }
             // `drain` carries out the storage actions on the side's store.
             Action::ReadHash { .. } | Action::Discard(_) => {}
+            // Answered after the drain that asked, as a worker thread would answer later.
+            Action::HashBlock {
+                key,
+                offset,
+                len,
+                ticket,
+            } => match crate::node::hash_stored(&mut from.store, key, offset, len) {
+                Ok(Some(digest)) => from.node.block_hash(now, ticket, digest),
+                Ok(None) => from.node.storage_failed(now, key),
+                Err(e) => match e {},
+            },
         }
     }
     from.events.extend(d.events);
@@ -550,4 +561,15 @@ pub fn fixed_peer<
 ) -> crate::peer::Peer<'static, W> {
     let memory: &'static mut crate::peer::PeerMemory<C, F, W, A, B> = Box::leak(Box::default());
     crate::peer::Peer::with_memory(config, now, memory)
+}
+
+/// A ticket as the peer would write it into [`Action::HashBlock`], for adapters' tests of
+/// their hashing.
+pub fn ticket(slot: u16, chunk: u32, end: u32, epoch: u32) -> crate::io::BlockTicket {
+    crate::io::BlockTicket {
+        slot,
+        chunk,
+        end,
+        epoch,
+    }
 }

@@ -3,8 +3,10 @@
 //! (The simulator measures the same rules across whole swarms.)
 
 use proto_core::conn::ConnId;
+use proto_core::io::Action;
 use proto_core::manifest::ManifestHeader;
-use proto_core::peer::{Peer, PeerConfig, PeerEvent};
+use proto_core::node::hash_stored;
+use proto_core::peer::{BlockCheck, Peer, PeerConfig, PeerEvent};
 use proto_core::storage::{Region, Storage, StorageKey};
 use proto_core::testing::{self, frame, MemStore, Seen};
 use proto_core::time::{Duration, Instant};
@@ -164,6 +166,34 @@ impl Swarm {
         bytes.extend(frame(&Message::Block(b)));
         bytes.extend_from_slice(payload);
         self.feed(c, &bytes);
+    }
+
+    /// Answers every [`Action::HashBlock`] asked so far, as a hashing thread would, from
+    /// what storage holds; returns how many. `tamper` may change a digest first.
+    fn answer_hashes(&mut self, mut tamper: impl FnMut(u64, &mut [u8; 32])) -> usize {
+        let asked: Vec<Action> = self
+            .seen
+            .actions
+            .extract_if(.., |a| matches!(a, Action::HashBlock { .. }))
+            .collect();
+        for a in &asked {
+            let Action::HashBlock {
+                key,
+                offset,
+                len,
+                ticket,
+            } = *a
+            else {
+                continue;
+            };
+            let mut digest = hash_stored(&mut self.store, key, offset, len)
+                .unwrap()
+                .expect("the block was written before it was asked about");
+            tamper(offset, &mut digest);
+            self.p.handle_block_hash(self.now, ticket, digest);
+            self.drain();
+        }
+        asked.len()
     }
 
     fn verified(&self, chunk: u32) -> bool {
@@ -397,6 +427,84 @@ fn a_corrupt_block_costs_that_block_alone() {
     );
     s.block(y, again[0], again[0].len);
     assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
+fn hashed_elsewhere_blocks_are_verified_when_their_digests_come_back() {
+    // Two 64 KiB chunks of four blocks each, one 64 KiB request each; the blocks' digests
+    // come from outside (a hashing thread on a host).
+    let mut s = Swarm::with(2, 64 * 1024, 64 * 1024, 128 * 1024, |c| {
+        c.block_check = BlockCheck::Deferred
+    });
+    let x = s.holder(2, |_| true);
+    let reqs = s.requests(x);
+    assert_eq!(reqs.len(), 2);
+    for b in &reqs {
+        s.block(x, *b, b.len);
+    }
+    // Every byte is taken and written, but nothing is verified before its digest.
+    assert!(!s.verified(0) && !s.verified(1));
+    s.p.check_invariants();
+    assert_eq!(s.answer_hashes(|_, _| {}), 8, "each block asked about once");
+    assert!(s.verified(0) && s.verified(1));
+    assert_eq!(s.store.completed, vec![0]);
+    s.p.check_invariants();
+}
+
+#[test]
+fn hashed_elsewhere_a_corrupt_block_costs_that_block_and_late_digests_are_ignored() {
+    let mut s = Swarm::with(1, 64 * 1024, 64 * 1024, 64 * 1024, |c| {
+        c.block_check = BlockCheck::Deferred
+    });
+    let x = s.holder(2, |_| true);
+    let b = one(s.requests(x));
+    let y = s.holder(3, |_| true);
+    assert_eq!(one(s.requests(y)).offset, 0);
+    // The third block is corrupt; its digest, and the fourth's (asked before the third's
+    // came back), are answered only after all four blocks were taken.
+    s.bad_block(x, b, 40_000);
+    assert!(
+        rejected_from(&s).is_empty(),
+        "nothing is known before the digests"
+    );
+    assert_eq!(s.answer_hashes(|_, _| {}), 4);
+    assert_eq!(rejected_from(&s), vec!["10.0.0.2:7002".parse().unwrap()]);
+    assert!(!s.verified(0));
+    // The chunk went back to the bad block: only that and what follows is asked again, of
+    // the other holder; the fourth block's digest was for bytes no longer trusted.
+    let again = s.requests(y);
+    assert_eq!(
+        again.iter().map(|r| (r.offset, r.len)).collect::<Vec<_>>(),
+        [(32 * 1024, 32 * 1024)]
+    );
+    assert!(s.requests(x).is_empty(), "x sent the bad block");
+    s.block(y, again[0], again[0].len);
+    assert!(!s.verified(0));
+    assert_eq!(s.answer_hashes(|_, _| {}), 2);
+    assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
+fn hashed_elsewhere_a_wrong_digest_from_the_adapter_is_a_bad_block() {
+    // The peer trusts nothing: a digest that does not match the leaf fails its block, even
+    // when storage holds the right bytes.
+    let mut s = Swarm::with(1, 32 * 1024, 32 * 1024, 32 * 1024, |c| {
+        c.block_check = BlockCheck::Deferred
+    });
+    let x = s.holder(2, |_| true);
+    let b = one(s.requests(x));
+    let y = s.holder(3, |_| true);
+    s.sent(y);
+    s.block(x, b, b.len);
+    s.answer_hashes(|offset, d| {
+        if offset == 0 {
+            d[0] ^= 1;
+        }
+    });
+    assert_eq!(rejected_from(&s).len(), 1);
+    assert!(!s.verified(0));
     s.p.check_invariants();
 }
 

@@ -1185,6 +1185,22 @@ impl Sim {
                 Output::Action(Action::Close(conn)) => self.close_conn(i, conn),
                 // poll_stored reads hashes and discards on the node's store itself.
                 Output::Action(Action::ReadHash { .. } | Action::Discard(_)) => {}
+                // The simulated peers hash inline (`BlockCheck::Inline`); one configured
+                // otherwise is answered at once, from its store.
+                Output::Action(Action::HashBlock {
+                    key,
+                    offset,
+                    len,
+                    ticket,
+                }) => {
+                    if let Core::Peer(p) = core {
+                        match proto_core::node::hash_stored(&mut view, key, offset, len) {
+                            Ok(Some(digest)) => p.handle_block_hash(now, ticket, digest),
+                            Ok(None) => p.handle_storage_failed(now, key),
+                            Err(e) => match e {},
+                        }
+                    }
+                }
                 Output::Event(ev) => {
                     self.on_peer_event(i, &ev);
                     self.events.push((now, i, ev));

@@ -1,8 +1,8 @@
 //! The seed documents' scenarios, each run in the simulator over many seeds. Every assertion
 //! names its seed, so a failure can be replayed with `sim --seed N` or by narrowing `SEEDS`.
 
-use proto_core::peer::FetchFailure;
 use proto_core::peer::PeerEvent;
+use proto_core::peer::{BlockCheck, FetchFailure, PeerConfig};
 use proto_core::time::{Duration, Instant};
 use proto_core::tracker::{LeaveReason, TrackerEvent};
 use tests::sim::{Fault, Report, Sim, SimConfig, TRACKER};
@@ -211,11 +211,22 @@ fn peer_crashes_at_random_times_do_not_stop_the_rest() {
 
 #[test]
 fn corrupt_peer_is_banned_and_the_download_is_still_correct() {
+    corrupt_peer_is_banned(|_, _| {});
+}
+
+#[test]
+fn corrupt_peer_is_banned_when_blocks_are_hashed_outside_the_peer() {
+    // As on a host, where a thread beside the receive loop hashes each written block.
+    corrupt_peer_is_banned(|_, c| c.block_check = BlockCheck::Deferred);
+}
+
+fn corrupt_peer_is_banned(tune: fn(usize, &mut PeerConfig)) {
     for seed in SEEDS {
         let mut cfg = small(seed);
         cfg.seeders = 2;
         cfg.corrupt_seeders = 1;
         cfg.peers = 4;
+        cfg.tune = tune;
         let mut sim = Sim::new(cfg);
         let r = sim.run();
         assert_ok(&r);

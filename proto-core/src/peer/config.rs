@@ -71,6 +71,8 @@ pub struct PeerConfig {
     /// given: a device whose flash store computes leaves from whole chunks sets false.
     /// Default true.
     pub serve_partial: bool,
+    /// Where the digest of each received block comes from. Default [`BlockCheck::Inline`].
+    pub block_check: BlockCheck,
 
     /// How long a connection may leave requests unanswered before its work moves elsewhere.
     /// Default 5 s.
@@ -115,6 +117,7 @@ impl PeerConfig {
             max_chunk_blocks: crate::manifest::MAX_CHUNK_BLOCKS as u16,
             rewrite_blocks: true,
             serve_partial: true,
+            block_check: BlockCheck::Inline,
             stall_timeout: Duration::from_secs(5),
             locate_interval: Duration::from_secs(3),
             fetch_deadline: None,
@@ -123,6 +126,22 @@ impl PeerConfig {
             reconnect_max: Duration::from_secs(30),
         }
     }
+}
+
+/// Where the digest of each received block comes from (see [`PeerConfig::block_check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum BlockCheck {
+    /// The peer hashes a block's bytes itself as they stream through, and checks the block
+    /// the moment its last byte arrives. Nothing is read back and no RAM is needed beyond one
+    /// running digest per chunk: the choice for a device and the simulator.
+    Inline,
+    /// The peer hands each block, once written, to the adapter with
+    /// [`Action::HashBlock`](crate::io::Action::HashBlock) and takes the digest back through
+    /// `handle_block_hash`, taking further bytes of the chunk meanwhile. The adapter can then
+    /// hash on another core than the one receiving: on a host, hashing is four tenths of the
+    /// receive path's time (BENCHMARKS.md), so this is what lets one download use two cores.
+    Deferred,
 }
 
 /// Why a command was refused.

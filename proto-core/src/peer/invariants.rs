@@ -35,8 +35,12 @@ impl<const W: usize> Peer<'_, W> {
                 .and_then(|f| f.header())
                 .map_or(1, |h| h.block_len());
             assert!(
-                a.verified <= a.frontier && a.frontier - a.verified <= block,
-                "at most one block is taken and not yet verified"
+                a.verified <= a.checking && a.checking <= a.frontier,
+                "blocks are verified only once taken and asked about"
+            );
+            assert!(
+                self.config.block_check == BlockCheck::Deferred || a.frontier - a.verified <= block,
+                "inline, at most one block is taken and not yet verified"
             );
             assert!(
                 a.verified.is_multiple_of(block),

@@ -16,6 +16,8 @@
 //!   [`Peer::handle_closed`].
 //! - [`Action::ReadHash`]: read the stored hash of a chunk and hand it to
 //!   [`Peer::handle_hash`]. The core keeps no chunk hashes in RAM.
+//! - [`Action::HashBlock`] (only with [`BlockCheck::Deferred`]): hash a block just written,
+//!   on any thread, and hand the digest to [`Peer::handle_block_hash`].
 //! - `handle_recv` may return a [`StorageWrite`]: chunk payload or manifest hashes to store at
 //!   once, straight from the adapter's receive buffer. Payload is written before it is verified;
 //!   a chunk counts as held only after [`PeerEvent::ChunkVerified`], which is when storage
@@ -62,8 +64,8 @@
 //!
 //! | memory | C | F | W | A | B | bytes |
 //! |---|---|---|---|---|---|---|
-//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 23,632 |
-//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 425,872 |
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 23,664 |
+//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 426,896 |
 //!
 //! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
 //! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
@@ -97,7 +99,7 @@ mod timers;
 mod tracker_session;
 mod verify;
 
-pub use config::{CommandError, PeerConfig};
+pub use config::{BlockCheck, CommandError, PeerConfig};
 pub use memory::{PeerMemory, SmallPeerMemory};
 
 pub use event::{FetchFailure, Offence, PeerEvent, Progress};
@@ -123,7 +125,7 @@ use crate::conn::{
     self, Accepted, ConnId, EventQueue, HasLink, Link, Phase, PingTurn, Slot, Slots, TableFull,
     Wire,
 };
-use crate::io::{Action, Drain, Output, Outputs};
+use crate::io::{Action, BlockTicket, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
 use crate::manifest::{
     merkle_root, ChunkHash, FileIdHasher, Leaf, ManifestHeader, HASH_LEN, MAX_CHUNKS,
@@ -203,6 +205,8 @@ pub struct Peer<'a, const W: usize> {
     publishes: u16,
     /// Chunks that failed their hash lately, and a node that sent them.
     recent_bad: Deque<(u16, u32, NodeId), 8>,
+    /// The last epoch given to a chunk in flight (see `verify`'s `Active::epoch`).
+    epochs: u32,
     /// The header of the manifest whose hashes are streaming in, until they are checked.
     pending_header: Option<(u16, ManifestHeader)>,
     /// Where `poll_output` stands.
@@ -275,6 +279,7 @@ impl<'a, const W: usize> Peer<'a, W> {
             discards: 0,
             publishes: 0,
             recent_bad: Deque::new(),
+            epochs: 0,
             pending_header: None,
             drain: Drain::default(),
         };
@@ -609,6 +614,13 @@ impl<'a, const W: usize> Peer<'a, W> {
         self.schedule();
     }
 
+    /// The digest of the block asked for by [`Action::HashBlock`] with `ticket`.
+    pub fn handle_block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) {
+        self.enter(now);
+        self.block_hashed(ticket, digest);
+        self.schedule();
+    }
+
     /// A storage operation on `key` failed (disk full, flash error): the fetch is given up.
     pub fn handle_storage_failed(&mut self, now: Instant, key: StorageKey) {
         self.enter(now);
@@ -743,6 +755,9 @@ impl<'a, const W: usize> Outputs for Peer<'a, W> {
                     chunk: a.chunk,
                 });
             }
+        }
+        if let Some(check) = self.next_check() {
+            return Some(check);
         }
         if self.discards > 0 {
             let (slot, f) = self

@@ -443,9 +443,12 @@ impl<const W: usize> Peer<'_, W> {
         };
     }
 
-    /// How much of a body `on_body` takes at once on `id`: up to the end of the block being
-    /// verified, so each block is checked before a byte past it is taken.
+    /// How much of a body `on_body` takes at once on `id`: inline, up to the end of the block
+    /// being verified, so each block is checked before a byte past it is taken.
     pub(super) fn body_room(&self, id: ConnId) -> usize {
+        if self.config.block_check == BlockCheck::Deferred {
+            return usize::MAX;
+        }
         let Some(c) = self.conns.get(id) else {
             return usize::MAX;
         };
@@ -501,8 +504,11 @@ impl<const W: usize> Peer<'_, W> {
                     (Some(i), Some(a), Some((block, len)))
                         if a.receiving == Some(id) && a.chunk == chunk && a.slot == slot =>
                     {
-                        // `body_room` stopped the input at the block's end.
-                        a.sha.update(data);
+                        // `body_room` stopped the input at the block's end (inline; deferred,
+                        // the adapter hashes the block once written).
+                        if self.config.block_check == BlockCheck::Inline {
+                            a.sha.update(data);
+                        }
                         a.frontier += data.len() as u32;
                         let at_boundary = a.frontier.is_multiple_of(block) || a.frontier >= len;
                         if let Some(f) = self.files[slot as usize].as_mut() {

@@ -358,7 +358,8 @@ impl<const W: usize> Peer<'_, W> {
         let Some(free) = vacancy(&mut self.active, usize::from(self.config.max_active)) else {
             return false;
         };
-        self.active[free] = Some(Active::new(slot, chunk, owner, self.now));
+        let epoch = self.next_epoch();
+        self.active[free] = Some(Active::new(slot, chunk, owner, self.now, epoch));
         if let Some(f) = self.file_mut(slot) {
             f.busy.set(chunk);
         }

@@ -25,6 +25,19 @@
 //!
 //! Leaves that do not match the root are thrown away and asked for elsewhere, with a strike
 //! against their sender.
+//!
+//! Where a block's digest comes from is [`PeerConfig::block_check`](super::PeerConfig):
+//! inline, the peer hashes the bytes as they stream through and checks each block as its last
+//! byte arrives (the receive path then stops at every block boundary). Deferred, the peer
+//! takes bytes past unverified blocks, and `next_check` hands each block, once written, to the
+//! adapter ([`Action::HashBlock`]) whose answer comes back through `block_hashed`, in order.
+//! Both end in `block_checked`, the one place a block passes or fails. A failed block sends
+//! the frontier back to it (bytes past it were never verified, so nothing trusted is lost) and
+//! gives the chunk a new *epoch*: a digest asked for before then names the old epoch in its
+//! [`BlockTicket`](crate::io::BlockTicket) and is ignored, so an answer can never verify bytes
+//! written after it was asked. Deferred, blame for a bad block goes to every connection that
+//! supplied bytes since the last verified block (one, unless a source changed meanwhile; with
+//! more the blame is shared, as in endgame).
 
 use super::*;
 
@@ -49,6 +62,12 @@ pub(super) struct Active {
     pub(super) frontier: u32,
     /// Bytes verified: the end of the last block that matched its leaf.
     pub(super) verified: u32,
+    /// With [`BlockCheck::Deferred`]: the end of the blocks handed to the adapter to hash
+    /// (`verified <= checking <= frontier`). Inline, it follows `verified`.
+    pub(super) checking: u32,
+    /// Names this chunk's bytes since it started or last went back, for
+    /// [`BlockTicket`]: a digest asked for before that is not about the bytes there now.
+    pub(super) epoch: u32,
     /// The digest of the block being taken.
     pub(super) sha: Sha256,
     /// The connection whose block at the frontier is streaming in now, and where that block
@@ -75,12 +94,14 @@ pub(super) struct Active {
 
 impl Active {
     /// A chunk with nothing of it asked for yet.
-    pub(super) fn new(slot: u16, chunk: u32, owner: ConnId, now: Instant) -> Self {
+    pub(super) fn new(slot: u16, chunk: u32, owner: ConnId, now: Instant, epoch: u32) -> Self {
         Active {
             slot,
             chunk,
             frontier: 0,
             verified: 0,
+            checking: 0,
+            epoch,
             sha: Sha256::new(),
             receiving: None,
             receiving_end: 0,
@@ -202,30 +223,115 @@ impl<const W: usize> Peer<'_, W> {
         self.release_chunk_from(i, from);
     }
 
-    /// The bytes of chunk `i` up to its frontier complete a block: compare it with its leaf.
+    /// The bytes of chunk `i` up to its frontier complete a block. Inline, its digest is
+    /// ready: it is checked now. Deferred, the adapter is asked for it by `next_check`.
     /// Returns false if it failed (the rest of `from`'s block is then not taken).
     pub(super) fn block_done(&mut self, i: usize, from: ConnId) -> bool {
-        let Some(a) = self.active[i].as_ref() else {
-            return false;
-        };
-        let (slot, chunk, frontier) = (a.slot, a.chunk, a.frontier);
-        let Some(h) = self.file(slot).and_then(|f| f.header()) else {
-            return false;
-        };
-        let (len, block) = (h.chunk_len(chunk), h.block_len());
-        let k = ((frontier - 1) / block) as usize;
-        let leaf = self.leaves_of(i).get(k).copied();
+        if self.config.block_check == BlockCheck::Deferred {
+            return true;
+        }
         let Some(a) = self.active[i].as_mut() else {
             return false;
         };
         let digest: Leaf = a.sha.finalize_reset().into();
+        let end = a.frontier;
+        self.block_checked(i, end, digest, Some(from))
+    }
+
+    /// The next block to hand to the adapter for hashing, with [`BlockCheck::Deferred`]: a
+    /// whole block below the frontier of a chunk not yet asked about.
+    pub(super) fn next_check(&mut self) -> Option<Action> {
+        if self.config.block_check != BlockCheck::Deferred {
+            return None;
+        }
+        for idx in 0..self.active.len() {
+            let Some(a) = self.active[idx].as_ref() else {
+                continue;
+            };
+            if a.checking >= a.frontier {
+                continue;
+            }
+            let (slot, chunk, from) = (a.slot, a.chunk, a.checking);
+            let Some(h) = self.file(slot).and_then(|f| f.header()) else {
+                continue;
+            };
+            let (block, len) = (h.block_len(), h.chunk_len(chunk));
+            let end = ((from / block + 1) * block).min(len);
+            let offset = h.chunk_offset(chunk) + u64::from(from);
+            let Some(a) = self.active[idx].as_mut() else {
+                continue;
+            };
+            if a.frontier < end {
+                continue;
+            }
+            a.checking = end;
+            return Some(Action::HashBlock {
+                key: key(slot, Region::Data),
+                offset,
+                len: end - from,
+                ticket: BlockTicket {
+                    slot,
+                    chunk,
+                    end,
+                    epoch: a.epoch,
+                },
+            });
+        }
+        None
+    }
+
+    /// A digest the adapter computed for [`Action::HashBlock`]. One for a chunk that has gone
+    /// back, started over or finished since it was asked is ignored.
+    pub(super) fn block_hashed(&mut self, ticket: BlockTicket, digest: Leaf) {
+        let Some(i) = self.active_index(ticket.slot, ticket.chunk) else {
+            return;
+        };
+        let Some(a) = self.active[i].as_ref() else {
+            return;
+        };
+        let block = self
+            .file(a.slot)
+            .and_then(|f| f.header())
+            .map_or(1, |h| h.block_len());
+        // The next block to verify, in this epoch: anything else is stale.
+        let next = ((a.verified / block + 1) * block).min(ticket.end);
+        if a.epoch != ticket.epoch || ticket.end != next || ticket.end > a.checking {
+            return;
+        }
+        // Blame goes to whoever supplied the bytes past the verified mark.
+        let from = a.contributors.first().map(|&(c, _, _)| c);
+        self.block_checked(i, ticket.end, digest, from);
+    }
+
+    /// The block of chunk `i` ending at `end` has this digest: compare it with its leaf.
+    /// Returns false if it failed (the chunk then goes back to the block's start, or to the
+    /// chunk's start where blocks cannot be rewritten; `from`, its sender, gives the chunk up).
+    fn block_checked(&mut self, i: usize, end: u32, digest: Leaf, from: Option<ConnId>) -> bool {
+        let Some(a) = self.active[i].as_ref() else {
+            return false;
+        };
+        let (slot, chunk) = (a.slot, a.chunk);
+        let Some(h) = self.file(slot).and_then(|f| f.header()) else {
+            return false;
+        };
+        let (len, block) = (h.chunk_len(chunk), h.block_len());
+        let k = ((end - 1) / block) as usize;
+        let leaf = self.leaves_of(i).get(k).copied();
+        let epoch = self.next_epoch();
+        let Some(a) = self.active[i].as_mut() else {
+            return false;
+        };
         if Some(digest) == leaf {
-            a.verified = frontier;
+            a.verified = end;
+            a.checking = a.checking.max(end);
             a.progressed = self.now;
-            // The next block's bytes come from the connection streaming now, if any.
-            let receiving = a.receiving;
-            a.contributors.retain(|&(c, _, _)| Some(c) == receiving);
-            if frontier >= len {
+            // Who supplied the bytes still unverified stays on the list for blame: inline
+            // that is only the connection streaming now, if any.
+            if a.frontier == end {
+                let receiving = a.receiving;
+                a.contributors.retain(|&(c, _, _)| Some(c) == receiving);
+            }
+            if end >= len {
                 self.complete_chunk(i);
             }
             return true;
@@ -237,11 +343,25 @@ impl<const W: usize> Peer<'_, W> {
             0
         };
         a.frontier = restart;
+        a.checking = restart;
+        a.epoch = epoch;
         a.receiving = None;
+        // A digest is one fresh state for the block taken next.
+        a.sha = Sha256::new();
         let who = core::mem::take(&mut a.contributors);
         self.blame(slot, chunk, &who);
-        self.release_chunk_from(i, from);
+        match from {
+            Some(from) => self.release_chunk_from(i, from),
+            // Every sender has gone: those left ask again from where the chunk went back to.
+            None => self.resync(i),
+        }
         false
+    }
+
+    /// A number no chunk in flight has as its epoch.
+    pub(super) fn next_epoch(&mut self) -> u32 {
+        self.epochs = self.epochs.wrapping_add(1);
+        self.epochs
     }
 
     /// Every block of chunk `i` is verified.
