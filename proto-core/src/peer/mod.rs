@@ -617,8 +617,9 @@ impl<'a, const W: usize> Peer<'a, W> {
     /// The digest of the block asked for by [`Action::HashBlock`] with `ticket`.
     pub fn handle_block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) {
         self.enter(now);
-        self.block_hashed(ticket, digest);
-        self.schedule();
+        if self.block_hashed(ticket, digest) {
+            self.schedule();
+        }
     }
 
     /// A storage operation on `key` failed (disk full, flash error): the fetch is given up.

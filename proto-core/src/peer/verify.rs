@@ -281,13 +281,15 @@ impl<const W: usize> Peer<'_, W> {
     }
 
     /// A digest the adapter computed for [`Action::HashBlock`]. One for a chunk that has gone
-    /// back, started over or finished since it was asked is ignored.
-    pub(super) fn block_hashed(&mut self, ticket: BlockTicket, digest: Leaf) {
+    /// back, started over or finished since it was asked is ignored. Returns whether the
+    /// chunk finished or went back: only then is there anything new to schedule (a block that
+    /// passed changes no request; blocks waiting to be served go out with the next poll).
+    pub(super) fn block_hashed(&mut self, ticket: BlockTicket, digest: Leaf) -> bool {
         let Some(i) = self.active_index(ticket.slot, ticket.chunk) else {
-            return;
+            return false;
         };
         let Some(a) = self.active[i].as_ref() else {
-            return;
+            return false;
         };
         let block = self
             .file(a.slot)
@@ -296,11 +298,12 @@ impl<const W: usize> Peer<'_, W> {
         // The next block to verify, in this epoch: anything else is stale.
         let next = ((a.verified / block + 1) * block).min(ticket.end);
         if a.epoch != ticket.epoch || ticket.end != next || ticket.end > a.checking {
-            return;
+            return false;
         }
         // Blame goes to whoever supplied the bytes past the verified mark.
         let from = a.contributors.first().map(|&(c, _, _)| c);
-        self.block_checked(i, ticket.end, digest, from);
+        let passed = self.block_checked(i, ticket.end, digest, from);
+        !passed || self.active[i].is_none()
     }
 
     /// The block of chunk `i` ending at `end` has this digest: compare it with its leaf.
