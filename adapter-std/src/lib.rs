@@ -6,5 +6,6 @@ pub mod console;
 pub mod driver;
 pub mod hasher;
 pub mod store;
+mod syncer;
 
 pub use proto_core;

@@ -40,6 +40,7 @@ use sha2::{Digest, Sha256};
 use proto_core::storage::Storage;
 
 use crate::hasher::SharedRead;
+use crate::syncer::{Durable, Syncer};
 
 // Version 2: chunk hashes are merkle roots over 16 KiB blocks, with leaves beside them.
 const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ2\n";
@@ -343,7 +344,8 @@ enum Slot {
         /// Shared with the hashing thread ([`crate::hasher`]).
         part: Option<Arc<File>>,
         leaves: Option<File>,
-        journal: Option<File>,
+        /// The sync thread's handles on the part file, leaves and journal.
+        durable: Option<Arc<Durable>>,
         unsynced: Vec<u32>,
         first_unsynced: Option<Instant>,
     },
@@ -353,6 +355,8 @@ enum Slot {
 #[derive(Default)]
 pub struct FileStore {
     slots: HashMap<u16, Slot>,
+    /// Started by the first journal batch.
+    syncer: Option<Syncer>,
 }
 
 impl FileStore {
@@ -382,7 +386,7 @@ impl FileStore {
                 hashes: Vec::new(),
                 part: None,
                 leaves: None,
-                journal: None,
+                durable: None,
                 unsynced: Vec::new(),
                 first_unsynced: None,
             },
@@ -400,7 +404,11 @@ impl FileStore {
             .write(true)
             .open(leaves_path(&out))?;
         leaves.set_len(r.manifest.header.leaves_len())?;
-        let journal = OpenOptions::new().append(true).open(journal)?;
+        let durable = Arc::new(Durable {
+            part: part.try_clone()?,
+            leaves: leaves.try_clone()?,
+            journal: OpenOptions::new().append(true).open(journal)?,
+        });
         self.slots.insert(
             slot,
             Slot::Fetch {
@@ -409,7 +417,7 @@ impl FileStore {
                 hashes: r.manifest.hashes.clone(),
                 part: Some(part),
                 leaves: Some(leaves),
-                journal: Some(journal),
+                durable: Some(durable),
                 unsynced: Vec::new(),
                 first_unsynced: None,
             },
@@ -433,8 +441,12 @@ impl FileStore {
         }
     }
 
-    /// Syncs journals whose oldest unsynced record is older than the batch delay.
+    /// Syncs journals whose oldest unsynced record is older than the batch delay; reports a
+    /// sync that failed since the last tick.
     pub fn tick(&mut self) -> io::Result<()> {
+        if let Some(e) = self.syncer.as_ref().and_then(Syncer::take_error) {
+            return Err(e);
+        }
         let due: Vec<u16> = self
             .slots
             .iter()
@@ -452,12 +464,11 @@ impl FileStore {
         Ok(())
     }
 
-    /// Data first, then the records that vouch for it.
+    /// Hands the unsynced records of `slot` to the sync thread ([`crate::syncer`]: data
+    /// first, then the records that vouch for it), started now if this is the first batch.
     fn sync_journal(&mut self, slot: u16) -> io::Result<()> {
         let Some(Slot::Fetch {
-            part: Some(part),
-            leaves: Some(leaves),
-            journal: Some(journal),
+            durable: Some(durable),
             unsynced,
             first_unsynced,
             ..
@@ -468,23 +479,38 @@ impl FileStore {
         if unsynced.is_empty() {
             return Ok(());
         }
-        part.sync_data()?;
-        leaves.sync_data()?;
-        let bytes: Vec<u8> = unsynced.iter().flat_map(|c| c.to_le_bytes()).collect();
-        journal.write_all(&bytes)?;
-        journal.sync_data()?;
+        if self.syncer.is_none() {
+            self.syncer = Some(Syncer::start()?);
+        }
+        if let Some(s) = &self.syncer {
+            s.submit(durable.clone(), unsynced);
+        }
         unsynced.clear();
         *first_unsynced = None;
         Ok(())
     }
 
-    /// Syncs every pending journal (on shutdown).
+    /// Makes every pending journal record durable, and waits for it (on shutdown).
     pub fn flush(&mut self) -> io::Result<()> {
         let slots: Vec<u16> = self.slots.keys().copied().collect();
         for s in slots {
             self.sync_journal(s)?;
         }
-        Ok(())
+        self.syncer.as_ref().map_or(Ok(()), Syncer::wait)
+    }
+}
+
+/// Reserves the disk space of a download's `len` bytes up front: a disk too small fails now,
+/// with one clear error, rather than at some chunk halfway; and writes into reserved space
+/// cost the file system less than writes that allocate as they go (BENCHMARKS.md). A file
+/// system that cannot reserve (tmpfs before Linux 3.5, some network file systems) just
+/// allocates as it writes.
+fn reserve(f: &File, len: u64) -> io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    match fallocate(f, FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::INVAL => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -551,7 +577,7 @@ impl Storage for FileStore {
             hashes,
             part,
             leaves,
-            journal,
+            durable,
             ..
         }) = self.slots.get_mut(&slot)
         else {
@@ -574,6 +600,7 @@ impl Storage for FileStore {
             .truncate(true)
             .open(&part_path)?;
         f.set_len(header.size)?;
+        reserve(&f, header.size)?;
         let l = OpenOptions::new()
             .read(true)
             .write(true)
@@ -592,7 +619,11 @@ impl Storage for FileStore {
             },
         );
         write_atomically(&journal_path, &bytes)?;
-        *journal = Some(OpenOptions::new().append(true).open(&journal_path)?);
+        *durable = Some(Arc::new(Durable {
+            part: f.try_clone()?,
+            leaves: l.try_clone()?,
+            journal: OpenOptions::new().append(true).open(&journal_path)?,
+        }));
         *part = Some(Arc::new(f));
         *leaves = Some(l);
         *manifest = Some(Box::new((id, header.clone())));
@@ -624,6 +655,9 @@ impl Storage for FileStore {
             return Ok(());
         }
         self.sync_journal(slot)?;
+        if let Some(s) = &self.syncer {
+            s.wait()?;
+        }
         let Some(Slot::Fetch {
             out: Some(out),
             manifest: Some(manifest),
