@@ -90,6 +90,11 @@ impl<const W: usize> ChunkBitmap<W> {
             .count() as u32
     }
 
+    /// Chunks `32k` to `32k + 31`, chunk `32k + i` in bit `i` (zero past the end).
+    pub fn word(&self, k: usize) -> u32 {
+        self.words.get(k).copied().unwrap_or(0)
+    }
+
     /// Adds every chunk.
     pub fn fill(&mut self) {
         for i in 0..self.len {

@@ -243,11 +243,11 @@ impl<const W: usize> Peer<'_, W> {
             return None;
         }
         let node = c.link.hello.map(|h| h.node).unwrap_or_default();
-        // The rarest candidates, one of them kept uniformly at random (reservoir sampling):
-        // taking "the first rarest after a random start" would favour the chunk right after a
-        // run everyone holds, and every fetcher would pick the same one.
-        let mut best: Option<(u32, (usize, usize))> = None;
-        let mut ties = 0u64;
+        // The rarest candidates, one of them taken uniformly at random: taking "the first
+        // rarest after a random start" would favour the chunk right after a run everyone
+        // holds, and every fetcher would pick the same one. Two passes (count the rarest,
+        // then walk to a random one of them) cost one random number per pick; candidates are
+        // found 32 chunks at a time, so held and busy runs cost one step per word.
         // The availability of every open connection for this file, gathered once: the scan
         // below looks at it for each candidate chunk.
         // At most OFFERS of them: a file has at most `max_conns_per_file` connections of
@@ -259,10 +259,20 @@ impl<const W: usize> Peer<'_, W> {
             .map(|(_, o)| (&o.remote_has, !o.remote_has.is_full()))
             .take(OFFERS)
             .collect();
-        for chunk in 0..count {
-            if !c.remote_has.get(chunk) || f.have.get(chunk) || f.busy.get(chunk) {
-                continue;
-            }
+        // Each candidate chunk with its rarity. Rarity counts peers still fetching first: a
+        // chunk only whole-file holders have is the rarest of all, since they are the swarm's
+        // only supply of it.
+        let candidates = (0..count.div_ceil(32) as usize).flat_map(|w| {
+            let mut bits = c.remote_has.word(w) & !f.have.word(w) & !f.busy.word(w);
+            core::iter::from_fn(move || {
+                let b = bits.trailing_zeros();
+                (bits != 0).then(|| {
+                    bits &= bits - 1;
+                    w as u32 * 32 + b
+                })
+            })
+        });
+        let rated = candidates.filter_map(|chunk| {
             let (mut holders, mut partial) = (0, 0);
             for (has, part) in &offers {
                 if has.get(chunk) {
@@ -270,28 +280,25 @@ impl<const W: usize> Peer<'_, W> {
                     partial += usize::from(*part);
                 }
             }
-            if holders > 1 && self.failed_from(slot, chunk, node) {
-                // It sent us a bad copy of this chunk; someone else has it.
-                continue;
+            // It sent us a bad copy of this chunk; someone else has it.
+            let avoid = holders > 1 && self.failed_from(slot, chunk, node);
+            (!avoid).then_some((chunk, (partial, holders)))
+        });
+        let (mut rarest, mut ties) = ((usize::MAX, usize::MAX), 0u64);
+        for (_, rarity) in rated.clone() {
+            if rarity < rarest {
+                (rarest, ties) = (rarity, 0);
             }
-            // Rarity counts peers still fetching first: a chunk only whole-file holders have
-            // is the rarest of all, since they are the swarm's only supply of it.
-            let rarity = (partial, holders);
-            match best {
-                Some((_, r)) if rarity > r => {}
-                Some((_, r)) if rarity == r => {
-                    ties += 1;
-                    if rng.next_u64().is_multiple_of(ties) {
-                        best = Some((chunk, rarity));
-                    }
-                }
-                _ => {
-                    best = Some((chunk, rarity));
-                    ties = 1;
-                }
-            }
+            ties += u64::from(rarity == rarest);
         }
-        best.map(|(chunk, _)| chunk)
+        if ties == 0 {
+            return None;
+        }
+        let k = rng.next_u64() % ties;
+        rated
+            .filter(|&(_, rarity)| rarity == rarest)
+            .nth(k as usize)
+            .map(|(chunk, _)| chunk)
     }
 
     /// A partial holder now offers `ranges`: chunks among them that we asked a complete source
