@@ -40,6 +40,54 @@ use crate::wire::{ChunkRange, NodeId};
 const MIN_PIPELINE_BLOCKS: u64 = 4;
 /// Connections whose availability counts towards a chunk's rarity.
 const OFFERS: usize = 32;
+/// A chunk's rarity as one number, so "rarer" is "smaller": the partial holders counted from
+/// this bit up, all holders below it (at most `OFFERS`, so they never carry into it).
+const PARTIAL_SHIFT: u32 = 6;
+const HOLDERS_MASK: u32 = (1 << PARTIAL_SHIFT) - 1;
+
+/// 32 counters side by side, one per chunk of a bitmap word, bit-sliced: `planes[k]` holds bit
+/// `k` of every counter, so one addition updates all 32 in a dozen word operations.
+#[derive(Default)]
+struct LaneCounts {
+    planes: [u32; 2 * PARTIAL_SHIFT as usize],
+}
+
+impl LaneCounts {
+    /// Adds `1 << at` to each counter whose bit is set in `lanes`.
+    fn add(&mut self, lanes: u32, at: u32) {
+        let mut carry = lanes;
+        for plane in self.planes.iter_mut().skip(at as usize) {
+            if carry == 0 {
+                return;
+            }
+            let next = *plane & carry;
+            *plane ^= carry;
+            carry = next;
+        }
+    }
+
+    /// The counter of lane `b`.
+    fn lane(&self, b: u32) -> u32 {
+        self.planes
+            .iter()
+            .enumerate()
+            .map(|(k, plane)| ((plane >> b) & 1) << k)
+            .sum()
+    }
+
+    /// The lanes of `among` whose counters are the smallest among them: from the top bit
+    /// down, keep those with a 0 there whenever any has.
+    fn least(&self, among: u32) -> u32 {
+        let mut m = among;
+        for plane in self.planes.iter().rev() {
+            let zero = m & !plane;
+            if zero != 0 {
+                m = zero;
+            }
+        }
+        m
+    }
+}
 
 impl<const W: usize> Peer<'_, W> {
     pub(super) fn after_command(&mut self, now: Instant) {
@@ -246,10 +294,8 @@ impl<const W: usize> Peer<'_, W> {
         // The rarest candidates, one of them taken uniformly at random: taking "the first
         // rarest after a random start" would favour the chunk right after a run everyone
         // holds, and every fetcher would pick the same one. Two passes (count the rarest,
-        // then walk to a random one of them) cost one random number per pick; candidates are
-        // found 32 chunks at a time, so held and busy runs cost one step per word.
-        // The availability of every open connection for this file, gathered once: the scan
-        // below looks at it for each candidate chunk.
+        // then walk to a random one of them) cost one random number per pick.
+        // The availability of every open connection for this file, gathered once.
         // At most OFFERS of them: a file has at most `max_conns_per_file` connections of
         // ours plus those that reached us, and a rarity estimate needs no more.
         let offers: Vec<(&ChunkBitmap<W>, bool), OFFERS> = self
@@ -259,46 +305,72 @@ impl<const W: usize> Peer<'_, W> {
             .map(|(_, o)| (&o.remote_has, !o.remote_has.is_full()))
             .take(OFFERS)
             .collect();
-        // Each candidate chunk with its rarity. Rarity counts peers still fetching first: a
-        // chunk only whole-file holders have is the rarest of all, since they are the swarm's
-        // only supply of it.
-        let candidates = (0..count.div_ceil(32) as usize).flat_map(|w| {
-            let mut bits = c.remote_has.word(w) & !f.have.word(w) & !f.busy.word(w);
-            core::iter::from_fn(move || {
-                let b = bits.trailing_zeros();
-                (bits != 0).then(|| {
-                    bits &= bits - 1;
-                    w as u32 * 32 + b
-                })
-            })
-        });
-        let rated = candidates.filter_map(|chunk| {
-            let (mut holders, mut partial) = (0, 0);
+        // Chunks this remote sent us a bad copy of lately: it supplies them only if no one
+        // else has them.
+        let bad: Vec<u32, 8> = self
+            .recent_bad
+            .iter()
+            .filter(|&&(s, _, n)| s == slot && n == node)
+            .map(|&(_, chunk, _)| chunk)
+            .collect();
+        // The rarest candidates of word `w` (32 chunks) and their rarity. Rarity counts peers
+        // still fetching first: a chunk only whole-file holders have is the rarest of all,
+        // since they are the swarm's only supply of it. The counts of all 32 chunks are
+        // added at once, bit-sliced, so a pick costs a few operations per word and offer
+        // rather than per chunk (a 1 GiB file has 4,096 chunks, picked 4,096 times).
+        let rarest_in = |w: usize| -> Option<(u32, u32)> {
+            let mut cand = c.remote_has.word(w) & !f.have.word(w) & !f.busy.word(w);
+            if cand == 0 {
+                return None;
+            }
+            let mut rarity = LaneCounts::default();
             for (has, part) in &offers {
-                if has.get(chunk) {
-                    holders += 1;
-                    partial += usize::from(*part);
+                let holds = has.word(w) & cand;
+                rarity.add(holds, 0);
+                if *part {
+                    rarity.add(holds, PARTIAL_SHIFT);
                 }
             }
-            // It sent us a bad copy of this chunk; someone else has it.
-            let avoid = holders > 1 && self.failed_from(slot, chunk, node);
-            (!avoid).then_some((chunk, (partial, holders)))
-        });
-        let (mut rarest, mut ties) = ((usize::MAX, usize::MAX), 0u64);
-        for (_, rarity) in rated.clone() {
+            for &chunk in &bad {
+                if chunk as usize / 32 == w {
+                    let b = chunk % 32;
+                    if rarity.lane(b) & HOLDERS_MASK > 1 {
+                        cand &= !(1 << b);
+                    }
+                }
+            }
+            let least = rarity.least(cand);
+            (least != 0).then(|| (least, rarity.lane(least.trailing_zeros())))
+        };
+        let words = count.div_ceil(32) as usize;
+        let (mut rarest, mut ties) = (u32::MAX, 0u64);
+        for (mask, rarity) in (0..words).filter_map(rarest_in) {
             if rarity < rarest {
                 (rarest, ties) = (rarity, 0);
             }
-            ties += u64::from(rarity == rarest);
+            if rarity == rarest {
+                ties += u64::from(mask.count_ones());
+            }
         }
         if ties == 0 {
             return None;
         }
-        let k = rng.next_u64() % ties;
-        rated
-            .filter(|&(_, rarity)| rarity == rarest)
-            .nth(k as usize)
-            .map(|(chunk, _)| chunk)
+        let mut k = rng.next_u64() % ties;
+        for w in 0..words {
+            let Some((mut mask, _)) = rarest_in(w).filter(|&(_, r)| r == rarest) else {
+                continue;
+            };
+            let n = u64::from(mask.count_ones());
+            if k >= n {
+                k -= n;
+                continue;
+            }
+            for _ in 0..k {
+                mask &= mask - 1;
+            }
+            return Some(w as u32 * 32 + mask.trailing_zeros());
+        }
+        None
     }
 
     /// A partial holder now offers `ranges`: chunks among them that we asked a complete source
@@ -535,6 +607,44 @@ impl<const W: usize> Peer<'_, W> {
                 // Give it a fresh chance to show progress once the pause is over.
                 c.link.last_rx = now;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The bit-sliced counters agree with 32 plain ones, and `least` finds the lanes
+        /// holding the smallest of them.
+        #[test]
+        fn lane_counts_match_plain_counting(
+            adds in proptest::collection::vec((any::<u32>(), any::<bool>()), 0..40),
+            among in any::<u32>(),
+        ) {
+            let mut sliced = LaneCounts::default();
+            let mut plain = [0u32; 32];
+            for &(lanes, partial) in &adds {
+                sliced.add(lanes, 0);
+                if partial {
+                    sliced.add(lanes, PARTIAL_SHIFT);
+                }
+                for (b, n) in plain.iter_mut().enumerate() {
+                    if lanes & (1 << b) != 0 {
+                        *n += 1 + if partial { 1 << PARTIAL_SHIFT } else { 0 };
+                    }
+                }
+            }
+            for (b, n) in plain.iter().enumerate() {
+                prop_assert_eq!(sliced.lane(b as u32), *n);
+            }
+            let min = (0..32).filter(|b| among & (1 << b) != 0).map(|b| plain[b]).min();
+            let want = (0..32)
+                .filter(|&b| among & (1 << b) != 0 && Some(plain[b]) == min)
+                .fold(0u32, |m, b| m | (1 << b));
+            prop_assert_eq!(sliced.least(among), want);
         }
     }
 }
