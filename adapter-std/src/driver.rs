@@ -478,6 +478,9 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                 }
             }
         }
+        if let Some(h) = self.hasher.as_mut() {
+            h.flush();
+        }
         self.flush_all();
     }
 
@@ -497,7 +500,7 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                 Err(e) => tracing::debug!("no hashing thread ({e}); hashing on the loop"),
             }
         }
-        if let (Some(h), Some(reader)) = (self.hasher.as_ref(), self.store.shared_reader(key)) {
+        if let (Some(h), Some(reader)) = (self.hasher.as_mut(), self.store.shared_reader(key)) {
             h.submit(reader, key, offset, len, ticket);
             return;
         }
