@@ -13,7 +13,7 @@
 //!   read again until the node has taken it.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub use proto_core::node::Node;
 pub use proto_core::storage::Storage;
 use proto_core::storage::{Region, StorageKey, StorageSend};
 use proto_core::time::Instant;
+use rustix::io::Errno;
+use rustix::net::SendFlags;
 
 use crate::hasher::{Hasher, ReadAt, SharedRead};
 
@@ -37,6 +39,8 @@ pub const OUT_HIGH: usize = 1 << 20;
 pub const OUT_LOW: usize = 256 * 1024;
 /// Bytes read from a socket in one go (and the most a node is offered at once).
 const READ_CHUNK: usize = 256 * 1024;
+/// Most payload bytes one `sendfile` call sends.
+const SEND_CHUNK: u64 = 1 << 20;
 /// The longest the loop sleeps between ticks.
 pub const TICK: StdDuration = StdDuration::from_millis(100);
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -48,21 +52,80 @@ struct Sock {
     token: Token,
     /// Connecting: waiting for the first writable event.
     connecting: bool,
-    out: Vec<u8>,
-    out_pos: usize,
-    /// Payload still to copy from storage after what is in `out`.
-    pending: Option<StorageSend>,
+    /// What is to be sent, in order.
+    out: Outbox,
     /// Input the node has not taken yet.
     inbox: Vec<u8>,
     /// The socket may hold more to read than we took (edge-triggered readiness).
     blocked: bool,
-    /// Close once `out` and `pending` are sent.
+    /// Close once `out` is sent.
     closing: bool,
 }
 
 impl Sock {
     fn queued(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.len
+    }
+}
+
+/// What is queued for one socket, in the order it must go: frame bytes, and payload still in
+/// storage. Payload is sent from its file with `sendfile` (the kernel copies it from the page
+/// cache to the socket: no read into memory, no second copy), or read into memory a piece at
+/// a time from a store that cannot lend a file. Order holds by construction: a frame queued
+/// after a payload goes after it, however much of that payload is still in storage.
+#[derive(Default)]
+struct Outbox {
+    segs: VecDeque<Seg>,
+    /// Bytes of the front segment already sent.
+    sent: usize,
+    /// Bytes queued in all, payload in storage included.
+    len: usize,
+}
+
+enum Seg {
+    Bytes(Vec<u8>),
+    Stored(StorageSend),
+}
+
+impl Outbox {
+    fn push_bytes(&mut self, bytes: &[u8]) {
+        self.len += bytes.len();
+        if let Some(Seg::Bytes(v)) = self.segs.back_mut() {
+            if v.len() < OUT_LOW {
+                v.extend_from_slice(bytes);
+                return;
+            }
+        }
+        self.segs.push_back(Seg::Bytes(bytes.to_vec()));
+    }
+
+    fn push_stored(&mut self, payload: StorageSend) {
+        if payload.len == 0 {
+            return;
+        }
+        self.len += payload.len as usize;
+        self.segs.push_back(Seg::Stored(payload));
+    }
+
+    /// `n` more bytes of the front segment went out.
+    fn sent(&mut self, n: usize) {
+        self.len -= n;
+        let done = match self.segs.front_mut() {
+            Some(Seg::Bytes(v)) => {
+                self.sent += n;
+                self.sent >= v.len()
+            }
+            Some(Seg::Stored(p)) => {
+                p.offset += n as u64;
+                p.len -= n as u64;
+                p.len == 0
+            }
+            None => false,
+        };
+        if done {
+            self.segs.pop_front();
+            self.sent = 0;
+        }
     }
 }
 
@@ -288,9 +351,7 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                 stream,
                 token,
                 connecting,
-                out: Vec::new(),
-                out_pos: 0,
-                pending: None,
+                out: Outbox::default(),
                 inbox: Vec::new(),
                 blocked: false,
                 closing: false,
@@ -436,13 +497,11 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                     let Some(s) = self.socks.get_mut(&t.conn) else {
                         continue;
                     };
-                    s.out.extend_from_slice(&buf[..t.len]);
-                    self.dirty.insert(t.conn);
+                    s.out.push_bytes(&buf[..t.len]);
                     if let Some(then) = t.then {
-                        s.pending = Some(then);
-                        // Payload goes out before anything else on this connection.
-                        self.fill_from_storage(t.conn);
+                        s.out.push_stored(then);
                     }
+                    self.dirty.insert(t.conn);
                     let queued = self.socks.get(&t.conn).map_or(0, Sock::queued);
                     if queued > OUT_HIGH {
                         if let Some(s) = self.socks.get_mut(&t.conn) {
@@ -536,48 +595,6 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
         }
     }
 
-    /// Reads pending payload from storage straight into the output buffer (the one copy in
-    /// user space), up to [`OUT_HIGH`].
-    fn fill_from_storage(&mut self, conn: ConnId) {
-        loop {
-            let Some(s) = self.socks.get_mut(&conn) else {
-                return;
-            };
-            let Some(p) = s.pending else {
-                return;
-            };
-            if s.queued() >= OUT_HIGH {
-                return;
-            }
-            let want = (p.len as usize).min(READ_CHUNK);
-            let at = s.out.len();
-            s.out.resize(at + want, 0);
-            match self.store.read(p.key, p.offset, &mut s.out[at..]) {
-                Ok(n) if n > 0 => {
-                    s.out.truncate(at + n);
-                    let rest = p.len - n as u64;
-                    s.pending = (rest > 0).then_some(StorageSend {
-                        key: p.key,
-                        offset: p.offset + n as u64,
-                        len: rest,
-                    });
-                }
-                _ => {
-                    // The bytes promised in the frame header cannot be sent: the stream is
-                    // broken for the remote, so close it.
-                    tracing::warn!(
-                        "storage read failed for {:?}; closing the connection",
-                        p.key
-                    );
-                    s.out.truncate(at);
-                    s.pending = None;
-                    s.closing = true;
-                    return;
-                }
-            }
-        }
-    }
-
     /// Flushes the sockets given output since their last flush; the others wait for their
     /// writable event.
     fn flush_all(&mut self) {
@@ -596,39 +613,82 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
         }
     }
 
-    /// Writes buffered output until the socket would block.
+    /// Writes queued output until the socket would block.
     fn flush(&mut self, now: Instant, conn: ConnId) {
         loop {
-            self.fill_from_storage(conn);
             let Some(s) = self.socks.get_mut(&conn) else {
                 return;
             };
             if s.connecting {
                 return;
             }
-            if s.queued() == 0 {
-                s.out.clear();
-                s.out_pos = 0;
-                if s.closing && s.pending.is_none() {
-                    self.remove_sock(conn);
+            // A frame followed by its payload: tell the kernel more comes at once, so the
+            // header does not leave as a packet of its own.
+            let more = matches!(s.out.segs.get(1), Some(Seg::Stored(_)));
+            let sent = match s.out.segs.front_mut() {
+                None => {
+                    if s.closing {
+                        self.remove_sock(conn);
+                    }
+                    break;
                 }
-                break;
-            }
-            match s.stream.write(&s.out[s.out_pos..]) {
+                Some(Seg::Bytes(v)) => {
+                    let flags = if more {
+                        SendFlags::MORE
+                    } else {
+                        SendFlags::empty()
+                    };
+                    rustix::net::send(&s.stream, &v[s.out.sent..], flags)
+                }
+                Some(Seg::Stored(p)) => match self.store.send_source(p.key) {
+                    Some(file) => {
+                        let mut at = p.offset;
+                        let want = p.len.min(SEND_CHUNK) as usize;
+                        match rustix::fs::sendfile(&s.stream, &*file, Some(&mut at), want) {
+                            // The file is shorter than the frame promised.
+                            Ok(0) => Err(Errno::NODATA),
+                            r => r,
+                        }
+                    }
+                    None => {
+                        // Into memory, a piece at a time; it goes out as bytes.
+                        let p = *p;
+                        let mut piece = vec![0; (p.len as usize).min(READ_CHUNK)];
+                        match self.store.read(p.key, p.offset, &mut piece) {
+                            Ok(n) if n > 0 => {
+                                piece.truncate(n);
+                                s.out.segs.pop_front();
+                                let rest = p.len - n as u64;
+                                if rest > 0 {
+                                    s.out.segs.push_front(Seg::Stored(StorageSend {
+                                        key: p.key,
+                                        offset: p.offset + n as u64,
+                                        len: rest,
+                                    }));
+                                }
+                                s.out.segs.push_front(Seg::Bytes(piece));
+                                continue;
+                            }
+                            _ => Err(Errno::NODATA),
+                        }
+                    }
+                },
+            };
+            match sent {
                 Ok(0) => {
                     self.lost(now, conn);
                     return;
                 }
-                Ok(n) => {
-                    s.out_pos += n;
-                    if s.out_pos > OUT_LOW && s.out_pos * 2 > s.out.len() {
-                        // Keep the buffer from growing: drop what was sent.
-                        s.out.drain(..s.out_pos);
-                        s.out_pos = 0;
-                    }
+                Ok(n) => s.out.sent(n),
+                Err(Errno::AGAIN) => break,
+                Err(Errno::INTR) => {}
+                Err(Errno::NODATA) => {
+                    // The bytes promised in a frame header cannot be sent: the stream is
+                    // broken for the remote, so close it.
+                    tracing::warn!("storage read failed on {conn:?}; closing the connection");
+                    s.out = Outbox::default();
+                    s.closing = true;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.lost(now, conn);
                     return;
@@ -652,6 +712,10 @@ pub struct MemoryHashes {
 }
 
 impl SharedRead for MemoryHashes {
+    fn send_source(&mut self, _: StorageKey) -> Option<Arc<std::fs::File>> {
+        None
+    }
+
     fn shared_reader(&mut self, _: StorageKey) -> Option<Arc<dyn ReadAt>> {
         None
     }

@@ -559,6 +559,16 @@ impl SharedRead for FileStore {
         };
         Some(file)
     }
+
+    fn send_source(&mut self, key: StorageKey) -> Option<Arc<File>> {
+        if key.region != Region::Data {
+            return None;
+        }
+        match self.slots.get(&key.slot)? {
+            Slot::Shared { data, .. } => Some(data.clone()),
+            Slot::Fetch { part, .. } => part.clone(),
+        }
+    }
 }
 
 impl Storage for FileStore {
