@@ -324,6 +324,8 @@ pub struct Sim {
     pub tracker_events: Vec<(Instant, TrackerEvent)>,
     /// Block requests seen on the wire (with `sniff`).
     pub requests: Vec<SeenRequest>,
+    /// Block headers sent on the wire (with `sniff`): `from` sent `block` to `to`.
+    pub blocks_sent: Vec<SeenRequest>,
     /// Bytes sent by all uplinks together, per 100 ms of simulated time.
     pub upload_timeline: Vec<u64>,
 }
@@ -372,6 +374,7 @@ impl Sim {
             events: Vec::new(),
             tracker_events: Vec::new(),
             requests: Vec::new(),
+            blocks_sent: Vec::new(),
             upload_timeline: Vec::new(),
             cfg,
         };
@@ -969,6 +972,15 @@ impl Sim {
                     match d.decode(rest) {
                         Ok((n, item)) => {
                             rest = &rest[n..];
+                            if let Some(Item::Message(Message::Block(block))) = item {
+                                let to = l.ends[1 - side].0;
+                                self.blocks_sent.push(SeenRequest {
+                                    at: self.now,
+                                    from: node,
+                                    to,
+                                    block,
+                                });
+                            }
                             if let Some(Item::Message(Message::Request(block))) = item {
                                 let to = l.ends[1 - side].0;
                                 self.requests.push(SeenRequest {

@@ -177,6 +177,109 @@ fn main() -> ExitCode {
             *hist.entry(who.len()).or_default() += 1;
         }
         eprintln!("chunks by number of peers that asked the seeder for them: {hist:?}");
+        // Each seed request for a block someone else already asked the seed for: how long
+        // after the first such request, and where in the chunk.
+        let mut first = std::collections::BTreeMap::<(u32, u32), (usize, u64)>::new();
+        let mut dup_after = std::collections::BTreeMap::<u64, (usize, u64)>::new();
+        for r in &to_seed {
+            let key = (r.block.chunk, r.block.offset);
+            let t = r.at.total_millis();
+            match first.get(&key) {
+                Some(&(who, t0)) if who != r.from => {
+                    let bucket = match t - t0 {
+                        d if d < 50 => 0,
+                        d if d < 200 => 50,
+                        d if d < 1000 => 200,
+                        _ => 1000,
+                    };
+                    let e = dup_after.entry(bucket).or_default();
+                    e.0 += 1;
+                    e.1 += u64::from(r.block.len);
+                }
+                Some(_) => {}
+                None => {
+                    first.insert(key, (r.from, t));
+                }
+            }
+        }
+        eprintln!("duplicate seed requests by ms after the first (count, bytes): {dup_after:?}");
+        // Bytes the seed sent of 16 KiB blocks it had sent before, by when (500 ms buckets),
+        // and by how long after the first copy.
+        let mut copies = std::collections::BTreeMap::<(u32, u32), u64>::new();
+        let mut dup_when = std::collections::BTreeMap::<u64, u64>::new();
+        let mut dup_gap = std::collections::BTreeMap::<u64, u64>::new();
+        for s in sim.blocks_sent.iter().filter(|s| s.from == 1) {
+            let t = s.at.total_millis();
+            let mut o = s.block.offset;
+            while o < s.block.offset + s.block.len {
+                let key = (s.block.chunk, o / 16384);
+                match copies.get(&key) {
+                    Some(&t0) => {
+                        *dup_when.entry(t / 500 * 500).or_default() += 16;
+                        let g = match t - t0 {
+                            d if d < 100 => 0,
+                            d if d < 500 => 100,
+                            d if d < 2000 => 500,
+                            _ => 2000,
+                        };
+                        *dup_gap.entry(g).or_default() += 16;
+                    }
+                    None => {
+                        copies.insert(key, t);
+                    }
+                }
+                o += 16384;
+            }
+        }
+        eprintln!("seed re-sent KiB by time: {dup_when:?}");
+        let mut seed_tl = std::collections::BTreeMap::<u64, (u64, u64)>::new();
+        let mut seen_blk = std::collections::BTreeSet::<(u32, u32)>::new();
+        for s in sim.blocks_sent.iter().filter(|s| s.from == 1) {
+            let e = seed_tl.entry(s.at.total_millis() / 250).or_default();
+            let mut o = s.block.offset;
+            while o < s.block.offset + s.block.len {
+                if seen_blk.insert((s.block.chunk, o / 16384)) {
+                    e.0 += 16
+                } else {
+                    e.1 += 16
+                }
+                o += 16384;
+            }
+        }
+        // Capacity per 250 ms: up Mbit/s * 1e6 / 8 * 0.25 bytes.
+        let cap = a.up_mbps * 1e6 / 8.0 * 0.25 / 1024.0;
+        let line: Vec<String> = seed_tl
+            .values()
+            .map(|(n, d)| {
+                format!(
+                    "{}/{}",
+                    (*n as f64 * 100.0 / cap) as u64,
+                    (*d as f64 * 100.0 / cap) as u64
+                )
+            })
+            .collect();
+        eprintln!(
+            "seed uplink % new/re-sent per 250 ms (queued): {}",
+            line.join(" ")
+        );
+        let mut firsts: Vec<u64> = copies.values().copied().collect();
+        firsts.sort();
+        let pick = |q: usize| firsts.get(firsts.len() * q / 100).copied().unwrap_or(0);
+        eprintln!(
+            "first copies: {} blocks; 50% by {} ms, 90% by {} ms, 99% by {} ms, all by {} ms",
+            firsts.len(),
+            pick(50),
+            pick(90),
+            pick(99),
+            firsts.last().copied().unwrap_or(0)
+        );
+        eprintln!("seed re-sent KiB by ms after the first copy: {dup_gap:?}");
+        let late: Vec<u64> = to_seed.iter().map(|r| r.at.total_millis() / 500).collect();
+        let mut by_time = std::collections::BTreeMap::<u64, u64>::new();
+        for b in late {
+            *by_time.entry(b * 500).or_default() += 1;
+        }
+        eprintln!("seed requests per 500 ms: {by_time:?}");
         for (c, v) in per_chunk.iter().filter(|(_, v)| v.len() > 30).take(2) {
             eprintln!("  chunk {c}: {v:?}");
         }
