@@ -1,14 +1,17 @@
 //! The mio event loop: where bytes meet a socket.
 //!
-//! One [`Driver`] runs one node (a [`Tracker`] or a [`Peer`]) on one thread. It owns the
+//! One [`Driver`] runs one node (a [`Tracker`](proto_core::tracker::Tracker) or a [`Peer`](proto_core::peer::Peer)) on one thread. It owns the
 //! sockets and a [`Storage`], feeds the node what happens (`handle_*`) and carries out what it
 //! asks through [`Node::poll_stored`] until it says `Timeout` (storage actions and the journal
-//! are carried out there, the same way on every adapter).
+//! are carried out there, the same way on every adapter). Blocks the node asks digests of
+//! ([`Action::HashBlock`]) go to a hashing thread ([`crate::hasher`]), whose answers wake the
+//! loop.
 //!
 //! Backpressure, both ways, so no queue here grows without bound:
-//! - each connection's output buffer is bounded: past [`OUT_HIGH`] bytes the node is told the
-//!   connection is blocked, and below [`OUT_LOW`] that it is ready again; payload from storage
-//!   is read into the buffer only while it is below [`OUT_HIGH`];
+//! - each connection's output queue is bounded: past [`OUT_HIGH`] bytes (payload still in
+//!   storage included) the node is told the connection is blocked, and below [`OUT_LOW`] that it
+//!   is ready again. Payload stays in storage until the socket takes it: sent from the file
+//!   with `sendfile` where the store lends one, else read a piece at a time;
 //! - input the node does not take (its reply queue is full) is kept, and the socket is not
 //!   read again until the node has taken it.
 
