@@ -2,8 +2,9 @@
 //!
 //! One [`Driver`] runs one node (a [`Tracker`](proto_core::tracker::Tracker) or a
 //! [`Peer`](proto_core::peer::Peer)) on one thread. It owns the sockets and a [`Storage`],
-//! feeds the node what happens (`handle_*`) and carries out what it asks through [`Node::poll_stored`] until it says `Timeout` (storage actions and the journal
-//! are carried out there, the same way on every adapter). Blocks the node asks digests of
+//! feeds the node what happens (`handle_*`) and carries out what it asks through
+//! [`Node::poll_stored`] until it says `Timeout` (storage actions and the journal are carried
+//! out there, the same way on every adapter). Blocks the node asks digests of
 //! ([`Action::HashBlock`]) go to a hashing thread ([`crate::hasher`]), whose answers wake the
 //! loop.
 //!
