@@ -393,8 +393,22 @@ fn rejected_from(s: &Swarm) -> Vec<std::net::SocketAddr> {
 
 #[test]
 fn a_corrupt_block_costs_that_block_alone() {
-    // One 64 KiB chunk of four 16 KiB blocks, asked for in one 64 KiB request.
-    let mut s = Swarm::new(1, 64 * 1024, 64 * 1024, 64 * 1024);
+    a_corrupt_block_costs_that_block(BlockCheck::Inline);
+}
+
+#[test]
+fn hashed_elsewhere_a_corrupt_block_costs_that_block_and_late_digests_are_ignored() {
+    a_corrupt_block_costs_that_block(BlockCheck::Deferred);
+}
+
+/// One 64 KiB chunk of four 16 KiB blocks, asked for in one 64 KiB request, whose third block
+/// comes corrupt. With deferred checks the digests of the third and fourth blocks (asked before
+/// the third's came back) are answered only after all four blocks were taken.
+fn a_corrupt_block_costs_that_block(check: BlockCheck) {
+    let deferred = check == BlockCheck::Deferred;
+    let mut s = Swarm::with(1, 64 * 1024, 64 * 1024, 64 * 1024, |c| {
+        c.block_check = check
+    });
     let x = s.holder(2, |_| true);
     let sent = s.sent(x);
     assert!(
@@ -412,10 +426,18 @@ fn a_corrupt_block_costs_that_block_alone() {
     assert_eq!(one(s.requests(y)).offset, 0);
     // The third block (bytes 32 KiB..48 KiB) is corrupt.
     s.bad_block(x, b, 40_000);
+    if deferred {
+        assert!(
+            rejected_from(&s).is_empty(),
+            "nothing is known before the digests"
+        );
+        assert_eq!(s.answer_hashes(|_, _| {}), 4);
+    }
     assert_eq!(rejected_from(&s), vec!["10.0.0.2:7002".parse().unwrap()]);
     assert!(!s.verified(0));
     // The two good blocks before it stay: the chunk goes on from 32 KiB, from the other
-    // holder, and nothing before that is asked for again.
+    // holder, and nothing before that is asked for again (deferred, the fourth block's
+    // digest was for bytes no longer trusted).
     let again = s.requests(y);
     assert_eq!(
         again.iter().map(|r| (r.offset, r.len)).collect::<Vec<_>>(),
@@ -426,6 +448,7 @@ fn a_corrupt_block_costs_that_block_alone() {
         "x sent the bad block: it is not asked again"
     );
     s.block(y, again[0], again[0].len);
+    assert_eq!(s.answer_hashes(|_, _| {}), if deferred { 2 } else { 0 });
     assert!(s.verified(0));
     s.p.check_invariants();
 }
@@ -449,40 +472,6 @@ fn hashed_elsewhere_blocks_are_verified_when_their_digests_come_back() {
     assert_eq!(s.answer_hashes(|_, _| {}), 8, "each block asked about once");
     assert!(s.verified(0) && s.verified(1));
     assert_eq!(s.store.completed, vec![0]);
-    s.p.check_invariants();
-}
-
-#[test]
-fn hashed_elsewhere_a_corrupt_block_costs_that_block_and_late_digests_are_ignored() {
-    let mut s = Swarm::with(1, 64 * 1024, 64 * 1024, 64 * 1024, |c| {
-        c.block_check = BlockCheck::Deferred
-    });
-    let x = s.holder(2, |_| true);
-    let b = one(s.requests(x));
-    let y = s.holder(3, |_| true);
-    assert_eq!(one(s.requests(y)).offset, 0);
-    // The third block is corrupt; its digest, and the fourth's (asked before the third's
-    // came back), are answered only after all four blocks were taken.
-    s.bad_block(x, b, 40_000);
-    assert!(
-        rejected_from(&s).is_empty(),
-        "nothing is known before the digests"
-    );
-    assert_eq!(s.answer_hashes(|_, _| {}), 4);
-    assert_eq!(rejected_from(&s), vec!["10.0.0.2:7002".parse().unwrap()]);
-    assert!(!s.verified(0));
-    // The chunk went back to the bad block: only that and what follows is asked again, of
-    // the other holder; the fourth block's digest was for bytes no longer trusted.
-    let again = s.requests(y);
-    assert_eq!(
-        again.iter().map(|r| (r.offset, r.len)).collect::<Vec<_>>(),
-        [(32 * 1024, 32 * 1024)]
-    );
-    assert!(s.requests(x).is_empty(), "x sent the bad block");
-    s.block(y, again[0], again[0].len);
-    assert!(!s.verified(0));
-    assert_eq!(s.answer_hashes(|_, _| {}), 2);
-    assert!(s.verified(0));
     s.p.check_invariants();
 }
 

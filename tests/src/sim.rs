@@ -972,18 +972,18 @@ impl Sim {
                     match d.decode(rest) {
                         Ok((n, item)) => {
                             rest = &rest[n..];
-                            if let Some(Item::Message(Message::Block(block))) = item {
-                                let to = l.ends[1 - side].0;
-                                self.blocks_sent.push(SeenRequest {
-                                    at: self.now,
-                                    from: node,
-                                    to,
-                                    block,
-                                });
-                            }
-                            if let Some(Item::Message(Message::Request(block))) = item {
-                                let to = l.ends[1 - side].0;
-                                self.requests.push(SeenRequest {
+                            let to = l.ends[1 - side].0;
+                            let seen = match item {
+                                Some(Item::Message(Message::Block(block))) => {
+                                    Some((&mut self.blocks_sent, block))
+                                }
+                                Some(Item::Message(Message::Request(block))) => {
+                                    Some((&mut self.requests, block))
+                                }
+                                _ => None,
+                            };
+                            if let Some((list, block)) = seen {
+                                list.push(SeenRequest {
                                     at: self.now,
                                     from: node,
                                     to,
