@@ -473,7 +473,11 @@ impl<'s, N: Node, S: Storage, const K: usize> Driver<'s, N, S, K> {
                 len,
                 ticket,
             } => match proto_core::node::hash_stored(&mut self.store, key, offset, len) {
-                Ok(Some(digest)) => self.node.block_hash(now, ticket, digest),
+                // Answered as it is asked, so it is taken: the peer asks only while there is
+                // room for the answer's events.
+                Ok(Some(digest)) => {
+                    let _ = self.node.block_hash(now, ticket, digest);
+                }
                 _ => self.node.storage_failed(now, key),
             },
         }

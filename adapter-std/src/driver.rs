@@ -568,7 +568,11 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
             return;
         }
         match hash_stored(&mut self.store, key, offset, len) {
-            Ok(Some(digest)) => self.node.block_hash(now, ticket, digest),
+            Ok(Some(digest)) => {
+                // Answered as it is asked: the peer asks only while there is room.
+                let taken = self.node.block_hash(now, ticket, digest);
+                debug_assert!(taken, "an answer given at once is taken");
+            }
             Ok(None) => self.node.storage_failed(now, key),
             Err(e) => {
                 tracing::debug!("storage failed for {key:?}: {e}");
@@ -578,20 +582,20 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
         }
     }
 
-    /// Hands the node the digests the hashing thread has finished.
+    /// Hands the node the digests the hashing thread has finished. One it refuses (its
+    /// events wait to be handed out) is handed again after a drain.
     fn take_digests(&mut self, now: Instant) {
-        let Some(h) = self.hasher.as_ref() else {
-            return;
-        };
         let mut any = false;
-        while let Some(done) = h.finished() {
+        while let Some(done) = self.hasher.as_ref().and_then(Hasher::finished) {
             any = true;
-            match done.digest {
-                Some(digest) => self.node.block_hash(now, done.ticket, digest),
-                None => {
-                    tracing::debug!("a block of {:?} could not be read back", done.key);
-                    self.node.storage_failed(now, done.key);
-                }
+            let Some(digest) = done.digest else {
+                tracing::debug!("a block of {:?} could not be read back", done.key);
+                self.node.storage_failed(now, done.key);
+                self.drain(now);
+                continue;
+            };
+            while !self.node.block_hash(now, done.ticket, digest) {
+                self.drain(now);
             }
         }
         if any {

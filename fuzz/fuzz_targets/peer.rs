@@ -296,12 +296,15 @@ impl Net<'_> {
                 );
             }
         }
-        if !hashed.is_empty() {
-            for (key, digest, ticket) in hashed {
-                match digest {
-                    Ok(Some(d)) => self.p.handle_block_hash(self.now, ticket, d),
-                    Ok(None) | Err(_) => self.p.handle_storage_failed(self.now, key),
+        // Each answer is an input: drained before the next, as the contract says.
+        for (key, digest, ticket) in hashed {
+            match digest {
+                Ok(Some(d)) => {
+                    while !self.p.handle_block_hash(self.now, ticket, d) {
+                        self.drain();
+                    }
                 }
+                Ok(None) | Err(_) => self.p.handle_storage_failed(self.now, key),
             }
             self.drain();
         }

@@ -71,7 +71,9 @@ pub enum Action {
     /// `handle_storage_failed` if it cannot read them, and answer a chunk's blocks in the
     /// order they were asked (one FIFO worker does). It may do so on another thread, later:
     /// the peer goes on taking bytes meanwhile, and an answer that comes after the chunk
-    /// moved on is ignored.
+    /// moved on is ignored. Like any input, each answer is followed by a drain; an answer
+    /// handed while the peer's events wait to be drained is refused (`false`) and must be
+    /// handed again after the drain.
     HashBlock {
         /// The data region of the file.
         key: StorageKey,

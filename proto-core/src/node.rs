@@ -39,8 +39,9 @@ pub trait Node {
     fn storage_failed(&mut self, now: Instant, key: StorageKey);
     /// See `handle_hash` (peers only).
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash);
-    /// See `handle_block_hash` (peers only).
-    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]);
+    /// See `handle_block_hash` (peers only): false if not taken yet.
+    #[must_use = "a digest not taken must be handed again after draining"]
+    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) -> bool;
     /// See `poll_output`.
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<Self::Event>;
 
@@ -140,7 +141,7 @@ impl<N: Node + ?Sized> Node for std::boxed::Box<N> {
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
         (**self).hash(now, slot, chunk, hash)
     }
-    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) {
+    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) -> bool {
         (**self).block_hash(now, ticket, digest)
     }
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<N::Event> {
@@ -180,7 +181,9 @@ impl Node for Tracker<'_> {
         self.handle_storage_failed(key)
     }
     fn hash(&mut self, _: Instant, _: u16, _: u32, _: ChunkHash) {}
-    fn block_hash(&mut self, _: Instant, _: BlockTicket, _: [u8; HASH_LEN]) {}
+    fn block_hash(&mut self, _: Instant, _: BlockTicket, _: [u8; HASH_LEN]) -> bool {
+        true
+    }
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<TrackerEvent> {
         Tracker::poll_output(self, buf)
     }
@@ -223,7 +226,7 @@ impl<'a, const W: usize> Node for Peer<'a, W> {
     fn hash(&mut self, now: Instant, slot: u16, chunk: u32, hash: ChunkHash) {
         self.handle_hash(now, slot, chunk, hash)
     }
-    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) {
+    fn block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) -> bool {
         self.handle_block_hash(now, ticket, digest)
     }
     fn poll_output(&mut self, buf: &mut [u8; FRAME_BUF_LEN]) -> Output<PeerEvent> {

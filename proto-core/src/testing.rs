@@ -510,14 +510,19 @@ fn drain_side<X: Node, Y: Node>(
             }
             // `drain` carries out the storage actions on the side's store.
             Action::ReadHash { .. } | Action::Discard(_) => {}
-            // Answered after the drain that asked, as a worker thread would answer later.
+            // Answered after the drain that asked, as a worker thread would answer later;
+            // one refused waits for a drain of this side.
             Action::HashBlock {
                 key,
                 offset,
                 len,
                 ticket,
             } => match crate::node::hash_stored(&mut from.store, key, offset, len) {
-                Ok(Some(digest)) => from.node.block_hash(now, ticket, digest),
+                Ok(Some(digest)) => {
+                    while !from.node.block_hash(now, ticket, digest) {
+                        drain_side(from, to, links, side, now, next_port);
+                    }
+                }
                 Ok(None) => from.node.storage_failed(now, key),
                 Err(e) => match e {},
             },

@@ -190,7 +190,10 @@ impl Swarm {
                 .unwrap()
                 .expect("the block was written before it was asked about");
             tamper(offset, &mut digest);
-            self.p.handle_block_hash(self.now, ticket, digest);
+            assert!(
+                self.p.handle_block_hash(self.now, ticket, digest),
+                "taken: nothing waits to be drained"
+            );
             self.drain();
         }
         asked.len()
@@ -471,6 +474,60 @@ fn hashed_elsewhere_blocks_are_verified_when_their_digests_come_back() {
     s.p.check_invariants();
     assert_eq!(s.answer_hashes(|_, _| {}), 8, "each block asked about once");
     assert!(s.verified(0) && s.verified(1));
+    assert_eq!(s.store.completed, vec![0]);
+    s.p.check_invariants();
+}
+
+#[test]
+fn hashed_elsewhere_digests_handed_in_a_burst_lose_no_event() {
+    // Eight one-block chunks, all received before any digest comes back; then the digests
+    // are handed one after another without draining, as a hashing thread's backlog would be.
+    let mut s = Swarm::with(8, 16 * 1024, 16 * 1024, 128 * 1024, |c| {
+        c.block_check = BlockCheck::Deferred
+    });
+    let x = s.holder(2, |_| true);
+    loop {
+        let reqs = s.requests(x);
+        if reqs.is_empty() {
+            break;
+        }
+        for b in reqs {
+            s.block(x, b, b.len);
+        }
+    }
+    let asked: Vec<Action> = s
+        .seen
+        .actions
+        .extract_if(.., |a| matches!(a, Action::HashBlock { .. }))
+        .collect();
+    assert_eq!(asked.len(), 8);
+    let mut refused = 0;
+    for a in asked {
+        let Action::HashBlock {
+            key,
+            offset,
+            len,
+            ticket,
+        } = a
+        else {
+            continue;
+        };
+        let digest = hash_stored(&mut s.store, key, offset, len).unwrap().unwrap();
+        while !s.p.handle_block_hash(s.now, ticket, digest) {
+            refused += 1;
+            s.drain();
+        }
+    }
+    s.drain();
+    assert!(refused > 0, "a burst fills the event queue: some digest waits for a drain");
+    for chunk in 0..8 {
+        assert!(s.verified(chunk), "chunk {chunk} verified, its event not lost");
+    }
+    assert!(s
+        .seen
+        .events
+        .iter()
+        .any(|e| matches!(e, PeerEvent::FileComplete { .. })));
     assert_eq!(s.store.completed, vec![0]);
     s.p.check_invariants();
 }

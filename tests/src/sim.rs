@@ -1207,7 +1207,11 @@ impl Sim {
                 }) => {
                     if let Core::Peer(p) = core {
                         match proto_core::node::hash_stored(&mut view, key, offset, len) {
-                            Ok(Some(digest)) => p.handle_block_hash(now, ticket, digest),
+                            Ok(Some(digest)) => {
+                                // Answered as it is asked: always taken.
+                                let taken = p.handle_block_hash(now, ticket, digest);
+                                assert!(taken, "an answer given at once is taken");
+                            }
                             Ok(None) => p.handle_storage_failed(now, key),
                             Err(e) => match e {},
                         }

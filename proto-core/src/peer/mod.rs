@@ -614,12 +614,26 @@ impl<'a, const W: usize> Peer<'a, W> {
         self.schedule();
     }
 
-    /// The digest of the block asked for by [`Action::HashBlock`] with `ticket`.
-    pub fn handle_block_hash(&mut self, now: Instant, ticket: BlockTicket, digest: [u8; HASH_LEN]) {
+    /// The digest of the block asked for by [`Action::HashBlock`] with `ticket`. Returns
+    /// false, changing nothing, while the events already queued leave no room for the ones
+    /// this may cause (a chunk verified, the file complete): drain [`Peer::poll_output`], then
+    /// hand it again. An answer given right when the action is handed out is always taken
+    /// (the peer asks only while there is room).
+    #[must_use = "a digest not taken must be handed again after draining"]
+    pub fn handle_block_hash(
+        &mut self,
+        now: Instant,
+        ticket: BlockTicket,
+        digest: [u8; HASH_LEN],
+    ) -> bool {
+        if !self.event_room() {
+            return false;
+        }
         self.enter(now);
         if self.block_hashed(ticket, digest) {
             self.schedule();
         }
+        true
     }
 
     /// A storage operation on `key` failed (disk full, flash error): the fetch is given up.
@@ -678,6 +692,11 @@ impl<'a, const W: usize> Peer<'a, W> {
     fn event(&mut self, e: PeerEvent) {
         self.events.push(e);
     }
+
+    /// Room in the event queue for what one more input may cause.
+    fn event_room(&self) -> bool {
+        self.events.len() + EVENT_ROOM <= EVENT_QUEUE
+    }
 }
 
 impl<'a, const W: usize> Wire for Peer<'a, W> {
@@ -695,11 +714,9 @@ impl<'a, const W: usize> Wire for Peer<'a, W> {
     /// Room for the replies and events one more message may cause: its control queue, its
     /// serve queue and the event queue.
     fn may_read(&self, id: ConnId) -> bool {
-        self.conns.get(id).is_some_and(|c| {
-            c.ctl.len() + 1 < CTL_QUEUE
-                && !c.serve.is_full()
-                && self.events.len() + EVENT_ROOM <= EVENT_QUEUE
-        })
+        self.conns
+            .get(id)
+            .is_some_and(|c| c.ctl.len() + 1 < CTL_QUEUE && !c.serve.is_full() && self.event_room())
     }
     /// Any input shows the remote is alive: a peer busy sending blocks may answer a ping late.
     fn on_input(&mut self, id: ConnId, now: Instant) {

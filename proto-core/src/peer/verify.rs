@@ -241,7 +241,9 @@ impl<const W: usize> Peer<'_, W> {
     /// The next block to hand to the adapter for hashing, with [`BlockCheck::Deferred`]: a
     /// whole block below the frontier of a chunk not yet asked about.
     pub(super) fn next_check(&mut self) -> Option<Action> {
-        if self.config.block_check != BlockCheck::Deferred {
+        // Only while its answer has room for its events: an adapter that answers at once
+        // (before the drain reaches the events) never has a digest refused.
+        if self.config.block_check != BlockCheck::Deferred || !self.event_room() {
             return None;
         }
         for idx in 0..self.active.len() {
