@@ -512,16 +512,24 @@ fn hashed_elsewhere_digests_handed_in_a_burst_lose_no_event() {
         else {
             continue;
         };
-        let digest = hash_stored(&mut s.store, key, offset, len).unwrap().unwrap();
+        let digest = hash_stored(&mut s.store, key, offset, len)
+            .unwrap()
+            .unwrap();
         while !s.p.handle_block_hash(s.now, ticket, digest) {
             refused += 1;
             s.drain();
         }
     }
     s.drain();
-    assert!(refused > 0, "a burst fills the event queue: some digest waits for a drain");
+    assert!(
+        refused > 0,
+        "a burst fills the event queue: some digest waits for a drain"
+    );
     for chunk in 0..8 {
-        assert!(s.verified(chunk), "chunk {chunk} verified, its event not lost");
+        assert!(
+            s.verified(chunk),
+            "chunk {chunk} verified, its event not lost"
+        );
     }
     assert!(s
         .seen

@@ -238,13 +238,92 @@ struct Store {
     manifest: Option<(FileId, ManifestHeader)>,
 }
 
-/// One stored chunk. A chunk whose bytes were checked equal to the original is not kept twice,
-/// so a hundred simulated peers of a large file fit in memory.
+/// One stored chunk. No chunk is kept as a copy of the original's bytes: a chunk being
+/// written is kept as its difference from the original (see [`Partial`]), so a thousand
+/// simulated peers of a 64 MiB file fit in memory.
 #[derive(Clone)]
 enum Stored {
     Missing,
     Original,
-    Written(Vec<u8>),
+    Written(Partial),
+}
+
+/// A chunk being written, as its difference from the original: how far each of its blocks was
+/// written, and a copy of only the blocks whose bytes differ from the original's (what a
+/// corrupting sender wrote).
+#[derive(Clone, Default)]
+struct Partial {
+    /// Per block, the end of the bytes written (from the block's start).
+    written: Vec<u32>,
+    /// Blocks whose bytes differ from the original, whole.
+    differ: BTreeMap<u32, Vec<u8>>,
+}
+
+impl Partial {
+    /// Writes `data` at `within` of chunk `chunk` (whose original bytes are `orig`), blocks
+    /// of `block` bytes.
+    fn write(&mut self, orig: &[u8], block: u32, within: u64, data: &[u8]) {
+        let block = block as usize;
+        let mut at = within as usize;
+        let mut rest = data;
+        while !rest.is_empty() && at < orig.len() {
+            let k = at / block;
+            let (start, end) = (k * block, ((k + 1) * block).min(orig.len()));
+            let n = rest.len().min(end - at);
+            let (piece, tail) = rest.split_at(n);
+            let same = piece == &orig[at..at + n];
+            let key = k as u32;
+            match self.differ.get_mut(&key) {
+                Some(bytes) => {
+                    bytes[at - start..at - start + n].copy_from_slice(piece);
+                    if bytes[..] == orig[start..end] {
+                        self.differ.remove(&key);
+                    }
+                }
+                None if !same => {
+                    let mut bytes = orig[start..end].to_vec();
+                    bytes[at - start..at - start + n].copy_from_slice(piece);
+                    self.differ.insert(key, bytes);
+                }
+                None => {}
+            }
+            if self.written.len() <= k {
+                self.written.resize(k + 1, 0);
+            }
+            let w = &mut self.written[k];
+            *w = (*w).max((at + n - start) as u32);
+            at += n;
+            rest = tail;
+        }
+    }
+
+    /// Whether every byte was written and equals the original's.
+    fn is_original(&self, orig: &[u8], block: u32) -> bool {
+        let blocks = orig.len().div_ceil(block as usize);
+        self.differ.is_empty()
+            && self.written.len() == blocks
+            && self
+                .written
+                .iter()
+                .enumerate()
+                .all(|(k, &w)| w as usize == (orig.len() - k * block as usize).min(block as usize))
+    }
+
+    /// The chunk's bytes as stored: the original's, with differing blocks and nothing where
+    /// nothing was written.
+    fn bytes(&self, orig: &[u8], block: u32) -> Vec<u8> {
+        let block = block as usize;
+        let mut out = vec![0; orig.len()];
+        for (k, &w) in self.written.iter().enumerate() {
+            let start = k * block;
+            let end = start + w as usize;
+            match self.differ.get(&(k as u32)) {
+                Some(bytes) => out[start..end].copy_from_slice(&bytes[..w as usize]),
+                None => out[start..end].copy_from_slice(&orig[start..end]),
+            }
+        }
+        out
+    }
 }
 
 struct Node {
@@ -633,7 +712,10 @@ impl Sim {
                 let differs = n.store.data.iter().enumerate().any(|(c, s)| match s {
                     Stored::Original => false,
                     Stored::Missing => true,
-                    Stored::Written(b) => b[..] != self.original[self.chunk_range(c as u32)],
+                    Stored::Written(p) => !p.is_original(
+                        &self.original[self.chunk_range(c as u32)],
+                        self.header.block_len(),
+                    ),
                 });
                 corrupt_files += usize::from(differs);
             }
@@ -1310,12 +1392,20 @@ impl Sim {
                 let chunk_size = self.header.chunk_size;
                 let n = &mut self.nodes[i];
                 let c = *chunk as usize;
-                let stored = match n.store.data.get(c) {
-                    Some(Stored::Written(b)) => ChunkHash::of(b, chunk_size),
-                    Some(Stored::Original) => ChunkHash::of(&self.original[range], chunk_size),
-                    _ => ChunkHash::of(&[], chunk_size),
+                let orig = &self.original[range];
+                let block = self.header.block_len();
+                // What storage holds, checked against the manifest's hash independently of
+                // the peer; bytes equal to the original's need no hashing again.
+                let good = match n.store.data.get(c) {
+                    Some(Stored::Written(p)) if p.is_original(orig, block) => true,
+                    Some(Stored::Original) => true,
+                    Some(Stored::Written(p)) => {
+                        ChunkHash::of(&p.bytes(orig, block), chunk_size).0[..]
+                            == self.hashes[c * 32..c * 32 + 32]
+                    }
+                    _ => ChunkHash::of(&[], chunk_size).0[..] == self.hashes[c * 32..c * 32 + 32],
                 };
-                if stored.0[..] != self.hashes[c * 32..c * 32 + 32] {
+                if !good {
                     self.bad_chunks += 1;
                 } else if let Some(s) = n.store.data.get_mut(c) {
                     // Checked equal: keep no second copy.
@@ -1386,7 +1476,7 @@ impl Storage for StoreView<'_> {
     type Error = Infallible;
 
     fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), Infallible> {
-        write_store(self.store, key, offset, data, self.content.header);
+        write_store(self.store, key, offset, data, self.content);
         Ok(())
     }
 
@@ -1470,14 +1560,15 @@ fn read_stored(
             // Reads for serving stay inside one chunk.
             let c = (offset / u64::from(header.chunk_size)) as u32;
             let base = header.chunk_offset(c);
-            let bytes: &[u8] = match store.data.get(c as usize) {
-                Some(Stored::Original) => &original[chunk_range(header, c)],
-                Some(Stored::Written(b)) => b,
-                _ => &[],
+            let orig = &original[chunk_range(header, c)];
+            let start = ((offset - base) as usize).min(orig.len());
+            let end = ((offset - base + len) as usize).min(orig.len());
+            let mut out = match store.data.get(c as usize) {
+                Some(Stored::Original) => orig[start..end].to_vec(),
+                Some(Stored::Written(p)) if p.differ.is_empty() => orig[start..end].to_vec(),
+                Some(Stored::Written(p)) => p.bytes(orig, header.block_len())[start..end].to_vec(),
+                _ => Vec::new(),
             };
-            let start = ((offset - base) as usize).min(bytes.len());
-            let end = ((offset - base + len) as usize).min(bytes.len());
-            let mut out = bytes[start..end].to_vec();
             if corrupt {
                 for b in out.iter_mut().step_by(997) {
                     *b ^= 0x5a;
@@ -1491,13 +1582,8 @@ fn read_stored(
     src[start..end].to_vec()
 }
 
-fn write_store(
-    store: &mut Store,
-    key: StorageKey,
-    offset: u64,
-    data: &[u8],
-    header: &ManifestHeader,
-) {
+fn write_store(store: &mut Store, key: StorageKey, offset: u64, data: &[u8], content: Content<'_>) {
+    let header = content.header;
     match key.region {
         Region::Hashes => put(&mut store.hashes, offset, data),
         // Not kept (see `read_stored`).
@@ -1510,10 +1596,11 @@ fn write_store(
                 return;
             };
             if !matches!(slot, Stored::Written(_)) {
-                *slot = Stored::Written(vec![0; header.chunk_len(c) as usize]);
+                *slot = Stored::Written(Partial::default());
             }
-            if let Stored::Written(buf) = slot {
-                put(buf, within, data);
+            if let Stored::Written(p) = slot {
+                let orig = &content.original[chunk_range(header, c)];
+                p.write(orig, header.block_len(), within, data);
             }
         }
     }
@@ -1525,4 +1612,30 @@ fn put(dst: &mut Vec<u8>, offset: u64, data: &[u8]) {
         dst.resize(end, 0);
     }
     dst[offset as usize..end].copy_from_slice(data);
+}
+
+#[cfg(test)]
+mod partial_tests {
+    use super::Partial;
+
+    #[test]
+    fn a_partial_chunk_keeps_only_what_differs_from_the_original() {
+        let orig: Vec<u8> = (0..40_000u32).map(|i| (i * 13) as u8).collect();
+        let mut p = Partial::default();
+        p.write(&orig, 16_384, 0, &orig[..20_000]);
+        assert!(p.differ.is_empty());
+        assert!(!p.is_original(&orig, 16_384), "not all written yet");
+        // A corrupt piece across the second and third blocks is kept, and shows.
+        let mut bad = orig[20_000..40_000].to_vec();
+        bad[15_000] ^= 1;
+        p.write(&orig, 16_384, 20_000, &bad);
+        assert_eq!(p.differ.len(), 1);
+        assert!(!p.is_original(&orig, 16_384));
+        assert_eq!(p.bytes(&orig, 16_384)[20_000..], bad[..]);
+        // Written again right, the copy goes.
+        p.write(&orig, 16_384, 32_768, &orig[32_768..]);
+        assert!(p.differ.is_empty());
+        assert!(p.is_original(&orig, 16_384));
+        assert_eq!(p.bytes(&orig, 16_384), orig);
+    }
 }
