@@ -1304,6 +1304,11 @@ impl Sim {
                     self.events.push((now, i, ev));
                 }
                 Output::Timeout(at) => {
+                    // Every input is drained like this, so no event may have been dropped
+                    // (a dropped one can be a journal record or a completion).
+                    if let Core::Peer(p) = &self.nodes[i].core {
+                        debug_assert_eq!(p.events_lost(), 0, "peer {i} dropped an event");
+                    }
                     self.rearm(i, at);
                     return;
                 }
