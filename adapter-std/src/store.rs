@@ -15,8 +15,11 @@
 //! A download to `OUT` writes `OUT.part` with positional writes as payload arrives, the leaves
 //! of its chunks to `OUT.shoal-leaves` as they arrive, and keeps `OUT.shoal-journal`: the file
 //! id, the manifest, then the index of every chunk verified so far. Journal records are made
-//! durable in batches, each only after the data and leaves they vouch for were synced. Killed at any instant, a download started again with the same output
-//! resumes from the journal without fetching its chunks again. `OUT` itself appears only when
+//! durable in batches, each only after the data and leaves they vouch for were synced, on a
+//! thread of their own (`syncer.rs`) so the receive loop never waits for the disk. The
+//! part file's space is reserved when the manifest arrives, so a disk too small fails then.
+//! Killed at any instant, a download started again with the same output resumes from the
+//! journal without fetching its chunks again. `OUT` itself appears only when
 //! every chunk is verified and synced: `OUT.part` is renamed to it, the journal removed, and the
 //! leaves moved to the shared-file cache.
 //!
