@@ -3,7 +3,7 @@
 //! (The simulator measures the same rules across whole swarms.)
 
 use proto_core::conn::ConnId;
-use proto_core::io::Action;
+use proto_core::io::{Action, BlockTicket};
 use proto_core::manifest::ManifestHeader;
 use proto_core::node::hash_stored;
 use proto_core::peer::{BlockCheck, Peer, PeerConfig, PeerEvent};
@@ -168,27 +168,38 @@ impl Swarm {
         self.feed(c, &bytes);
     }
 
-    /// Answers every [`Action::HashBlock`] asked so far, as a hashing thread would, from
-    /// what storage holds; returns how many. `tamper` may change a digest first.
-    fn answer_hashes(&mut self, mut tamper: impl FnMut(u64, &mut [u8; 32])) -> usize {
+    /// The digests the peer asked for so far ([`Action::HashBlock`]), computed from what
+    /// storage holds, with their offsets and tickets.
+    fn asked_digests(&mut self) -> Vec<(u64, BlockTicket, [u8; 32])> {
         let asked: Vec<Action> = self
             .seen
             .actions
             .extract_if(.., |a| matches!(a, Action::HashBlock { .. }))
             .collect();
-        for a in &asked {
-            let Action::HashBlock {
-                key,
-                offset,
-                len,
-                ticket,
-            } = *a
-            else {
-                continue;
-            };
-            let mut digest = hash_stored(&mut self.store, key, offset, len)
-                .unwrap()
-                .expect("the block was written before it was asked about");
+        asked
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::HashBlock {
+                    key,
+                    offset,
+                    len,
+                    ticket,
+                } => {
+                    let digest = hash_stored(&mut self.store, key, offset, len)
+                        .unwrap()
+                        .expect("the block was written before it was asked about");
+                    Some((offset, ticket, digest))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answers every digest asked so far, as a hashing thread would, draining after each;
+    /// returns how many. `tamper` may change a digest first.
+    fn answer_hashes(&mut self, mut tamper: impl FnMut(u64, &mut [u8; 32])) -> usize {
+        let asked = self.asked_digests();
+        for &(offset, ticket, mut digest) in &asked {
             tamper(offset, &mut digest);
             assert!(
                 self.p.handle_block_hash(self.now, ticket, digest),
@@ -495,26 +506,10 @@ fn hashed_elsewhere_digests_handed_in_a_burst_lose_no_event() {
             s.block(x, b, b.len);
         }
     }
-    let asked: Vec<Action> = s
-        .seen
-        .actions
-        .extract_if(.., |a| matches!(a, Action::HashBlock { .. }))
-        .collect();
+    let asked = s.asked_digests();
     assert_eq!(asked.len(), 8);
     let mut refused = 0;
-    for a in asked {
-        let Action::HashBlock {
-            key,
-            offset,
-            len,
-            ticket,
-        } = a
-        else {
-            continue;
-        };
-        let digest = hash_stored(&mut s.store, key, offset, len)
-            .unwrap()
-            .unwrap();
+    for (_, ticket, digest) in asked {
         while !s.p.handle_block_hash(s.now, ticket, digest) {
             refused += 1;
             s.drain();
