@@ -35,7 +35,7 @@ use proto_core::time::Instant;
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
-use crate::hasher::{Hasher, ReadAt, SharedRead};
+use crate::hasher::{Hasher, SharedRead};
 
 /// Above this many buffered output bytes a connection counts as blocked.
 pub const OUT_HIGH: usize = 1 << 20;
@@ -721,10 +721,6 @@ pub struct MemoryHashes {
 
 impl SharedRead for MemoryHashes {
     fn send_source(&mut self, _: StorageKey) -> Option<Arc<std::fs::File>> {
-        None
-    }
-
-    fn shared_reader(&mut self, _: StorageKey) -> Option<Arc<dyn ReadAt>> {
         None
     }
 }

@@ -42,13 +42,16 @@ impl ReadAt for File {
 /// Storage whose bytes others can read without the store: the [`Hasher`]'s thread, and the
 /// kernel (`sendfile`).
 pub trait SharedRead {
-    /// A handle to read `key`'s bytes from another thread; `None` if this store has none (the
-    /// driver then hashes the block on its own thread, from the store).
-    fn shared_reader(&mut self, key: StorageKey) -> Option<Arc<dyn ReadAt>>;
-
     /// A file holding `key`'s bytes at the same offsets, to send payload from with
     /// `sendfile`; `None` if there is none (the driver then reads payload through the store).
     fn send_source(&mut self, key: StorageKey) -> Option<Arc<File>>;
+
+    /// A handle to read `key`'s bytes from another thread; `None` if this store has none (the
+    /// driver then hashes the block on its own thread, from the store). By default the file
+    /// of [`SharedRead::send_source`].
+    fn shared_reader(&mut self, key: StorageKey) -> Option<Arc<dyn ReadAt>> {
+        self.send_source(key).map(|f| f as Arc<dyn ReadAt>)
+    }
 }
 
 /// A block's digest, or why there is none.

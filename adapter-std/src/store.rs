@@ -552,17 +552,6 @@ pub fn check_output(out: &Path) -> io::Result<()> {
 }
 
 impl SharedRead for FileStore {
-    fn shared_reader(&mut self, key: StorageKey) -> Option<Arc<dyn crate::hasher::ReadAt>> {
-        if key.region != Region::Data {
-            return None;
-        }
-        let file = match self.slots.get(&key.slot)? {
-            Slot::Shared { data, .. } => data.clone(),
-            Slot::Fetch { part, .. } => part.clone()?,
-        };
-        Some(file)
-    }
-
     fn send_source(&mut self, key: StorageKey) -> Option<Arc<File>> {
         if key.region != Region::Data {
             return None;

@@ -322,7 +322,6 @@ impl<const W: usize> Peer<'_, W> {
         let (len, block) = (h.chunk_len(chunk), h.block_len());
         let k = ((end - 1) / block) as usize;
         let leaf = self.leaves_of(i).get(k).copied();
-        let epoch = self.next_epoch();
         let Some(a) = self.active[i].as_mut() else {
             return false;
         };
@@ -349,11 +348,13 @@ impl<const W: usize> Peer<'_, W> {
         };
         a.frontier = restart;
         a.checking = restart;
-        a.epoch = epoch;
         a.receiving = None;
-        // A digest is one fresh state for the block taken next.
-        a.sha = Sha256::new();
         let who = core::mem::take(&mut a.contributors);
+        // Digests asked for before now are about bytes no longer trusted.
+        let epoch = self.next_epoch();
+        if let Some(a) = self.active[i].as_mut() {
+            a.epoch = epoch;
+        }
         self.blame(slot, chunk, &who);
         match from {
             Some(from) => self.release_chunk_from(i, from),
