@@ -536,6 +536,32 @@ fn hashed_elsewhere_digests_handed_in_a_burst_lose_no_event() {
 }
 
 #[test]
+fn hashed_elsewhere_a_digest_handed_twice_is_ignored() {
+    // One chunk of four blocks; the adapter answers the first block's digest a second time
+    // after the second's: the verified mark must not go back, and the chunk completes.
+    let mut s = Swarm::with(1, 64 * 1024, 64 * 1024, 64 * 1024, |c| {
+        c.block_check = BlockCheck::Deferred
+    });
+    let x = s.holder(2, |_| true);
+    let b = one(s.requests(x));
+    s.block(x, b, b.len);
+    let asked = s.asked_digests();
+    assert_eq!(asked.len(), 4);
+    let (_, first, first_digest) = asked[0];
+    for (k, &(_, ticket, digest)) in asked.iter().enumerate() {
+        assert!(s.p.handle_block_hash(s.now, ticket, digest));
+        s.drain();
+        if k == 1 {
+            assert!(s.p.handle_block_hash(s.now, first, first_digest));
+            s.drain();
+            s.p.check_invariants();
+        }
+    }
+    assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
 fn hashed_elsewhere_a_wrong_digest_from_the_adapter_is_a_bad_block() {
     // The peer trusts nothing: a digest that does not match the leaf fails its block, even
     // when storage holds the right bytes.

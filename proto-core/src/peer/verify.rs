@@ -297,9 +297,10 @@ impl<const W: usize> Peer<'_, W> {
             .file(a.slot)
             .and_then(|f| f.header())
             .map_or(1, |h| h.block_len());
-        // The next block to verify, in this epoch: anything else is stale.
-        let next = ((a.verified / block + 1) * block).min(ticket.end);
-        if a.epoch != ticket.epoch || ticket.end != next || ticket.end > a.checking {
+        // Only the block that starts at the verified mark, in this epoch and asked about: an
+        // answer for any other (stale, or given twice) is ignored.
+        let next = ticket.end > a.verified && (ticket.end - 1) / block * block == a.verified;
+        if a.epoch != ticket.epoch || !next || ticket.end > a.checking {
             return false;
         }
         // Blame goes to whoever supplied the bytes past the verified mark.
