@@ -146,7 +146,9 @@ fn run() -> Result<(), String> {
             PeerEvent::Published { file } => {
                 let link = Link {
                     file,
-                    tracker: heapless::String::try_from(tracker_text.as_str()).ok(),
+                    trackers: heapless::String::try_from(tracker_text.as_str())
+                        .into_iter()
+                        .collect(),
                     name: name.clone(),
                 };
                 println!("{link}");

@@ -22,28 +22,30 @@ fn main() {
 
     let text = env::var("SHOAL_LINK").unwrap_or_else(|_| DEFAULT_LINK.to_owned());
     let link = Link::parse(&text).unwrap_or_else(|e| fail(&format!("SHOAL_LINK: {e}")));
-    // The device has no resolver: the tracker must be an IPv4 address and port.
-    let tracker = match link.tracker.as_deref() {
-        None => "None".to_owned(),
-        Some(t) => match t.parse::<SocketAddr>() {
+    // The device has no resolver: each tracker must be an IPv4 address and port.
+    let trackers: Vec<String> = link
+        .trackers
+        .iter()
+        .map(|t| match t.parse::<SocketAddr>() {
             Ok(SocketAddr::V4(a)) => {
                 let [a0, a1, a2, a3] = a.ip().octets();
                 format!(
-                    "Some(core::net::SocketAddr::V4(core::net::SocketAddrV4::new(core::net::Ipv4Addr::new({a0}, {a1}, {a2}, {a3}), {})))",
+                    "core::net::SocketAddr::V4(core::net::SocketAddrV4::new(core::net::Ipv4Addr::new({a0}, {a1}, {a2}, {a3}), {}))",
                     a.port()
                 )
             }
             _ => fail(&format!(
                 "SHOAL_LINK: the tracker {t:?} is not an IPv4 address and port (the device cannot resolve names), e.g. tr=10.0.0.1:7070"
             )),
-        },
-    };
+        })
+        .collect();
     let consts = format!(
         "/// The file to fetch when the flash holds none (from `SHOAL_LINK`).\n\
          const FILE: proto_core::wire::FileId = proto_core::wire::FileId({:?});\n\
-         /// The tracker to ask (from `SHOAL_LINK`).\n\
-         const TRACKER: Option<core::net::SocketAddr> = {tracker};\n",
-        link.file.0
+         /// The trackers to ask (from `SHOAL_LINK`).\n\
+         const TRACKERS: &[core::net::SocketAddr] = &[{}];\n",
+        link.file.0,
+        trackers.join(", ")
     );
     fs::write(out.join("link.rs"), consts).expect("OUT_DIR is writable");
 }

@@ -13,7 +13,7 @@ use mio::net::TcpListener;
 use proto_core::auth::SwarmKey;
 use proto_core::link::Link;
 use proto_core::manifest::{ManifestHeader, Name};
-use proto_core::peer::{BlockCheck, FetchFailure, HostPeer, PeerConfig, PeerEvent};
+use proto_core::peer::{BlockCheck, FetchFailure, HostPeer, PeerConfig, PeerEvent, MAX_TRACKERS};
 use proto_core::time::Instant;
 use proto_core::tracker::{Table, Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry, Refusal};
@@ -119,12 +119,37 @@ pub fn random_node() -> NodeId {
     NodeId(id)
 }
 
-/// Resolves `host:port`.
+/// Resolves a tracker's `host:port`.
 pub fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
+    resolve_as("tracker", addr)
+}
+
+/// Resolves `host:port`, naming `what` it is in the error.
+fn resolve_as(what: &str, addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
-        .with_context(|| format!("cannot resolve tracker address {addr:?} (expected host:port)"))?
+        .with_context(|| format!("cannot resolve {what} address {addr:?} (expected host:port)"))?
         .next()
-        .ok_or_else(|| anyhow!("tracker address {addr:?} resolves to nothing"))
+        .ok_or_else(|| anyhow!("{what} address {addr:?} resolves to nothing"))
+}
+
+/// Resolves every tracker; more than a peer can register with is an error.
+pub fn resolve_trackers(texts: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+    if texts.len() > MAX_TRACKERS {
+        bail!(
+            "{} trackers given; a swarm uses at most {MAX_TRACKERS}",
+            texts.len()
+        );
+    }
+    texts.iter().map(|t| resolve(t)).collect()
+}
+
+/// The trackers as a user reads them: `a:1`, or `a:1 and b:2`, or `a:1, b:2 and c:3`.
+pub fn trackers_text(texts: &[String]) -> String {
+    match texts {
+        [] => "no tracker".to_owned(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
 }
 
 /// Binds a listener, with a message that says what to do when the port is taken.
@@ -179,7 +204,7 @@ impl Default for Limits {
 }
 
 pub(crate) fn peer_driver(
-    tracker: SocketAddr,
+    trackers: &[SocketAddr],
     listener: Option<TcpListener>,
     register: bool,
     signals: bool,
@@ -194,7 +219,12 @@ pub(crate) fn peer_driver(
         .as_ref()
         .and_then(|l| l.local_addr().ok())
         .map_or(0, |a| a.port());
-    let mut config = PeerConfig::new(random_node(), port, Some(tracker));
+    let mut config = PeerConfig::new(random_node(), port, None);
+    for &t in trackers {
+        if !config.trackers.push(t) {
+            bail!("a swarm uses at most {MAX_TRACKERS} trackers");
+        }
+    }
     config.register = register;
     config.upload_rate = limits.upload;
     config.max_conns = limits.max_conns;
@@ -346,7 +376,8 @@ fn log_tracker_event(e: &TrackerEvent) {
     }
 }
 
-fn unreachable(tracker: &str) -> anyhow::Error {
+fn unreachable(trackers: &[String]) -> anyhow::Error {
+    let tracker = trackers_text(trackers);
     anyhow!(
         "tracker {tracker} unreachable after {:.0}s; start one with `shoal tracker` or pass --tracker",
         wait_limit().as_secs_f64()
@@ -382,27 +413,32 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
-/// A link to `id` named `name` on `tracker`.
-pub fn link_for(id: FileId, tracker: &str, name: &str) -> String {
+/// A link to `id` named `name` on `trackers`.
+pub fn link_for(id: FileId, trackers: &[String], name: &str) -> String {
     Link {
         file: id,
-        tracker: heapless::String::try_from(tracker).ok(),
+        trackers: trackers
+            .iter()
+            .filter_map(|t| heapless::String::try_from(t.as_str()).ok())
+            .take(MAX_TRACKERS)
+            .collect(),
         name: Name::try_from(name).ok(),
     }
     .to_string()
 }
 
-/// Shares `files` through `tracker`, printing one link per file (to `links`) once the
-/// tracker lists it; serves until interrupted, or until `stop` returns true.
+/// Shares `files` through `trackers`, printing one link per file (to `links`) once the
+/// first tracker lists it; serves until interrupted, or until `stop` returns true.
 pub fn share(
     files: &[PathBuf],
-    tracker_text: &str,
+    tracker_texts: &[String],
     how: ShareOptions,
     signals: bool,
     mut links: impl FnMut(String),
     mut stop: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
-    let tracker = resolve(tracker_text)?;
+    let trackers = resolve_trackers(tracker_texts)?;
+    let tracker_text = &trackers_text(tracker_texts);
     let mut manifests = Vec::new();
     for f in files {
         manifests.push((
@@ -410,7 +446,13 @@ pub fn share(
             manifest_for(f, how.chunk_size, HostPeer::MAX_FILE_CHUNKS)?,
         ));
     }
-    let mut driver = peer_driver(tracker, Some(bind(how.listen)?), true, signals, how.limits)?;
+    let mut driver = peer_driver(
+        &trackers,
+        Some(bind(how.listen)?),
+        true,
+        signals,
+        how.limits,
+    )?;
     let now = Instant::now();
     for (path, m) in &manifests {
         let slot = driver
@@ -433,7 +475,7 @@ pub fn share(
                 if let Some(i) = waiting.iter().position(|w| *w == file) {
                     waiting.remove(i);
                     if let Some((_, m)) = manifests.iter().find(|(_, m)| m.id == file) {
-                        links(link_for(file, tracker_text, &m.header.name));
+                        links(link_for(file, tracker_texts, &m.header.name));
                     }
                 }
             }
@@ -451,13 +493,13 @@ pub fn share(
             Some(PeerEvent::SwarmKeyMismatch { addr, .. }) => {
                 tracing::warn!("{addr} does not share our swarm key; disconnected")
             }
-            Some(PeerEvent::TrackerLost) if registered => {
-                tracing::warn!("lost the tracker; still serving peers, reconnecting")
+            Some(PeerEvent::TrackerLost { tracker }) if registered => {
+                tracing::warn!("lost the tracker at {tracker}; still serving peers, reconnecting")
             }
             Some(_) => {}
             None => {
                 if !registered && started.elapsed() > wait_limit() {
-                    error = Some(unreachable(tracker_text));
+                    error = Some(unreachable(tracker_texts));
                     return ControlFlow::Break(());
                 }
                 if stop() {
@@ -580,8 +622,11 @@ pub(crate) fn start_download(
 pub struct GetOptions {
     /// Where to write; `None`: the manifest's name in the current directory.
     pub output: Option<PathBuf>,
-    /// The tracker, if given on the command line (else the link's, else the default).
-    pub tracker: Option<String>,
+    /// The trackers given on the command line; if none, the link's, else `$SHOAL_TRACKER`,
+    /// else (with no `peers` either) the default.
+    pub trackers: Vec<String>,
+    /// Peers to join through (`host:port`), besides whatever the trackers say.
+    pub peers: Vec<String>,
     /// Exit once complete instead of seeding.
     pub no_seed: bool,
     /// Listen address for serving others.
@@ -590,6 +635,25 @@ pub struct GetOptions {
     pub limits: Limits,
     /// Catch SIGINT/SIGTERM.
     pub signals: bool,
+}
+
+/// The trackers a `get` registers with: those given, else the link's, else
+/// `$SHOAL_TRACKER`, else the default (none when the user named peers to join through).
+fn get_trackers(opts: &GetOptions, link: &Link) -> Vec<String> {
+    if !opts.trackers.is_empty() {
+        return opts.trackers.clone();
+    }
+    if !link.trackers.is_empty() {
+        return link.trackers.iter().map(|t| t.to_string()).collect();
+    }
+    if let Ok(env) = std::env::var("SHOAL_TRACKER") {
+        return env.split(',').map(|t| t.trim().to_owned()).collect();
+    }
+    if opts.peers.is_empty() {
+        vec![DEFAULT_TRACKER.to_owned()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Downloads `link_text`; returns the final path (after seeding, unless `no_seed`).
@@ -601,12 +665,14 @@ pub fn get(
     mut stop: impl FnMut() -> bool,
 ) -> anyhow::Result<PathBuf> {
     let link = Link::parse(link_text).map_err(|e| anyhow!("{e}"))?;
-    let tracker_text = opts
-        .tracker
-        .clone()
-        .or_else(|| link.tracker.as_ref().map(|t| t.to_string()))
-        .unwrap_or_else(|| DEFAULT_TRACKER.to_owned());
-    let tracker = resolve(&tracker_text)?;
+    let tracker_texts = get_trackers(&opts, &link);
+    let trackers = resolve_trackers(&tracker_texts)?;
+    let tracker_text = trackers_text(&tracker_texts);
+    let peers = opts
+        .peers
+        .iter()
+        .map(|p| resolve_as("peer", p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let output = opts
         .output
         .clone()
@@ -615,13 +681,19 @@ pub fn get(
         check_output(out)?;
     }
     let mut driver = peer_driver(
-        tracker,
+        &trackers,
         Some(bind(opts.listen)?),
         true,
         opts.signals,
         opts.limits,
     )?;
     let (slot, resume) = start_download(&mut driver, link.file, output.as_ref())?;
+    for &p in &peers {
+        driver
+            .node
+            .add_peer(Instant::now(), slot, p)
+            .map_err(|e| anyhow!("{e}"))?;
+    }
     if let Some(r) = &resume {
         progress.start(&r.manifest.header.name, r.manifest.header.size);
     }
@@ -638,7 +710,16 @@ pub fn get(
                 return ControlFlow::Break(());
             }
             if !registered && manifest.is_none() && started.elapsed() > wait_limit() {
-                error = Some(unreachable(&tracker_text));
+                error = Some(if peers.is_empty() {
+                    unreachable(&tracker_texts)
+                } else {
+                    anyhow!(
+                        "no manifest for {} after {:.0}s from {} or from {tracker_text}; check the addresses, and that a peer there holds the file",
+                        link.file,
+                        wait_limit().as_secs_f64(),
+                        opts.peers.join(", "),
+                    )
+                });
                 return ControlFlow::Break(());
             }
             if manifest.is_none() && not_found_since.is_some_and(|t| t.elapsed() > wait_limit()) {
@@ -782,7 +863,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
     let tracker = resolve(tracker_text)?;
     // Listing peers needs the pushed list, which only registered peers get.
     let register = matches!(q, Query::Peers);
-    let mut driver = peer_driver(tracker, None, register, true, Limits::default())?;
+    let mut driver = peer_driver(&[tracker], None, register, true, Limits::default())?;
     let mut answers = Answers::default();
     let by_id = match &q {
         Query::Where(w) => Link::parse(w).ok().map(|l| l.file),
@@ -802,7 +883,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
                 error = Some(if ready {
                     anyhow!("the tracker at {tracker_text} did not answer")
                 } else {
-                    unreachable(tracker_text)
+                    unreachable(&[tracker_text.to_owned()])
                 });
                 return ControlFlow::Break(());
             }
@@ -810,7 +891,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
         };
         let now = Instant::now();
         match e {
-            PeerEvent::TrackerReady => {
+            PeerEvent::TrackerReady { .. } => {
                 ready = true;
                 let sent = match (&q, by_id) {
                     (Query::Files, _) | (Query::Where(_), None) => d.node.list_files(now),

@@ -14,7 +14,9 @@ use proto_core::peer::PeerEvent;
 use proto_core::time::Instant;
 use proto_core::wire::{FileEntry, FileId, HolderItem};
 
-use crate::cli::{bind, link_for, peer_driver, ranges_text, resolve, Limits, PeerDriver};
+use crate::cli::{
+    bind, link_for, peer_driver, ranges_text, resolve_trackers, trackers_text, Limits, PeerDriver,
+};
 use crate::store::manifest_for;
 
 const HELP: &str = "commands:
@@ -45,9 +47,11 @@ struct Pending {
 }
 
 /// Runs the console until `quit`, end of input, or SIGINT.
-pub fn run(tracker_text: &str, listen: SocketAddr, limits: Limits) -> anyhow::Result<()> {
-    let tracker = resolve(tracker_text)?;
-    let mut driver = peer_driver(tracker, Some(bind(listen)?), true, true, limits)?;
+pub fn run(trackers: &[String], listen: SocketAddr, limits: Limits) -> anyhow::Result<()> {
+    let resolved = resolve_trackers(trackers)?;
+    let text = trackers_text(trackers);
+    let tracker_text = text.as_str();
+    let mut driver = peer_driver(&resolved, Some(bind(listen)?), true, true, limits)?;
     let (tx, lines) = mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -78,7 +82,7 @@ pub fn run(tracker_text: &str, listen: SocketAddr, limits: Limits) -> anyhow::Re
                         if let Err(e) = command(
                             d,
                             &line,
-                            tracker_text,
+                            trackers,
                             &mut fetches,
                             &mut shared,
                             &mut pending,
@@ -102,7 +106,7 @@ pub fn run(tracker_text: &str, listen: SocketAddr, limits: Limits) -> anyhow::Re
                 if matches!(e, PeerEvent::Registered { .. }) {
                     ready = true;
                 }
-                on_event(d, e, tracker_text, &mut fetches, &shared, &mut pending)
+                on_event(d, e, trackers, &mut fetches, &shared, &mut pending)
             }
         }
         ControlFlow::Continue(())
@@ -127,7 +131,7 @@ fn prompt() {
 fn command(
     d: &mut PeerDriver,
     line: &str,
-    tracker_text: &str,
+    trackers: &[String],
     fetches: &mut HashMap<u16, Fetch>,
     shared: &mut HashMap<FileId, String>,
     pending: &mut Pending,
@@ -151,7 +155,7 @@ fn command(
             say(&format!(
                 "sharing {}: {}",
                 m.header.name,
-                link_for(m.id, tracker_text, &m.header.name)
+                link_for(m.id, trackers, &m.header.name)
             ));
         }
         (Some("get"), Some(link), out) => {
@@ -235,7 +239,7 @@ fn command(
 fn on_event(
     d: &mut PeerDriver,
     e: PeerEvent,
-    tracker_text: &str,
+    trackers: &[String],
     fetches: &mut HashMap<u16, Fetch>,
     shared: &HashMap<FileId, String>,
     pending: &mut Pending,
@@ -271,7 +275,7 @@ fn on_event(
                         f.size,
                         f.chunks,
                         f.holders,
-                        link_for(f.file, tracker_text, &f.name)
+                        link_for(f.file, trackers, &f.name)
                     ));
                 }
             }
@@ -340,7 +344,7 @@ fn on_event(
         }
         PeerEvent::TrackerRefused(r) => {
             // Said once per refusal; the core retries with backoff (a full table clears).
-            let why = crate::cli::fatal_refusal(tracker_text, r).map_or_else(
+            let why = crate::cli::fatal_refusal(&trackers_text(trackers), r).map_or_else(
                 || format!("tracker refused us: {r:?}; retrying"),
                 |e| e.to_string(),
             );

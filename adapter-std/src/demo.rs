@@ -79,7 +79,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let seeder = spawn(move || {
         cli::share(
             &[src],
-            &tracker_addr.to_string(),
+            &[tracker_addr.to_string()],
             cli::ShareOptions {
                 listen: loopback,
                 chunk_size: None,
@@ -108,7 +108,8 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
         let out = dir.join(format!("copy-{}.bin", i + 1));
         let opts = GetOptions {
             output: Some(out),
-            tracker: None,
+            trackers: Vec::new(),
+            peers: Vec::new(),
             no_seed: false,
             listen: loopback,
             limits: cli::Limits::default(),

@@ -73,9 +73,11 @@ enum Cmd {
         /// Files to share.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// The tracker (host:port).
-        #[arg(long, env = "SHOAL_TRACKER", default_value = DEFAULT_TRACKER)]
-        tracker: String,
+        /// A tracker (host:port); repeat for up to 4: each is told of the files, the links
+        /// name them all, and any one of them lets a getter find the swarm.
+        #[arg(long = "tracker", value_name = "HOST:PORT", env = "SHOAL_TRACKER",
+              value_delimiter = ',', default_value = DEFAULT_TRACKER)]
+        trackers: Vec<String>,
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
@@ -93,9 +95,14 @@ enum Cmd {
         /// Where to write the file (default: its name, in the current directory).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// The tracker (host:port); default: the link's, else $SHOAL_TRACKER, else 127.0.0.1:7070.
-        #[arg(long)]
-        tracker: Option<String>,
+        /// A tracker (host:port), repeatable; default: the link's, else $SHOAL_TRACKER, else
+        /// 127.0.0.1:7070 (none with --peer).
+        #[arg(long = "tracker", value_name = "HOST:PORT")]
+        trackers: Vec<String>,
+        /// A peer to join through (host:port), repeatable: with no tracker reachable, the
+        /// manifest comes from it and peer exchange finds the rest of the swarm.
+        #[arg(long = "peer", value_name = "HOST:PORT")]
+        peers: Vec<String>,
         /// Exit once the file is complete instead of seeding it.
         #[arg(long)]
         no_seed: bool,
@@ -119,9 +126,10 @@ enum Cmd {
     /// An interactive console: share, get, ls, where, peers, status, help, quit; transfers
     /// run in the background while the prompt stays usable.
     Peer {
-        /// The tracker (host:port).
-        #[arg(long, env = "SHOAL_TRACKER", default_value = DEFAULT_TRACKER)]
-        tracker: String,
+        /// A tracker (host:port); repeat for up to 4.
+        #[arg(long = "tracker", value_name = "HOST:PORT", env = "SHOAL_TRACKER",
+              value_delimiter = ',', default_value = DEFAULT_TRACKER)]
+        trackers: Vec<String>,
         /// Address to serve peers on (port 0: any free port).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
@@ -191,13 +199,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Share {
             files,
-            tracker,
+            trackers,
             listen,
             chunk_size,
             limits,
         } => cli::share(
             &files,
-            &tracker,
+            &trackers,
             cli::ShareOptions {
                 listen,
                 chunk_size,
@@ -210,14 +218,16 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Get {
             link,
             output,
-            tracker,
+            trackers,
+            peers,
             no_seed,
             listen,
             limits,
         } => {
             let opts = GetOptions {
                 output,
-                tracker: tracker.or_else(|| std::env::var("SHOAL_TRACKER").ok()),
+                trackers,
+                peers,
                 no_seed,
                 listen,
                 limits: limits.into(),
@@ -239,10 +249,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Peers(q) => print_peers(cli::query(&q.tracker, Query::Peers)?, q.json),
         Cmd::Peer {
-            tracker,
+            trackers,
             listen,
             limits,
-        } => adapter_std::console::run(&tracker, listen, limits.into()),
+        } => adapter_std::console::run(&trackers, listen, limits.into()),
         Cmd::Demo => demo::run(),
         Cmd::Keygen { file } => {
             cli::keygen(&file)?;

@@ -318,6 +318,77 @@ fn the_tracker_killed_and_restarted_mid_transfer() {
     assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
 }
 
+#[test]
+fn two_trackers_one_killed_before_the_getter_starts_the_other_during_its_download() {
+    let dir = scratch("twotrackers");
+    let data = random_file(&dir.join("src.bin"), 8 << 20);
+    let (mut t1, tr1) = tracker(&dir, "127.0.0.1:0");
+    let (mut t2, tr2) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(
+        &dir,
+        "seed",
+        &tr1,
+        &dir.join("src.bin"),
+        &["--tracker", &tr2, "--upload-limit", "2000000"],
+    );
+    // The link names both trackers, in order.
+    assert!(link.contains(&format!("tr={tr1}&tr={tr2}")), "{link}");
+    t1.kill();
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
+    let journal = dir.join("out.bin.shoal-journal");
+    until("the transfer to start", || records(&journal) >= 1);
+    t2.kill();
+    assert!(g.wait().success(), "{}", g.stderr());
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_getter_joins_through_one_peer_with_no_tracker() {
+    let dir = scratch("peeronly");
+    let data = random_file(&dir.join("src.bin"), 4 << 20);
+    let (mut t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    // The seeder's address, as the tracker knows it; then the tracker goes.
+    let peers: serde_json::Value =
+        serde_json::from_slice(&run(&dir, &["peers", "--json", "--tracker", &tr]).stdout).unwrap();
+    let seeder = peers[0]["addr"].as_str().unwrap().to_owned();
+    t.kill();
+    // A bare id names no tracker: the peer given is all the getter has.
+    let id = link["shoal:".len()..].split('?').next().unwrap().to_owned();
+    let mut g = Proc::start(
+        &dir,
+        "g",
+        &[
+            "get",
+            &id,
+            "-o",
+            "out.bin",
+            "--no-seed",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            &seeder,
+        ],
+    );
+    assert!(g.wait().success(), "{}", g.stderr());
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+    // A peer that answers nothing: one clear line once the wait is over.
+    fails(
+        &dir,
+        &[
+            "get",
+            &id,
+            "-o",
+            "none.bin",
+            "--peer",
+            "127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "no manifest for",
+    );
+}
+
 /// Runs a command that must fail: exit code 1, exactly one line on stderr.
 fn fails(dir: &Path, args: &[&str], says: &str) {
     let o = run(dir, args);

@@ -13,6 +13,7 @@
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use arbitrary::Arbitrary;
@@ -29,10 +30,12 @@ use proto_core::testing::{self, frame, Frames, MemStore};
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::{
     BlockRef, ChunkRange, FileId, Hello, HolderItem, Message, NodeId, PeerEntry, RejectReason,
-    PROTOCOL_VERSION,
+    MAX_EXCHANGE, PROTOCOL_VERSION,
 };
 
 const KEY: SwarmKey = SwarmKey([0x4b; 32]);
+/// The port every tracker listens on here; the peer's connections to it are tracker ones.
+const TRACKER_PORT: u16 = 7070;
 /// The nonce the fuzzer's tracker and peers put in every Hello.
 const THEIR_NONCE: [u8; 16] = [0x33; 16];
 
@@ -77,7 +80,11 @@ enum Op {
     Accept {
         port: u8,
     },
-    FromTracker(T),
+    /// A message from the first tracker connection (or, with `second`, the last).
+    FromTracker {
+        second: bool,
+        msg: T,
+    },
     FromPeer {
         conn: u8,
         msg: P,
@@ -93,6 +100,10 @@ enum Op {
         ms: u16,
     },
     Cancel,
+    /// The user names a peer to join through.
+    AddPeer {
+        port: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -169,6 +180,8 @@ enum P {
         none: bool,
         corrupt: Option<u8>,
     },
+    /// Peer exchange: addresses to try (bounded by the message).
+    Peers(Vec<(u8, u16)>),
 }
 
 type Small<'a> = Peer<'a, 2>;
@@ -176,7 +189,8 @@ type Small<'a> = Peer<'a, 2>;
 struct Net<'a> {
     p: Small<'a>,
     now: Instant,
-    tracker: Option<ConnId>,
+    /// Connections the peer opened to a tracker (port 7070), oldest first.
+    trackers: Vec<ConnId>,
     pending: Vec<ConnId>,
     conns: Vec<ConnId>,
     frames: Frames,
@@ -224,19 +238,17 @@ impl Net<'_> {
         let mut hashed = Vec::new();
         for a in d.actions {
             match a {
-                Action::Connect { conn, .. } => {
+                Action::Connect { conn, addr } => {
                     self.opened_by_peer.insert(conn);
-                    if Some(conn) != self.tracker && self.tracker.is_none() {
-                        self.tracker = Some(conn);
+                    if addr.port() == TRACKER_PORT {
+                        self.trackers.push(conn);
                     }
                     self.pending.push(conn);
                 }
                 Action::Close(c) => {
                     self.conns.retain(|x| *x != c);
                     self.pending.retain(|x| *x != c);
-                    if self.tracker == Some(c) {
-                        self.tracker = None;
-                    }
+                    self.trackers.retain(|x| *x != c);
                 }
                 // Carried out on the store by testing::drain.
                 Action::ReadHash { .. } | Action::Discard(_) => {}
@@ -358,7 +370,15 @@ fn ranges(v: Vec<(u8, u8)>) -> heapless::Vec<ChunkRange, 32> {
 fuzz_target!(|input: (bool, Vec<Op>)| {
     let (keyed, ops) = input;
     let k = known();
-    let mut config = PeerConfig::new(NodeId([1; 16]), 7000, Some(([10, 0, 0, 1], 7070).into()));
+    let mut config = PeerConfig::new(
+        NodeId([1; 16]),
+        7000,
+        Some(([10, 0, 0, 1], TRACKER_PORT).into()),
+    );
+    // A second tracker on a quarter of the inputs.
+    if ops.len() % 8 >= 6 {
+        config.trackers.push(([10, 0, 0, 2], TRACKER_PORT).into());
+    }
     config.ban_after = 3;
     config.swarm_key = keyed.then_some(KEY);
     // Both kinds of memory with the same small limits, so the tables fill: fixed arrays (a
@@ -379,7 +399,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
     let mut net = Net {
         p,
         now: Instant::ZERO,
-        tracker: None,
+        trackers: Vec::new(),
         pending: Vec::new(),
         conns: Vec::new(),
         frames: Frames::default(),
@@ -413,9 +433,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         net.conns.push(c);
                     } else {
                         net.p.handle_closed(net.now, c);
-                        if net.tracker == Some(c) {
-                            net.tracker = None;
-                        }
+                        net.trackers.retain(|x| *x != c);
                     }
                     net.drain();
                 }
@@ -431,8 +449,14 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     net.conns.push(c.conn);
                 }
             }
-            Op::FromTracker(t) => {
-                let Some(c) = net.tracker.filter(|t| net.conns.contains(t)) else {
+            Op::FromTracker { second, msg: t } => {
+                let open: Vec<ConnId> = net
+                    .trackers
+                    .iter()
+                    .copied()
+                    .filter(|t| net.conns.contains(t))
+                    .collect();
+                let Some(&c) = (if second { open.last() } else { open.first() }) else {
                     continue;
                 };
                 let (m, body) = match t {
@@ -511,7 +535,7 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     continue;
                 }
                 let c = net.conns[conn as usize % net.conns.len()];
-                if Some(c) == net.tracker {
+                if net.trackers.contains(&c) {
                     continue;
                 }
                 let (m, body) = match msg {
@@ -618,6 +642,17 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     }
                     P::Ping(n) => (Message::Ping(n), vec![]),
                     P::Auth { good } => (net.auth(c, good), vec![]),
+                    P::Peers(addrs) => (
+                        Message::Peers {
+                            file: k.id,
+                            addrs: addrs
+                                .into_iter()
+                                .take(MAX_EXCHANGE)
+                                .map(|(h, port)| SocketAddr::from(([10, 0, 1, h], port)))
+                                .collect(),
+                        },
+                        vec![],
+                    ),
                 };
                 let mut bytes = frame(&m);
                 bytes.extend_from_slice(&body);
@@ -633,15 +668,20 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 if !net.conns.is_empty() {
                     let c = net.conns.remove(conn as usize % net.conns.len());
                     net.p.handle_closed(net.now, c);
-                    if net.tracker == Some(c) {
-                        net.tracker = None;
-                    }
+                    net.trackers.retain(|x| *x != c);
                     net.drain();
                 }
             }
             Op::Advance { ms } => {
                 net.now += Duration::from_millis(u64::from(ms) * 10);
                 net.p.handle_timeout(net.now);
+                net.drain();
+            }
+            Op::AddPeer { port } => {
+                for slot in 0..2 {
+                    let addr = SocketAddr::from(([10, 0, 2, 1], u16::from(port) + 1000));
+                    let _ = net.p.add_peer(net.now, slot, addr);
+                }
                 net.drain();
             }
             Op::Cancel => {

@@ -1,15 +1,17 @@
 //! `shoal:` links: the text a person pastes to fetch a file.
 //!
 //! ```text
-//! shoal:<64 hex digits of the file id>?tr=<host:port>&name=<percent-encoded name>
+//! shoal:<64 hex digits of the file id>?tr=<host:port>&tr=<host:port>&name=<percent-encoded name>
 //! ```
 //!
-//! Only the id is required; `tr` says which tracker to ask and `name` is a hint for the output
-//! file name (the manifest's name is what is trusted, after its id has been checked).
+//! Only the id is required; each `tr` (up to [`MAX_TRACKERS`], in order) names a tracker of
+//! the swarm, any one of which suffices, and `name` is a hint for the output file name (the
+//! manifest's name is what is trusted, after its id has been checked).
 
 use core::fmt::{self, Write};
 
 use crate::manifest::{validate_name, Name, MAX_NAME_LEN};
+pub use crate::peer::MAX_TRACKERS;
 use crate::wire::FileId;
 
 /// The scheme every link starts with.
@@ -22,8 +24,9 @@ pub const MAX_TRACKER_LEN: usize = 255;
 pub struct Link {
     /// The file id.
     pub file: FileId,
-    /// The tracker address as written (`host:port`); resolving it is the adapter's job.
-    pub tracker: Option<heapless::String<MAX_TRACKER_LEN>>,
+    /// The trackers' addresses as written (`host:port`), in order; resolving them is the
+    /// adapter's job.
+    pub trackers: heapless::Vec<heapless::String<MAX_TRACKER_LEN>, MAX_TRACKERS>,
     /// The file name hint.
     pub name: Option<Name>,
 }
@@ -38,8 +41,10 @@ pub enum LinkError {
     BadId,
     /// A query parameter is not `key=value`, or its key is unknown.
     BadParam,
-    /// A parameter appears twice.
+    /// A parameter appears twice (`name`, or the same tracker).
     DuplicateParam,
+    /// More trackers than [`MAX_TRACKERS`].
+    TooManyTrackers,
     /// The `tr` value is empty, too long, or has no `:port`.
     BadTracker,
     /// The `name` value has a bad `%` escape, is not UTF-8, or is not a safe file name.
@@ -53,6 +58,7 @@ impl fmt::Display for LinkError {
             LinkError::BadId => "the file id in the link is not 64 hex digits",
             LinkError::BadParam => "the link has a parameter other than tr=host:port or name=NAME",
             LinkError::DuplicateParam => "the link repeats a parameter",
+            LinkError::TooManyTrackers => "the link names more than 4 trackers (tr=)",
             LinkError::BadTracker => "the link's tracker (tr=) is not host:port",
             LinkError::BadName => "the link's name= is not a valid percent-encoded file name",
         })
@@ -69,7 +75,7 @@ impl Link {
             return FileId::from_hex(text)
                 .map(|file| Link {
                     file,
-                    tracker: None,
+                    trackers: heapless::Vec::new(),
                     name: None,
                 })
                 .ok_or(LinkError::NotALink);
@@ -81,7 +87,7 @@ impl Link {
         let file = FileId::from_hex(id).ok_or(LinkError::BadId)?;
         let mut link = Link {
             file,
-            tracker: None,
+            trackers: heapless::Vec::new(),
             name: None,
         };
         for param in query
@@ -92,10 +98,13 @@ impl Link {
             let (key, value) = param.split_once('=').ok_or(LinkError::BadParam)?;
             match key {
                 "tr" => {
-                    if link.tracker.is_some() {
+                    let tr = parse_tracker(value)?;
+                    if link.trackers.contains(&tr) {
                         return Err(LinkError::DuplicateParam);
                     }
-                    link.tracker = Some(parse_tracker(value)?);
+                    link.trackers
+                        .push(tr)
+                        .map_err(|_| LinkError::TooManyTrackers)?;
                 }
                 "name" => {
                     if link.name.is_some() {
@@ -168,7 +177,7 @@ impl fmt::Display for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{SCHEME}{}", self.file)?;
         let mut sep = '?';
-        if let Some(tr) = &self.tracker {
+        for tr in &self.trackers {
             write!(f, "{sep}tr={tr}")?;
             sep = '&';
         }
@@ -193,7 +202,7 @@ mod tests {
         let text = std::format!("shoal:{ID}?tr=tracker.local:7070&name=my%20file%26more.iso");
         let link = Link::parse(&text).unwrap();
         assert_eq!(link.file.to_string(), ID);
-        assert_eq!(link.tracker.as_deref(), Some("tracker.local:7070"));
+        assert_eq!(link.trackers[0].as_str(), "tracker.local:7070");
         assert_eq!(link.name.as_deref(), Some("my file&more.iso"));
         assert_eq!(link.to_string(), text);
         assert_eq!(Link::parse(&link.to_string()).unwrap(), link);
@@ -206,7 +215,7 @@ mod tests {
             Link::parse(&ID.to_uppercase()).unwrap().file
         );
         let l = Link::parse(&std::format!(" shoal:{ID}\n")).unwrap();
-        assert_eq!((l.tracker, l.name), (None, None));
+        assert_eq!((l.trackers.len(), l.name), (0, None));
     }
 
     #[test]
@@ -230,8 +239,14 @@ mod tests {
             LinkError::BadTracker
         );
         assert_eq!(
-            e(&std::format!("shoal:{ID}?tr=a:1&tr=b:2")),
+            e(&std::format!("shoal:{ID}?tr=a:1&tr=a:1")),
             LinkError::DuplicateParam
+        );
+        assert_eq!(
+            e(&std::format!(
+                "shoal:{ID}?tr=a:1&tr=b:2&tr=c:3&tr=d:4&tr=e:5"
+            )),
+            LinkError::TooManyTrackers
         );
         assert_eq!(e(&std::format!("shoal:{ID}?name=%2")), LinkError::BadName);
         assert_eq!(
@@ -249,6 +264,15 @@ mod tests {
     #[test]
     fn ipv6_tracker_is_kept_verbatim() {
         let l = Link::parse(&std::format!("shoal:{ID}?tr=[::1]:7070")).unwrap();
-        assert_eq!(l.tracker.as_deref(), Some("[::1]:7070"));
+        assert_eq!(l.trackers[0].as_str(), "[::1]:7070");
+    }
+
+    #[test]
+    fn several_trackers_keep_their_order() {
+        let text = std::format!("shoal:{ID}?tr=a.example:7070&tr=[::1]:7071&name=x");
+        let l = Link::parse(&text).unwrap();
+        let trs: std::vec::Vec<&str> = l.trackers.iter().map(|t| t.as_str()).collect();
+        assert_eq!(trs, ["a.example:7070", "[::1]:7071"]);
+        assert_eq!(l.to_string(), text);
     }
 }

@@ -32,7 +32,7 @@ use crate::auth::{Nonce, Proof};
 use crate::manifest::{ManifestError, ManifestHeader, Name, MAX_CHUNKS};
 
 /// The protocol version spoken by this build; sent in every [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Bytes in the length prefix of every frame.
 pub const LEN_PREFIX: usize = 4;
@@ -336,7 +336,22 @@ pub enum Message {
         /// The chunk.
         chunk: u32,
     },
+    /// Peer to peer (peer exchange): other peers connected to me for `file`, each at the
+    /// address I see its connection come from with the listen port it announced. A hint to
+    /// try, nothing more: the receiver learns who answers there from the handshake. Sent
+    /// when a connection starts and now and then after; a receiver takes at most one per
+    /// connection and half-minute.
+    Peers {
+        /// The file.
+        file: FileId,
+        /// Where to try.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        addrs: Vec<SocketAddr, MAX_EXCHANGE>,
+    },
 }
+
+/// Addresses carried by one [`Message::Peers`].
+pub const MAX_EXCHANGE: usize = 16;
 
 /// A block: `len` bytes at `offset` within chunk `chunk` of `file`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]

@@ -44,9 +44,10 @@ fn tag(m: &Message) -> usize {
         Message::GetLeaves { .. } => 29,
         Message::Leaves { .. } => 30,
         Message::Started { .. } => 31,
+        Message::Peers { .. } => 32,
     }
 }
-const VARIANTS: usize = 32;
+const VARIANTS: usize = 33;
 
 fn examples() -> Vec<Message> {
     let file = FileId([0xf1; 32]);
@@ -117,6 +118,12 @@ fn examples() -> Vec<Message> {
             count: 16,
         },
         Message::Started { file, chunk: 7 },
+        Message::Peers {
+            file,
+            addrs: [addr, "[fe80::1]:7001".parse().unwrap()]
+                .into_iter()
+                .collect(),
+        },
     ];
     for r in [
         Refusal::VersionMismatch { supported: 1 },
@@ -184,7 +191,7 @@ fn every_message_encodes_to_its_golden_bytes() {
 }
 
 const GOLDEN: &[&str] = &[
-    "2400000000030d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    "2400000000040d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
     "020000000107",
     "020000000207",
     "0100000003",
@@ -213,6 +220,7 @@ const GOLDEN: &[&str] = &[
     "220000001df1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f107",
     "230000001ef1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f10710",
     "220000001ff1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f107",
+    "3c00000020f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f102000a010203d83601fe800000000000000000000000000001d936",
     "03000000050001",
     "020000000501",
     "020000000502",

@@ -12,7 +12,7 @@ use proto_core::manifest::{
 use proto_core::wire::{
     decode_message, encode_frame, BlockRef, ChunkRange, FileEntry, FileId, FrameDecoder,
     FrameError, Hello, HolderItem, Item, Message, NodeId, PeerEntry, PublishRefusal, Refusal,
-    RejectReason, LEN_PREFIX, MAX_BLOCK_LEN, MAX_FRAME_LEN, MAX_RANGES,
+    RejectReason, LEN_PREFIX, MAX_BLOCK_LEN, MAX_EXCHANGE, MAX_FRAME_LEN, MAX_RANGES,
 };
 
 fn name() -> impl Strategy<Value = Name> {
@@ -150,6 +150,12 @@ fn message() -> impl Strategy<Value = Message> {
         block().prop_map(Message::Request),
         block().prop_map(Message::Block),
         block().prop_map(Message::Cancel),
+        (file_id(), prop::collection::vec(sock(), 0..=MAX_EXCHANGE)).prop_map(|(file, a)| {
+            Message::Peers {
+                file,
+                addrs: a.into_iter().collect(),
+            }
+        }),
         (
             block(),
             prop_oneof![
@@ -301,8 +307,9 @@ proptest! {
     #[test]
     fn links_round_trip(id in file_id(), n in prop::option::of(name()), port in any::<u16>(),
                         host in "[a-z0-9][a-z0-9.-]{0,30}") {
-        let tracker = Some(heapless::String::try_from(format!("{host}:{port}").as_str()).unwrap());
-        let link = Link { file: id, tracker, name: n };
+        let mut trackers = heapless::Vec::new();
+        trackers.push(heapless::String::try_from(format!("{host}:{port}").as_str()).unwrap()).unwrap();
+        let link = Link { file: id, trackers, name: n };
         prop_assert_eq!(Link::parse(&link.to_string()).unwrap(), link);
     }
 
@@ -377,6 +384,10 @@ fn the_largest_instance_of_every_message_fits_a_frame() {
                     end: u32::MAX,
                 })
                 .collect(),
+        },
+        Message::Peers {
+            file: id,
+            addrs: (0..MAX_EXCHANGE).map(|_| max_addr).collect(),
         },
     ];
     for m in &all {

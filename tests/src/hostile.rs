@@ -15,7 +15,7 @@ use proto_core::manifest::ManifestHeader;
 use proto_core::time::{Duration, Instant};
 use proto_core::wire::{
     encode_frame, BlockRef, ChunkRange, FileId, FrameDecoder, Hello, Item, Message, NodeId,
-    PROTOCOL_VERSION,
+    MAX_EXCHANGE, PROTOCOL_VERSION,
 };
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -42,6 +42,9 @@ pub enum Attack {
     FakePeers(usize),
     /// Has no swarm key: tries to register, list, fetch the manifest, and talk to every peer.
     NoKey,
+    /// Connects to every peer as a fetcher of the file and lies in peer exchange: thousands
+    /// of addresses where nothing listens, every round, on every connection.
+    LiesInExchange,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +58,8 @@ enum Role {
 
 struct Conn {
     role: Role,
+    /// Where we connected to (unspecified for a connection we accepted).
+    addr: SocketAddr,
     decoder: FrameDecoder,
 }
 
@@ -78,6 +83,8 @@ pub struct Hostile {
     pub connections: u64,
     /// Bytes of block payload received (what the honest side spent on us).
     pub block_bytes: u64,
+    /// Addresses told in exchange (all of them false).
+    pub lies: u64,
 }
 
 /// How often the attack is renewed (reconnects, another burst).
@@ -86,6 +93,8 @@ const ROUND: Duration = Duration::from_millis(500);
 const FLOOD: usize = 2000;
 /// Unsolicited blocks per connection per round.
 const PUSHED_BLOCKS: usize = 64;
+/// Exchange messages (each full of false addresses) per connection per round.
+const LIE_MESSAGES: usize = 32;
 
 impl Hostile {
     /// A hostile node that knows the file (id, header) and where the tracker and the honest
@@ -114,6 +123,7 @@ impl Hostile {
             received: Vec::new(),
             connections: 0,
             block_bytes: 0,
+            lies: 0,
         };
         h.handle_timeout(now);
         h
@@ -130,6 +140,7 @@ impl Hostile {
             conn,
             Conn {
                 role,
+                addr,
                 decoder: FrameDecoder::new(u64::MAX),
             },
         );
@@ -245,6 +256,13 @@ impl Hostile {
                 self.send(conn, &Message::Bitfield { file, chunks }, &body);
                 self.burst(conn);
             }
+            (Attack::LiesInExchange, Role::ToPeer) => {
+                self.hello(conn, self.own_node(), 0);
+                let chunks = self.chunks();
+                let body = vec![0u8; chunks.div_ceil(8) as usize];
+                self.send(conn, &Message::Bitfield { file, chunks }, &body);
+                self.burst(conn);
+            }
             (Attack::UnsolicitedBlocks, Role::ToPeer) => {
                 self.hello(conn, self.own_node(), 0);
                 let body = self.full_bitfield();
@@ -286,6 +304,20 @@ impl Hostile {
                     self.send(conn, &Message::Block(b), &payload);
                 }
             }
+            Attack::LiesInExchange => {
+                for _ in 0..LIE_MESSAGES {
+                    let addrs = (0..MAX_EXCHANGE)
+                        .map(|_| {
+                            let r = self.rng.next_u64();
+                            let ip = [10, 200, (r >> 8) as u8, r as u8];
+                            SocketAddr::from((ip, 1024 + (r >> 16) as u16 % 60_000))
+                        })
+                        .collect();
+                    self.lies += MAX_EXCHANGE as u64;
+                    let file = self.file;
+                    self.send(conn, &Message::Peers { file, addrs }, &[]);
+                }
+            }
             Attack::FalseAvailability => {
                 let mut ranges = heapless::Vec::new();
                 let _ = ranges.push(ChunkRange {
@@ -316,6 +348,7 @@ impl Hostile {
             conn,
             Conn {
                 role: Role::FromPeer,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 decoder: FrameDecoder::new(u64::MAX),
             },
         );
@@ -407,7 +440,7 @@ impl Hostile {
         }
         let trackers = match self.attack {
             Attack::FakePeers(n) => n,
-            Attack::RequestFlood | Attack::UnsolicitedBlocks => 0,
+            Attack::RequestFlood | Attack::UnsolicitedBlocks | Attack::LiesInExchange => 0,
             _ => 1,
         };
         // Fake peers are opened once; the rest come back whenever they were thrown out.
@@ -424,6 +457,13 @@ impl Hostile {
         if peers && self.has_role(Role::ToPeer) == 0 {
             for t in self.targets.clone() {
                 self.open(Role::ToPeer, t);
+            }
+        } else if self.attack == Attack::LiesInExchange {
+            // Back to every peer that dropped us (one without the manifest yet refuses).
+            for t in self.targets.clone() {
+                if !self.conns.values().any(|c| c.addr == t) {
+                    self.open(Role::ToPeer, t);
+                }
             }
         }
     }

@@ -101,6 +101,9 @@ pub struct SimConfig {
     pub serve_partial: bool,
     /// Downloaders (the last ones) whose links are ten times slower, both ways.
     pub slow_peers: usize,
+    /// Trackers: node 0, and the rest after the peers (and the hostile node); every peer
+    /// registers with all of them.
+    pub trackers: usize,
 }
 
 impl Default for SimConfig {
@@ -127,6 +130,7 @@ impl Default for SimConfig {
             request_bytes: None,
             serve_partial: true,
             slow_peers: 0,
+            trackers: 1,
         }
     }
 }
@@ -349,6 +353,12 @@ struct Node {
     /// The most bytes this node ever had queued on one connection (its send buffer's peak).
     peak_queued: usize,
     hostile: bool,
+    /// Started only by a `Restart` fault (see [`Sim::join_later`]).
+    held: bool,
+    /// Nodes whose addresses this peer is given to join through (`Peer::add_peer`).
+    via: Vec<usize>,
+    /// Connections it tried to addresses where no node ever was.
+    dials_nowhere: u64,
 }
 
 /// One TCP connection: side 0 opened it, side 1 accepted it.
@@ -396,7 +406,10 @@ pub struct Sim {
     header: ManifestHeader,
     bad_chunks: u64,
     /// The tracker's stored hashes, per file slot (lost when it crashes, like its RAM).
-    tracker_store: MemStore,
+    /// Each tracker's store, by node.
+    tracker_stores: BTreeMap<usize, MemStore>,
+    /// The tracker nodes, node 0 first.
+    trackers: Vec<usize>,
     /// Every peer event, with its time and node.
     pub events: Vec<(Instant, usize, PeerEvent)>,
     /// Every tracker event, with its time.
@@ -449,7 +462,8 @@ impl Sim {
             file,
             header,
             bad_chunks: 0,
-            tracker_store: MemStore::default(),
+            tracker_stores: BTreeMap::new(),
+            trackers: vec![TRACKER],
             events: Vec::new(),
             tracker_events: Vec::new(),
             requests: Vec::new(),
@@ -479,9 +493,17 @@ impl Sim {
             n.hostile = true;
             sim.nodes.push(n);
         }
+        for k in 1..sim.cfg.trackers {
+            let addr = SocketAddr::from(([10, 0, 255, k as u8], TRACKER_PORT));
+            sim.trackers.push(sim.nodes.len());
+            sim.nodes
+                .push(sim.node_shell(addr, u64::MAX / 4, u64::MAX / 4));
+        }
         setup(&mut sim);
         for i in 0..sim.nodes.len() {
-            sim.start_node(i);
+            if !sim.nodes[i].held {
+                sim.start_node(i);
+            }
         }
         sim.plan_faults();
         sim
@@ -508,6 +530,9 @@ impl Sim {
             uploaded: 0,
             peak_queued: 0,
             hostile: false,
+            held: false,
+            via: Vec::new(),
+            dials_nowhere: 0,
         }
     }
 
@@ -544,8 +569,8 @@ impl Sim {
     fn start_node(&mut self, i: usize) {
         let now = self.now;
         self.nodes[i].generation += 1;
-        if i == TRACKER {
-            self.tracker_store = MemStore::default();
+        if self.trackers.contains(&i) {
+            self.tracker_stores.insert(i, MemStore::default());
             let mut node = NodeId([0; 16]);
             node.0[0] = 0xff;
             let mut config = TrackerConfig::new(node);
@@ -573,7 +598,10 @@ impl Sim {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&(i as u64).to_le_bytes());
         id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
-        let mut config = PeerConfig::new(NodeId(id), PEER_PORT, Some(self.nodes[TRACKER].addr));
+        let mut config = PeerConfig::new(NodeId(id), PEER_PORT, None);
+        for &t in &self.trackers {
+            config.trackers.push(self.nodes[t].addr);
+        }
         config.max_conns = 32;
         config.max_files = 2;
         config.max_active = 64;
@@ -604,6 +632,14 @@ impl Sim {
             n.store = Store::default();
             n.slot = peer.fetch(now, self.file).ok();
         }
+        if let Some(slot) = n.slot {
+            let via = n.via.clone();
+            let via: Vec<SocketAddr> = via.iter().map(|&v| self.nodes[v].addr).collect();
+            for addr in via {
+                let _ = peer.add_peer(now, slot, addr);
+            }
+        }
+        let n = &mut self.nodes[i];
         n.core = Core::Peer(peer);
         self.drain(i);
     }
@@ -628,6 +664,29 @@ impl Sim {
             verified: (0..count).map(&have).collect(),
             manifest: Some((self.file, self.header.clone())),
         };
+    }
+
+    /// Makes node `i` start only at `at`, joining through the nodes `via` (given to it as
+    /// peers to try) as well as the trackers. Use it in the setup of [`Sim::with_setup`].
+    pub fn join_later(&mut self, i: usize, at: Instant, via: Vec<usize>) {
+        self.nodes[i].held = true;
+        self.nodes[i].via = via;
+        self.at(at, Fault::Restart(i));
+    }
+
+    /// The address node `i` listens on.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// The tracker nodes: node 0, then the others.
+    pub fn tracker_nodes(&self) -> &[usize] {
+        &self.trackers
+    }
+
+    /// Connections node `i` tried to open to addresses where no node ever was.
+    pub fn dials_nowhere(&self, i: usize) -> u64 {
+        self.nodes[i].dials_nowhere
     }
 
     /// Runs until every live downloader completes or the time limit; returns the report.
@@ -669,8 +728,7 @@ impl Sim {
         self.nodes
             .iter()
             .enumerate()
-            .skip(1)
-            .filter(|(_, n)| !n.seeder && !n.hostile && !matches!(n.core, Core::Down))
+            .filter(|(_, n)| !n.seeder && matches!(n.core, Core::Peer(_)))
     }
 
     fn all_done(&self) -> bool {
@@ -926,6 +984,9 @@ impl Sim {
                 self.push(self.now + delay, Ev::Accept { link: id });
             }
             None => {
+                if target.is_none() {
+                    self.nodes[from].dials_nowhere += 1;
+                }
                 let at = self.now + delay.saturating_mul(2);
                 self.push(at, Ev::Refused { node: from, conn });
             }
@@ -1216,8 +1277,8 @@ impl Sim {
                 let never = &mut |_, e: Infallible| match e {};
                 let consumed = match core {
                     Core::Tracker(t) => {
-                        t.recv_stored(now, conn, input, &mut self.tracker_store, never)
-                            .0
+                        let store = self.tracker_stores.entry(node).or_default();
+                        t.recv_stored(now, conn, input, store, never).0
                     }
                     Core::Peer(p) => p.recv_stored(now, conn, input, &mut view, never).0,
                     Core::Hostile(h) => h.handle_recv(now, conn, input),
@@ -1260,7 +1321,8 @@ impl Sim {
             let never = &mut |_, e: Infallible| match e {};
             let out = match core {
                 Core::Tracker(t) => {
-                    match t.poll_stored(now, &mut self.tracker_store, &mut buf, never) {
+                    let store = self.tracker_stores.entry(i).or_default();
+                    match t.poll_stored(now, store, &mut buf, never) {
                         Output::Event(e) => {
                             self.tracker_events.push((now, e));
                             continue;
@@ -1443,8 +1505,8 @@ impl Sim {
     }
 
     fn read_store(&self, i: usize, key: StorageKey, offset: u64, len: u64) -> Vec<u8> {
-        if i == TRACKER {
-            return self.tracker_store.read_vec(key, offset, len);
+        if let Some(store) = self.tracker_stores.get(&i) {
+            return store.read_vec(key, offset, len);
         }
         let n = &self.nodes[i];
         let content = Content {

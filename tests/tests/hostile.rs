@@ -80,6 +80,41 @@ fn oversized_frames_are_cut_off_and_change_nothing() {
 }
 
 #[test]
+fn lies_in_peer_exchange_cost_bounded_dials() {
+    for seed in SEEDS {
+        let mut c = cfg(Attack::LiesInExchange, seed);
+        // A slow seeder keeps everyone fetching (and listening to exchange) for ~40 s.
+        c.tune = |i, p| {
+            if i == 1 {
+                p.upload_rate = Some(200_000);
+            }
+        };
+        let (sim, report) = survive(c);
+        let secs = sim.now().total_micros() / 1_000_000;
+        assert!(secs >= 30, "the attack lasted {secs} s; seed {seed}");
+        // What exchange lets in (see proto-core's peer/exchange.rs): 64 addresses at once and
+        // 16 more per 5 s ping round, each dialled at most twice.
+        let bound = 2 * (64 + 16 * (secs / 5 + 1));
+        let lies = sim.hostile().unwrap().lies;
+        let mut reached = 0;
+        for i in 2..=8 {
+            let dials = sim.dials_nowhere(i);
+            assert!(
+                dials <= bound,
+                "peer {i} dialled {dials} false addresses (bound {bound}); seed {}",
+                report.seed
+            );
+            reached += usize::from(dials > 0);
+        }
+        assert!(reached > 0, "the lies reached nobody; seed {seed}");
+        assert!(
+            lies > 20 * bound,
+            "the liar told only {lies} addresses; seed {seed}"
+        );
+    }
+}
+
+#[test]
 fn a_request_flood_does_not_crowd_out_honest_peers() {
     for seed in SEEDS {
         let (sim, report) = survive(cfg(Attack::RequestFlood, seed));

@@ -44,7 +44,7 @@ const MAX_CHUNKS: u32 = 1024;
 const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x53, 0x01];
 const IP: Ipv4Address = Ipv4Address::new(10, 0, 0, 2);
 const PEER_PORT: u16 = 7000;
-// `FILE` and `TRACKER`, from the link the firmware was built with (parsed by build.rs).
+// `FILE` and `TRACKERS`, from the link the firmware was built with (parsed by build.rs).
 include!(concat!(env!("OUT_DIR"), "/link.rs"));
 
 /// Milliseconds since boot, counted by SysTick.
@@ -182,7 +182,10 @@ fn main() -> ! {
 
     let mut node = [0u8; 16];
     node[..6].copy_from_slice(&MAC);
-    let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, TRACKER);
+    let mut peer_config = PeerConfig::new(NodeId(node), PEER_PORT, None);
+    for &t in TRACKERS {
+        peer_config.trackers.push(t);
+    }
     peer_config.rng_seed = rng.next_u64();
     // Flash is programmed only where erased: a bad block restarts its chunk (and sector); and
     // the store computes leaves from whole chunks, so only whole chunks are served.

@@ -1,12 +1,33 @@
 //! Candidates and reputation: holders to dial (a random sample, dialled at random, with backoff
 //! after failures), strikes against remotes that misbehave or send bad chunks, and bans.
+//!
+//! Candidates come from trackers (node id and address), from peers we met (the same), from peer
+//! exchange and from the user (an address only: who answers there is learnt from its
+//! handshake). A shared file keeps its candidates: they are what it tells in exchange.
 
 use super::*;
+
+/// Who told us of a candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    /// A tracker (with the node id it registered), or our own handshake with it: who
+    /// answers at the address is known.
+    Node(NodeId),
+    /// A peer, in exchange: only an address to try.
+    Heard,
+    /// The user ([`Peer::add_peer`]): tried for as long as the fetch runs.
+    User,
+}
 
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Candidate {
     pub(super) slot: u16,
-    pub(super) peer: PeerEntry,
+    /// Its node id, when a tracker said it; `None` for an address heard from a peer or given
+    /// by the user.
+    pub(super) node: Option<NodeId>,
+    pub(super) addr: SocketAddr,
+    /// Given by the user: never forgotten, however often it fails.
+    pub(super) kept: bool,
     pub(super) retry_at: Instant,
     pub(super) failures: u8,
     pub(super) conn: Option<ConnId>,
@@ -63,9 +84,7 @@ impl<const W: usize> Peer<'_, W> {
     }
 
     pub(super) fn banned(&self, node: NodeId, addr: SocketAddr) -> bool {
-        self.reputation
-            .iter()
-            .any(|(n, a, s)| (*n == node || *a == addr) && *s >= self.config.ban_after)
+        self.banned_at(Some(node), addr)
     }
 
     /// Open connections to holders of files being fetched, up to the per-file limit.
@@ -93,7 +112,7 @@ impl<const W: usize> Peer<'_, W> {
             };
             let mut conn = Conn::new(
                 Role::Peer { outgoing: true },
-                cand.peer.addr,
+                cand.addr,
                 Phase::Connecting { asked: false },
                 self.now,
                 &mut self.rng,
@@ -116,14 +135,16 @@ impl<const W: usize> Peer<'_, W> {
         if cand.conn.is_some() || cand.retry_at > self.now {
             return false;
         }
+        // A fetch without its manifest yet dials too: the remote is asked for it (see
+        // `greet`), which is how a fetch that knows one peer and no tracker starts.
         let wanted = self
             .file(cand.slot)
-            .is_some_and(|f| f.fetching && f.header().is_some() && !f.have.is_full());
+            .is_some_and(|f| f.fetching && (f.header().is_none() || !f.have.is_full()));
         // Connections we opened count against the limit: peers that reach us are welcome on
         // top, and counting them would leave a popular early peer with no say in its
         // neighbours. But a peer few others chose keeps dialling up to twice the limit in all,
         // or it would download from fewer sources than the rest and finish last.
-        let ours = |c: &Conn<W>| c.file == Some(cand.slot) && !matches!(c.role, Role::Tracker);
+        let ours = |c: &Conn<W>| c.file == Some(cand.slot) && !matches!(c.role, Role::Tracker(_));
         let dialed = self
             .conns
             .iter()
@@ -132,39 +153,59 @@ impl<const W: usize> Peer<'_, W> {
         let all = self.conns.iter().filter(|(_, c)| ours(c)).count();
         let already = self.conns.iter().any(|(_, c)| {
             c.file == Some(cand.slot)
-                && (c.link.hello.is_some_and(|h| h.node == cand.peer.node)
-                    || c.listen_addr() == cand.peer.addr)
+                && (c.link.hello.is_some_and(|h| Some(h.node) == cand.node)
+                    || c.listen_addr() == cand.addr)
         });
         let max = self.config.max_conns_per_file;
         wanted
             && (dialed < max || all < max.saturating_mul(2))
             && !already
-            && !self.banned(cand.peer.node, cand.peer.addr)
+            && !self.banned_at(cand.node, cand.addr)
     }
 
-    pub(super) fn add_candidate(&mut self, slot: u16, peer: PeerEntry) {
-        if peer.node == self.config.node
-            || peer.addr.port() == 0
-            || self.banned(peer.node, peer.addr)
-        {
+    /// Whether the remote with this node id (if known) or at this address is banned.
+    pub(super) fn banned_at(&self, node: Option<NodeId>, addr: SocketAddr) -> bool {
+        self.reputation
+            .iter()
+            .any(|(n, a, s)| (Some(*n) == node || *a == addr) && *s >= self.config.ban_after)
+    }
+
+    /// A holder of `slot`'s file to dial, at `addr`, as `source` told of it.
+    pub(super) fn add_candidate(&mut self, slot: u16, source: Source, addr: SocketAddr) {
+        let (node, kept) = match source {
+            Source::Node(node) => (Some(node), false),
+            Source::Heard => (None, false),
+            Source::User => (None, true),
+        };
+        if node == Some(self.config.node) || addr.port() == 0 || self.banned_at(node, addr) {
             return;
         }
-        if let Some(c) = self
-            .candidates
-            .iter_mut()
-            .flatten()
-            .find(|c| c.slot == slot && c.peer.node == peer.node)
-        {
-            c.peer.addr = peer.addr;
+        // The same node (a tracker's word) or the same address: one entry. Only a tracker
+        // moves a known node to a new address.
+        let same = |c: &Candidate| {
+            c.slot == slot && ((node.is_some() && c.node == node) || c.addr == addr)
+        };
+        if let Some(c) = self.candidates.iter_mut().flatten().find(|c| same(c)) {
+            if node.is_some() {
+                c.node = node;
+                c.addr = addr;
+            }
+            c.kept |= kept;
             return;
         }
         // A full table keeps a random sample: the new holder replaces a random one we are not
         // connected to. Keeping the first holders seen would give every fetcher the same ones.
+        // What a peer said replaces only what a peer said, so one that lies in exchange cannot
+        // push out the trackers' holders; the user's peers stay.
         let limit = usize::from(self.config.max_conns);
         let free = match vacancy(&mut self.candidates, limit) {
             Some(i) => Some(i),
             None => {
-                let idle = |i: &usize| self.candidates[*i].is_some_and(|c| c.conn.is_none());
+                let idle = |i: &usize| {
+                    self.candidates[*i].is_some_and(|c| {
+                        c.conn.is_none() && !c.kept && (source != Source::Heard || c.node.is_none())
+                    })
+                };
                 let n = (0..self.candidates.len()).filter(idle).count();
                 let pick = self.rng.next_u64() as usize;
                 (n > 0)
@@ -175,7 +216,9 @@ impl<const W: usize> Peer<'_, W> {
         if let Some(i) = free {
             self.candidates[i] = Some(Candidate {
                 slot,
-                peer,
+                node,
+                addr,
+                kept,
                 retry_at: self.now,
                 failures: 0,
                 conn: None,

@@ -14,8 +14,10 @@ pub struct PeerConfig {
     pub node: NodeId,
     /// The port this peer accepts connections on (0: it accepts none).
     pub listen_port: u16,
-    /// The tracker to connect to; `None` for a peer that only talks to peers it is given.
-    pub tracker: Option<SocketAddr>,
+    /// The trackers to register with, each on a connection of its own (none: a peer that only
+    /// talks to peers it is given or told of). Any one of them suffices: each is told
+    /// everything this peer holds, and holders are located through every one registered.
+    pub trackers: Trackers,
     /// Register with the tracker (join the active peer list). A peer that only queries the
     /// tracker (list, locate) sets this to false. Default true.
     pub register: bool,
@@ -91,12 +93,13 @@ pub struct PeerConfig {
 }
 
 impl PeerConfig {
-    /// Defaults for a peer with this node id, listen port and tracker.
+    /// Defaults for a peer with this node id, listen port and tracker (more trackers go into
+    /// [`PeerConfig::trackers`]).
     pub fn new(node: NodeId, listen_port: u16, tracker: Option<SocketAddr>) -> Self {
         PeerConfig {
             node,
             listen_port,
-            tracker,
+            trackers: Trackers::from(tracker),
             register: true,
             rng_seed: u64::from_le_bytes([
                 node.0[0], node.0[1], node.0[2], node.0[3], node.0[4], node.0[5], node.0[6],
@@ -125,6 +128,58 @@ impl PeerConfig {
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
         }
+    }
+}
+
+/// The most trackers one peer registers with. A link names the trackers of its swarm; more
+/// than a few adds load on every tracker and no availability (see README, "Many trackers").
+pub const MAX_TRACKERS: usize = 4;
+
+/// The trackers of a [`PeerConfig`]: up to [`MAX_TRACKERS`] addresses, in the order given
+/// (the first answers the user's queries while it is up).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trackers {
+    addrs: [Option<SocketAddr>; MAX_TRACKERS],
+}
+
+impl Trackers {
+    /// Adds `addr` unless it is there already; `false` when all places are taken.
+    pub fn push(&mut self, addr: SocketAddr) -> bool {
+        if self.iter().any(|a| a == addr) {
+            return true;
+        }
+        match self.addrs.iter_mut().find(|a| a.is_none()) {
+            Some(place) => {
+                *place = Some(addr);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The tracker in place `i`.
+    pub fn get(&self, i: usize) -> Option<SocketAddr> {
+        self.addrs.get(i).copied().flatten()
+    }
+
+    /// The trackers, in order.
+    pub fn iter(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs.iter().flatten().copied()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.addrs[0].is_none()
+    }
+}
+
+impl From<Option<SocketAddr>> for Trackers {
+    fn from(addr: Option<SocketAddr>) -> Self {
+        let mut t = Trackers::default();
+        if let Some(a) = addr {
+            t.push(a);
+        }
+        t
     }
 }
 

@@ -17,8 +17,17 @@ pub(super) enum End {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Role {
-    Tracker,
-    Peer { outgoing: bool },
+    /// Tracker `n` of the config's trackers.
+    Tracker(u8),
+    Peer {
+        outgoing: bool,
+    },
+}
+
+impl Role {
+    pub(super) fn is_peer(self) -> bool {
+        matches!(self, Role::Peer { .. })
+    }
 }
 
 /// A control frame waiting to be sent; rendered when polled.
@@ -50,6 +59,8 @@ pub(super) enum Ctl {
     Leaves(u32),
     /// Say we are fetching a chunk and serve its blocks as they come.
     Started(u32),
+    /// Tell the remote where other peers of its file are (a sample, taken when sent).
+    Peers,
 }
 
 /// Removes and returns the entry at `at` of `q`, keeping the others in order.
@@ -160,6 +171,10 @@ pub(crate) struct Conn<const W: usize> {
     pub(super) unsolicited: u64,
     /// Bytes of requests we cancelled after sending: their blocks may still come, honestly.
     pub(super) cancelled: u64,
+    /// Ping rounds since we last told this remote of other peers (see `exchange`).
+    pub(super) pex_out: u8,
+    /// Ping rounds since we last took its word on other peers (`u8::MAX`: never).
+    pub(super) pex_in: u8,
 }
 
 impl<const W: usize> HasLink for Conn<W> {
@@ -216,6 +231,8 @@ impl<const W: usize> Conn<W> {
             last_served: now,
             unsolicited: 0,
             cancelled: 0,
+            pex_out: 0,
+            pex_in: u8::MAX,
         }
     }
 
@@ -226,7 +243,7 @@ impl<const W: usize> Conn<W> {
     /// Our side of the swarm-key handshake.
     pub(super) fn side(&self) -> Side {
         match self.role {
-            Role::Tracker | Role::Peer { outgoing: true } => Side::Opener,
+            Role::Tracker(_) | Role::Peer { outgoing: true } => Side::Opener,
             Role::Peer { outgoing: false } => Side::Acceptor,
         }
     }
@@ -325,12 +342,12 @@ impl<const W: usize> Peer<'_, W> {
         };
         self.settle(id, end);
         match role {
-            Role::Tracker => self.tracker_lost(end),
+            Role::Tracker(t) => self.tracker_lost(usize::from(t), end),
             Role::Peer { .. } => {
-                for cand in self.candidates.iter_mut().flatten() {
-                    if cand.conn != Some(id) {
+                for place in self.candidates.iter_mut() {
+                    let Some(cand) = place.as_mut().filter(|c| c.conn == Some(id)) else {
                         continue;
-                    }
+                    };
                     cand.conn = None;
                     let backoff = match end {
                         End::Lost => {
@@ -340,6 +357,12 @@ impl<const W: usize> Peer<'_, W> {
                         End::Closed | End::Flushed => Duration::from_secs(2),
                     };
                     cand.retry_at = self.now + backoff;
+                    // An address only heard of goes after a second failure: a tracker
+                    // re-tells its holders, and a peer lying in exchange gets two tries of ours
+                    // per address at most.
+                    if cand.node.is_none() && !cand.kept && cand.failures >= HINT_TRIES {
+                        *place = None;
+                    }
                 }
                 if let (Some(slot), true) = (file, opened) {
                     self.event(PeerEvent::PeerLost { slot, addr });
@@ -391,6 +414,7 @@ impl<const W: usize> Peer<'_, W> {
     /// closed; every other one is pinged.
     pub(super) fn ping_round(&mut self, now: Instant) {
         self.next_ping = now + self.config.ping_interval;
+        self.refill_hints();
         let max = self.config.max_missed_pings;
         for i in 0..self.conns.capacity() {
             match self.conns.ping_turn(i, max, &mut self.ping_nonce) {
@@ -403,6 +427,7 @@ impl<const W: usize> Peer<'_, W> {
                     if queued {
                         self.conns.pinged(id);
                     }
+                    self.exchange_round(id);
                 }
                 None => {}
             }

@@ -56,17 +56,28 @@ pub enum FetchFailure {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum PeerEvent {
-    /// Registered with the tracker, which recorded this address for us.
+    /// Registered with a tracker, which recorded this address for us.
     Registered {
         /// The recorded address.
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
         addr: SocketAddr,
+        /// The tracker.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        tracker: SocketAddr,
     },
-    /// The tracker answered our hello: queries ([`Peer::list_files`](super::Peer::list_files), [`Peer::locate`](super::Peer::locate)) can
-    /// be sent now.
-    TrackerReady,
-    /// The tracker connection ended (or could not be made); retrying with backoff.
-    TrackerLost,
+    /// A tracker answered our hello: queries ([`Peer::list_files`](super::Peer::list_files),
+    /// [`Peer::locate`](super::Peer::locate)) can be sent now.
+    TrackerReady {
+        /// The tracker.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        tracker: SocketAddr,
+    },
+    /// A tracker connection ended (or could not be made); retrying with backoff.
+    TrackerLost {
+        /// The tracker.
+        #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
+        tracker: SocketAddr,
+    },
     /// The tracker refused to register us; retrying with backoff.
     TrackerRefused(Refusal),
     /// The peer list asked for arrived ([`Peer::peers`](super::Peer::peers)).

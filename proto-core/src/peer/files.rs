@@ -84,11 +84,13 @@ pub(super) struct File<const W: usize> {
     /// Chunks with an in-flight record.
     pub(super) busy: ChunkBitmap<W>,
     pub(super) log: HaveLog,
-    /// The tracker lists this file (a `NotFound` for it clears this until a locate finds it).
-    pub(super) tracker_knows: bool,
-    /// What the tracker has been told of our chunks of this file.
-    pub(super) tracker: HaveCursor,
-    pub(super) publish_pending: bool,
+    /// Per tracker (bit `t`): it lists this file (its `NotFound` for it clears the bit
+    /// until a locate there finds it).
+    pub(super) tracker_knows: u8,
+    /// What each tracker has been told of our chunks of this file.
+    pub(super) tracker: [HaveCursor; MAX_TRACKERS],
+    /// Per tracker (bit `t`): a publish of this file is due there.
+    pub(super) publish_pending: u8,
     pub(super) next_locate: Instant,
     /// Delay before the next locate: starts short so a new swarm finds itself quickly, then
     /// doubles up to `locate_interval`.
@@ -217,12 +219,12 @@ impl<const W: usize> Peer<'_, W> {
                 entries: Deque::new(),
                 head: 0,
             },
-            tracker_knows: true,
-            tracker: HaveCursor {
+            tracker_knows: u8::MAX,
+            tracker: [HaveCursor {
                 seq: 0,
                 full_from: None,
-            },
-            publish_pending: false,
+            }; MAX_TRACKERS],
+            publish_pending: 0,
             next_locate: now,
             locate_backoff: FIRST_LOCATE_DELAY,
             located: false,
@@ -235,8 +237,10 @@ impl<const W: usize> Peer<'_, W> {
             discard_hashes: false,
         });
         let slot = slot as u16;
-        if self.session.registered.is_some() {
-            self.announce_file(slot);
+        for t in 0..MAX_TRACKERS {
+            if self.sessions[t].registered.is_some() {
+                self.announce_file(t, slot);
+            }
         }
         Ok(slot)
     }
@@ -289,7 +293,9 @@ impl<const W: usize> Peer<'_, W> {
             self.by_id.remove(&f.id);
             // Its stored hashes go with the slot: a later file there writes its own.
             self.discards -= u16::from(f.discard_hashes);
-            self.publishes -= u16::from(f.publish_pending);
+            for t in 0..MAX_TRACKERS {
+                self.publishes[t] -= u16::from(f.publish_pending & bit(t) != 0);
+            }
         }
     }
 
@@ -303,9 +309,7 @@ impl<const W: usize> Peer<'_, W> {
     pub(super) fn file_tick(&mut self, slot: u16, now: Instant) {
         let interval = self.config.locate_interval;
         let deadline = self.config.fetch_deadline;
-        let tracker = self
-            .tracker_open()
-            .filter(|_| self.session.registered.is_some());
+        let trackers = self.registered_trackers();
         let Some(f) = self.file_mut(slot) else {
             return;
         };
@@ -322,7 +326,14 @@ impl<const W: usize> Peer<'_, W> {
                     self.fail_fetch(slot, FetchFailure::ManifestNotFound);
                     return;
                 }
-                if let Some(t) = tracker {
+                // One tracker is asked at a time (a manifest is the whole hash list); a
+                // random one each time, so one that does not know the file is not asked
+                // for ever.
+                let pick = match trackers.len() {
+                    0 | 1 => 0,
+                    n => (self.rng.next_u64() % n as u64) as usize,
+                };
+                if let Some(&t) = trackers.get(pick) {
                     if asked.is_none_or(|at| now - at >= FIRST_LOCATE_DELAY) {
                         if let Some(f) = self.file_mut(slot) {
                             f.manifest = ManifestState::Wanted { asked: Some(now) };
@@ -332,7 +343,8 @@ impl<const W: usize> Peer<'_, W> {
                 }
             }
             ManifestState::Known(_) => {
-                if let Some(t) = tracker {
+                // Every tracker may know other holders.
+                for &t in &trackers {
                     self.ctl(t, Ctl::Locate(id));
                 }
                 self.check_unavailable(slot, now);
@@ -460,11 +472,24 @@ impl<const W: usize> Peer<'_, W> {
             f.located = false;
             f.started = now;
         }
-        if let Some(t) = self
-            .tracker_open()
-            .filter(|_| self.session.registered.is_some())
-        {
+        for t in self.registered_trackers() {
             self.ctl(t, Ctl::Join(slot));
+        }
+        // Peers dialled before the manifest was known (asked for it, or waiting) get our
+        // bitfield now.
+        for i in 0..self.conns.capacity() {
+            let Some(id) = self.conns.id_at(i) else {
+                continue;
+            };
+            let waiting = self.conns.get(id).is_some_and(|c| {
+                c.file == Some(slot)
+                    && c.role == (Role::Peer { outgoing: true })
+                    && c.is_open()
+                    && !c.bitfield_out
+            });
+            if waiting {
+                self.ctl(id, Ctl::Bitfield(slot));
+            }
         }
         let file = self.file(slot).map(|f| f.id).unwrap_or_default();
         self.event(PeerEvent::ManifestReceived { slot, file, header });

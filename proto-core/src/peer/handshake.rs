@@ -6,14 +6,22 @@ use super::*;
 
 impl<const W: usize> Peer<'_, W> {
     /// An opener's first requests on a connection: register with the tracker, or offer our
-    /// bitfield to a peer.
+    /// bitfield to a peer; or, while the fetch has no manifest, ask the peer for it first
+    /// (the bitfield follows once it is checked, see `finish_manifest`).
     pub(super) fn greet(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get(conn) else {
             return;
         };
         match (c.role, c.file) {
-            (Role::Tracker, _) if self.config.register => self.ctl(conn, Ctl::Register),
-            (Role::Peer { outgoing: true }, Some(slot)) => self.ctl(conn, Ctl::Bitfield(slot)),
+            (Role::Tracker(_), _) if self.config.register => self.ctl(conn, Ctl::Register),
+            (Role::Peer { outgoing: true }, Some(slot)) => match self.file(slot) {
+                Some(f) if f.header().is_some() => self.ctl(conn, Ctl::Bitfield(slot)),
+                Some(f) => {
+                    let id = f.id;
+                    self.ctl(conn, Ctl::GetManifest(id));
+                }
+                None => {}
+            },
             _ => {}
         }
     }
@@ -56,7 +64,7 @@ impl<const W: usize> Peer<'_, W> {
             return;
         }
         match role {
-            Role::Tracker => self.on_tracker_message(id, msg),
+            Role::Tracker(_) => self.on_tracker_message(id, msg),
             Role::Peer { .. } => self.on_peer_message(id, msg),
         }
     }
@@ -67,12 +75,12 @@ impl<const W: usize> Peer<'_, W> {
             return;
         };
         c.link.phase = Phase::Open;
-        let role = c.role;
+        let (role, tracker) = (c.role, c.link.remote);
         if self.config.swarm_key.is_some() {
             self.greet(id);
         }
-        if role == Role::Tracker {
-            self.event(PeerEvent::TrackerReady);
+        if let Role::Tracker(_) = role {
+            self.event(PeerEvent::TrackerReady { tracker });
         }
     }
 
@@ -97,7 +105,7 @@ impl<const W: usize> Peer<'_, W> {
             // The acceptor refused our proof (or has no key).
             Message::Refused(reason) if side == Side::Opener => {
                 match role {
-                    Role::Tracker => self.event(PeerEvent::TrackerRefused(reason)),
+                    Role::Tracker(_) => self.event(PeerEvent::TrackerRefused(reason)),
                     Role::Peer { .. } => self.event(PeerEvent::SwarmKeyMismatch {
                         addr,
                         by_remote: true,
@@ -109,7 +117,7 @@ impl<const W: usize> Peer<'_, W> {
                 if side == Side::Acceptor {
                     self.ctl(id, Ctl::Refused(Refusal::SwarmKey));
                 }
-                if role != Role::Tracker {
+                if let Role::Peer { .. } = role {
                     self.event(PeerEvent::SwarmKeyMismatch {
                         addr,
                         by_remote: false,

@@ -75,6 +75,11 @@ impl<const W: usize> Peer<'_, W> {
                 "a shared file has nothing in flight"
             );
         }
+        assert!(
+            self.candidates.iter().flatten().count() <= usize::from(self.config.max_conns),
+            "the candidate table stays within its bound"
+        );
+        assert!(self.hint_budget <= exchange::BUDGET_MAX);
         for cand in self.candidates.iter().flatten() {
             assert!(self.file(cand.slot).is_some(), "a candidate is for a file");
             if let Some(id) = cand.conn {
@@ -84,22 +89,40 @@ impl<const W: usize> Peer<'_, W> {
                 );
             }
         }
-        let live_tracker_conns = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.role == Role::Tracker && c.link.phase != Phase::Closed)
-            .count();
-        assert!(live_tracker_conns <= 1, "one tracker connection at a time");
-        if let Some(t) = self.session.conn {
+        for t in 0..MAX_TRACKERS {
+            let live = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.role == Role::Tracker(t as u8) && c.link.phase != Phase::Closed)
+                .count();
+            assert!(live <= 1, "one connection per tracker at a time");
+            let s = &self.sessions[t];
+            if let Some(id) = s.conn {
+                assert!(
+                    self.conns
+                        .get(id)
+                        .is_some_and(|c| c.role == Role::Tracker(t as u8)),
+                    "a session's connection is that tracker's"
+                );
+            }
             assert!(
-                self.conns.get(t).is_some_and(|c| c.role == Role::Tracker),
-                "the session's connection is a tracker connection"
+                s.registered.is_none() || s.conn.is_some(),
+                "registered only with a tracker connection"
+            );
+            assert!(
+                self.config.trackers.get(t).is_some() || s.conn.is_none(),
+                "no connection to a tracker not configured"
+            );
+            assert_eq!(
+                usize::from(self.publishes[t]),
+                self.files
+                    .iter()
+                    .flatten()
+                    .filter(|f| f.publish_pending & bit(t) != 0)
+                    .count(),
+                "every pending publish is counted"
             );
         }
-        assert!(
-            self.session.registered.is_none() || self.session.conn.is_some(),
-            "registered only with a tracker connection"
-        );
         assert!(
             self.timers().get(Timer::Ping).is_some(),
             "the ping timer is always armed"
@@ -112,15 +135,6 @@ impl<const W: usize> Peer<'_, W> {
                 .filter(|f| f.discard_hashes)
                 .count(),
             "every pending hash discard is counted"
-        );
-        assert_eq!(
-            usize::from(self.publishes),
-            self.files
-                .iter()
-                .flatten()
-                .filter(|f| f.publish_pending)
-                .count(),
-            "every pending publish is counted"
         );
         assert!(
             self.files

@@ -32,7 +32,7 @@
 //! manifest intake), `candidates` (whom to dial, strikes and bans), `recv` (the receive path),
 //! `verify` (the frontier rule and the check of every block), `partial` (serving a chunk
 //! before it is whole), `sched` (the scheduler), `send` (what goes out next),
-//! `timers` and `invariants`.
+//! `exchange` (peer exchange), `timers` and `invariants`.
 //!
 //! # How a download goes
 //!
@@ -86,6 +86,7 @@ mod candidates;
 mod config;
 mod conns;
 mod event;
+mod exchange;
 mod files;
 mod handshake;
 mod invariants;
@@ -99,17 +100,17 @@ mod timers;
 mod tracker_session;
 mod verify;
 
-pub use config::{BlockCheck, CommandError, PeerConfig};
+pub use config::{BlockCheck, CommandError, PeerConfig, Trackers, MAX_TRACKERS};
 pub use memory::{PeerMemory, SmallPeerMemory};
 
 pub use event::{FetchFailure, Offence, PeerEvent, Progress};
 use memory::Parts;
 
-use candidates::Candidate;
+use candidates::{Candidate, Source};
 use conns::{take_at, Blk, Conn, Ctl, End, Req, Role, Sink};
 use files::{held_bytes, File, HaveCursor, HaveLog, ManifestState};
 use timers::Timer;
-use tracker_session::TrackerSession;
+use tracker_session::{bit, Queries, TrackerSession};
 use verify::{Active, Leaves};
 
 use core::net::SocketAddr;
@@ -165,6 +166,9 @@ const REPUTATION: usize = 16;
 const BUSY_PAUSE: Duration = Duration::from_millis(300);
 /// An upload slot is given up after this long with nothing to serve.
 const SLOT_IDLE: Duration = Duration::from_secs(1);
+/// Failed dials after which a candidate that is only an address (no tracker said it) is
+/// forgotten.
+const HINT_TRIES: u8 = 2;
 /// The first delay between holder lookups (and manifest requests) of a new fetch.
 const FIRST_LOCATE_DELAY: Duration = Duration::from_millis(100);
 
@@ -192,8 +196,10 @@ pub struct Peer<'a, const W: usize> {
     /// (node, listen address, strikes): strikes at `ban_after` mean banned.
     reputation: Deque<(NodeId, SocketAddr, u8), REPUTATION>,
     events: EventQueue<PeerEvent, EVENT_QUEUE>,
-    /// The tracker connection and what it has told us.
-    session: TrackerSession<'a>,
+    /// Each tracker's connection and what it has told us, in the config's order.
+    sessions: [TrackerSession; MAX_TRACKERS],
+    /// The user's queries to the trackers and their answers.
+    queries: Queries<'a>,
     next_ping: Instant,
     ping_nonce: u32,
     upload: Option<TokenBucket>,
@@ -201,14 +207,16 @@ pub struct Peer<'a, const W: usize> {
     leaving: bool,
     /// Files whose stored hashes are to be discarded (each flagged `discard_hashes`).
     discards: u16,
-    /// Files to publish (each flagged `publish_pending`).
-    publishes: u16,
+    /// Files to publish to each tracker (each flagged in `publish_pending`).
+    publishes: [u16; MAX_TRACKERS],
     /// Chunks that failed their hash lately, and a node that sent them.
     recent_bad: Deque<(u16, u32, NodeId), 8>,
     /// The last epoch given to a chunk in flight (see `verify`'s `Active::epoch`).
     epochs: u32,
     /// The header of the manifest whose hashes are streaming in, until they are checked.
     pending_header: Option<(u16, ManifestHeader)>,
+    /// Addresses that may still be taken from peer exchange (see `exchange`).
+    hint_budget: u16,
     /// Where `poll_output` stands.
     drain: Drain,
 }
@@ -268,7 +276,8 @@ impl<'a, const W: usize> Peer<'a, W> {
             candidates: parts.candidates,
             reputation: Deque::new(),
             events: EventQueue::new(),
-            session: TrackerSession::new(now, config.reconnect_min, parts.peer_list),
+            sessions: [TrackerSession::new(now, config.reconnect_min); MAX_TRACKERS],
+            queries: Queries::new(parts.peer_list),
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
             upload: config
@@ -277,11 +286,12 @@ impl<'a, const W: usize> Peer<'a, W> {
             slots_used: 0,
             leaving: false,
             discards: 0,
-            publishes: 0,
+            publishes: [0; MAX_TRACKERS],
             recent_bad: Deque::new(),
             epochs: 0,
             pending_header: None,
             drain: Drain::default(),
+            hint_budget: exchange::BUDGET_MAX,
         };
         peer.files.iter_mut().for_each(|f| *f = None);
         peer.active.iter_mut().for_each(|a| *a = None);
@@ -292,7 +302,7 @@ impl<'a, const W: usize> Peer<'a, W> {
             .limit()
             .min(capacity(&peer.candidates, u16::MAX).into());
         peer.config.max_conns = u16::try_from(conns).unwrap_or(u16::MAX);
-        peer.connect_tracker(now);
+        peer.connect_trackers(now);
         peer
     }
 
@@ -364,6 +374,25 @@ impl<'a, const W: usize> Peer<'a, W> {
         Ok(slot)
     }
 
+    /// Adds `addr` as a peer to try for the fetch in `slot`, kept for as long as the fetch
+    /// runs however often it fails: how a fetch joins a swarm through one peer it knows, with
+    /// or without a tracker (the manifest, if still unknown, is asked of that peer, and peer
+    /// exchange brings the rest of the swarm).
+    pub fn add_peer(
+        &mut self,
+        now: Instant,
+        slot: u16,
+        addr: SocketAddr,
+    ) -> Result<(), CommandError> {
+        self.enter(now);
+        if self.file(slot).is_none() {
+            return Err(CommandError::NoSuchSlot);
+        }
+        self.add_candidate(slot, Source::User, addr);
+        self.schedule();
+        Ok(())
+    }
+
     /// Stops sharing or fetching `slot`: its connections close and the slot is freed.
     pub fn cancel(&mut self, now: Instant, slot: u16) -> Result<(), CommandError> {
         self.enter(now);
@@ -378,7 +407,7 @@ impl<'a, const W: usize> Peer<'a, W> {
     pub fn list_files(&mut self, now: Instant) -> Result<(), CommandError> {
         self.enter(now);
         let t = self.tracker_open().ok_or(CommandError::NoTracker)?;
-        self.session.user_list = true;
+        self.queries.user_list = true;
         self.ctl(t, Ctl::ListFiles);
         Ok(())
     }
@@ -388,8 +417,8 @@ impl<'a, const W: usize> Peer<'a, W> {
     pub fn list_peers(&mut self, now: Instant) -> Result<(), CommandError> {
         self.enter(now);
         let t = self.tracker_open().ok_or(CommandError::NoTracker)?;
-        self.session.peer_list.iter_mut().for_each(|p| *p = None);
-        self.session.peer_list_len = 0;
+        self.queries.peer_list.iter_mut().for_each(|p| *p = None);
+        self.queries.peer_list_len = 0;
         self.ctl(t, Ctl::ListPeers);
         Ok(())
     }
@@ -404,24 +433,26 @@ impl<'a, const W: usize> Peer<'a, W> {
                     f.user_locate = true;
                 }
             }
-            None => self.session.user_locates_untracked = Some(file),
+            None => self.queries.user_locates_untracked = Some(file),
         }
         self.ctl(t, Ctl::Locate(file));
         Ok(())
     }
 
-    /// Leaves: tells the tracker, closes every connection, and stops reconnecting.
+    /// Leaves: tells the trackers, closes every connection, and stops reconnecting.
     pub fn leave(&mut self, now: Instant) {
         self.enter(now);
         self.leaving = true;
-        if let Some(t) = self.tracker_open() {
-            self.ctl(t, Ctl::Leave);
+        for t in 0..MAX_TRACKERS {
+            if let Some(tc) = self.tracker_conn(t) {
+                self.ctl(tc, Ctl::Leave);
+            }
         }
         for i in 0..self.conns.capacity() {
             let Some(id) = self.conns.id_at(i) else {
                 continue;
             };
-            if Some(id) == self.session.conn {
+            if self.tracker_of(id).is_some() {
                 self.close_after_flush(id);
             } else {
                 self.close_now(id);
@@ -434,14 +465,14 @@ impl<'a, const W: usize> Peer<'a, W> {
     /// The peer list last asked for with [`Peer::list_peers`] (its first 1,024 entries on a
     /// host; as many as its memory has on a device).
     pub fn peers(&self) -> impl Iterator<Item = &PeerEntry> {
-        self.session.peer_list[..self.session.peer_list_len]
+        self.queries.peer_list[..self.queries.peer_list_len]
             .iter()
             .flatten()
     }
 
-    /// The address the tracker recorded for us, while registered.
+    /// The address the first tracker we are registered with recorded for us.
     pub fn registered(&self) -> Option<SocketAddr> {
-        self.session.registered
+        self.sessions.iter().find_map(|s| s.registered)
     }
 
     /// The file id and (once known) header of `slot`.
@@ -510,14 +541,20 @@ impl<'a, const W: usize> Peer<'a, W> {
         let from_ip = self
             .conns
             .iter()
-            .filter(|(_, c)| c.link.remote.ip() == remote.ip() && c.role != Role::Tracker)
+            .filter(|(_, c)| c.link.remote.ip() == remote.ip() && c.role.is_peer())
             .count();
         if from_ip >= usize::from(self.config.max_conns_per_ip) {
             return Err(TableFull);
         }
-        // Keep a slot for the tracker connection.
+        // Keep a slot for each tracker connection.
         let used = self.conns.len()
-            + usize::from(self.session.conn.is_none() && self.config.tracker.is_some());
+            + self
+                .config
+                .trackers
+                .iter()
+                .zip(&self.sessions)
+                .filter(|(_, s)| s.conn.is_none())
+                .count();
         let evicted = if used >= usize::from(self.config.max_conns) {
             let victim = self.eviction_victim().ok_or(TableFull)?;
             debug!("{:?} evicted for a newcomer", victim);

@@ -72,6 +72,7 @@ impl<const W: usize> Peer<'_, W> {
                 self.prefer_swarm(slot, &range);
             }
             Message::Reject { block, reason } => self.on_reject(id, block, reason),
+            Message::Peers { file, addrs } => self.on_peers(id, file, &addrs),
             Message::GetManifest { file } => {
                 let known = self
                     .slot_of(&file)
@@ -194,6 +195,8 @@ impl<const W: usize> Peer<'_, W> {
             }
         }
         self.event(PeerEvent::PeerConnected { slot, addr });
+        self.met(id, slot, node, addr);
+        self.start_exchange(id);
     }
 
     pub(super) fn on_request(&mut self, id: ConnId, b: BlockRef) {

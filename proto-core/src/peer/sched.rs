@@ -112,7 +112,9 @@ impl<const W: usize> Peer<'_, W> {
                         .and_then(|s| self.file(s))
                         .is_some_and(|f| f.complete())
             });
-            if idle {
+            // Each close is an event: while the queue is short of room the rest wait for the
+            // next input (a completed peer may hold dozens of such connections at once).
+            if idle && self.event_room() {
                 // Both ends hold the whole file: nothing will ever cross this connection.
                 self.close_now(id);
             }

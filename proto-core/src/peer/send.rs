@@ -8,7 +8,7 @@
 
 use heapless::Vec;
 
-use super::{key, take_at, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
+use super::{bit, key, take_at, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
 use crate::conn::ConnId;
 use crate::io::Transmit;
 use crate::storage::{Region, StorageSend};
@@ -44,7 +44,7 @@ impl<const W: usize> Peer<'_, W> {
                     return None;
                 }
                 match c.role {
-                    Role::Tracker => self.tracker_next(id)?,
+                    Role::Tracker(_) => self.tracker_next(id)?,
                     Role::Peer { .. } => self.peer_data(id)?,
                 }
             }
@@ -147,6 +147,7 @@ impl<const W: usize> Peer<'_, W> {
                 };
                 return Some((msg, (count > 0).then_some(then)));
             }
+            Ctl::Peers => self.peers_sample(id)?,
             Ctl::Join(slot) => Message::Have {
                 file: self.file(slot)?.id,
                 ranges: Vec::new(),
@@ -191,36 +192,36 @@ impl<const W: usize> Peer<'_, W> {
         Some(self.files[slot as usize].as_ref()?.id)
     }
 
-    /// A `Have` for the tracker: newly verified chunks of any file it lists.
-    /// What the tracker connection sends when its control queue is empty: a publish that is
-    /// due, else a have-update.
+    /// What a tracker connection sends when its control queue is empty: a publish that is
+    /// due there, else a have-update.
     pub(super) fn tracker_next(&mut self, id: ConnId) -> Option<(Message, Option<StorageSend>)> {
-        self.session.registered?;
-        if self.publishes > 0 {
+        let t = self.tracker_of(id)?;
+        self.sessions[t].registered?;
+        if self.publishes[t] > 0 {
             let slot = self
                 .files
                 .iter()
-                .position(|f| f.as_ref().is_some_and(|f| f.publish_pending))?;
+                .position(|f| f.as_ref().is_some_and(|f| f.publish_pending & bit(t) != 0))?;
             if let Some(f) = self.files[slot].as_mut() {
-                f.publish_pending = false;
-                self.publishes -= 1;
+                f.publish_pending &= !bit(t);
+                self.publishes[t] -= 1;
             }
             return self.render_ctl(id, Ctl::Publish(slot as u16));
         }
-        Some((self.tracker_have()?, None))
+        Some((self.tracker_have(t)?, None))
     }
 
-    pub(super) fn tracker_have(&mut self) -> Option<Message> {
-        self.session.registered?;
+    /// A `Have` for tracker `t`: newly verified chunks of any file it lists.
+    pub(super) fn tracker_have(&mut self, t: usize) -> Option<Message> {
         for slot in 0..self.files.len() as u16 {
             let Some(f) = self.files[slot as usize].as_mut() else {
                 continue;
             };
-            if !f.tracker_knows || f.header().is_none() {
+            if f.tracker_knows & bit(t) == 0 || f.header().is_none() {
                 continue;
             }
             let (file, have, log) = (f.id, &f.have, &f.log);
-            if let Some(ranges) = f.tracker.next(have, log) {
+            if let Some(ranges) = f.tracker[t].next(have, log) {
                 return Some(Message::Have { file, ranges });
             }
         }

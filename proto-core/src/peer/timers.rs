@@ -103,10 +103,14 @@ impl<const W: usize> Peer<'_, W> {
                 stall.into_iter().chain(waiting).min()
             }
             Timer::Ping => Some(self.next_ping),
-            Timer::TrackerRetry => {
-                (self.session.conn.is_none() && self.config.tracker.is_some() && !self.leaving)
-                    .then_some(self.session.retry_at)
-            }
+            Timer::TrackerRetry => self
+                .config
+                .trackers
+                .iter()
+                .zip(&self.sessions)
+                .filter(|(_, s)| s.conn.is_none() && !self.leaving)
+                .map(|(_, s)| s.retry_at)
+                .min(),
             Timer::Locate => self
                 .files
                 .iter()
@@ -127,6 +131,7 @@ impl<const W: usize> Peer<'_, W> {
                 .iter()
                 .flatten()
                 .filter(|c| c.conn.is_none() && c.retry_at > now)
+                .filter(|c| self.file(c.slot).is_some_and(|f| f.fetching))
                 .map(|c| c.retry_at)
                 .min(),
             Timer::UploadRate => self
@@ -143,7 +148,7 @@ impl<const W: usize> Peer<'_, W> {
             Timer::Handshake => self.check_handshakes(now),
             Timer::Stall => self.check_stalls(now),
             Timer::Ping => self.ping_round(now),
-            Timer::TrackerRetry => self.connect_tracker(now),
+            Timer::TrackerRetry => self.connect_trackers(now),
             Timer::Locate => {
                 for slot in 0..self.files.len() as u16 {
                     self.file_tick(slot, now);

@@ -431,11 +431,9 @@ impl<const W: usize> Peer<'_, W> {
         f.unavailable_since = None;
         self.event(PeerEvent::FileComplete { slot });
         // Publishing also brings a delisted file back.
-        self.want_publish(slot);
-        for cand in self.candidates.iter_mut() {
-            if cand.is_some_and(|c| c.slot == slot && c.conn.is_none()) {
-                *cand = None;
-            }
+        for t in 0..self.config.trackers.iter().count() {
+            self.want_publish(t, slot);
         }
+        // The candidates stay: no longer dialled, they are the peers told in exchange.
     }
 }

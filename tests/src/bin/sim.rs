@@ -25,9 +25,10 @@ enum HostileArg {
     WrongManifest,
     FakePeers,
     NoKey,
+    LiesInExchange,
 }
 
-/// A deterministic shoal swarm: one tracker, S seeders, N-S downloaders.
+/// A deterministic shoal swarm: trackers, S seeders, N-S downloaders.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -73,6 +74,9 @@ struct Args {
     /// Crash the tracker mid-transfer and restart it 8 s later.
     #[arg(long)]
     crash_tracker: bool,
+    /// Trackers; every peer registers with all of them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+    trackers: u8,
     /// Seeders whose served blocks are corrupted.
     #[arg(long, default_value_t = 0)]
     corrupt: usize,
@@ -124,6 +128,7 @@ fn main() -> ExitCode {
         request_bytes: a.request_kib.map(|k| k * 1024),
         serve_partial: !a.no_partial,
         slow_peers: a.slow,
+        trackers: usize::from(a.trackers),
         hostile: a.hostile.map(|h| match h {
             HostileArg::Oversized => Attack::OversizedFrames,
             HostileArg::Flood => Attack::RequestFlood,
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
             HostileArg::WrongManifest => Attack::WrongManifest,
             HostileArg::FakePeers => Attack::FakePeers(1000),
             HostileArg::NoKey => Attack::NoKey,
+            HostileArg::LiesInExchange => Attack::LiesInExchange,
         }),
         tune: |_, c| {
             let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
