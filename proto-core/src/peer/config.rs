@@ -14,10 +14,17 @@ pub struct PeerConfig {
     pub node: NodeId,
     /// The port this peer accepts connections on (0: it accepts none).
     pub listen_port: u16,
-    /// The trackers to register with, each on a connection of its own (none: a peer that only
-    /// talks to peers it is given or told of). Any one of them suffices: each is told
-    /// everything this peer holds, and holders are located through every one registered.
+    /// The trackers of the swarm (none: a peer that only talks to peers it is given or told
+    /// of). It registers with [`PeerConfig::trackers_per_peer`] of them, each on a connection
+    /// of its own; each is told everything this peer holds, and holders are located through
+    /// every one registered.
     pub trackers: Trackers,
+    /// How many of the trackers this peer registers with at once. Each peer ranks the
+    /// trackers by a hash of its node id and each tracker's address (rendezvous hashing) and
+    /// takes the first ones, so a swarm's peers spread evenly: with 4 trackers and 2 per peer,
+    /// each tracker holds half the swarm, and a swarm can outgrow what one tracker holds.
+    /// While one of its picks is unreachable, the next in its ranking stands in. Default 2.
+    pub trackers_per_peer: u8,
     /// Register with the tracker (join the active peer list). A peer that only queries the
     /// tracker (list, locate) sets this to false. Default true.
     pub register: bool,
@@ -100,6 +107,7 @@ impl PeerConfig {
             node,
             listen_port,
             trackers: Trackers::from(tracker),
+            trackers_per_peer: 2,
             register: true,
             rng_seed: u64::from_le_bytes([
                 node.0[0], node.0[1], node.0[2], node.0[3], node.0[4], node.0[5], node.0[6],
@@ -170,6 +178,34 @@ impl Trackers {
     /// Whether there is none.
     pub fn is_empty(&self) -> bool {
         self.addrs[0].is_none()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// The places of the trackers, best first for `node` (rendezvous hashing: each tracker's
+    /// weight is a hash of the node id and its address, so every peer has its own order and
+    /// the orders spread evenly over the trackers).
+    pub fn ranked_for(&self, node: &NodeId) -> heapless::Vec<u8, MAX_TRACKERS> {
+        use sha2::{Digest, Sha256};
+        let weight = |a: SocketAddr| {
+            let mut h = Sha256::new();
+            h.update(node.0);
+            match a.ip() {
+                core::net::IpAddr::V4(ip) => h.update(ip.octets()),
+                core::net::IpAddr::V6(ip) => h.update(ip.octets()),
+            }
+            h.update(a.port().to_le_bytes());
+            let d = h.finalize();
+            u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+        };
+        let mut order: heapless::Vec<u8, MAX_TRACKERS> = (0..self.len() as u8).collect();
+        order.sort_unstable_by_key(|&i| {
+            core::cmp::Reverse(self.get(usize::from(i)).map_or(0, weight))
+        });
+        order
     }
 }
 

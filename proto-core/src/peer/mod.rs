@@ -198,6 +198,8 @@ pub struct Peer<'a, const W: usize> {
     events: EventQueue<PeerEvent, EVENT_QUEUE>,
     /// Each tracker's connection and what it has told us, in the config's order.
     sessions: [TrackerSession; MAX_TRACKERS],
+    /// The configured trackers' places, best first for this peer (see `wanted_trackers`).
+    tracker_order: Vec<u8, MAX_TRACKERS>,
     /// The user's queries to the trackers and their answers.
     queries: Queries<'a>,
     next_ping: Instant,
@@ -277,6 +279,7 @@ impl<'a, const W: usize> Peer<'a, W> {
             reputation: Deque::new(),
             events: EventQueue::new(),
             sessions: [TrackerSession::new(now, config.reconnect_min); MAX_TRACKERS],
+            tracker_order: config.trackers.ranked_for(&config.node),
             queries: Queries::new(parts.peer_list),
             next_ping: now + config.ping_interval,
             ping_nonce: 0,
@@ -549,11 +552,9 @@ impl<'a, const W: usize> Peer<'a, W> {
         // Keep a slot for each tracker connection.
         let used = self.conns.len()
             + self
-                .config
-                .trackers
+                .wanted_trackers()
                 .iter()
-                .zip(&self.sessions)
-                .filter(|(_, s)| s.conn.is_none())
+                .filter(|&&t| self.sessions[t].conn.is_none())
                 .count();
         let evicted = if used >= usize::from(self.config.max_conns) {
             let victim = self.eviction_victim().ok_or(TableFull)?;

@@ -104,12 +104,11 @@ impl<const W: usize> Peer<'_, W> {
             }
             Timer::Ping => Some(self.next_ping),
             Timer::TrackerRetry => self
-                .config
-                .trackers
+                .wanted_trackers()
                 .iter()
-                .zip(&self.sessions)
-                .filter(|(_, s)| s.conn.is_none() && !self.leaving)
-                .map(|(_, s)| s.retry_at)
+                .map(|&t| &self.sessions[t])
+                .filter(|s| s.conn.is_none())
+                .map(|s| s.retry_at)
                 .min(),
             Timer::Locate => self
                 .files

@@ -4,8 +4,9 @@
 //!
 //! Trackers need no coordination: each keeps soft state that its peers re-tell it after a
 //! restart, so a peer simply tells every tracker it is registered with everything it holds,
-//! and asks every one of them for holders. The user's own queries (list, locate) go to the
-//! first tracker that is up.
+//! and asks every one of them for holders. Which trackers: `trackers_per_peer` of them, by its
+//! own ranking (see [`PeerConfig::trackers_per_peer`]), the next standing in for one that is
+//! down. The user's own queries (list, locate) go to the first tracker that is up.
 
 use super::*;
 
@@ -20,6 +21,9 @@ pub(super) struct TrackerSession {
     pub(super) backoff: Duration,
     /// The address this tracker recorded for us, while registered.
     pub(super) registered: Option<SocketAddr>,
+    /// The last attempt failed, or the connection was lost, and it has not registered us
+    /// since: the next tracker in our ranking stands in for it.
+    pub(super) down: bool,
 }
 
 /// What the user asked the trackers, and the answers kept for the user.
@@ -44,6 +48,7 @@ impl TrackerSession {
             retry_at: now,
             backoff,
             registered: None,
+            down: false,
         }
     }
 }
@@ -65,14 +70,28 @@ pub(super) const fn bit(t: usize) -> u8 {
 }
 
 impl<const W: usize> Peer<'_, W> {
-    /// Connects to every configured tracker that has no connection and is due a retry.
-    pub(super) fn connect_trackers(&mut self, now: Instant) {
-        if self.leaving {
-            return;
-        }
-        for t in 0..MAX_TRACKERS {
-            let Some(addr) = self.config.trackers.get(t) else {
+    /// The trackers to hold connections to, in our ranking: the first ones, until
+    /// `trackers_per_peer` of them are not down (see [`PeerConfig::trackers_per_peer`]).
+    pub(super) fn wanted_trackers(&self) -> Vec<usize, MAX_TRACKERS> {
+        let k = usize::from(self.config.trackers_per_peer.max(1));
+        let mut up = 0;
+        let mut wanted = Vec::new();
+        for &t in &self.tracker_order {
+            if up >= k || self.leaving {
                 break;
+            }
+            let t = usize::from(t);
+            let _ = wanted.push(t);
+            up += usize::from(!self.sessions[t].down);
+        }
+        wanted
+    }
+
+    /// Connects to every wanted tracker that has no connection and is due a retry.
+    pub(super) fn connect_trackers(&mut self, now: Instant) {
+        for t in self.wanted_trackers() {
+            let Some(addr) = self.config.trackers.get(t) else {
+                continue;
             };
             let s = &self.sessions[t];
             if s.conn.is_some() || s.retry_at > now {
@@ -179,6 +198,7 @@ impl<const W: usize> Peer<'_, W> {
             Message::Pong(_) => {}
             Message::Registered { addr } => {
                 self.sessions[t].registered = Some(addr);
+                self.sessions[t].down = false;
                 self.sessions[t].backoff = self.config.reconnect_min;
                 let tracker = self.conns.get(id).map_or(addr, |c| c.link.remote);
                 self.event(PeerEvent::Registered { addr, tracker });
@@ -271,6 +291,7 @@ impl<const W: usize> Peer<'_, W> {
         let tracker = self.config.trackers.get(t);
         let s = &mut self.sessions[t];
         s.conn = None;
+        s.down = !self.leaving;
         let was_registered = s.registered.take().is_some();
         let lost = match end {
             End::Lost => {
