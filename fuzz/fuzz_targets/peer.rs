@@ -375,9 +375,11 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
         7000,
         Some(([10, 0, 0, 1], TRACKER_PORT).into()),
     );
-    // A second tracker on a quarter of the inputs.
+    // A second tracker on a quarter of the inputs, and on half of those only one of the two
+    // at a time (the other standing in while it is down).
     if ops.len() % 8 >= 6 {
         config.trackers.push(([10, 0, 0, 2], TRACKER_PORT).into());
+        config.trackers_per_peer = 1 + (ops.len() % 16 >= 8) as u8;
     }
     config.ban_after = 3;
     config.swarm_key = keyed.then_some(KEY);

@@ -1,17 +1,16 @@
 //! Candidates and reputation: holders to dial (a random sample, dialled at random, with backoff
 //! after failures), strikes against remotes that misbehave or send bad chunks, and bans.
 //!
-//! Candidates come from trackers (node id and address), from peers we met (the same), from peer
-//! exchange and from the user (an address only: who answers there is learnt from its
-//! handshake). A shared file keeps its candidates: they are what it tells in exchange.
+//! Candidates come from trackers (node id and address), from peer exchange and from the user
+//! (an address only: who answers there is learnt from its handshake). A shared file keeps its
+//! candidates: the trackers' are what it tells in exchange.
 
 use super::*;
 
 /// Who told us of a candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Source {
-    /// A tracker (with the node id it registered), or our own handshake with it: who
-    /// answers at the address is known.
+    /// A tracker, with the node id it registered: who answers at the address is known.
     Node(NodeId),
     /// A peer, in exchange: only an address to try.
     Heard,

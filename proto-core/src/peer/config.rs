@@ -187,24 +187,48 @@ impl Trackers {
 
     /// The places of the trackers, best first for `node` (rendezvous hashing: each tracker's
     /// weight is a hash of the node id and its address, so every peer has its own order and
-    /// the orders spread evenly over the trackers).
+    /// the orders spread evenly over the trackers). The hash needs to mix, not to resist an
+    /// adversary: a node that picks its id to pick its trackers gains nothing.
     pub fn ranked_for(&self, node: &NodeId) -> heapless::Vec<u8, MAX_TRACKERS> {
-        use sha2::{Digest, Sha256};
         let weight = |a: SocketAddr| {
-            let mut h = Sha256::new();
-            h.update(node.0);
+            // FNV-1a over the bytes, then splitmix64's finaliser so every bit counts.
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            let mut mix = |bytes: &[u8]| {
+                for &b in bytes {
+                    h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                }
+            };
+            mix(&node.0);
             match a.ip() {
-                core::net::IpAddr::V4(ip) => h.update(ip.octets()),
-                core::net::IpAddr::V6(ip) => h.update(ip.octets()),
+                core::net::IpAddr::V4(ip) => mix(&ip.octets()),
+                core::net::IpAddr::V6(ip) => mix(&ip.octets()),
             }
-            h.update(a.port().to_le_bytes());
-            let d = h.finalize();
-            u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+            mix(&a.port().to_le_bytes());
+            h ^= h >> 30;
+            h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h ^= h >> 27;
+            h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+            h ^ (h >> 31)
         };
-        let mut order: heapless::Vec<u8, MAX_TRACKERS> = (0..self.len() as u8).collect();
-        order.sort_unstable_by_key(|&i| {
-            core::cmp::Reverse(self.get(usize::from(i)).map_or(0, weight))
-        });
+        let n = self.len();
+        let mut weights = [0u64; MAX_TRACKERS];
+        for (i, w) in weights.iter_mut().enumerate().take(n) {
+            *w = self.get(i).map_or(0, weight);
+        }
+        // At most four: picking the heaviest left each time is the whole sort (and keeps the
+        // device's flash free of a general sort).
+        let mut order = heapless::Vec::new();
+        let mut taken = [false; MAX_TRACKERS];
+        while order.len() < n {
+            let best = (0..n)
+                .filter(|&i| !taken[i])
+                .max_by_key(|&i| (weights[i], core::cmp::Reverse(i)));
+            let Some(best) = best else {
+                break;
+            };
+            taken[best] = true;
+            let _ = order.push(best as u8);
+        }
         order
     }
 }

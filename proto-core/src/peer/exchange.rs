@@ -3,10 +3,10 @@
 //! reaches the rest.
 //!
 //! What is told is a random sample of at most [`MAX_EXCHANGE`] of the peers of the file whose
-//! node the sender knows: those it met (at the address it sees each at: the IP its connection
-//! came from, with the listen port its handshake announced) and those a tracker named. It goes
-//! when a connection starts (the bitfields have crossed) and every [`SEND_ROUNDS`] ping rounds
-//! after.
+//! node the sender knows: those it is connected to (at the address it sees each at: the IP its
+//! connection comes from, with the listen port its handshake announced), then those a tracker
+//! named (a peer keeps them after its fetch completes, for this). It goes when a connection
+//! starts (the bitfields have crossed) and every [`SEND_ROUNDS`] ping rounds after.
 //!
 //! What is heard is a hint, never trusted beyond "try this address": it becomes a candidate
 //! without a node id (the handshake says who answers), it never replaces a candidate a tracker
@@ -38,27 +38,6 @@ impl<const W: usize> Peer<'_, W> {
         }
     }
 
-    /// Connection `id` to `node` (listening at `addr`) is about `slot` now: remember it as a
-    /// candidate of `slot`, linked to this connection, so it is told in exchange after the
-    /// connection ends (a seed that dropped its idle connections still knows its swarm).
-    pub(super) fn met(&mut self, id: ConnId, slot: u16, node: NodeId, addr: SocketAddr) {
-        if addr.port() == 0 {
-            return;
-        }
-        self.add_candidate(slot, Source::Node(node), addr);
-        let linked = self.candidates.iter().flatten().any(|c| c.conn == Some(id));
-        if !linked {
-            let mine = self
-                .candidates
-                .iter_mut()
-                .flatten()
-                .find(|c| c.slot == slot && c.node == Some(node) && c.conn.is_none());
-            if let Some(c) = mine {
-                c.conn = Some(id);
-            }
-        }
-    }
-
     /// One ping round on connection `id`: count the rounds, and send a new sample when due.
     pub(super) fn exchange_round(&mut self, id: ConnId) {
         let Some(c) = self.conns.get_mut(id) else {
@@ -74,22 +53,39 @@ impl<const W: usize> Peer<'_, W> {
         }
     }
 
-    /// The sample for connection `id`: peers of its file whose node we know (met, or named
-    /// by a tracker), from a random place in the candidate table on; never the remote itself,
-    /// nor an address only heard of (we do not pass on what we have not seen answer).
+    /// The sample for connection `id`: the peers of its file it has open connections to
+    /// (those whose remote accepts connections), then candidates whose node a tracker named,
+    /// each from a random place on; never the remote itself, nor an address only heard of
+    /// (we do not pass on what we have not seen answer).
     pub(super) fn peers_sample(&mut self, id: ConnId) -> Option<Message> {
         let c = self.conns.get(id)?;
         let (slot, remote) = (c.file?, c.listen_addr());
         let file = self.file(slot)?.id;
-        let places = self.candidates.len();
-        let start = (self.rng.next_u64() % places.max(1) as u64) as usize;
         let mut addrs: Vec<SocketAddr, MAX_EXCHANGE> = Vec::new();
+        let places = self.conns.capacity();
+        let start = self.rng.next_u64() as usize;
+        for k in 0..places {
+            let Some(c) = self
+                .conns
+                .id_at((start + k) % places)
+                .and_then(|o| self.conns.get(o))
+            else {
+                continue;
+            };
+            let listens = c.link.hello.is_some_and(|h| h.listen_port != 0);
+            let told = c.file == Some(slot) && c.bitfield_in && c.is_open() && listens;
+            if told && c.listen_addr() != remote && addrs.push(c.listen_addr()).is_err() {
+                break;
+            }
+        }
+        let places = self.candidates.len();
         for k in 0..places {
             let Some(c) = self.candidates[(start + k) % places] else {
                 continue;
             };
             let told = c.slot == slot && c.node.is_some() && c.addr != remote;
-            if told && !self.banned_at(c.node, c.addr) && addrs.push(c.addr).is_err() {
+            let fresh = !addrs.contains(&c.addr) && !self.banned_at(c.node, c.addr);
+            if told && fresh && addrs.push(c.addr).is_err() {
                 break;
             }
         }

@@ -195,7 +195,6 @@ impl<const W: usize> Peer<'_, W> {
             }
         }
         self.event(PeerEvent::PeerConnected { slot, addr });
-        self.met(id, slot, node, addr);
         self.start_exchange(id);
     }
 
