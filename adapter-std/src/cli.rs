@@ -392,6 +392,8 @@ pub struct ShareOptions {
     pub chunk_size: Option<u32>,
     /// What it may take on.
     pub limits: Limits,
+    /// Save the (one) file's metainfo here, naming the trackers, before serving.
+    pub save: Option<PathBuf>,
 }
 
 /// A size in bytes with an optional binary unit: `262144`, `256K`, `256KiB`, `1M`, `2G`.
@@ -439,12 +441,23 @@ pub fn share(
 ) -> anyhow::Result<()> {
     let trackers = resolve_trackers(tracker_texts)?;
     let tracker_text = &trackers_text(tracker_texts);
+    if how.save.is_some() && files.len() != 1 {
+        bail!("--save writes the metainfo of one file; share the files one at a time to save each");
+    }
     let mut manifests = Vec::new();
     for f in files {
         manifests.push((
             f.clone(),
             manifest_for(f, how.chunk_size, HostPeer::MAX_FILE_CHUNKS)?,
         ));
+    }
+    if let (Some(path), Some((_, m))) = (&how.save, manifests.first()) {
+        crate::metainfo::save(path, m, tracker_texts)?;
+        tracing::info!(
+            "saved the metainfo to {}; `shoal get {}` fetches the file with it",
+            path.display(),
+            path.display()
+        );
     }
     let mut driver = peer_driver(
         &trackers,
@@ -664,7 +677,24 @@ pub fn get(
     mut on_done: impl FnMut(&Path),
     mut stop: impl FnMut() -> bool,
 ) -> anyhow::Result<PathBuf> {
-    let link = Link::parse(link_text).map_err(|e| anyhow!("{e}"))?;
+    // A link or id; else the path of a metainfo file, whose manifest needs no tracker.
+    let (link, meta) = match Link::parse(link_text) {
+        Ok(link) => (link, None),
+        Err(_) if Path::new(link_text).is_file() => {
+            let m = crate::metainfo::load(Path::new(link_text))?;
+            let link = Link {
+                file: m.manifest.id,
+                trackers: m
+                    .trackers
+                    .iter()
+                    .filter_map(|t| heapless::String::try_from(t.as_str()).ok())
+                    .collect(),
+                name: Some(m.manifest.header.name.clone()),
+            };
+            (link, Some(m))
+        }
+        Err(e) => bail!("{e}"),
+    };
     let tracker_texts = get_trackers(&opts, &link);
     let trackers = resolve_trackers(&tracker_texts)?;
     let tracker_text = trackers_text(&tracker_texts);
@@ -687,6 +717,19 @@ pub fn get(
         opts.signals,
         opts.limits,
     )?;
+    if let (Some(m), Some(out)) = (&meta, &output) {
+        // The manifest is known: the download starts as a resumed one with nothing verified.
+        if read_journal(out, &m.manifest.id).is_none() {
+            if let Err(e) = crate::store::prepare_download(out, &m.manifest) {
+                // Nothing was downloaded: leave nothing behind.
+                let (part, journal) = part_paths(out);
+                for p in [part, journal, crate::store::leaves_path(out)] {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(disk_error(e));
+            }
+        }
+    }
     let (slot, resume) = start_download(&mut driver, link.file, output.as_ref())?;
     for &p in &peers {
         driver

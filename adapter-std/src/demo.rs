@@ -84,6 +84,7 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
                 listen: loopback,
                 chunk_size: None,
                 limits: cli::Limits::default(),
+                save: None,
             },
             false,
             |l| drop(tx.send(l)),

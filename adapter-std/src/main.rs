@@ -85,12 +85,17 @@ enum Cmd {
         /// are 128 KiB). Default: 256K, doubled until the file has at most 8192 chunks.
         #[arg(long, value_name = "SIZE", value_parser = chunk_size)]
         chunk_size: Option<u32>,
+        /// Also write the file's metainfo (manifest and trackers) to this path, e.g.
+        /// big.iso.shoal: `shoal get big.iso.shoal` then needs no tracker that lists the file.
+        #[arg(long, value_name = "PATH")]
+        save: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// Download a file by link or id; prints its path, then seeds until interrupted.
+    /// Download a file by link, id or metainfo file; prints its path, then seeds until
+    /// interrupted.
     Get {
-        /// A shoal: link, or a 64-digit file id.
+        /// A shoal: link, a 64-digit file id, or a metainfo file (NAME.shoal).
         link: String,
         /// Where to write the file (default: its name, in the current directory).
         #[arg(short, long)]
@@ -202,6 +207,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             trackers,
             listen,
             chunk_size,
+            save,
             limits,
         } => cli::share(
             &files,
@@ -210,6 +216,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 listen,
                 chunk_size,
                 limits: limits.into(),
+                save,
             },
             true,
             |l| cli::println_flush(&l),

@@ -236,7 +236,7 @@ fn write_cached(path: &Path, size: u64, mtime: u128, m: &Manifest) -> io::Result
 }
 
 /// `id ++ u16 header length ++ postcard header ++ hashes`.
-fn encode_manifest(out: &mut Vec<u8>, m: &Manifest) {
+pub(crate) fn encode_manifest(out: &mut Vec<u8>, m: &Manifest) {
     out.extend_from_slice(&m.id.0);
     let header = postcard::to_stdvec(&m.header).unwrap_or_default();
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
@@ -247,7 +247,7 @@ fn encode_manifest(out: &mut Vec<u8>, m: &Manifest) {
 /// Reads what [`encode_manifest`] wrote; returns the id, header, hashes, and checks the
 /// hashes' length against the header. Trailing bytes are returned as part of nothing: the
 /// caller slices them off with [`manifest_len`].
-fn decode_manifest(bytes: &[u8]) -> Option<(FileId, ManifestHeader, &[u8])> {
+pub(crate) fn decode_manifest(bytes: &[u8]) -> Option<(FileId, ManifestHeader, &[u8])> {
     let (id, rest) = bytes.split_at_checked(32)?;
     let (len, rest) = rest.split_at_checked(2)?;
     let len = u16::from_le_bytes(len.try_into().ok()?) as usize;
@@ -258,11 +258,11 @@ fn decode_manifest(bytes: &[u8]) -> Option<(FileId, ManifestHeader, &[u8])> {
     Some((FileId(id.try_into().ok()?), header, hashes))
 }
 
-fn manifest_len(header: &ManifestHeader) -> usize {
+pub(crate) fn manifest_len(header: &ManifestHeader) -> usize {
     32 + 2 + postcard::to_stdvec(header).map_or(0, |h| h.len()) + header.hashes_len() as usize
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
     let tmp = path.with_extension("tmp");
     {
@@ -271,6 +271,46 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.sync_all()?;
     }
     fs::rename(&tmp, path)
+}
+
+/// Starts a download of `m` to `out` with its manifest already known (from a metainfo file):
+/// the part file (its space reserved), the leaves file and the journal, as when a manifest
+/// arrives; the download then resumes from that journal with nothing verified yet.
+pub fn prepare_download(out: &Path, m: &Manifest) -> io::Result<()> {
+    create_download(out, m).map(drop)
+}
+
+/// Creates a download's part and leaves files, sized, and its journal with the manifest.
+fn create_download(out: &Path, m: &Manifest) -> io::Result<(File, File, PathBuf)> {
+    let header = &m.header;
+    let (part_path, journal_path) = part_paths(out);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&part_path)?;
+    f.set_len(header.size)?;
+    reserve(&f, header.size)?;
+    let l = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(leaves_path(out))?;
+    l.set_len(header.leaves_len())?;
+    let mut bytes = JOURNAL_MAGIC.to_vec();
+    encode_manifest(
+        &mut bytes,
+        &Manifest {
+            id: m.id,
+            header: header.clone(),
+            hashes: m.hashes.clone(),
+            leaves: LeafSource::None,
+        },
+    );
+    write_atomically(&journal_path, &bytes)?;
+    Ok((f, l, journal_path))
 }
 
 /// What a resumable download left behind.
@@ -594,33 +634,13 @@ impl Storage for FileStore {
                 out.insert(named)
             }
         };
-        let (part_path, journal_path) = part_paths(out);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&part_path)?;
-        f.set_len(header.size)?;
-        reserve(&f, header.size)?;
-        let l = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(leaves_path(out))?;
-        l.set_len(header.leaves_len())?;
-        let mut bytes = JOURNAL_MAGIC.to_vec();
-        encode_manifest(
-            &mut bytes,
-            &Manifest {
-                id,
-                header: header.clone(),
-                hashes: hashes.clone(),
-                leaves: LeafSource::None,
-            },
-        );
-        write_atomically(&journal_path, &bytes)?;
+        let m = Manifest {
+            id,
+            header: header.clone(),
+            hashes: hashes.clone(),
+            leaves: LeafSource::None,
+        };
+        let (f, l, journal_path) = create_download(out, &m)?;
         *durable = Some(Arc::new(Durable {
             part: f.try_clone()?,
             leaves: l.try_clone()?,

@@ -389,6 +389,79 @@ fn a_getter_joins_through_one_peer_with_no_tracker() {
     );
 }
 
+#[test]
+fn a_metainfo_file_fetches_the_file_with_no_tracker_that_lists_it() {
+    let dir = scratch("metainfo");
+    let data = random_file(&dir.join("src.bin"), 3 << 20);
+    let (mut t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, _link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &["--save", "src.shoal"],
+    );
+    until("the metainfo file", || dir.join("src.shoal").exists());
+    let peers: serde_json::Value =
+        serde_json::from_slice(&run(&dir, &["peers", "--json", "--tracker", &tr]).stdout).unwrap();
+    let seeder = peers[0]["addr"].as_str().unwrap().to_owned();
+    // The tracker goes: the manifest comes from the file, the bytes from the peer given.
+    t.kill();
+    let mut g = Proc::start(
+        &dir,
+        "g",
+        &[
+            "get",
+            "src.shoal",
+            "-o",
+            "out.bin",
+            "--no-seed",
+            "-v",
+            "--listen",
+            "127.0.0.1:0",
+            "--peer",
+            &seeder,
+        ],
+    );
+    assert!(g.wait().success(), "{}", g.stderr());
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+    // It started with the manifest known: as a download resumed with nothing verified.
+    assert!(
+        g.stderr().contains("resuming out.bin: 0 chunks"),
+        "{}",
+        g.stderr()
+    );
+    // A damaged or foreign file is one clear line, and leaves nothing behind.
+    let mut bytes = fs::read(dir.join("src.shoal")).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    fs::write(dir.join("bad.shoal"), &bytes).unwrap();
+    fails(
+        &dir,
+        &["get", "bad.shoal", "-o", "bad.bin"],
+        "is not a usable shoal metainfo file",
+    );
+    fails(
+        &dir,
+        &["get", "src.bin", "-o", "x.bin"],
+        "is not a usable shoal metainfo file",
+    );
+    assert!(!dir.join("bad.bin.part").exists());
+    fails(
+        &dir,
+        &[
+            "share",
+            "src.bin",
+            "src.shoal",
+            "--save",
+            "two.shoal",
+            "--tracker",
+            &tr,
+        ],
+        "--save writes the metainfo of one file",
+    );
+}
+
 /// Runs a command that must fail: exit code 1, exactly one line on stderr.
 fn fails(dir: &Path, args: &[&str], says: &str) {
     let o = run(dir, args);

@@ -119,7 +119,9 @@ impl Link {
     }
 }
 
-fn parse_tracker(value: &str) -> Result<heapless::String<MAX_TRACKER_LEN>, LinkError> {
+/// Checks a tracker address as a link (or a metainfo file) carries it: `host:port`, the host
+/// a name, an IPv4 address or a bracketed IPv6 one.
+pub fn parse_tracker(value: &str) -> Result<heapless::String<MAX_TRACKER_LEN>, LinkError> {
     let (host, port) = value.rsplit_once(':').ok_or(LinkError::BadTracker)?;
     let port_ok = !port.is_empty() && port.len() <= 5 && port.parse::<u16>().is_ok();
     let host_ok = !host.is_empty()

@@ -351,7 +351,7 @@ pub enum Message {
 }
 
 /// Addresses carried by one [`Message::Peers`].
-pub const MAX_EXCHANGE: usize = 16;
+pub const MAX_EXCHANGE: usize = 8;
 
 /// A block: `len` bytes at `offset` within chunk `chunk` of `file`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]

@@ -92,9 +92,9 @@ fn lies_in_peer_exchange_cost_bounded_dials() {
         let (sim, report) = survive(c);
         let secs = sim.now().total_micros() / 1_000_000;
         assert!(secs >= 30, "the attack lasted {secs} s; seed {seed}");
-        // What exchange lets in (see proto-core's peer/exchange.rs): 64 addresses at once and
-        // 16 more per 5 s ping round, each dialled at most twice.
-        let bound = 2 * (64 + 16 * (secs / 5 + 1));
+        // What exchange lets in (see proto-core's peer/exchange.rs): 32 addresses at once and
+        // 8 more per 5 s ping round, each dialled at most twice.
+        let bound = 2 * (32 + 8 * (secs / 5 + 1));
         let lies = sim.hostile().unwrap().lies;
         let mut reached = 0;
         for i in 2..=8 {

@@ -16,7 +16,7 @@
 //! reconnects gets no fresh allowance); the rest is read and ignored. So a peer that lies, with
 //! as many connections as it likes, costs its victim one candidate table (bounded by
 //! [`PeerConfig::max_conns`]) and at most two dials per address taken: at the default 5 s
-//! ping, 64 addresses at once and 3 a second after.
+//! ping, 32 addresses at once and 1.6 a second after.
 
 use super::*;
 use crate::wire::MAX_EXCHANGE;
