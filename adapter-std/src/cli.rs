@@ -348,9 +348,9 @@ fn log_tracker_event(e: &TrackerEvent) {
     match e {
         TrackerEvent::PeerJoined { node, addr } => tracing::info!("peer {addr} joined ({node})"),
         TrackerEvent::PeerLeft { addr, reason, .. } => {
-            tracing::info!("peer {addr} left ({reason:?})")
+            tracing::info!("peer {addr} left: {reason}")
         }
-        TrackerEvent::Refused { remote, reason } => tracing::warn!("refused {remote}: {reason:?}"),
+        TrackerEvent::Refused { remote, reason } => tracing::warn!("refused {remote}: {reason}"),
         TrackerEvent::Published {
             name,
             size,
@@ -364,13 +364,13 @@ fn log_tracker_event(e: &TrackerEvent) {
             )
         }
         TrackerEvent::PublishRefused { file, reason } => {
-            tracing::warn!("publish of {file} refused: {reason:?}")
+            tracing::warn!("publish of {file} refused: {reason}")
         }
         TrackerEvent::Delisted { name, file } => {
             tracing::info!("delisted {name} ({file}): no complete holder online")
         }
         TrackerEvent::Misbehaved { remote, offence } => {
-            tracing::warn!("{remote} misbehaved: {offence:?}; disconnected")
+            tracing::warn!("{remote} {offence}; disconnected")
         }
         TrackerEvent::Overloaded(t) => overloaded(*t),
     }
@@ -479,6 +479,7 @@ pub fn share(
     }
     let started = StdInstant::now();
     let mut waiting: Vec<FileId> = manifests.iter().map(|(_, m)| m.id).collect();
+    let mut refused: Vec<FileId> = Vec::new();
     let mut error = None;
     let mut registered = false;
     driver.run(|_, e| {
@@ -492,16 +493,28 @@ pub fn share(
                     }
                 }
             }
+            // One file refused (by one tracker) ends nothing else: the others go on being
+            // served; only when every file is refused and none listed is there nothing to do.
             Some(PeerEvent::PublishRefused { file, reason }) => {
-                error = Some(anyhow!("the tracker refused to list {file}: {reason:?}"));
-                return ControlFlow::Break(());
+                let name = manifests
+                    .iter()
+                    .find(|(_, m)| m.id == file)
+                    .map_or_else(|| file.to_string(), |(p, _)| p.display().to_string());
+                if !refused.contains(&file) {
+                    refused.push(file);
+                    tracing::warn!("a tracker refused to list {name}: {reason}");
+                }
+                if refused.len() == manifests.len() && waiting.len() == manifests.len() {
+                    error = Some(anyhow!("the tracker refused to list {name}: {reason}"));
+                    return ControlFlow::Break(());
+                }
             }
             Some(PeerEvent::TrackerRefused(r)) => match fatal_refusal(tracker_text, r) {
                 Some(e) => {
                     error = Some(e);
                     return ControlFlow::Break(());
                 }
-                None => tracing::warn!("tracker refused us: {r:?}; retrying"),
+                None => tracing::warn!("a tracker refused us: {r}; retrying"),
             },
             Some(PeerEvent::SwarmKeyMismatch { addr, .. }) => {
                 tracing::warn!("{addr} does not share our swarm key; disconnected")
@@ -816,7 +829,7 @@ pub fn get(
                         (FetchFailure::Unavailable { missing }, _) => {
                             anyhow!("{missing} chunks had no online holder; run the same command again later to resume")
                         }
-                        (reason, _) => anyhow!("download failed: {reason:?}"),
+                        (reason, _) => anyhow!("the download failed: {reason}"),
                     });
                     return ControlFlow::Break(());
                 }
@@ -825,7 +838,7 @@ pub fn get(
                         error = Some(e);
                         return ControlFlow::Break(());
                     }
-                    None => tracing::warn!("tracker refused us: {r:?}; retrying"),
+                    None => tracing::warn!("a tracker refused us: {r}; retrying"),
                 },
                 PeerEvent::SwarmKeyMismatch { addr, .. } => {
                     tracing::warn!("{addr} does not share our swarm key; disconnected")
@@ -901,6 +914,42 @@ pub enum Query {
     Peers,
 }
 
+/// The id of the one listed file named `name`; if none or several are, says so (listing the
+/// ids of those that share the name, to ask by).
+pub fn by_name(files: &[FileEntry], name: &str) -> anyhow::Result<FileId> {
+    let named: Vec<&FileEntry> = files.iter().filter(|f| f.name.as_str() == name).collect();
+    match named[..] {
+        [one] => Ok(one.file),
+        [] => bail!("no file named {name:?} is listed; see `shoal ls`"),
+        _ => {
+            let ids: Vec<String> = named
+                .iter()
+                .map(|f| format!("{} ({})", f.file, human_bytes(f.size)))
+                .collect();
+            bail!(
+                "{} files are named {name:?}: {}; ask by id",
+                named.len(),
+                ids.join(", ")
+            )
+        }
+    }
+}
+
+/// A byte count as people read it: `512 B`, `1.5 KiB`, `64.0 MiB`, `1.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Asks the tracker and waits for the whole answer.
 pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
     let tracker = resolve(tracker_text)?;
@@ -960,16 +1009,15 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
             PeerEvent::FileListed(f) => answers.files.push(f),
             PeerEvent::FileListEnd { .. } => {
                 if let Some(n) = &name {
-                    match answers.files.iter().find(|f| f.name.as_str() == n) {
-                        Some(f) => {
-                            let id = f.file;
+                    match by_name(&answers.files, n) {
+                        Ok(id) => {
                             if let Err(e) = d.node.locate(now, id) {
                                 error = Some(anyhow!("{e}"));
                                 return ControlFlow::Break(());
                             }
                         }
-                        None => {
-                            error = Some(anyhow!("no file named {n:?} is listed; see `shoal ls`"));
+                        Err(e) => {
+                            error = Some(e);
                             return ControlFlow::Break(());
                         }
                     }

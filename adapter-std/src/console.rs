@@ -208,7 +208,10 @@ fn command(
             pending.peers = true;
         }
         (Some("status"), _, _) => {
-            say(&format!("registered as {:?}", d.node.registered()));
+            say(&match d.node.registered() {
+                Some(addr) => format!("registered as {addr}"),
+                None => "not registered with a tracker (retrying)".to_owned(),
+            });
             for name in shared.values() {
                 say(&format!("  sharing {name}"));
             }
@@ -260,11 +263,10 @@ fn on_event(
         PeerEvent::FileListEnd { .. } => {
             let files = pending.files.take().unwrap_or_default();
             if let Some(name) = pending.where_name.take() {
-                match files.iter().find(|f| f.name.as_str() == name) {
-                    Some(f) if d.node.locate(now, f.file).is_ok() => {
-                        pending.holders = Some(Vec::new())
-                    }
-                    _ => say(&format!("\nno file named {name:?} is listed")),
+                match crate::cli::by_name(&files, &name) {
+                    Ok(id) if d.node.locate(now, id).is_ok() => pending.holders = Some(Vec::new()),
+                    Ok(_) => say("\nnot connected to a tracker"),
+                    Err(e) => say(&format!("\n{e}")),
                 }
             } else {
                 say(&format!("\n{} files", files.len()));
@@ -339,13 +341,13 @@ fn on_event(
             }
         }
         PeerEvent::FetchFailed { slot, reason } => {
-            say(&format!("\ndownload in slot {slot} failed: {reason:?}"));
+            say(&format!("\ndownload in slot {slot} failed: {reason}"));
             prompt();
         }
         PeerEvent::TrackerRefused(r) => {
             // Said once per refusal; the core retries with backoff (a full table clears).
             let why = crate::cli::fatal_refusal(&trackers_text(trackers), r).map_or_else(
-                || format!("tracker refused us: {r:?}; retrying"),
+                || format!("a tracker refused us: {r}; retrying"),
                 |e| e.to_string(),
             );
             say(&format!("\n{why}"));

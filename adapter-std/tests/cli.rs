@@ -462,6 +462,41 @@ fn a_metainfo_file_fetches_the_file_with_no_tracker_that_lists_it() {
     );
 }
 
+#[test]
+fn files_are_told_apart_by_id_not_by_name() {
+    let dir = scratch("samename");
+    fs::create_dir_all(dir.join("a")).unwrap();
+    fs::create_dir_all(dir.join("b")).unwrap();
+    random_file(&dir.join("a/same.bin"), 100_000);
+    random_file(&dir.join("b/same.bin"), 200_000);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s1, l1) = share(&dir, "s1", &tr, &dir.join("a/same.bin"), &[]);
+    let (_s2, l2) = share(&dir, "s2", &tr, &dir.join("b/same.bin"), &[]);
+    assert_ne!(l1, l2);
+    let ls: serde_json::Value =
+        serde_json::from_slice(&run(&dir, &["ls", "--json", "--tracker", &tr]).stdout).unwrap();
+    let names: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["same.bin", "same.bin"], "{ls}");
+    // A name two files share is ambiguous: one line naming both ids.
+    let id = |l: &str| l["shoal:".len()..].split('?').next().unwrap().to_owned();
+    let o = run(&dir, &["where", "same.bin", "--tracker", &tr]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("2 files are named") && err.contains(&id(&l1)) && err.contains(&id(&l2)),
+        "{err}"
+    );
+    // By id, each is found.
+    let w = run(&dir, &["where", &id(&l2), "--tracker", &tr]);
+    assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
+}
+
 /// Runs a command that must fail: exit code 1, exactly one line on stderr.
 fn fails(dir: &Path, args: &[&str], says: &str) {
     let o = run(dir, args);

@@ -66,6 +66,17 @@ pub enum Offence {
     Unsolicited,
 }
 
+impl fmt::Display for Offence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Offence::Frame(e) => write!(f, "sent bytes that do not decode ({e})"),
+            Offence::Unexpected => f.write_str("sent a message not allowed at that point"),
+            Offence::BadRange => f.write_str("named chunks outside the file"),
+            Offence::Unsolicited => f.write_str("sent too many blocks nobody asked for"),
+        }
+    }
+}
+
 /// The connection table is full; the adapter should refuse (close) the new socket.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

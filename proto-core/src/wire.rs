@@ -155,11 +155,6 @@ pub enum Refusal {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum PublishRefusal {
-    /// Another file with the same name but a different id is listed.
-    NameTaken {
-        /// The id of the file that holds the name.
-        existing: FileId,
-    },
     /// The manifest has more chunks than this tracker can track; use a larger chunk size.
     TooManyChunks {
         /// The most chunks this tracker accepts per file.
@@ -175,6 +170,42 @@ pub enum PublishRefusal {
     StorageFailed,
     /// The header and hashes sent do not hash to the claimed file id.
     IdMismatch,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::VersionMismatch { supported } => write!(
+                f,
+                "it speaks protocol version {supported} and this shoal speaks {PROTOCOL_VERSION}"
+            ),
+            Refusal::DuplicateNode => f.write_str("a peer with the same node id is registered"),
+            Refusal::DuplicateAddress => {
+                f.write_str("a peer with the same address and port is registered")
+            }
+            Refusal::TrackerFull => f.write_str("its peer table is full"),
+            Refusal::NotRegistered => f.write_str("the request needs registration first"),
+            Refusal::SwarmKey => f.write_str("the swarm keys differ (or one side has none)"),
+        }
+    }
+}
+
+impl fmt::Display for PublishRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PublishRefusal::TooManyChunks { max } => write!(
+                f,
+                "the file has more than the {max} chunks it tracks per file; share it with a larger --chunk-size"
+            ),
+            PublishRefusal::TrackerFull => f.write_str("its file table is full"),
+            PublishRefusal::Invalid(e) => write!(f, "the manifest is invalid: {e}"),
+            PublishRefusal::NotRegistered => f.write_str("this peer is not registered with it"),
+            PublishRefusal::StorageFailed => f.write_str("it could not store the chunk hashes"),
+            PublishRefusal::IdMismatch => {
+                f.write_str("the manifest does not hash to the file id it claimed")
+            }
+        }
+    }
 }
 
 /// Every message of the protocol. The variant order is the wire tag: append, never reorder.

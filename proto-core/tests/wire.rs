@@ -75,7 +75,6 @@ fn refusal() -> impl Strategy<Value = Refusal> {
 
 fn publish_refusal() -> impl Strategy<Value = PublishRefusal> {
     prop_oneof![
-        file_id().prop_map(|existing| PublishRefusal::NameTaken { existing }),
         any::<u32>().prop_map(|max| PublishRefusal::TooManyChunks { max }),
         Just(PublishRefusal::TrackerFull),
         Just(PublishRefusal::Invalid(ManifestError::BadName)),
@@ -358,7 +357,7 @@ fn the_largest_instance_of_every_message_fits_a_frame() {
         },
         Message::PublishRefused {
             file: id,
-            reason: PublishRefusal::NameTaken { existing: id },
+            reason: PublishRefusal::TooManyChunks { max: u32::MAX },
         },
         Message::FileItem(FileEntry {
             file: id,

@@ -52,6 +52,34 @@ pub enum FetchFailure {
     },
 }
 
+impl core::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FetchFailure::ManifestNotFound => {
+                f.write_str("no tracker or peer had the file's manifest before the deadline")
+            }
+            FetchFailure::Unavailable { missing } => {
+                write!(
+                    f,
+                    "{missing} chunks had no online holder before the deadline"
+                )
+            }
+            FetchFailure::TooManyChunks { max } => {
+                write!(
+                    f,
+                    "the file has more than the {max} chunks this peer can track"
+                )
+            }
+            FetchFailure::Storage => f.write_str("storage failed"),
+            FetchFailure::ChunkTooLarge { max } => write!(
+                f,
+                "the file's chunks are larger than the {} KiB this peer can verify",
+                max / 1024
+            ),
+        }
+    }
+}
+
 /// What happened, for the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

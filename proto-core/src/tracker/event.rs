@@ -91,6 +91,17 @@ pub enum LeaveReason {
     Misbehaved,
 }
 
+impl core::fmt::Display for LeaveReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            LeaveReason::Left => "it said goodbye",
+            LeaveReason::Disconnected => "its connection closed",
+            LeaveReason::TimedOut => "it stopped answering pings",
+            LeaveReason::Misbehaved => "it broke the protocol",
+        })
+    }
+}
+
 /// A table that was full when something needed a place in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -44,8 +44,8 @@
 //!   was O(N²) bytes for a swarm of N).
 //! - A locate answer names at most [`TrackerConfig::locate_holders`] holders, starting one
 //!   further along the file's holders with every locate, so askers spread over the swarm.
-//! - A publish whose file id is already listed adds the publisher as a holder; a different file
-//!   under a listed name is refused with [`PublishRefusal::NameTaken`].
+//! - A publish whose file id is already listed adds the publisher as a holder. Files are told
+//!   apart by id alone: different files may have the same name.
 //! - A file stays listed while at least one online peer holds all of its chunks; when the last
 //!   complete holder goes, the file is delisted and its stored hashes discarded.
 //!
@@ -71,7 +71,7 @@
 //!
 //! | fixed memory | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`SmallTrackerMemory`] | 16 | 8 | 32 | 32 (1024 chunks) | 38,960 |
+//! | [`SmallTrackerMemory`] | 16 | 8 | 32 | 32 (1024 chunks) | 36,400 |
 //!
 //! That is [`Tracker::ram_bytes`], the tracker with its memory; a test checks it (x86_64).
 //! It was 41,408 when the tables were sized at compile time: the indexes added about 3.4 KB,

@@ -114,20 +114,10 @@ impl Tracker<'_> {
                 (self.listed_slot(&rx.file).unwrap_or(slot), false)
             }
             Target::New(slot) => {
+                // Files are told apart by id alone: two files may share a name.
                 let Some(FileState::Pending(header)) = self.file(slot) else {
                     return;
                 };
-                // Names are unique among listed files (a walk over the files, once per new
-                // file, never per message).
-                let taken = self.files.iter().find_map(|(_, f)| match f {
-                    FileState::Listed(l) if l.header.name == header.name => Some(l.file),
-                    _ => None,
-                });
-                if let Some(existing) = taken {
-                    self.abandon_slot(rx.target);
-                    self.refuse_publish(id, rx.file, PublishRefusal::NameTaken { existing });
-                    return;
-                }
                 let header = header.clone();
                 if self.by_id.insert(rx.file, slot).is_err() {
                     self.abandon_slot(rx.target);
