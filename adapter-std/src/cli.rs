@@ -614,6 +614,7 @@ pub(crate) fn start_download(
     driver: &mut PeerDriver,
     file: FileId,
     out: Option<&PathBuf>,
+    dir: Option<&PathBuf>,
 ) -> anyhow::Result<(u16, Option<Resume>)> {
     let now = Instant::now();
     let resume = out.and_then(|o| read_journal(o, &file));
@@ -637,11 +638,48 @@ pub(crate) fn start_download(
         }
         _ => {
             let slot = driver.node.fetch(now, file).map_err(|e| anyhow!("{e}"))?;
-            driver.store.add_fetch(slot, out.cloned());
+            if let Err(e) = driver.store.add_fetch(slot, out.cloned(), dir.cloned()) {
+                let _ = driver.node.cancel(now, slot);
+                bail!("{e}");
+            }
             slot
         }
     };
     Ok((slot, resume))
+}
+
+/// The download in `slot` found its output already there: if that file is the one asked for
+/// (it hashes to `file` with the manifest's chunk size), the fetch becomes a share of it; the
+/// shared slot is returned. Otherwise one line says so.
+fn seed_existing(
+    d: &mut PeerDriver,
+    slot: u16,
+    path: &Path,
+    file: FileId,
+    header: &ManifestHeader,
+) -> anyhow::Result<u16> {
+    let m = manifest_for(path, Some(header.chunk_size), HostPeer::MAX_FILE_CHUNKS)?;
+    if m.id != file {
+        bail!(
+            "{} already exists with other content; remove it or choose another path with -o",
+            path.display()
+        );
+    }
+    let now = Instant::now();
+    let _ = d.node.cancel(now, slot);
+    d.store.remove(slot);
+    let shared = d
+        .node
+        .share(now, file, header.clone())
+        .map_err(|e| anyhow!("cannot share {}: {e}", path.display()))?;
+    d.store
+        .add_shared(shared, path, &m)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    tracing::info!(
+        "{} is already the file asked for; seeding it",
+        path.display()
+    );
+    Ok(shared)
 }
 
 /// Options of `get`.
@@ -716,11 +754,21 @@ pub fn get(
         .iter()
         .map(|p| resolve_as("peer", p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let output = opts
-        .output
-        .clone()
-        .or_else(|| link.name.as_ref().map(|n| PathBuf::from(n.as_str())));
-    if let Some(out) = &output {
+    // -o DIR (an existing folder, or a path ending in '/'): the download goes inside it.
+    let (output, into) = match opts.output.clone() {
+        Some(o) if o.is_dir() || o.as_os_str().to_string_lossy().ends_with('/') => {
+            std::fs::create_dir_all(&o)
+                .with_context(|| format!("cannot create the folder {}", o.display()))?;
+            match &link.name {
+                Some(n) => (Some(o.join(n.as_str())), None),
+                None => (None, Some(o)),
+            }
+        }
+        Some(o) => (Some(o), None),
+        None => (link.name.as_ref().map(|n| PathBuf::from(n.as_str())), None),
+    };
+    // An output that exists already is checked against the manifest and seeded, not refused.
+    if let Some(out) = output.as_ref().filter(|o| !o.is_file()) {
         check_output(out)?;
     }
     let mut driver = peer_driver(
@@ -732,7 +780,7 @@ pub fn get(
     )?;
     if let (Some(m), Some(out)) = (&meta, &output) {
         // The manifest is known: the download starts as a resumed one with nothing verified.
-        if read_journal(out, &m.manifest.id).is_none() {
+        if read_journal(out, &m.manifest.id).is_none() && !out.is_file() {
             if let Err(e) = crate::store::prepare_download(out, &m.manifest) {
                 // Nothing was downloaded: leave nothing behind.
                 let (part, journal) = part_paths(out);
@@ -743,7 +791,8 @@ pub fn get(
             }
         }
     }
-    let (slot, resume) = start_download(&mut driver, link.file, output.as_ref())?;
+    let (mut slot, resume) =
+        start_download(&mut driver, link.file, output.as_ref(), into.as_ref())?;
     for &p in &peers {
         driver
             .node
@@ -791,6 +840,25 @@ pub fn get(
                 PeerEvent::Registered { .. } => registered = true,
                 PeerEvent::NotFound { file } if file == link.file && manifest.is_none() => {
                     not_found_since.get_or_insert_with(StdInstant::now);
+                }
+                // The output was there before: check it, and seed it if it is the file.
+                PeerEvent::ManifestReceived { slot: s, file, header } if s == slot && d.store.existing(slot).is_some() => {
+                    let path = d.store.existing(slot).map(Path::to_path_buf).unwrap_or_default();
+                    match seed_existing(d, slot, &path, file, &header) {
+                        Ok(shared) => {
+                            slot = shared;
+                            manifest = Some(header);
+                            on_done(&path);
+                            final_path = Some(path);
+                            if opts.no_seed {
+                                return ControlFlow::Break(());
+                            }
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                    }
                 }
                 // The store has journalled it (and created the part file) already.
                 PeerEvent::ManifestReceived { header, .. } => {

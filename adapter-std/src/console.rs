@@ -168,7 +168,7 @@ fn command(
                     return Err(anyhow!("{} already exists; give another path", o.display()));
                 }
             }
-            let (slot, resume) = crate::cli::start_download(d, link.file, out.as_ref())?;
+            let (slot, resume) = crate::cli::start_download(d, link.file, out.as_ref(), None)?;
             match resume {
                 Some(r) => say(&format!(
                     "resuming: {} chunks already verified",

@@ -313,6 +313,48 @@ fn create_download(out: &Path, m: &Manifest) -> io::Result<(File, File, PathBuf)
     Ok((f, l, journal_path))
 }
 
+/// An exclusive lock on a download's output, held by the process writing it: an advisory
+/// `flock` on `OUT.shoal-lock`, so a second `shoal get` to the same output is refused at once
+/// instead of racing the first. The kernel drops it when the process dies (kill -9 included);
+/// the file is removed when the download ends here.
+pub struct OutputLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl OutputLock {
+    /// Takes the lock on `out`, or says (one line) that another shoal holds it.
+    pub fn take(out: &Path) -> io::Result<OutputLock> {
+        use rustix::fs::{flock, FlockOperation};
+        let path = with_suffix(out, ".shoal-lock");
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(OutputLock { path, _file: file }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "another shoal is downloading to {}; wait for it, or choose another path with -o",
+                    out.display()
+                ),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// What a resumable download left behind.
 pub struct Resume {
     /// The manifest (hashes included).
@@ -381,6 +423,13 @@ enum Slot {
     /// it is. Without an output path the manifest's name (in the current folder) is taken.
     Fetch {
         out: Option<PathBuf>,
+        /// Where a download named by its manifest goes (else the current folder).
+        dir: Option<PathBuf>,
+        /// The output already exists: once the manifest is known it is checked (by the
+        /// command) instead of downloaded; no part file or journal is made.
+        existing: bool,
+        /// Held while this process writes the output (see [`OutputLock`]).
+        lock: Option<OutputLock>,
         /// Boxed: a header is large, and a store holds a slot per file.
         manifest: Option<Box<(FileId, ManifestHeader)>>,
         hashes: Vec<u8>,
@@ -418,13 +467,27 @@ impl FileStore {
         Ok(())
     }
 
-    /// A new download under `slot` to `out`, or (if `None`) to the manifest's name in the
-    /// current folder; its manifest will stream in.
-    pub fn add_fetch(&mut self, slot: u16, out: Option<PathBuf>) {
+    /// A new download under `slot` to `out`, or (if `None`) to the manifest's name in `dir`
+    /// (else the current folder); its manifest will stream in. An output that exists is
+    /// checked rather than downloaded (see [`FileStore::existing`]); one that another process
+    /// is writing is refused.
+    pub fn add_fetch(
+        &mut self,
+        slot: u16,
+        out: Option<PathBuf>,
+        dir: Option<PathBuf>,
+    ) -> io::Result<()> {
+        let (lock, existing) = match &out {
+            Some(o) => (Some(OutputLock::take(o)?), o.is_file()),
+            None => (None, false),
+        };
         self.slots.insert(
             slot,
             Slot::Fetch {
                 out,
+                dir,
+                existing,
+                lock,
                 manifest: None,
                 hashes: Vec::new(),
                 part: None,
@@ -434,10 +497,30 @@ impl FileStore {
                 first_unsynced: None,
             },
         );
+        Ok(())
+    }
+
+    /// The output of the download in `slot`, if it existed before the download (found when
+    /// the manifest came): the command checks its content and seeds it instead.
+    pub fn existing(&self, slot: u16) -> Option<&Path> {
+        match self.slots.get(&slot)? {
+            Slot::Fetch {
+                existing: true,
+                out,
+                ..
+            } => out.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Forgets `slot` (a fetch the command cancelled); its lock, if any, is released.
+    pub fn remove(&mut self, slot: u16) {
+        self.slots.remove(&slot);
     }
 
     /// A resumed download to `out` under `slot`.
     pub fn add_resumed(&mut self, slot: u16, out: PathBuf, r: &Resume) -> io::Result<()> {
+        let lock = OutputLock::take(&out)?;
         let (part, journal) = part_paths(&out);
         let part = OpenOptions::new().read(true).write(true).open(part)?;
         part.set_len(r.manifest.header.size)?;
@@ -456,6 +539,9 @@ impl FileStore {
             slot,
             Slot::Fetch {
                 out: Some(out),
+                dir: None,
+                existing: false,
+                lock: Some(lock),
                 manifest: Some(Box::new((r.manifest.id, r.manifest.header.clone()))),
                 hashes: r.manifest.hashes.clone(),
                 part: Some(part),
@@ -615,6 +701,9 @@ impl Storage for FileStore {
     ) -> io::Result<()> {
         let Some(Slot::Fetch {
             out,
+            dir,
+            existing,
+            lock,
             manifest,
             hashes,
             part,
@@ -628,12 +717,24 @@ impl Storage for FileStore {
         let out = match out {
             Some(out) => out,
             None => {
-                // The manifest's name, checked safe by the core, in the current folder.
-                let named = PathBuf::from(header.name.as_str());
-                check_output(&named)?;
+                // The manifest's name, checked safe by the core, in the chosen folder.
+                let named = match dir {
+                    Some(d) => d.join(header.name.as_str()),
+                    None => PathBuf::from(header.name.as_str()),
+                };
+                *lock = Some(OutputLock::take(&named)?);
+                *existing = named.is_file();
+                if !*existing {
+                    check_output(&named)?;
+                }
                 out.insert(named)
             }
         };
+        *manifest = Some(Box::new((id, header.clone())));
+        if *existing {
+            // Checked by the command, not downloaded over.
+            return Ok(());
+        }
         let m = Manifest {
             id,
             header: header.clone(),
@@ -648,7 +749,6 @@ impl Storage for FileStore {
         }));
         *part = Some(Arc::new(f));
         *leaves = Some(l);
-        *manifest = Some(Box::new((id, header.clone())));
         Ok(())
     }
 

@@ -497,6 +497,92 @@ fn files_are_told_apart_by_id_not_by_name() {
     assert!(w.status.success(), "{}", String::from_utf8_lossy(&w.stderr));
 }
 
+#[test]
+fn outputs_folders_existing_files_and_a_second_getter() {
+    let dir = scratch("outputs");
+    let data = random_file(&dir.join("src.bin"), 4 << 20);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    // A slow seeder, so a download is surely running when a second one starts.
+    let (_s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "1000000"],
+    );
+    let id = link["shoal:".len()..].split('?').next().unwrap().to_owned();
+    let get = |tag: &str, what: &str, out: &str| {
+        Proc::start(
+            &dir,
+            tag,
+            &[
+                "get",
+                what,
+                "-o",
+                out,
+                "--no-seed",
+                "--listen",
+                "127.0.0.1:0",
+                "--tracker",
+                &tr,
+            ],
+        )
+    };
+    // Another shoal writing the same output is refused at once, in one line.
+    let mut first = get("g1", &link, "out.bin");
+    until("the first download to start", || {
+        dir.join("out.bin.shoal-lock").exists()
+    });
+    fails(
+        &dir,
+        &[
+            "get",
+            &link,
+            "-o",
+            "out.bin",
+            "--no-seed",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "another shoal is downloading to out.bin",
+    );
+    assert!(first.wait().success(), "{}", first.stderr());
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
+    assert!(
+        !dir.join("out.bin.shoal-lock").exists(),
+        "the lock goes with the download"
+    );
+    // The output exists with the right content: checked and seeded, not refused.
+    let mut again = get("g2", &link, "out.bin");
+    assert!(again.wait().success(), "{}", again.stderr());
+    assert_eq!(again.stdout().trim(), "out.bin");
+    // With other content: one line, and the file is left alone.
+    fs::write(dir.join("other.bin"), b"not the file").unwrap();
+    fails(
+        &dir,
+        &[
+            "get",
+            &link,
+            "-o",
+            "other.bin",
+            "--no-seed",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "other.bin already exists with other content",
+    );
+    assert_eq!(fs::read(dir.join("other.bin")).unwrap(), b"not the file");
+    // -o DIR/ puts the download inside (the folder is made); a bare id takes the manifest's
+    // name; an existing folder given without the slash works the same.
+    let mut into = get("g3", &id, "inbox/");
+    assert!(into.wait().success(), "{}", into.stderr());
+    assert_eq!(fs::read(dir.join("inbox/src.bin")).unwrap(), data);
+    fs::create_dir_all(dir.join("folder")).unwrap();
+    let mut folder = get("g4", &link, "folder");
+    assert!(folder.wait().success(), "{}", folder.stderr());
+    assert_eq!(fs::read(dir.join("folder/src.bin")).unwrap(), data);
+}
+
 /// Runs a command that must fail: exit code 1, exactly one line on stderr.
 fn fails(dir: &Path, args: &[&str], says: &str) {
     let o = run(dir, args);
@@ -606,7 +692,7 @@ fn sigint_makes_a_peer_tell_the_tracker_it_leaves() {
     let status = s.wait();
     assert!(status.success(), "{}", s.stderr());
     until("the tracker to log the leave", || {
-        t.stderr().contains("left (Left)")
+        t.stderr().contains("left: it said goodbye")
     });
 }
 
