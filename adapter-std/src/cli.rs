@@ -287,7 +287,7 @@ pub fn tracker(
         }
     );
     ready(addr);
-    driver.run(|_, e| match e {
+    let result = driver.run(|_, e| match e {
         Some(e) => {
             log_tracker_event(&e);
             ControlFlow::Continue(())
@@ -296,7 +296,28 @@ pub fn tracker(
         None => ControlFlow::Continue(()),
     })?;
     tracing::info!("tracker stopped");
-    Ok(())
+    interrupted(result, None)
+}
+
+/// A command stopped by SIGINT or SIGTERM: `shoal` exits with 130 (128 + SIGINT, as shells
+/// report an interrupted command), saying the message first if there is one.
+#[derive(Debug)]
+pub struct Interrupted(pub Option<String>);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_deref().unwrap_or("interrupted"))
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// `Ok` unless the run ended on a signal, then [`Interrupted`] with `message`.
+pub(crate) fn interrupted(result: Stop, message: Option<&str>) -> anyhow::Result<()> {
+    match result {
+        Stop::Interrupted => Err(Interrupted(message.map(str::to_owned)).into()),
+        Stop::Done => Ok(()),
+    }
 }
 
 /// The most peers `shoal tracker` holds: a connection handle's index is 16 bits.
@@ -482,7 +503,7 @@ pub fn share(
     let mut refused: Vec<FileId> = Vec::new();
     let mut error = None;
     let mut registered = false;
-    driver.run(|_, e| {
+    let result = driver.run(|_, e| {
         match e {
             Some(PeerEvent::Registered { .. }) => registered = true,
             Some(PeerEvent::Published { file }) => {
@@ -539,7 +560,7 @@ pub fn share(
         return Err(e);
     }
     leave(&mut driver);
-    Ok(())
+    interrupted(result, None)
 }
 
 /// Tells the tracker we leave and gives the goodbye a moment to go out.
@@ -931,11 +952,17 @@ pub fn get(
     match final_path {
         Some(p) => {
             leave(&mut driver);
+            // Interrupted while seeding: the download itself is done (its path was printed).
+            interrupted(result, None)?;
             Ok(p)
         }
         None if result == Stop::Interrupted => {
             leave(&mut driver);
-            bail!("interrupted; run the same command again to resume")
+            interrupted(
+                result,
+                Some("interrupted; run the same command again to resume"),
+            )?;
+            bail!("stopped before the download completed")
         }
         None => bail!("stopped before the download completed"),
     }

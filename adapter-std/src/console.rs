@@ -71,7 +71,7 @@ pub fn run(trackers: &[String], listen: SocketAddr, limits: Limits) -> anyhow::R
     let mut quit = false;
     let started = std::time::Instant::now();
     let mut ready = false;
-    driver.run(|d, e| {
+    let result = driver.run(|d, e| {
         match e {
             // Lines typed before the tracker answered wait for it (up to the wait limit).
             None if !ready && started.elapsed() < crate::cli::wait_limit() => {}
@@ -113,7 +113,7 @@ pub fn run(trackers: &[String], listen: SocketAddr, limits: Limits) -> anyhow::R
     })?;
     let _ = driver.store.flush();
     crate::cli::leave(&mut driver);
-    Ok(())
+    crate::cli::interrupted(result, None)
 }
 
 fn say(line: &str) {

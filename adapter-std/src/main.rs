@@ -13,20 +13,43 @@ mod demo;
 /// Peer-to-peer file sharing: a tracker, peers that share and fetch files chunk by verified
 /// chunk from several peers at once.
 #[derive(Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(name = "shoal", version, about, propagate_version = true, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Seconds to wait for an unreachable tracker (or an unknown file) before giving up.
-    #[arg(long, global = true, env = "SHOAL_WAIT", default_value_t = 10.0)]
-    wait: f64,
     /// Log more (repeat for more still).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+const EXAMPLES: &str = "Examples:
+  shoal tracker                                    run a tracker on port 7070
+  shoal share big.iso --tracker HOST:7070          share a file; prints its link
+  shoal get 'shoal:ID?tr=HOST:7070&name=big.iso'   download it (then seed it)
+  shoal get big.iso.shoal -o downloads/            from a metainfo file, into a folder
+  shoal ls --tracker HOST:7070                     what the tracker lists
+  shoal demo                                       a whole swarm on this machine";
+
+/// The swarm key, for every command that talks to other nodes.
+#[derive(Args)]
+struct KeyArg {
     /// A private swarm: prove this key (64 hex digits in the file) at every handshake, and
     /// refuse nodes that cannot. Make one with `shoal keygen FILE`.
-    #[arg(long, global = true, env = "SHOAL_SWARM_KEY_FILE", value_name = "FILE")]
+    #[arg(long, env = "SHOAL_SWARM_KEY_FILE", value_name = "FILE")]
     swarm_key_file: Option<PathBuf>,
+}
+
+/// How long a command waits, for every command that needs a tracker's answer.
+#[derive(Args)]
+struct WaitArg {
+    /// Seconds to wait for an unreachable tracker (or an unknown file) before giving up.
+    #[arg(
+        long,
+        env = "SHOAL_WAIT",
+        default_value_t = 10.0,
+        value_name = "SECONDS"
+    )]
+    wait: f64,
 }
 
 /// What a peer may take on (`share`, `get`, `peer`).
@@ -59,6 +82,7 @@ impl From<LimitArgs> for cli::Limits {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a tracker: it knows who is online and who holds which chunks.
+    #[command(after_help = "Example:\n  shoal tracker --listen 0.0.0.0:7070")]
     Tracker {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:7070")]
@@ -67,8 +91,14 @@ enum Cmd {
         /// raised to its hard limit at start; the log says how many peers fit.
         #[arg(long, default_value_t = cli::MAX_TRACKER_PEERS)]
         max_peers: usize,
+        #[command(flatten)]
+        key: KeyArg,
     },
     /// Share files: prints one link per file, then serves until interrupted.
+    #[command(after_help = "Examples:
+  shoal share big.iso --tracker HOST:7070
+  shoal share big.iso --tracker T1:7070 --tracker T2:7070 --save big.iso.shoal
+  shoal share fw.bin --chunk-size 128K --upload-limit 2000000")]
     Share {
         /// Files to share.
         #[arg(required = true)]
@@ -91,9 +121,18 @@ enum Cmd {
         save: Option<PathBuf>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        wait: WaitArg,
     },
     /// Download a file by link, id or metainfo file; prints its path, then seeds until
     /// interrupted.
+    #[command(after_help = "Examples:
+  shoal get 'shoal:ID?tr=HOST:7070&name=big.iso'
+  shoal get ID --tracker HOST:7070 -o downloads/
+  shoal get big.iso.shoal --no-seed
+  shoal get ID --peer 10.0.0.5:41234        (no tracker: join through one peer)")]
     Get {
         /// A shoal: link, a 64-digit file id, or a metainfo file (NAME.shoal).
         link: String,
@@ -116,6 +155,10 @@ enum Cmd {
         listen: SocketAddr,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        wait: WaitArg,
     },
     /// List the files the tracker knows.
     Ls(QueryArgs),
@@ -140,6 +183,10 @@ enum Cmd {
         listen: SocketAddr,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        key: KeyArg,
+        #[command(flatten)]
+        wait: WaitArg,
     },
     /// Run a whole swarm on this machine: a tracker, a seeder of a generated 64 MiB file and
     /// three downloaders; verifies the copies and prints a summary.
@@ -159,12 +206,37 @@ struct QueryArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    key: KeyArg,
+    #[command(flatten)]
+    wait: WaitArg,
+}
+
+impl Cmd {
+    /// The swarm key file and the wait limit, for the commands that take them.
+    fn net(&self) -> (Option<&PathBuf>, Option<f64>) {
+        fn both<'a>(k: &'a KeyArg, w: &WaitArg) -> (Option<&'a PathBuf>, Option<f64>) {
+            (k.swarm_key_file.as_ref(), Some(w.wait))
+        }
+        match self {
+            Cmd::Tracker { key, .. } => (key.swarm_key_file.as_ref(), None),
+            Cmd::Share { key, wait, .. }
+            | Cmd::Get { key, wait, .. }
+            | Cmd::Peer { key, wait, .. } => both(key, wait),
+            Cmd::Ls(q) | Cmd::Where { q, .. } | Cmd::Peers(q) => both(&q.key, &q.wait),
+            Cmd::Demo | Cmd::Keygen { .. } => (None, None),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let (key_file, wait) = cli.cmd.net();
+    let key_file = key_file.cloned();
     // The commands read the limit where they wait; one place to set it.
-    std::env::set_var("SHOAL_WAIT", cli.wait.to_string());
+    if let Some(w) = wait {
+        std::env::set_var("SHOAL_WAIT", w.to_string());
+    }
     let default = match (&cli.cmd, cli.verbose) {
         (_, 2..) => "debug",
         (_, 1) | (Cmd::Tracker { .. } | Cmd::Share { .. }, 0) => "info",
@@ -184,24 +256,32 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let key = match &cli.swarm_key_file {
-        Some(path) if !matches!(cli.cmd, Cmd::Keygen { .. }) => cli::load_swarm_key(path),
-        _ => Ok(()),
+    let key = match &key_file {
+        Some(path) => cli::load_swarm_key(path),
+        None => Ok(()),
     };
     match key.and_then(|()| run(cli.cmd)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("shoal: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<cli::Interrupted>() {
+            Some(cli::Interrupted(message)) => {
+                if let Some(m) = message {
+                    eprintln!("shoal: {m}");
+                }
+                ExitCode::from(130)
+            }
+            None => {
+                eprintln!("shoal: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Tracker { listen, max_peers } => {
-            cli::tracker(listen, max_peers, true, |_| {}, || false)
-        }
+        Cmd::Tracker {
+            listen, max_peers, ..
+        } => cli::tracker(listen, max_peers, true, |_| {}, || false),
         Cmd::Share {
             files,
             trackers,
@@ -209,6 +289,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             chunk_size,
             save,
             limits,
+            ..
         } => cli::share(
             &files,
             &trackers,
@@ -230,6 +311,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             no_seed,
             listen,
             limits,
+            ..
         } => {
             let opts = GetOptions {
                 output,
@@ -259,6 +341,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             trackers,
             listen,
             limits,
+            ..
         } => adapter_std::console::run(&trackers, listen, limits.into()),
         Cmd::Demo => demo::run(),
         Cmd::Keygen { file } => {

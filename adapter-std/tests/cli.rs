@@ -583,6 +583,41 @@ fn outputs_folders_existing_files_and_a_second_getter() {
     assert_eq!(fs::read(dir.join("folder/src.bin")).unwrap(), data);
 }
 
+#[test]
+fn version_and_help_say_shoal_and_list_only_what_applies() {
+    let dir = scratch("help");
+    let out = |args: &[&str]| String::from_utf8_lossy(&run(&dir, args).stdout).to_string();
+    assert!(
+        out(&["--version"]).starts_with("shoal "),
+        "{}",
+        out(&["--version"])
+    );
+    let top = out(&["--help"]);
+    assert!(
+        top.contains("Examples:") && top.contains("shoal get"),
+        "{top}"
+    );
+    // Options show where they apply, and nowhere else.
+    for cmd in ["keygen", "demo"] {
+        let help = out(&[cmd, "--help"]);
+        assert!(
+            !help.contains("--wait <") && !help.contains("--swarm-key-file <"),
+            "{help}"
+        );
+    }
+    let get = out(&["get", "--help"]);
+    for opt in [
+        "--wait",
+        "--swarm-key-file",
+        "--peer",
+        "--tracker",
+        "Examples:",
+    ] {
+        assert!(get.contains(opt), "get --help lacks {opt}: {get}");
+    }
+    assert!(out(&["tracker", "--help"]).contains("--swarm-key-file"));
+}
+
 /// Runs a command that must fail: exit code 1, exactly one line on stderr.
 fn fails(dir: &Path, args: &[&str], says: &str) {
     let o = run(dir, args);
@@ -689,11 +724,45 @@ fn sigint_makes_a_peer_tell_the_tracker_it_leaves() {
         .status()
         .unwrap()
         .success());
+    // 130, as a shell reports a command ended by Ctrl-C.
     let status = s.wait();
-    assert!(status.success(), "{}", s.stderr());
+    assert_eq!(status.code(), Some(130), "{}", s.stderr());
     until("the tracker to log the leave", || {
         t.stderr().contains("left: it said goodbye")
     });
+}
+
+#[test]
+fn an_interrupted_download_exits_130_and_says_how_to_resume() {
+    let dir = scratch("sigint-get");
+    random_file(&dir.join("src.bin"), 8 << 20);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "1000000"],
+    );
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
+    until("a journaled chunk", || {
+        records(&dir.join("out.bin.shoal-journal")) >= 1
+    });
+    let pid = g.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = g.wait();
+    assert_eq!(status.code(), Some(130), "{}", g.stderr());
+    assert!(
+        g.stderr()
+            .contains("interrupted; run the same command again to resume"),
+        "{}",
+        g.stderr()
+    );
+    assert!(!dir.join("out.bin").exists());
 }
 
 #[test]
