@@ -190,6 +190,8 @@ pub type PeerDriver = Driver<Box<HostPeer>, FileStore>;
 pub struct Limits {
     /// Upload at most this many bytes per second.
     pub upload: Option<u64>,
+    /// Download at most this many bytes per second.
+    pub download: Option<u64>,
     /// Most connections at once, the tracker's included.
     pub max_conns: u16,
 }
@@ -198,6 +200,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             upload: None,
+            download: None,
             max_conns: 64,
         }
     }
@@ -227,6 +230,7 @@ pub(crate) fn peer_driver(
     }
     config.register = register;
     config.upload_rate = limits.upload;
+    config.download_rate = limits.download;
     config.max_conns = limits.max_conns;
     config.rng_seed = random_seed();
     config.swarm_key = swarm_key();

@@ -55,13 +55,27 @@ struct WaitArg {
 /// What a peer may take on (`share`, `get`, `peer`).
 #[derive(Args)]
 struct LimitArgs {
-    /// Upload at most this many bytes per second.
-    #[arg(long)]
+    /// Upload at most this many bytes per second (units K, M, G: powers of 1024; e.g. 10M).
+    #[arg(long, value_name = "RATE", value_parser = rate)]
     upload_limit: Option<u64>,
+    /// Download at most this many bytes per second (units as for --upload-limit).
+    #[arg(long, value_name = "RATE", value_parser = rate)]
+    download_limit: Option<u64>,
     /// Most connections at once, the tracker's included (a full table makes room by closing
     /// a connection that has done least).
     #[arg(long, default_value_t = 64)]
     max_conns: u16,
+}
+
+/// A rate in bytes per second with an optional unit (`10M`, `512K`, `2000000`); 0 is refused,
+/// as it would stop every transfer rather than mean "no limit".
+fn rate(text: &str) -> Result<u64, String> {
+    match cli::parse_size(text)? {
+        0 => {
+            Err("a limit of 0 would stop every transfer; leave the option out for no limit".into())
+        }
+        n => Ok(n),
+    }
 }
 
 /// A chunk size with an optional unit (`128K`, `1M`, `262144`).
@@ -74,6 +88,7 @@ impl From<LimitArgs> for cli::Limits {
     fn from(a: LimitArgs) -> Self {
         cli::Limits {
             upload: a.upload_limit,
+            download: a.download_limit,
             max_conns: a.max_conns,
         }
     }
@@ -376,7 +391,7 @@ fn print_files(a: Answers, json: bool) -> anyhow::Result<()> {
         .map(|f| {
             [
                 f.name.to_string(),
-                f.size.to_string(),
+                cli::human_bytes(f.size),
                 f.chunks.to_string(),
                 f.holders.to_string(),
                 f.seeders.to_string(),

@@ -196,7 +196,7 @@ fn tracker_seeder_and_two_concurrent_getters() {
     let ls = run(&dir, &["ls", "--tracker", &tr]);
     let ls_out = String::from_utf8_lossy(&ls.stdout);
     assert!(
-        ls.status.success() && ls_out.contains("src.bin") && ls_out.contains("6000000"),
+        ls.status.success() && ls_out.contains("src.bin") && ls_out.contains("5.7 MiB"),
         "{ls_out}"
     );
     let ls_json: serde_json::Value =
@@ -641,6 +641,26 @@ fn user_errors_get_one_clear_line_and_exit_1() {
         &dir,
         &["share", "missing.bin", "--tracker", &tr],
         "cannot read missing.bin",
+    );
+    // Limits take units (so this fails on the file, not the limit); 0 is refused as usage.
+    fails(
+        &dir,
+        &[
+            "share",
+            "missing.bin",
+            "--tracker",
+            &tr,
+            "--upload-limit",
+            "10M",
+            "--download-limit",
+            "512K",
+        ],
+        "cannot read missing.bin",
+    );
+    let zero = run(&dir, &["get", &link, "--upload-limit", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&zero.stderr).contains("a limit of 0 would stop every transfer")
     );
     fails(
         &dir,

@@ -312,6 +312,42 @@ fn upload_rate_limit_is_respected() {
 }
 
 #[test]
+fn download_rate_limit_is_respected() {
+    for seed in 1..4 {
+        let mut cfg = small(seed);
+        cfg.peers = 3;
+        // Peer 3 may take 500 kB/s (bursts of 125 kB); peer 2 has no limit.
+        cfg.tune = |i, c| {
+            if i == 3 {
+                c.download_rate = Some(500_000);
+            }
+        };
+        let mut sim = Sim::new(cfg);
+        let r = sim.run();
+        assert_ok(&r);
+        let secs = |i| sim.completed_at(i).unwrap().total_micros() as f64 / 1e6;
+        // A request goes out while any token is left, so the bucket may end one request
+        // (64 KiB) in debt: the floor allows the burst and that request.
+        let floor = (3.0 * 1048576.0 - 125_000.0 - 65536.0) / 500_000.0;
+        assert!(
+            secs(3) >= floor,
+            "seed {seed}: {} s, the limit allows no less than {floor} s",
+            secs(3)
+        );
+        assert!(
+            secs(3) < floor * 1.3,
+            "seed {seed}: {} s, the limit should still be used",
+            secs(3)
+        );
+        assert!(
+            secs(2) < floor / 2.0,
+            "seed {seed}: the unlimited peer took {} s",
+            secs(2)
+        );
+    }
+}
+
+#[test]
 fn upload_slots_bound_concurrent_uploads_and_everyone_still_finishes() {
     for seed in SEEDS {
         let mut cfg = small(seed);

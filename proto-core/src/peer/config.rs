@@ -43,6 +43,10 @@ pub struct PeerConfig {
     pub upload_slots: usize,
     /// Upload limit in bytes per second; `None` for no limit.
     pub upload_rate: Option<u64>,
+    /// Download limit in bytes per second; `None` for no limit. Block requests wait for
+    /// tokens, so this peer never asks for more than that (what arrives follows what was
+    /// asked; a remote that sends unasked is cut off anyway).
+    pub download_rate: Option<u64>,
     /// Connections this peer opens per file being fetched (others may connect to it on top).
     /// Default 16: sources enough that a peer few others chose still fills its downlink (the
     /// simulator's 100-peer swarm: efficiency 0.57 with 8, 0.73 with 16).
@@ -117,6 +121,7 @@ impl PeerConfig {
             block_len: 64 * 1024,
             upload_slots: 64,
             upload_rate: None,
+            download_rate: None,
             max_conns_per_file: 16,
             max_in_flight: 4 << 20,
             ping_interval: Duration::from_secs(5),

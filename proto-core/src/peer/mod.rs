@@ -64,8 +64,8 @@
 //!
 //! | memory | C | F | W | A | B | bytes |
 //! |---|---|---|---|---|---|---|
-//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,008 |
-//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 427,960 |
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,064 |
+//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 428,016 |
 //!
 //! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
 //! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
@@ -205,6 +205,8 @@ pub struct Peer<'a, const W: usize> {
     next_ping: Instant,
     ping_nonce: u32,
     upload: Option<TokenBucket>,
+    /// The download limit's bucket: block requests wait for its tokens.
+    download: Option<TokenBucket>,
     slots_used: usize,
     leaving: bool,
     /// Files whose stored hashes are to be discarded (each flagged `discard_hashes`).
@@ -285,6 +287,9 @@ impl<'a, const W: usize> Peer<'a, W> {
             ping_nonce: 0,
             upload: config
                 .upload_rate
+                .map(|r| TokenBucket::new(r, u64::from(config.block_len).max(r / 4), now)),
+            download: config
+                .download_rate
                 .map(|r| TokenBucket::new(r, u64::from(config.block_len).max(r / 4), now)),
             slots_used: 0,
             leaving: false,

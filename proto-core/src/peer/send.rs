@@ -3,8 +3,8 @@
 //! pipeline, the serve queue), so nothing is encoded ahead of time.
 //!
 //! Per connection, in this order: the rest of a bitfield body being sent; control frames;
-//! `Have`s (to the tracker for every file, to a peer for its file); block requests; blocks
-//! being served (within the upload slot and the rate limit).
+//! `Have`s (to the tracker for every file, to a peer for its file); block requests (within the
+//! download limit); blocks being served (within the upload slot and the upload limit).
 
 use heapless::Vec;
 
@@ -242,8 +242,17 @@ impl<const W: usize> Peer<'_, W> {
         }
         let file = self.files[slot as usize].as_ref()?.id;
         let c = self.conns.get_mut(id)?;
-        if let Some(r) = c.reqs.iter_mut().find(|r| r.sent.is_none()) {
+        let may_ask = self.download.as_mut().is_none_or(|b| b.ready(now));
+        if let Some(r) = c
+            .reqs
+            .iter_mut()
+            .find(|r| r.sent.is_none())
+            .filter(|_| may_ask)
+        {
             r.sent = Some(now);
+            if let Some(bucket) = self.download.as_mut() {
+                bucket.take(u64::from(r.block.len));
+            }
             return Some((Message::Request(r.block.in_file(file)), None));
         }
         if c.serve.is_empty() {

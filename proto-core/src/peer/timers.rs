@@ -30,11 +30,13 @@ pub(super) enum Timer {
     CandidateRetry,
     /// The upload rate limit has tokens again for a queued block.
     UploadRate,
+    /// The download rate limit has tokens again for a request waiting to be sent.
+    DownloadRate,
 }
 
 impl Timer {
     /// Every kind, in the order their expiries run.
-    pub(super) const ALL: [Timer; 9] = [
+    pub(super) const ALL: [Timer; 10] = [
         Timer::Handshake,
         Timer::Stall,
         Timer::Ping,
@@ -44,6 +46,7 @@ impl Timer {
         Timer::Pause,
         Timer::CandidateRetry,
         Timer::UploadRate,
+        Timer::DownloadRate,
     ];
 }
 
@@ -138,6 +141,13 @@ impl<const W: usize> Peer<'_, W> {
                 .as_ref()
                 .map(|b| b.ready_at())
                 .filter(|&at| at > now && self.conns.iter().any(|(_, c)| !c.serve.is_empty())),
+            Timer::DownloadRate => self.download.as_ref().map(|b| b.ready_at()).filter(|&at| {
+                at > now
+                    && self
+                        .conns
+                        .iter()
+                        .any(|(_, c)| c.reqs.iter().any(|r| r.sent.is_none()))
+            }),
         }
     }
 
@@ -155,7 +165,7 @@ impl<const W: usize> Peer<'_, W> {
             }
             Timer::SlotIdle => self.release_idle_slots(now),
             // Nothing of their own: `schedule`, which follows every timeout, takes them up.
-            Timer::Pause | Timer::CandidateRetry | Timer::UploadRate => {}
+            Timer::Pause | Timer::CandidateRetry | Timer::UploadRate | Timer::DownloadRate => {}
         }
     }
 }
