@@ -13,7 +13,9 @@ use mio::net::TcpListener;
 use proto_core::auth::SwarmKey;
 use proto_core::link::Link;
 use proto_core::manifest::{ManifestHeader, Name};
-use proto_core::peer::{BlockCheck, FetchFailure, HostPeer, PeerConfig, PeerEvent, MAX_TRACKERS};
+use proto_core::peer::{
+    BlockCheck, FetchFailure, HostPeer, PeerConfig, PeerEvent, Progress, MAX_TRACKERS,
+};
 use proto_core::time::Instant;
 use proto_core::tracker::{Table, Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry, Refusal};
@@ -585,50 +587,170 @@ pub(crate) fn leave<
 pub trait GetProgress {
     /// The manifest is known: `size` bytes.
     fn start(&mut self, name: &str, size: u64);
-    /// Progress so far.
-    fn update(&mut self, bytes: u64, rate: u64, peers: u16);
+    /// Where the download stands: on every verified chunk and every tick of the loop.
+    fn update(&mut self, p: &Progress);
     /// Done (or abandoned).
     fn finish(&mut self);
+    /// Seeding after the download: what has been served (every tick).
+    fn seeding(&mut self, _p: &Progress) {}
 }
 
-/// An indicatif bar on stderr, shown only on a terminal.
-pub struct Bar(Option<ProgressBar>);
+/// How long no byte may arrive before progress says "stalled".
+const STALLED_AFTER: StdDuration = StdDuration::from_secs(3);
+/// Off a terminal, a progress line this often while downloading...
+const LINE_EVERY: StdDuration = StdDuration::from_secs(5);
+/// ...and while seeding.
+const SEEDING_LINE_EVERY: StdDuration = StdDuration::from_secs(30);
+
+/// Progress on stderr: on a terminal an indicatif bar (bytes, the core's current rate, peers,
+/// ETA, or "stalled" when nothing arrives), then a seeding line (uploaded, peers); off a
+/// terminal one plain line every few seconds. The rate is the core's, so bytes a resumed
+/// download already held never count as speed.
+pub struct Bar {
+    bar: Option<ProgressBar>,
+    /// Plain lines instead of a bar.
+    plain: bool,
+    name: String,
+    size: u64,
+    last_line: Option<StdInstant>,
+    last_bytes: u64,
+    moved: StdInstant,
+    /// The seeding line on a terminal (not for a bar in someone else's multi-bar).
+    seeding: Option<ProgressBar>,
+    show_seeding: bool,
+}
 
 impl Bar {
-    /// A bar, hidden unless stderr is a terminal (or `force`).
+    /// A bar if stderr is a terminal (or `force`), else plain lines.
     pub fn new(force: bool) -> Self {
-        Bar((force || std::io::stderr().is_terminal()).then(ProgressBar::hidden))
+        let terminal = force || std::io::stderr().is_terminal();
+        Bar::with(terminal.then(ProgressBar::hidden), !terminal, true)
     }
 
     /// A bar attached to a multi-bar (for the demo).
     pub fn attached(bar: ProgressBar) -> Self {
-        Bar(Some(bar))
+        Bar::with(Some(bar), false, false)
+    }
+
+    fn with(bar: Option<ProgressBar>, plain: bool, show_seeding: bool) -> Self {
+        Bar {
+            show_seeding,
+            bar,
+            plain,
+            name: String::new(),
+            size: 0,
+            last_line: None,
+            last_bytes: 0,
+            moved: StdInstant::now(),
+            seeding: None,
+        }
+    }
+
+    /// Rate, peers and ETA, or "stalled".
+    fn status(&self, p: &Progress) -> String {
+        let peers = match p.peers {
+            1 => "1 peer".to_owned(),
+            n => format!("{n} peers"),
+        };
+        if self.moved.elapsed() >= STALLED_AFTER || p.rate == 0 {
+            return format!("stalled, {peers}");
+        }
+        let left = self.size.saturating_sub(p.bytes_done);
+        let eta = StdDuration::from_secs(left.div_ceil(p.rate.max(1)));
+        format!(
+            "{}/s, {peers}, ETA {}",
+            human_bytes(p.rate),
+            human_duration(eta)
+        )
+    }
+}
+
+/// A duration as people read it: `45s`, `3m 20s`, `1h 02m`.
+pub fn human_duration(d: StdDuration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
     }
 }
 
 impl GetProgress for Bar {
     fn start(&mut self, name: &str, size: u64) {
-        if let Some(b) = &self.0 {
+        self.name = name.to_owned();
+        self.size = size;
+        self.moved = StdInstant::now();
+        if let Some(b) = &self.bar {
             if b.is_hidden() {
                 b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
             b.set_length(size);
             b.set_style(
-                ProgressStyle::with_template("{prefix} {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}")
+                ProgressStyle::with_template("{prefix} {bar:30} {bytes}/{total_bytes} {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
             b.set_prefix(name.to_owned());
         }
-    }
-    fn update(&mut self, bytes: u64, _rate: u64, peers: u16) {
-        if let Some(b) = &self.0 {
-            b.set_position(bytes);
-            b.set_message(format!("{peers} peers"));
+        if self.plain {
+            eprintln!("{name}: {}, starting", human_bytes(size));
+            self.last_line = Some(StdInstant::now());
         }
     }
+
+    fn update(&mut self, p: &Progress) {
+        if p.bytes_done != self.last_bytes {
+            self.last_bytes = p.bytes_done;
+            self.moved = StdInstant::now();
+        }
+        let status = self.status(p);
+        if let Some(b) = &self.bar {
+            b.set_position(p.bytes_done);
+            b.set_message(status.clone());
+        }
+        if self.plain && self.last_line.is_none_or(|t| t.elapsed() >= LINE_EVERY) {
+            let pct = (p.bytes_done * 100).checked_div(self.size).unwrap_or(100);
+            eprintln!(
+                "{}: {} of {} ({pct}%), {status}",
+                self.name,
+                human_bytes(p.bytes_done),
+                human_bytes(self.size)
+            );
+            self.last_line = Some(StdInstant::now());
+        }
+    }
+
     fn finish(&mut self) {
-        if let Some(b) = &self.0 {
-            b.finish();
+        if let Some(b) = &self.bar {
+            b.finish_with_message("done");
+        }
+        if self.plain && !self.name.is_empty() {
+            eprintln!("{}: done, {}", self.name, human_bytes(self.size));
+            self.last_line = Some(StdInstant::now());
+        }
+    }
+
+    fn seeding(&mut self, p: &Progress) {
+        let line = format!(
+            "{}: seeding, uploaded {} to {} connected peers",
+            self.name,
+            human_bytes(p.bytes_uploaded),
+            p.peers
+        );
+        if self.bar.is_some() && self.show_seeding {
+            let s = self.seeding.get_or_insert_with(|| {
+                let s = ProgressBar::new_spinner();
+                s.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                s
+            });
+            s.set_message(line);
+            s.tick();
+        } else if self.plain
+            && self
+                .last_line
+                .is_none_or(|t| t.elapsed() >= SEEDING_LINE_EVERY)
+        {
+            eprintln!("{line}");
+            self.last_line = Some(StdInstant::now());
         }
     }
 }
@@ -839,6 +961,13 @@ pub fn get(
                 error = Some(disk_error(e));
                 return ControlFlow::Break(());
             }
+            if let Some(p) = d.node.progress(slot) {
+                if final_path.is_some() {
+                    progress.seeding(&p);
+                } else if manifest.is_some() {
+                    progress.update(&p);
+                }
+            }
             if !registered && manifest.is_none() && started.elapsed() > wait_limit() {
                 error = Some(if peers.is_empty() {
                     unreachable(&tracker_texts)
@@ -890,7 +1019,7 @@ pub fn get(
                     progress.start(&header.name, header.size);
                     manifest = Some(header);
                 }
-                PeerEvent::Progress(p) if p.slot == slot => progress.update(p.bytes_done, p.rate, p.peers),
+                PeerEvent::Progress(p) if p.slot == slot => progress.update(&p),
                 PeerEvent::ChunkRejected { chunk, from, .. } => tracing::warn!("chunk {chunk} from {from} failed its hash; fetching it again"),
                 PeerEvent::PeerBanned { addr, .. } => tracing::warn!("banned {addr}: repeated bad chunks"),
                 PeerEvent::Unavailable { missing, first, .. } => {

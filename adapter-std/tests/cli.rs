@@ -188,8 +188,19 @@ fn tracker_seeder_and_two_concurrent_getters() {
     assert!(b.wait().success(), "{}", b.stderr());
     assert_eq!(fs::read(dir.join("a.bin")).unwrap(), data);
     assert_eq!(fs::read(dir.join("b.bin")).unwrap(), data);
-    // The final path is printed on stdout, and nothing is left beside it.
+    // The final path is printed on stdout, and nothing is left beside it; stderr (not a
+    // terminal) had plain progress lines.
     assert_eq!(a.stdout().trim(), "a.bin");
+    assert!(
+        a.stderr().contains("src.bin: 5.7 MiB, starting"),
+        "{}",
+        a.stderr()
+    );
+    assert!(
+        a.stderr().contains("src.bin: done, 5.7 MiB"),
+        "{}",
+        a.stderr()
+    );
     assert!(!dir.join("a.bin.part").exists() && !dir.join("a.bin.shoal-journal").exists());
 
     // ls / where / peers tell the truth: one file, one seeder online (the getters left).
@@ -618,17 +629,25 @@ fn version_and_help_say_shoal_and_list_only_what_applies() {
     assert!(out(&["tracker", "--help"]).contains("--swarm-key-file"));
 }
 
-/// Runs a command that must fail: exit code 1, exactly one line on stderr.
+/// Runs a command that must fail: exit code 1, and exactly one error line on stderr, the
+/// last, saying `says`. Before it there may be progress lines (stderr is not a terminal
+/// here), never a warning or a second error.
 fn fails(dir: &Path, args: &[&str], says: &str) {
     let o = run(dir, args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-    assert_eq!(
-        err.trim().lines().count(),
-        1,
-        "{args:?}: one line expected, got {err}"
+    let lines: Vec<&str> = err.trim().lines().collect();
+    let errors = lines.iter().filter(|l| l.starts_with("shoal: ")).count();
+    assert_eq!(errors, 1, "{args:?}: one error line expected, got {err}");
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with("shoal: ") && last.contains(says),
+        "{args:?}: {err}"
     );
-    assert!(err.contains(says), "{args:?}: {err}");
+    assert!(
+        !err.contains("WARN") && !err.contains("ERROR"),
+        "{args:?}: warnings beside the error: {err}"
+    );
 }
 
 #[test]
@@ -750,6 +769,33 @@ fn sigint_makes_a_peer_tell_the_tracker_it_leaves() {
     until("the tracker to log the leave", || {
         t.stderr().contains("left: it said goodbye")
     });
+}
+
+#[test]
+fn progress_off_a_terminal_is_a_plain_line_every_few_seconds_and_says_stalled() {
+    let dir = scratch("progress");
+    random_file(&dir.join("src.bin"), 8 << 20);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (mut s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src.bin"),
+        &["--upload-limit", "1M"],
+    );
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
+    // A line with bytes, percentage, rate, peers and ETA while bytes flow...
+    until("a progress line", || {
+        g.stderr().lines().any(|l| {
+            l.starts_with("src.bin: ") && l.contains("%), ") && l.contains("/s, 1 peer, ETA ")
+        })
+    });
+    // ...and "stalled" once the only holder is gone.
+    s.kill();
+    until("a stalled line", || {
+        g.stderr().lines().any(|l| l.contains("%), stalled"))
+    });
+    g.kill();
 }
 
 #[test]

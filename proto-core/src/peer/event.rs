@@ -25,6 +25,8 @@ pub struct Progress {
     pub rate: u64,
     /// Peer connections open for this file.
     pub peers: u16,
+    /// Block bytes served to others from this file since it was added.
+    pub bytes_uploaded: u64,
 }
 
 /// Why a fetch was given up.

@@ -100,6 +100,8 @@ pub(super) struct File<const W: usize> {
     pub(super) unavailable_reported: u32,
     pub(super) started: Instant,
     pub(super) bytes_done: u64,
+    /// Block bytes served from this file (for progress while seeding).
+    pub(super) bytes_uploaded: u64,
     /// Its stored hashes failed the id check: a `Discard` for them is due.
     pub(super) discard_hashes: bool,
     pub(super) rate: RateMeter,
@@ -232,6 +234,7 @@ impl<const W: usize> Peer<'_, W> {
             unavailable_reported: 0,
             started: now,
             bytes_done: 0,
+            bytes_uploaded: 0,
             rate: RateMeter::new(now),
             user_locate: false,
             discard_hashes: false,

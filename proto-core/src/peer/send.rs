@@ -274,6 +274,9 @@ impl<const W: usize> Peer<'_, W> {
         if let Some(bucket) = self.upload.as_mut() {
             bucket.take(u64::from(b.len));
         }
+        if let Some(f) = self.file_mut(slot) {
+            f.bytes_uploaded += u64::from(b.len);
+        }
         let then = StorageSend {
             key: key(slot, Region::Data),
             offset,
