@@ -403,6 +403,27 @@ fn log_tracker_event(e: &TrackerEvent) {
     }
 }
 
+/// Says once per tracker, at once, that it could not be reached and that the command keeps
+/// trying (a plain line on stderr, not a warning: the error, if it comes, is the last line).
+fn tracker_notice<S>(d: &Driver<Box<HostPeer>, S>, tracker: SocketAddr, told: &mut Vec<SocketAddr>)
+where
+    S: crate::driver::Storage<Error = std::io::Error> + crate::hasher::SharedRead,
+{
+    if told.contains(&tracker) {
+        return;
+    }
+    told.push(tracker);
+    let why = match d.connect_failures.get(&tracker) {
+        Some(std::io::ErrorKind::ConnectionRefused) => "refused the connection",
+        Some(std::io::ErrorKind::TimedOut) => "did not answer",
+        _ => "could not be reached",
+    };
+    eprintln!(
+        "tracker {tracker} {why}; retrying for {:.0} s",
+        wait_limit().as_secs_f64()
+    );
+}
+
 fn unreachable(trackers: &[String]) -> anyhow::Error {
     let tracker = trackers_text(trackers);
     anyhow!(
@@ -509,9 +530,13 @@ pub fn share(
     let mut refused: Vec<FileId> = Vec::new();
     let mut error = None;
     let mut registered = false;
-    let result = driver.run(|_, e| {
+    let mut told = Vec::new();
+    let result = driver.run(|d, e| {
         match e {
             Some(PeerEvent::Registered { .. }) => registered = true,
+            Some(PeerEvent::TrackerLost { tracker }) if !registered => {
+                tracker_notice(d, tracker, &mut told)
+            }
             Some(PeerEvent::Published { file }) => {
                 if let Some(i) = waiting.iter().position(|w| *w == file) {
                     waiting.remove(i);
@@ -950,6 +975,7 @@ pub fn get(
         progress.start(&r.manifest.header.name, r.manifest.header.size);
     }
     let started = StdInstant::now();
+    let mut told = Vec::new();
     let mut registered = false;
     let mut manifest: Option<ManifestHeader> = resume.as_ref().map(|r| r.manifest.header.clone());
     let mut not_found_since: Option<StdInstant> = None;
@@ -992,6 +1018,9 @@ pub fn get(
         };
             match e {
                 PeerEvent::Registered { .. } => registered = true,
+                PeerEvent::TrackerLost { tracker } if !registered => {
+                    tracker_notice(d, tracker, &mut told)
+                }
                 PeerEvent::NotFound { file } if file == link.file && manifest.is_none() => {
                     not_found_since.get_or_insert_with(StdInstant::now);
                 }
@@ -1195,6 +1224,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
     };
     let started = StdInstant::now();
     let mut ready = false;
+    let mut told = Vec::new();
     let mut done = false;
     let mut error = None;
     driver.run(|d, e| {
@@ -1211,6 +1241,7 @@ pub fn query(tracker_text: &str, q: Query) -> anyhow::Result<Answers> {
         };
         let now = Instant::now();
         match e {
+            PeerEvent::TrackerLost { tracker } if !ready => tracker_notice(d, tracker, &mut told),
             PeerEvent::TrackerReady { .. } => {
                 ready = true;
                 let sent = match (&q, by_id) {

@@ -54,8 +54,8 @@ const HASHED: Token = Token(usize::MAX - 3);
 struct Sock {
     stream: TcpStream,
     token: Token,
-    /// Connecting: waiting for the first writable event.
-    connecting: bool,
+    /// Connecting (to this address): waiting for the first writable event.
+    connecting: Option<SocketAddr>,
     /// What is to be sent, in order.
     out: Outbox,
     /// Input the node has not taken yet.
@@ -157,6 +157,9 @@ pub struct Driver<N: Node, S: Storage<Error = io::Error>> {
     /// The last storage error, kept for the command to report (the node only learns that
     /// storage failed, not why).
     pub last_storage_error: Option<io::Error>,
+    /// Why the last connection attempt to each address that failed (and has not succeeded
+    /// since) failed: the command words its notices with it ("refused the connection").
+    pub connect_failures: HashMap<SocketAddr, ErrorKind>,
     /// Events taken from the node while feeding it, not yet handed to the callback. A node
     /// stops reading while its own event queue is nearly full; taking its events here is what
     /// lets it read on, without losing one.
@@ -218,6 +221,7 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
             scratch: vec![0; READ_CHUNK],
             interrupted: false,
             last_storage_error: None,
+            connect_failures: HashMap::new(),
             held: VecDeque::new(),
             wake: Instant::ZERO,
             waker,
@@ -290,7 +294,12 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                             self.on_writable(now, conn);
                         }
                         let input = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        if input && self.socks.get(&conn).is_some_and(|s| !s.connecting) {
+                        if input
+                            && self
+                                .socks
+                                .get(&conn)
+                                .is_some_and(|s| s.connecting.is_none())
+                        {
                             self.readable.insert(conn);
                         }
                     }
@@ -319,7 +328,7 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                             if let Some(gone) = accepted.evicted {
                                 self.remove_sock(gone);
                             }
-                            self.add_sock(accepted.conn, stream, false)
+                            self.add_sock(accepted.conn, stream, None)
                         }
                         Err(TableFull) => drop(stream),
                     }
@@ -333,7 +342,7 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
         }
     }
 
-    fn add_sock(&mut self, conn: ConnId, mut stream: TcpStream, connecting: bool) {
+    fn add_sock(&mut self, conn: ConnId, mut stream: TcpStream, connecting: Option<SocketAddr>) {
         let token = Token(self.next_token);
         self.next_token += 1;
         if self
@@ -346,7 +355,7 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
             return;
         }
         self.tokens.insert(token, conn);
-        if !connecting {
+        if connecting.is_none() {
             self.readable.insert(conn);
         }
         self.socks.insert(
@@ -383,16 +392,23 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
         let Some(s) = self.socks.get_mut(&conn) else {
             return;
         };
-        if s.connecting {
+        if let Some(addr) = s.connecting {
             match (s.stream.take_error(), s.stream.peer_addr()) {
                 (Ok(None), Ok(_)) => {
-                    s.connecting = false;
+                    s.connecting = None;
+                    self.connect_failures.remove(&addr);
                     self.readable.insert(conn);
                     let _ = s.stream.set_nodelay(true);
                     self.node.connected(now, conn);
                 }
-                (_, Err(e)) if e.kind() == ErrorKind::NotConnected => return,
-                _ => {
+                // Not connected yet: wait for the next writable event.
+                (Ok(None), Err(e)) if e.kind() == ErrorKind::NotConnected => return,
+                // Failed (refused, unreachable, timed out): `take_error` has just consumed the
+                // socket's error, and no further event comes for it, so it ends here.
+                (err, _) => {
+                    if let Ok(Some(e)) | Err(e) = err {
+                        self.connect_failures.insert(addr, e.kind());
+                    }
                     self.lost(now, conn);
                     return;
                 }
@@ -517,8 +533,11 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                     }
                 }
                 Output::Action(Action::Connect { conn, addr }) => match TcpStream::connect(addr) {
-                    Ok(stream) => self.add_sock(conn, stream, true),
-                    Err(_) => self.node.closed(now, conn),
+                    Ok(stream) => self.add_sock(conn, stream, Some(addr)),
+                    Err(e) => {
+                        self.connect_failures.insert(addr, e.kind());
+                        self.node.closed(now, conn)
+                    }
                 },
                 Output::Action(Action::Close(conn)) => {
                     if let Some(s) = self.socks.get_mut(&conn) {
@@ -627,7 +646,7 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
             let Some(s) = self.socks.get_mut(&conn) else {
                 return;
             };
-            if s.connecting {
+            if s.connecting.is_some() {
                 return;
             }
             // A frame followed by its payload: tell the kernel more comes at once, so the

@@ -707,6 +707,23 @@ fn user_errors_get_one_clear_line_and_exit_1() {
     );
     assert!(!dir.join("u.bin").exists() && !dir.join("u.bin.part").exists());
     fails(&dir, &["ls", "--tracker", "127.0.0.1:9"], "unreachable");
+    // A refused connection is said at once (before the wait is over), then the error.
+    let o = run(
+        &dir,
+        &["get", &link, "-o", "never.bin", "--tracker", "127.0.0.1:9"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.trim().lines().collect();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(
+        lines.first().copied(),
+        Some("tracker 127.0.0.1:9 refused the connection; retrying for 3 s"),
+        "{err}"
+    );
+    assert!(
+        lines.last().is_some_and(|l| l.contains("unreachable")),
+        "{err}"
+    );
     fails(
         &dir,
         &["get", &link, "-o", "/nonexistent-dir/out.bin", "--no-seed"],
