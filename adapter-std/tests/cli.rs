@@ -166,6 +166,52 @@ fn get_args<'a>(link: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> 
     a
 }
 
+/// A tracker and a seeder of a random `src.bin` of `len` bytes (shared with `extra`), in a
+/// scratch folder of its own.
+struct Seeded {
+    dir: PathBuf,
+    data: Vec<u8>,
+    tracker: Proc,
+    tr: String,
+    seed: Proc,
+    link: String,
+}
+
+fn seeded(name: &str, len: usize, extra: &[&str]) -> Seeded {
+    let dir = scratch(name);
+    let data = random_file(&dir.join("src.bin"), len);
+    let (tracker, tr) = tracker(&dir, "127.0.0.1:0");
+    let (seed, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), extra);
+    Seeded {
+        dir,
+        data,
+        tracker,
+        tr,
+        seed,
+        link,
+    }
+}
+
+/// A `get --no-seed` of `link` to `out`, returned once its first chunk is journaled.
+fn get_started(dir: &Path, link: &str, out: &str) -> Proc {
+    let g = Proc::start(dir, "g", &get_args(link, out, &["--no-seed"]));
+    let journal = dir.join(format!("{out}.shoal-journal"));
+    until("the transfer to start", || records(&journal) >= 1);
+    g
+}
+
+/// The file id in a link.
+fn link_id(link: &str) -> String {
+    link["shoal:".len()..].split('?').next().unwrap().to_owned()
+}
+
+/// The address of the first peer the tracker at `tr` lists (a test's only seeder).
+fn first_peer(dir: &Path, tr: &str) -> String {
+    let peers: serde_json::Value =
+        serde_json::from_slice(&run(dir, &["peers", "--json", "--tracker", tr]).stdout).unwrap();
+    peers[0]["addr"].as_str().unwrap().to_owned()
+}
+
 fn run(dir: &Path, args: &[&str]) -> Output {
     let mut p = Proc::start(dir, "run", args);
     let status = p.wait();
@@ -295,9 +341,7 @@ fn a_seeder_killed_mid_transfer_while_another_holds_the_file() {
         &dir.join("src.bin"),
         &["--upload-limit", "1500000"],
     );
-    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
-    let journal = dir.join("out.bin.shoal-journal");
-    until("the transfer to start", || records(&journal) >= 1);
+    let mut g = get_started(&dir, &link, "out.bin");
     s1.kill();
     assert!(g.wait().success(), "{}", g.stderr());
     assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
@@ -315,11 +359,10 @@ fn the_tracker_killed_and_restarted_mid_transfer() {
         &dir.join("src.bin"),
         &["--upload-limit", "2000000"],
     );
-    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
-    let journal = dir.join("out.bin.shoal-journal");
-    until("the transfer to start", || records(&journal) >= 1);
+    let mut g = get_started(&dir, &link, "out.bin");
     t.kill();
     // The transfer goes on without the tracker.
+    let journal = dir.join("out.bin.shoal-journal");
     let at_kill = records(&journal);
     until("progress without the tracker", || {
         records(&journal) >= at_kill + 4
@@ -345,9 +388,7 @@ fn two_trackers_one_killed_before_the_getter_starts_the_other_during_its_downloa
     // The link names both trackers, in order.
     assert!(link.contains(&format!("tr={tr1}&tr={tr2}")), "{link}");
     t1.kill();
-    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
-    let journal = dir.join("out.bin.shoal-journal");
-    until("the transfer to start", || records(&journal) >= 1);
+    let mut g = get_started(&dir, &link, "out.bin");
     t2.kill();
     assert!(g.wait().success(), "{}", g.stderr());
     assert_eq!(fs::read(dir.join("out.bin")).unwrap(), data);
@@ -355,17 +396,19 @@ fn two_trackers_one_killed_before_the_getter_starts_the_other_during_its_downloa
 
 #[test]
 fn a_getter_joins_through_one_peer_with_no_tracker() {
-    let dir = scratch("peeronly");
-    let data = random_file(&dir.join("src.bin"), 4 << 20);
-    let (mut t, tr) = tracker(&dir, "127.0.0.1:0");
-    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src.bin"), &[]);
+    let Seeded {
+        dir,
+        data,
+        tracker: mut t,
+        tr,
+        seed: _s,
+        link,
+    } = seeded("peeronly", 4 << 20, &[]);
     // The seeder's address, as the tracker knows it; then the tracker goes.
-    let peers: serde_json::Value =
-        serde_json::from_slice(&run(&dir, &["peers", "--json", "--tracker", &tr]).stdout).unwrap();
-    let seeder = peers[0]["addr"].as_str().unwrap().to_owned();
+    let seeder = first_peer(&dir, &tr);
     t.kill();
     // A bare id names no tracker: the peer given is all the getter has.
-    let id = link["shoal:".len()..].split('?').next().unwrap().to_owned();
+    let id = link_id(&link);
     let mut g = Proc::start(
         &dir,
         "g",
@@ -402,20 +445,16 @@ fn a_getter_joins_through_one_peer_with_no_tracker() {
 
 #[test]
 fn a_metainfo_file_fetches_the_file_with_no_tracker_that_lists_it() {
-    let dir = scratch("metainfo");
-    let data = random_file(&dir.join("src.bin"), 3 << 20);
-    let (mut t, tr) = tracker(&dir, "127.0.0.1:0");
-    let (_s, _link) = share(
-        &dir,
-        "seed",
-        &tr,
-        &dir.join("src.bin"),
-        &["--save", "src.shoal"],
-    );
+    let Seeded {
+        dir,
+        data,
+        tracker: mut t,
+        tr,
+        seed: _s,
+        ..
+    } = seeded("metainfo", 3 << 20, &["--save", "src.shoal"]);
     until("the metainfo file", || dir.join("src.shoal").exists());
-    let peers: serde_json::Value =
-        serde_json::from_slice(&run(&dir, &["peers", "--json", "--tracker", &tr]).stdout).unwrap();
-    let seeder = peers[0]["addr"].as_str().unwrap().to_owned();
+    let seeder = first_peer(&dir, &tr);
     // The tracker goes: the manifest comes from the file, the bytes from the peer given.
     t.kill();
     let mut g = Proc::start(
@@ -494,7 +533,7 @@ fn files_are_told_apart_by_id_not_by_name() {
         .collect();
     assert_eq!(names, ["same.bin", "same.bin"], "{ls}");
     // A name two files share is ambiguous: one line naming both ids.
-    let id = |l: &str| l["shoal:".len()..].split('?').next().unwrap().to_owned();
+    let id = link_id;
     let o = run(&dir, &["where", "same.bin", "--tracker", &tr]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -510,18 +549,16 @@ fn files_are_told_apart_by_id_not_by_name() {
 
 #[test]
 fn outputs_folders_existing_files_and_a_second_getter() {
-    let dir = scratch("outputs");
-    let data = random_file(&dir.join("src.bin"), 4 << 20);
-    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
     // A slow seeder, so a download is surely running when a second one starts.
-    let (_s, link) = share(
-        &dir,
-        "seed",
-        &tr,
-        &dir.join("src.bin"),
-        &["--upload-limit", "1000000"],
-    );
-    let id = link["shoal:".len()..].split('?').next().unwrap().to_owned();
+    let Seeded {
+        dir,
+        data,
+        tracker: _t,
+        tr,
+        seed: _s,
+        link,
+    } = seeded("outputs", 4 << 20, &["--upload-limit", "1000000"]);
+    let id = link_id(&link);
     let get = |tag: &str, what: &str, out: &str| {
         Proc::start(
             &dir,
@@ -790,16 +827,13 @@ fn sigint_makes_a_peer_tell_the_tracker_it_leaves() {
 
 #[test]
 fn progress_off_a_terminal_is_a_plain_line_every_few_seconds_and_says_stalled() {
-    let dir = scratch("progress");
-    random_file(&dir.join("src.bin"), 8 << 20);
-    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
-    let (mut s, link) = share(
-        &dir,
-        "seed",
-        &tr,
-        &dir.join("src.bin"),
-        &["--upload-limit", "1M"],
-    );
+    let Seeded {
+        dir,
+        tracker: _t,
+        seed: mut s,
+        link,
+        ..
+    } = seeded("progress", 8 << 20, &["--upload-limit", "1M"]);
     let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
     // A line with bytes, percentage, rate, peers and ETA while bytes flow...
     until("a progress line", || {
@@ -817,20 +851,14 @@ fn progress_off_a_terminal_is_a_plain_line_every_few_seconds_and_says_stalled() 
 
 #[test]
 fn an_interrupted_download_exits_130_and_says_how_to_resume() {
-    let dir = scratch("sigint-get");
-    random_file(&dir.join("src.bin"), 8 << 20);
-    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
-    let (_s, link) = share(
-        &dir,
-        "seed",
-        &tr,
-        &dir.join("src.bin"),
-        &["--upload-limit", "1000000"],
-    );
-    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &["--no-seed"]));
-    until("a journaled chunk", || {
-        records(&dir.join("out.bin.shoal-journal")) >= 1
-    });
+    let Seeded {
+        dir,
+        tracker: _t,
+        seed: _s,
+        link,
+        ..
+    } = seeded("sigint-get", 8 << 20, &["--upload-limit", "1000000"]);
+    let mut g = get_started(&dir, &link, "out.bin");
     let pid = g.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-INT", &pid])
