@@ -820,12 +820,12 @@ pub(crate) fn start_download(
     Ok((slot, resume))
 }
 
-/// The download in `slot` found its output already there: if that file is the one asked for
-/// (it hashes to `file` with the manifest's chunk size), the fetch becomes a share of it; the
-/// shared slot is returned. Otherwise one line says so.
+/// The output is already there: if that file is the one asked for (it hashes to `file` with
+/// the manifest's chunk size), it is shared instead (the fetch in `slot`, if any, cancelled);
+/// the shared slot is returned. Otherwise one line says so.
 fn seed_existing(
     d: &mut PeerDriver,
-    slot: u16,
+    slot: Option<u16>,
     path: &Path,
     file: FileId,
     header: &ManifestHeader,
@@ -838,8 +838,10 @@ fn seed_existing(
         );
     }
     let now = Instant::now();
-    let _ = d.node.cancel(now, slot);
-    d.store.remove(slot);
+    if let Some(slot) = slot {
+        let _ = d.node.cancel(now, slot);
+        d.store.remove(slot);
+    }
     let shared = d
         .node
         .share(now, file, header.clone())
@@ -963,8 +965,21 @@ pub fn get(
             }
         }
     }
-    let (mut slot, resume) =
-        start_download(&mut driver, link.file, output.as_ref(), into.as_ref())?;
+    // A metainfo file and an output already there: check it at once, with no one to ask.
+    let held = match (&meta, &output) {
+        (Some(m), Some(out)) if out.is_file() => {
+            let h = &m.manifest.header;
+            Some((
+                seed_existing(&mut driver, None, out, m.manifest.id, h)?,
+                out.clone(),
+            ))
+        }
+        _ => None,
+    };
+    let (mut slot, resume) = match &held {
+        Some((shared, _)) => (*shared, None),
+        None => start_download(&mut driver, link.file, output.as_ref(), into.as_ref())?,
+    };
     for &p in &peers {
         driver
             .node
@@ -980,6 +995,15 @@ pub fn get(
     let mut manifest: Option<ManifestHeader> = resume.as_ref().map(|r| r.manifest.header.clone());
     let mut not_found_since: Option<StdInstant> = None;
     let mut final_path: Option<PathBuf> = None;
+    if let Some((_, path)) = held {
+        manifest = meta.as_ref().map(|m| m.manifest.header.clone());
+        on_done(&path);
+        if opts.no_seed {
+            leave(&mut driver);
+            return Ok(path);
+        }
+        final_path = Some(path);
+    }
     let mut error: Option<anyhow::Error> = None;
     let result = driver.run(|d, e| {
         let Some(e) = e else {
@@ -1027,7 +1051,7 @@ pub fn get(
                 // The output was there before: check it, and seed it if it is the file.
                 PeerEvent::ManifestReceived { slot: s, file, header } if s == slot && d.store.existing(slot).is_some() => {
                     let path = d.store.existing(slot).map(Path::to_path_buf).unwrap_or_default();
-                    match seed_existing(d, slot, &path, file, &header) {
+                    match seed_existing(d, Some(slot), &path, file, &header) {
                         Ok(shared) => {
                             slot = shared;
                             manifest = Some(header);

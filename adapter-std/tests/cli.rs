@@ -481,6 +481,14 @@ fn a_metainfo_file_fetches_the_file_with_no_tracker_that_lists_it() {
         "{}",
         g.stderr()
     );
+    // The file already there: checked against the metainfo at once, no tracker or peer needed.
+    let have = run(&dir, &["get", "src.shoal", "-o", "out.bin", "--no-seed"]);
+    assert!(
+        have.status.success(),
+        "{}",
+        String::from_utf8_lossy(&have.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&have.stdout).trim(), "out.bin");
     // A damaged or foreign file is one clear line, and leaves nothing behind.
     let mut bytes = fs::read(dir.join("src.shoal")).unwrap();
     let at = bytes.len() / 2;
