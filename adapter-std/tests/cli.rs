@@ -858,6 +858,29 @@ fn progress_off_a_terminal_is_a_plain_line_every_few_seconds_and_says_stalled() 
 }
 
 #[test]
+fn on_a_terminal_progress_is_a_bar_with_rate_peers_and_eta_then_a_seeding_line() {
+    let Seeded {
+        dir,
+        tracker: _t,
+        seed: _s,
+        link,
+        ..
+    } = seeded("bar", 8 << 20, &["--upload-limit", "2M"]);
+    let mut cmd = shoal(&dir);
+    cmd.args(get_args(&link, "out.bin", &[]));
+    // The process lives in a pseudo-terminal, killed when the session drops.
+    let mut p =
+        rexpect::session::spawn_command(cmd, Some(DEADLINE.as_millis() as u64)).expect("a pty");
+    p.exp_string("/s, 1 peer, ETA ")
+        .expect("the bar's rate, peers and ETA");
+    p.exp_string("seeding, uploaded ")
+        .expect("the seeding line");
+    p.send_control('c').expect("Ctrl-C");
+    p.exp_eof().expect("it exits on Ctrl-C");
+    assert_eq!(fs::read(dir.join("out.bin")).unwrap().len(), 8 << 20);
+}
+
+#[test]
 fn an_interrupted_download_exits_130_and_says_how_to_resume() {
     let Seeded {
         dir,
