@@ -129,9 +129,9 @@ pub fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 /// Resolves `host:port`, naming `what` it is in the error.
 fn resolve_as(what: &str, addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
-        .with_context(|| format!("cannot resolve {what} address {addr:?} (expected host:port)"))?
+        .with_context(|| format!("cannot resolve {what} address '{addr}' (expected host:port)"))?
         .next()
-        .ok_or_else(|| anyhow!("{what} address {addr:?} resolves to nothing"))
+        .ok_or_else(|| anyhow!("{what} address '{addr}' resolves to nothing"))
 }
 
 /// Resolves every tracker; more than a peer can register with is an error.
@@ -454,13 +454,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("{text:?} is not a size: write a number of bytes, optionally followed by K, M or G (powers of 1024)")),
+        _ => return Err(format!("'{text}' is not a size: write a number of bytes, optionally followed by K, M or G (powers of 1024)")),
     };
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a size: it must start with a number"))?;
+        .map_err(|_| format!("'{text}' is not a size: it must start with a number"))?;
     n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 /// A link to `id` named `name` on `trackers`.
@@ -1201,14 +1201,14 @@ pub fn by_name(files: &[FileEntry], name: &str) -> anyhow::Result<FileId> {
     let named: Vec<&FileEntry> = files.iter().filter(|f| f.name.as_str() == name).collect();
     match named[..] {
         [one] => Ok(one.file),
-        [] => bail!("no file named {name:?} is listed; see `shoal ls`"),
+        [] => bail!("no file named '{name}' is listed; see `shoal ls`"),
         _ => {
             let ids: Vec<String> = named
                 .iter()
                 .map(|f| format!("{} ({})", f.file, human_bytes(f.size)))
                 .collect();
             bail!(
-                "{} files are named {name:?}: {}; ask by id",
+                "{} files are named '{name}': {}; ask by id",
                 named.len(),
                 ids.join(", ")
             )

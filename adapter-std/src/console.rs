@@ -234,7 +234,7 @@ fn command(
                 }
             }
         }
-        (Some(other), _, _) => return Err(anyhow!("unknown command {other:?}; type help")),
+        (Some(other), _, _) => return Err(anyhow!("unknown command '{other}'; type help")),
     }
     Ok(())
 }

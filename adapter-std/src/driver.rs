@@ -712,7 +712,9 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                 Err(Errno::NODATA) => {
                     // The bytes promised in a frame header cannot be sent: the stream is
                     // broken for the remote, so close it.
-                    tracing::warn!("storage read failed on {conn:?}; closing the connection");
+                    tracing::warn!(
+                        "a storage read for a connection failed; closing that connection"
+                    );
                     s.out = Outbox::default();
                     s.closing = true;
                 }
