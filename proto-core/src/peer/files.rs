@@ -324,7 +324,7 @@ impl<const W: usize> Peer<'_, W> {
         let id = f.id;
         let started = f.started;
         match f.manifest.clone() {
-            ManifestState::Wanted { asked } => {
+            ManifestState::Wanted { .. } => {
                 if deadline.is_some_and(|d| now - started >= d) {
                     self.fail_fetch(slot, FetchFailure::ManifestNotFound);
                     return;
@@ -337,12 +337,7 @@ impl<const W: usize> Peer<'_, W> {
                     n => (self.rng.next_u64() % n as u64) as usize,
                 };
                 if let Some(&t) = trackers.get(pick) {
-                    if asked.is_none_or(|at| now - at >= FIRST_LOCATE_DELAY) {
-                        if let Some(f) = self.file_mut(slot) {
-                            f.manifest = ManifestState::Wanted { asked: Some(now) };
-                        }
-                        self.ctl(t, Ctl::GetManifest(id));
-                    }
+                    self.ask_manifest(slot, t);
                 }
             }
             ManifestState::Known(_) => {
@@ -491,7 +486,7 @@ impl<const W: usize> Peer<'_, W> {
                     && !c.bitfield_out
             });
             if waiting {
-                self.ctl(id, Ctl::Bitfield(slot));
+                self.greet(id);
             }
         }
         let file = self.file(slot).map(|f| f.id).unwrap_or_default();

@@ -150,7 +150,6 @@ impl<const W: usize> Peer<'_, W> {
         let Some(tc) = self.tracker_conn(t) else {
             return;
         };
-        let now = self.now;
         let Some(f) = self.file_mut(slot) else {
             return;
         };
@@ -159,7 +158,6 @@ impl<const W: usize> Peer<'_, W> {
             seq: f.log.end(),
             full_from: None,
         };
-        let id = f.id;
         match &f.manifest {
             ManifestState::Known(_) if f.have.is_full() => self.want_publish(t, slot),
             ManifestState::Known(_) => {
@@ -169,12 +167,23 @@ impl<const W: usize> Peer<'_, W> {
             }
             // One tracker at a time is asked for a manifest (it is the whole hash list);
             // another is asked if that one does not know it (see `file_tick`).
-            ManifestState::Wanted { asked } => {
-                if asked.is_none_or(|at| now - at >= FIRST_LOCATE_DELAY) {
-                    f.manifest = ManifestState::Wanted { asked: Some(now) };
-                    self.ctl(tc, Ctl::GetManifest(id));
-                }
-            }
+            ManifestState::Wanted { .. } => self.ask_manifest(slot, tc),
+        }
+    }
+
+    /// Asks connection `conn` for `slot`'s manifest, unless it was asked for just now.
+    pub(super) fn ask_manifest(&mut self, slot: u16, conn: ConnId) {
+        let now = self.now;
+        let Some(f) = self.file_mut(slot) else {
+            return;
+        };
+        let ManifestState::Wanted { asked } = f.manifest else {
+            return;
+        };
+        if asked.is_none_or(|at| now - at >= FIRST_LOCATE_DELAY) {
+            f.manifest = ManifestState::Wanted { asked: Some(now) };
+            let id = f.id;
+            self.ctl(conn, Ctl::GetManifest(id));
         }
     }
 
