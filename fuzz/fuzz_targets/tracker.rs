@@ -50,6 +50,11 @@ enum M {
     Register,
     Ping(u32),
     Pong(u32),
+    Report {
+        nonce: u32,
+        uploaded: u64,
+        downloaded: u64,
+    },
     Leave,
     Publish {
         true_id: bool,
@@ -241,6 +246,18 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                     M::Register => (Message::Register, Vec::new()),
                     M::Ping(n) => (Message::Ping(n), Vec::new()),
                     M::Pong(n) => (Message::Pong(n), Vec::new()),
+                    M::Report {
+                        nonce,
+                        uploaded,
+                        downloaded,
+                    } => (
+                        Message::Report {
+                            nonce,
+                            uploaded,
+                            downloaded,
+                        },
+                        Vec::new(),
+                    ),
                     M::Leave => (Message::Leave, Vec::new()),
                     M::Publish {
                         true_id,

@@ -32,7 +32,7 @@ use crate::auth::{Nonce, Proof};
 use crate::manifest::{ManifestError, ManifestHeader, Name, MAX_CHUNKS};
 
 /// The protocol version spoken by this build; sent in every [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Bytes in the length prefix of every frame.
 pub const LEN_PREFIX: usize = 4;
@@ -378,6 +378,18 @@ pub enum Message {
         /// Where to try.
         #[cfg_attr(feature = "defmt", defmt(Debug2Format))]
         addrs: Vec<SocketAddr, MAX_EXCHANGE>,
+    },
+    /// Peer to tracker: the answer to a tracker's [`Message::Ping`] (it counts as the pong)
+    /// with what the peer has moved so far, for the operator's view. Totals, not rates: the
+    /// tracker derives rates from two reports, so a lost or late one costs no accuracy. They
+    /// are the peer's word, shown as such and trusted for nothing.
+    Report {
+        /// The ping's nonce.
+        nonce: u32,
+        /// Block bytes served to other peers, over the files it has now.
+        uploaded: u64,
+        /// Verified bytes fetched, over the files it has now.
+        downloaded: u64,
     },
 }
 

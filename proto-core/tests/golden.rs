@@ -45,9 +45,10 @@ fn tag(m: &Message) -> usize {
         Message::Leaves { .. } => 30,
         Message::Started { .. } => 31,
         Message::Peers { .. } => 32,
+        Message::Report { .. } => 33,
     }
 }
-const VARIANTS: usize = 33;
+const VARIANTS: usize = 34;
 
 fn examples() -> Vec<Message> {
     let file = FileId([0xf1; 32]);
@@ -124,6 +125,11 @@ fn examples() -> Vec<Message> {
                 .into_iter()
                 .collect(),
         },
+        Message::Report {
+            nonce: 7,
+            uploaded: 1 << 40,
+            downloaded: 300,
+        },
     ];
     for r in [
         Refusal::VersionMismatch { supported: 1 },
@@ -190,7 +196,7 @@ fn every_message_encodes_to_its_golden_bytes() {
 }
 
 const GOLDEN: &[&str] = &[
-    "2400000000040d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
+    "2400000000050d0d0d0d0d0d0d0d0d0d0d0d0d0d0d0dd8365a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a",
     "020000000107",
     "020000000207",
     "0100000003",
@@ -220,6 +226,7 @@ const GOLDEN: &[&str] = &[
     "230000001ef1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f10710",
     "220000001ff1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f107",
     "3c00000020f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f102000a010203d83601fe800000000000000000000000000001d936",
+    "0a0000002107808080808020ac02",
     "03000000050001",
     "020000000501",
     "020000000502",

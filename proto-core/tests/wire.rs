@@ -99,6 +99,11 @@ fn message() -> impl Strategy<Value = Message> {
         any::<[u8; 32]>().prop_map(|proof| Message::Auth { proof }),
         any::<u32>().prop_map(Message::Ping),
         any::<u32>().prop_map(Message::Pong),
+        any::<(u32, u64, u64)>().prop_map(|(nonce, uploaded, downloaded)| Message::Report {
+            nonce,
+            uploaded,
+            downloaded
+        }),
         Just(Message::Register),
         sock().prop_map(|addr| Message::Registered { addr }),
         refusal().prop_map(Message::Refused),
@@ -387,6 +392,11 @@ fn the_largest_instance_of_every_message_fits_a_frame() {
         Message::Peers {
             file: id,
             addrs: (0..MAX_EXCHANGE).map(|_| max_addr).collect(),
+        },
+        Message::Report {
+            nonce: u32::MAX,
+            uploaded: u64::MAX,
+            downloaded: u64::MAX,
         },
     ];
     for m in &all {

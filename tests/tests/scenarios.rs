@@ -67,6 +67,31 @@ fn parallel_download_from_several_peers() {
 }
 
 #[test]
+fn peers_report_what_they_moved_and_the_tracker_shows_it() {
+    for seed in 1..4 {
+        let cfg = small(seed);
+        let size = cfg.file_bytes;
+        let mut sim = Sim::new(cfg);
+        assert_ok(&sim.run());
+        // Two ping rounds after the last download: every peer has reported since.
+        let later = sim.now() + Duration::from_secs(11);
+        sim.run_until(later);
+        let t = sim.tracker().expect("the tracker is up");
+        let peers: Vec<_> = t.peers().collect();
+        assert_eq!(peers.len(), 5, "seed {seed}");
+        let downloaders = peers.iter().filter(|p| p.downloaded == size).count();
+        assert_eq!(downloaders, 4, "seed {seed}: {peers:?}");
+        let seeders = peers.iter().filter(|p| p.downloaded == 0).count();
+        assert_eq!(seeders, 1, "seed {seed}: {peers:?}");
+        let up: u64 = peers.iter().map(|p| p.uploaded).sum();
+        assert!(up >= 4 * size, "seed {seed}: {up} uploaded of {}", 4 * size);
+        let files: Vec<_> = t.files().collect();
+        assert_eq!((files.len(), files[0].complete), (1, 5), "seed {seed}");
+        assert_eq!(t.holders(&files[0].file).count(), 5, "seed {seed}");
+    }
+}
+
+#[test]
 fn a_downloaded_chunk_is_served_before_its_holder_finishes() {
     for seed in SEEDS {
         let mut cfg = small(seed);

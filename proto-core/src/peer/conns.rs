@@ -40,6 +40,8 @@ pub(super) enum Ctl {
     Register,
     Ping(u32),
     Pong(u32),
+    /// A tracker's pong: [`Message::Report`] with our totals, read when sent.
+    Report(u32),
     Leave,
     Publish(u16),
     GetManifest(FileId),

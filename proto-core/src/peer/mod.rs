@@ -64,8 +64,8 @@
 //!
 //! | memory | C | F | W | A | B | bytes |
 //! |---|---|---|---|---|---|---|
-//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,072 |
-//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 428,144 |
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,088 |
+//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 428,160 |
 //!
 //! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
 //! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
@@ -221,6 +221,10 @@ pub struct Peer<'a, const W: usize> {
     pending_header: Option<(u16, ManifestHeader)>,
     /// Addresses that may still be taken from peer exchange (see `exchange`).
     hint_budget: u16,
+    /// Block bytes served and verified bytes fetched since this peer started: reported to
+    /// the trackers with every pong ([`Message::Report`]), for the operator's view.
+    uploaded: u64,
+    downloaded: u64,
     /// Where `poll_output` stands.
     drain: Drain,
 }
@@ -300,6 +304,8 @@ impl<'a, const W: usize> Peer<'a, W> {
             pending_header: None,
             drain: Drain::default(),
             hint_budget: exchange::BUDGET_MAX,
+            uploaded: 0,
+            downloaded: 0,
         };
         peer.files.iter_mut().for_each(|f| *f = None);
         peer.active.iter_mut().for_each(|a| *a = None);

@@ -105,6 +105,11 @@ impl<const W: usize> Peer<'_, W> {
             Ctl::Register => Message::Register,
             Ctl::Ping(n) => Message::Ping(n),
             Ctl::Pong(n) => Message::Pong(n),
+            Ctl::Report(nonce) => Message::Report {
+                nonce,
+                uploaded: self.uploaded,
+                downloaded: self.downloaded,
+            },
             Ctl::Leave => Message::Leave,
             Ctl::ListFiles => Message::ListFiles,
             Ctl::ListPeers => Message::ListPeers,
@@ -277,6 +282,7 @@ impl<const W: usize> Peer<'_, W> {
         if let Some(f) = self.file_mut(slot) {
             f.bytes_uploaded += u64::from(b.len);
         }
+        self.uploaded += u64::from(b.len);
         let then = StorageSend {
             key: key(slot, Region::Data),
             offset,

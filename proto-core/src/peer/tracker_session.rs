@@ -203,7 +203,7 @@ impl<const W: usize> Peer<'_, W> {
             return;
         };
         match msg {
-            Message::Ping(n) => self.ctl(id, Ctl::Pong(n)),
+            Message::Ping(n) => self.ctl(id, Ctl::Report(n)),
             Message::Pong(_) => {}
             Message::Registered { addr } => {
                 self.sessions[t].registered = Some(addr);

@@ -393,6 +393,7 @@ impl<const W: usize> Peer<'_, W> {
         }
         f.log.push(chunk);
         f.bytes_done += len;
+        self.downloaded += len;
         self.event(PeerEvent::ChunkVerified { slot, chunk });
         if let Some(p) = self.progress(slot) {
             self.event(PeerEvent::Progress(p));

@@ -14,6 +14,8 @@ pub(crate) struct Conn {
     pub(super) stranger: bool,
     pub(super) replies: Deque<Reply, REPLY_QUEUE>,
     pub(super) publish: Option<PublishRx>,
+    /// Its transfer totals and rates, from its reports.
+    pub(super) reported: view::Reported,
 }
 
 impl Conn {

@@ -164,5 +164,25 @@ impl Tracker<'_> {
             self.conns.len(),
             "every connection is counted for its IP"
         );
+        // The operator's views agree with the counters and indexes they are read from.
+        assert_eq!(
+            self.peers().count(),
+            registered,
+            "a view per registered peer"
+        );
+        let held: u32 = self.peers().map(|p| p.files).sum();
+        assert_eq!(held as usize, self.held.len(), "peer views count holdings");
+        let mut files = 0;
+        for f in self.files() {
+            files += 1;
+            let (mut holders, mut complete) = (0, 0);
+            for h in self.holders(&f.file) {
+                holders += 1;
+                complete += u32::from(h.chunks == h.of);
+                assert!(h.chunks <= h.of, "a holder holds at most every chunk");
+            }
+            assert_eq!((holders, complete), (f.holders, f.complete), "holder views");
+        }
+        assert_eq!(files, listed, "a view per listed file");
     }
 }

@@ -71,7 +71,7 @@
 //!
 //! | fixed memory | C | F | H | W | bytes |
 //! |---|---|---|---|---|---|
-//! | [`SmallTrackerMemory`] | 16 | 8 | 32 | 32 (1024 chunks) | 36,400 |
+//! | [`SmallTrackerMemory`] | 16 | 8 | 32 | 32 (1024 chunks) | 37,168 |
 //!
 //! That is [`Tracker::ram_bytes`], the tracker with its memory; a test checks it (x86_64).
 //! It was 41,408 when the tables were sized at compile time: the indexes added about 3.4 KB,
@@ -86,9 +86,11 @@ mod invariants;
 mod memory;
 mod publish;
 mod register;
+mod view;
 
 pub use event::{LeaveReason, Offence, Table, TrackerConfig, TrackerEvent};
 pub use memory::{SmallTrackerMemory, TrackerMemory};
+pub use view::{FileView, HolderView, PeerView};
 
 use memory::Parts;
 
@@ -364,6 +366,7 @@ impl<'a> Tracker<'a> {
             stranger: false,
             replies: Deque::new(),
             publish: None,
+            reported: Default::default(),
         };
         let evicted = if self.conns.len() >= self.conns.limit() {
             // Full: make room by evicting a stranger, never a registered peer.
@@ -532,6 +535,14 @@ impl<'a> Tracker<'a> {
             (false, _) | (true, Message::Hello(_)) => self.misbehaved(id, Offence::Unexpected),
             (true, Message::Ping(n)) => self.reply(id, Reply::Pong(n)),
             (true, Message::Pong(_)) => c.link.missed_pings = 0,
+            (
+                true,
+                Message::Report {
+                    uploaded,
+                    downloaded,
+                    ..
+                },
+            ) => self.on_report(id, uploaded, downloaded),
             (true, Message::Register) if !registered => self.register(id),
             (true, Message::Leave) => {
                 self.unregister(id, LeaveReason::Left);
@@ -679,8 +690,13 @@ impl<'a> Wire for Tracker<'a> {
     fn may_read(&self, id: ConnId) -> bool {
         self.conns.get(id).is_some_and(|c| !c.replies.is_full())
     }
-    /// Only a `Pong` proves a connection alive to the tracker (see the ping rule).
-    fn on_input(&mut self, _: ConnId, _: Instant) {}
+    /// Only a `Pong` (or `Report`) proves a connection alive to the tracker (see the ping
+    /// rule); the time of input is kept for what the next message records.
+    fn on_input(&mut self, id: ConnId, now: Instant) {
+        if let Some(c) = self.conns.get_mut(id) {
+            c.link.last_rx = now;
+        }
+    }
     fn on_message(&mut self, id: ConnId, msg: Message) {
         Tracker::on_message(self, id, msg)
     }
