@@ -21,6 +21,7 @@ use proto_core::tracker::{Table, Tracker, TrackerConfig, TrackerEvent};
 use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEntry, Refusal};
 
 use crate::driver::{Driver, MemoryHashes, Stop};
+use crate::status::StatusPage;
 use crate::store::{manifest_for, part_paths, read_journal, FileStore, Resume};
 
 /// The tracker address used when none is given.
@@ -242,15 +243,29 @@ pub(crate) fn peer_driver(
     Ok(Driver::new(peer, FileStore::default(), listener, signals)?)
 }
 
+/// What `shoal tracker` is asked for.
+pub struct TrackerOptions {
+    /// Where peers reach it.
+    pub listen: SocketAddr,
+    /// The most peers it registers.
+    pub max_peers: usize,
+    /// Where to serve the operator's page ([`StatusPage`]), if anywhere.
+    pub http: Option<SocketAddr>,
+}
+
 /// Runs a tracker until interrupted (or `stop` returns true), logging what happens. Calls
 /// `ready` with the bound address first.
 pub fn tracker(
-    listen: SocketAddr,
-    max_peers: usize,
+    opts: TrackerOptions,
     signals: bool,
     ready: impl FnOnce(SocketAddr),
     mut stop: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
+    let TrackerOptions {
+        listen,
+        max_peers,
+        http,
+    } = opts;
     if max_peers == 0 || max_peers > MAX_TRACKER_PEERS {
         return Err(anyhow!(
             "--max-peers must be between 1 and {MAX_TRACKER_PEERS} (one connection each)"
@@ -292,14 +307,33 @@ pub fn tracker(
             ""
         }
     );
+    let mut page = match http {
+        Some(at) => {
+            let page = StatusPage::start(at, addr)?;
+            tracing::info!(
+                "status page at http://{}/ (JSON at /status.json, metrics at /metrics)",
+                page.addr()
+            );
+            Some(page)
+        }
+        None => None,
+    };
     ready(addr);
-    let result = driver.run(|_, e| match e {
+    let result = driver.run(|d, e| match e {
         Some(e) => {
             log_tracker_event(&e);
+            if let Some(p) = page.as_mut() {
+                p.count(&e);
+            }
             ControlFlow::Continue(())
         }
         None if stop() => ControlFlow::Break(()),
-        None => ControlFlow::Continue(()),
+        None => {
+            if let Some(p) = page.as_mut() {
+                p.turn(&d.node);
+            }
+            ControlFlow::Continue(())
+        }
     })?;
     tracing::info!("tracker stopped");
     interrupted(result, None)

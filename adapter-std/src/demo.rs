@@ -59,8 +59,11 @@ fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let s = stop_tracker.clone();
     let tracker = spawn(move || {
         cli::tracker(
-            loopback,
-            1024,
+            cli::TrackerOptions {
+                listen: loopback,
+                max_peers: 1024,
+                http: None,
+            },
             false,
             |a| {
                 let _ = tx.send(a);

@@ -97,11 +97,18 @@ impl From<LimitArgs> for cli::Limits {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a tracker: it knows who is online and who holds which chunks.
-    #[command(after_help = "Example:\n  shoal tracker --listen 0.0.0.0:7070")]
+    #[command(after_help = "Examples:
+  shoal tracker --listen 0.0.0.0:7070
+  shoal tracker --http 127.0.0.1:8080     then open http://127.0.0.1:8080/")]
     Tracker {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:7070")]
         listen: SocketAddr,
+        /// Serve a status page (peers, files, holders, the rates peers report) at
+        /// http://ADDR/, the same as JSON at /status.json, and Prometheus metrics at /metrics.
+        /// Off unless given. No authentication: use a private address.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
         /// Most peers registered at once (each holds one connection). The open-file limit is
         /// raised to its hard limit at start; the log says how many peers fit.
         #[arg(long, default_value_t = cli::MAX_TRACKER_PEERS)]
@@ -295,8 +302,20 @@ fn main() -> ExitCode {
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Tracker {
-            listen, max_peers, ..
-        } => cli::tracker(listen, max_peers, true, |_| {}, || false),
+            listen,
+            max_peers,
+            http,
+            ..
+        } => cli::tracker(
+            cli::TrackerOptions {
+                listen,
+                max_peers,
+                http,
+            },
+            true,
+            |_| {},
+            || false,
+        ),
         Cmd::Share {
             files,
             trackers,

@@ -1223,3 +1223,155 @@ fn idle_connections_that_reopen_at_once_lock_no_one_out_of_a_tracker_or_a_seeder
         "the tracker made room by eviction"
     );
 }
+
+/// GETs `url` with a real HTTP client: the status code, the content type and the body.
+fn http_get(url: &str) -> (u16, String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut r = agent
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let kind = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = r.body_mut().read_to_string().unwrap();
+    (r.status().as_u16(), kind, body)
+}
+
+/// The value of `metric` with `label` (name, value) if given, from a scrape.
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>) -> f64 {
+    let s = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no {metric} {label:?}"));
+    match s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        _ => panic!("{metric} is not a number"),
+    }
+}
+
+#[test]
+fn the_tracker_serves_a_status_page_json_and_prometheus_metrics_when_asked() {
+    let dir = scratch("http");
+    // A name a browser would take for markup if the page did not escape it.
+    let name = "a <b>&amp;.bin";
+    let data = random_file(&dir.join(name), 3_000_000);
+    let (_t, tr) = tracker_with(&dir, "127.0.0.1:0", &["--http", "127.0.0.1:0"]);
+    let err = fs::read_to_string(dir.join("tracker-127.0.0.1_0.err")).unwrap();
+    let page = err
+        .lines()
+        .find_map(|l| l.split("status page at ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no status page line: {err}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join(name), &[]);
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "out.bin", &[]));
+    until("the download", || {
+        fs::read(dir.join("out.bin")).is_ok_and(|d| d == data)
+    });
+
+    // The JSON: both peers, and (within two ping rounds) what each reported it moved.
+    let mut status = serde_json::Value::Null;
+    until("both peers' reports", || {
+        let (code, kind, body) = http_get(&format!("{page}/status.json"));
+        assert_eq!((code, kind.as_str()), (200, "application/json"), "{body}");
+        status = serde_json::from_str(&body).unwrap();
+        let peers = status["peers"].as_array().unwrap();
+        let fetched = peers.iter().any(|p| p["downloaded"] == 3_000_000);
+        let served = peers
+            .iter()
+            .any(|p| p["uploaded"].as_u64() >= Some(3_000_000));
+        peers.len() == 2 && fetched && served
+    });
+    assert_eq!(status["tracker"], tr.as_str());
+    let files = status["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{status}");
+    assert_eq!(files[0]["name"], name);
+    assert_eq!(
+        (files[0]["holders"].as_u64(), files[0]["complete"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(files[0]["holder_list"].as_array().unwrap().len(), 2);
+    let id = link_id(&link);
+    assert_eq!(files[0]["id"], id.as_str());
+
+    // The page: the name escaped, never markup; the file's page lists its holders.
+    let (code, kind, html) = http_get(&format!("{page}/"));
+    assert_eq!((code, kind.as_str()), (200, "text/html; charset=utf-8"));
+    assert!(
+        html.contains("a &lt;b&gt;&amp;amp;.bin") && !html.contains("<b>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("2 of ") && html.contains(&format!("/file/{id}")),
+        "{html}"
+    );
+    let (code, _, file_html) = http_get(&format!("{page}/file/{id}"));
+    assert_eq!(code, 200);
+    assert_eq!(file_html.matches(" of 12</td>").count(), 2, "{file_html}");
+    assert_eq!(http_get(&format!("{page}/file/{}", "0".repeat(64))).0, 404);
+    assert_eq!(http_get(&format!("{page}/nothing")).0, 404);
+
+    // The metrics, parsed as Prometheus parses them.
+    let (code, kind, text) = http_get(&format!("{page}/metrics"));
+    assert_eq!(code, 200);
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    assert_eq!(sample(&scrape, "shoal_tracker_peers", None), 2.0, "{text}");
+    assert_eq!(sample(&scrape, "shoal_tracker_files", None), 1.0);
+    assert_eq!(sample(&scrape, "shoal_tracker_holdings", None), 2.0);
+    assert_eq!(
+        sample(&scrape, "shoal_tracker_peers_joined_total", None),
+        2.0
+    );
+    assert_eq!(sample(&scrape, "shoal_tracker_publishes_total", None), 2.0);
+    let file = Some(("name", name));
+    assert_eq!(sample(&scrape, "shoal_tracker_file_holders", file), 2.0);
+    assert_eq!(
+        sample(&scrape, "shoal_tracker_file_complete_holders", file),
+        2.0
+    );
+
+    // The getter goes: the page says so.
+    g.kill();
+    until("the getter to leave", || {
+        let (_, _, text) = http_get(&format!("{page}/metrics"));
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        sample(&scrape, "shoal_tracker_peers", None) == 1.0
+            && sample(
+                &scrape,
+                "shoal_tracker_peers_left_total",
+                Some(("reason", "disconnected")),
+            ) == 1.0
+    });
+
+    // Another tracker asking for the same page port: one clear line.
+    let port = page.rsplit(':').next().unwrap();
+    fails(
+        &dir,
+        &[
+            "tracker",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &format!("port {port} is already in use; pick another with --http"),
+    );
+    // And without --http, nothing is served: the log names no page.
+    let (_plain, _) = tracker(&dir, "127.0.0.1:0");
+    let plain_err = fs::read_to_string(dir.join("tracker-127.0.0.1_0.err")).unwrap();
+    assert!(!plain_err.contains("status page"), "{plain_err}");
+}
