@@ -790,9 +790,11 @@ impl GetProgress for Bar {
 
     fn seeding(&mut self, p: &Progress) {
         let line = format!(
-            "{}: seeding, uploaded {} to {} connected peers",
+            "{}: seeding, uploaded {} to {} {}, {} connected",
             self.name,
             human_bytes(p.bytes_uploaded),
+            p.peers_served,
+            if p.peers_served == 1 { "peer" } else { "peers" },
             p.peers
         );
         if self.bar.is_some() && self.show_seeding {

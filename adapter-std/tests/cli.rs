@@ -811,6 +811,13 @@ fn a_getter_is_served_by_another_getter() {
     assert!(b.wait().success(), "{}", b.stderr());
     assert_eq!(fs::read(dir.join("b.bin")).unwrap(), data);
     assert_eq!(fs::read(dir.join("a.bin")).unwrap(), data);
+    // A's seeding line (off a terminal, every few seconds) counts the one peer it served,
+    // apart from those merely connected.
+    until("A's seeding line", || {
+        a.stderr()
+            .lines()
+            .any(|l| l.starts_with("src.bin: seeding, uploaded ") && l.contains(" to 1 peer, "))
+    });
 }
 
 #[test]

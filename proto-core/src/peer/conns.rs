@@ -177,6 +177,8 @@ pub(crate) struct Conn<const W: usize> {
     pub(super) pex_out: u8,
     /// Ping rounds since we last took its word on other peers (`u8::MAX`: never).
     pub(super) pex_in: u8,
+    /// We served it a block: counted once in its file's `peers_served`.
+    pub(super) served: bool,
 }
 
 impl<const W: usize> HasLink for Conn<W> {
@@ -235,6 +237,7 @@ impl<const W: usize> Conn<W> {
             cancelled: 0,
             pex_out: 0,
             pex_in: u8::MAX,
+            served: false,
         }
     }
 

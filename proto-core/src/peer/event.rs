@@ -27,6 +27,9 @@ pub struct Progress {
     pub peers: u16,
     /// Block bytes served to others from this file since it was added.
     pub bytes_uploaded: u64,
+    /// Connections served at least one block of this file since it was added (a peer that
+    /// reconnects counts again).
+    pub peers_served: u16,
 }
 
 /// Why a fetch was given up.

@@ -102,6 +102,8 @@ pub(super) struct File<const W: usize> {
     pub(super) bytes_done: u64,
     /// Block bytes served from this file (for progress while seeding).
     pub(super) bytes_uploaded: u64,
+    /// Connections of this file served at least one block.
+    pub(super) peers_served: u16,
     /// Its stored hashes failed the id check: a `Discard` for them is due.
     pub(super) discard_hashes: bool,
     pub(super) rate: RateMeter,
@@ -235,6 +237,7 @@ impl<const W: usize> Peer<'_, W> {
             started: now,
             bytes_done: 0,
             bytes_uploaded: 0,
+            peers_served: 0,
             rate: RateMeter::new(now),
             user_locate: false,
             discard_hashes: false,

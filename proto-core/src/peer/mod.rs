@@ -512,6 +512,7 @@ impl<'a, const W: usize> Peer<'a, W> {
             rate: f.rate.rate(self.now),
             peers: self.file_conns(slot) as u16,
             bytes_uploaded: f.bytes_uploaded,
+            peers_served: f.peers_served,
         })
     }
 

@@ -275,12 +275,14 @@ impl<const W: usize> Peer<'_, W> {
         let c = self.conns.get_mut(id)?;
         let b = take_at(&mut c.serve, next)?;
         c.last_served = now;
+        let first = !core::mem::replace(&mut c.served, true);
         let offset = self.file(slot)?.header()?.chunk_offset(b.chunk) + u64::from(b.offset);
         if let Some(bucket) = self.upload.as_mut() {
             bucket.take(u64::from(b.len));
         }
         if let Some(f) = self.file_mut(slot) {
             f.bytes_uploaded += u64::from(b.len);
+            f.peers_served = f.peers_served.saturating_add(u16::from(first));
         }
         self.uploaded += u64::from(b.len);
         let then = StorageSend {
