@@ -56,6 +56,9 @@ enum M {
         downloaded: u64,
     },
     Leave,
+    Abandon {
+        f: u8,
+    },
     Publish {
         true_id: bool,
         size: u16,
@@ -259,6 +262,12 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                         Vec::new(),
                     ),
                     M::Leave => (Message::Leave, Vec::new()),
+                    M::Abandon { f } => (
+                        Message::Abandon {
+                            file: pick(&net, f),
+                        },
+                        Vec::new(),
+                    ),
                     M::Publish {
                         true_id,
                         size,

@@ -391,6 +391,12 @@ pub enum Message {
         /// Verified bytes fetched, over the files it has now.
         downloaded: u64,
     },
+    /// Peer to tracker: I neither hold nor fetch `file` any more (the user cancelled it or
+    /// stopped sharing it); forget my holding of it, so no one is sent to me for it.
+    Abandon {
+        /// The file.
+        file: FileId,
+    },
 }
 
 /// Addresses carried by one [`Message::Peers`].

@@ -46,9 +46,10 @@ fn tag(m: &Message) -> usize {
         Message::Started { .. } => 31,
         Message::Peers { .. } => 32,
         Message::Report { .. } => 33,
+        Message::Abandon { .. } => 34,
     }
 }
-const VARIANTS: usize = 34;
+const VARIANTS: usize = 35;
 
 fn examples() -> Vec<Message> {
     let file = FileId([0xf1; 32]);
@@ -130,6 +131,7 @@ fn examples() -> Vec<Message> {
             uploaded: 1 << 40,
             downloaded: 300,
         },
+        Message::Abandon { file },
     ];
     for r in [
         Refusal::VersionMismatch { supported: 1 },
@@ -227,6 +229,7 @@ const GOLDEN: &[&str] = &[
     "220000001ff1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f107",
     "3c00000020f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f102000a010203d83601fe800000000000000000000000000001d936",
     "0a0000002107808080808020ac02",
+    "2100000022f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1f1",
     "03000000050001",
     "020000000501",
     "020000000502",

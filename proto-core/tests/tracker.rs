@@ -706,6 +706,38 @@ fn reports_keep_a_peer_alive_and_give_the_operator_its_rates_and_holdings() {
 }
 
 #[test]
+fn an_abandoned_file_loses_that_holder_at_once_and_its_last_complete_holder_delists_it() {
+    let mut net = Net::new();
+    let a = net.peer("10.0.0.1:1", 1, 7000);
+    let b = net.peer("10.0.0.2:1", 2, 7000);
+    let f = file("a.bin", 100 * 1024, 1);
+    publish(&mut net, a, &f);
+    publish(&mut net, b, &f);
+    assert_eq!(net.locate(a, f.1).unwrap().len(), 2);
+    net.send(b, &Message::Abandon { file: f.1 });
+    let holders = net.locate(a, f.1).unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].0.node, node(1));
+    assert!(!net.closed(b), "abandoning a file is no reason to leave");
+    // A file it does not list, or one b no longer holds: nothing happens.
+    net.send(b, &Message::Abandon { file: f.1 });
+    net.send(
+        b,
+        &Message::Abandon {
+            file: FileId([7; 32]),
+        },
+    );
+    assert_eq!(net.t.file_count(), 1);
+    net.send(a, &Message::Abandon { file: f.1 });
+    assert_eq!(net.t.file_count(), 0);
+    assert!(net
+        .events
+        .iter()
+        .any(|e| matches!(e, TrackerEvent::Delisted { file, .. } if *file == f.1)));
+    assert_eq!(net.t.peer_count(), 2);
+}
+
+#[test]
 fn connection_without_hello_is_closed_after_the_handshake_timeout() {
     let mut net = Net::new();
     let c = net.connect("10.0.0.1:1");

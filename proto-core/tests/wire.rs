@@ -104,6 +104,7 @@ fn message() -> impl Strategy<Value = Message> {
             uploaded,
             downloaded
         }),
+        file_id().prop_map(|file| Message::Abandon { file }),
         Just(Message::Register),
         sock().prop_map(|addr| Message::Registered { addr }),
         refusal().prop_map(Message::Refused),

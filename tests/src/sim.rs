@@ -884,6 +884,15 @@ impl Sim {
         self.drain(i);
     }
 
+    /// Peer `i` drops its file (the user's "cancel" or "unshare"); it stays in the swarm.
+    pub fn cancel(&mut self, i: usize) {
+        let now = self.now;
+        if let (Some(slot), Core::Peer(p)) = (self.slot(i), &mut self.nodes[i].core) {
+            let _ = p.cancel(now, slot);
+        }
+        self.drain(i);
+    }
+
     /// The current simulated time.
     pub fn now(&self) -> Instant {
         self.now

@@ -92,6 +92,24 @@ fn peers_report_what_they_moved_and_the_tracker_shows_it() {
 }
 
 #[test]
+fn a_peer_that_drops_its_file_is_forgotten_as_its_holder_but_stays_registered() {
+    let mut sim = Sim::new(small(1));
+    assert_ok(&sim.run());
+    let file = sim.tracker().unwrap().files().next().unwrap().file;
+    assert_eq!(sim.tracker().unwrap().holders(&file).count(), 5);
+    // The seeder (node 1) stops sharing; a downloader (node 3) cancels.
+    sim.cancel(1);
+    sim.cancel(3);
+    let later = sim.now() + Duration::from_millis(100);
+    sim.run_until(later);
+    let t = sim.tracker().unwrap();
+    let holders: Vec<_> = t.holders(&file).map(|h| h.peer.addr).collect();
+    assert_eq!(holders.len(), 3, "{holders:?}");
+    assert!(!holders.contains(&sim.addr(1)) && !holders.contains(&sim.addr(3)));
+    assert_eq!(t.peers().count(), 5, "both stay registered");
+}
+
+#[test]
 fn a_downloaded_chunk_is_served_before_its_holder_finishes() {
     for seed in SEEDS {
         let mut cfg = small(seed);

@@ -42,6 +42,8 @@ pub(super) enum Ctl {
     Pong(u32),
     /// A tracker's pong: [`Message::Report`] with our totals, read when sent.
     Report(u32),
+    /// Tell a tracker we dropped a file.
+    Abandon(FileId),
     Leave,
     Publish(u16),
     GetManifest(FileId),

@@ -296,6 +296,11 @@ impl<const W: usize> Peer<'_, W> {
             }
         }
         if let Some(f) = self.files.get_mut(slot as usize).and_then(Option::take) {
+            // The trackers forget our holding at once, not when we disconnect: no getter is
+            // sent here for it, and a file we were the last to hold is delisted.
+            for tc in self.registered_trackers() {
+                self.ctl(tc, Ctl::Abandon(f.id));
+            }
             self.by_id.remove(&f.id);
             // Its stored hashes go with the slot: a later file there writes its own.
             self.discards -= u16::from(f.discard_hashes);

@@ -114,6 +114,7 @@ impl<const W: usize> Peer<'_, W> {
             Ctl::ListFiles => Message::ListFiles,
             Ctl::ListPeers => Message::ListPeers,
             Ctl::Locate(file) => Message::Locate { file },
+            Ctl::Abandon(file) => Message::Abandon { file },
             Ctl::GetManifest(file) => Message::GetManifest { file },
             Ctl::NotFound(file) => Message::NotFound { file },
             Ctl::Reject(b, reason) => Message::Reject {

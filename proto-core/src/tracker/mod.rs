@@ -543,6 +543,12 @@ impl<'a> Tracker<'a> {
                     ..
                 },
             ) => self.on_report(id, uploaded, downloaded),
+            (true, Message::Abandon { file }) => {
+                if let (true, Some(slot)) = (registered, self.listed_slot(&file)) {
+                    self.drop_holding(slot, id.index() as u16);
+                    self.delist_if_incomplete(slot);
+                }
+            }
             (true, Message::Register) if !registered => self.register(id),
             (true, Message::Leave) => {
                 self.unregister(id, LeaveReason::Left);
