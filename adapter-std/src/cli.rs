@@ -128,7 +128,7 @@ pub fn resolve(addr: &str) -> anyhow::Result<SocketAddr> {
 }
 
 /// Resolves `host:port`, naming `what` it is in the error.
-fn resolve_as(what: &str, addr: &str) -> anyhow::Result<SocketAddr> {
+pub(crate) fn resolve_as(what: &str, addr: &str) -> anyhow::Result<SocketAddr> {
     addr.to_socket_addrs()
         .with_context(|| format!("cannot resolve {what} address '{addr}' (expected host:port)"))?
         .next()
@@ -930,6 +930,28 @@ fn get_trackers(opts: &GetOptions, link: &Link) -> Vec<String> {
     }
 }
 
+/// Where a download of a file called `name` (if known) goes, given `-o`: the output path if
+/// it can be told yet, else the folder its name will be joined to. `-o DIR` (an existing
+/// folder, or a path ending in '/', made if missing) puts the file inside; no `-o` means its
+/// name, here.
+pub(crate) fn output_target(
+    output: Option<PathBuf>,
+    name: Option<&Name>,
+) -> anyhow::Result<(Option<PathBuf>, Option<PathBuf>)> {
+    Ok(match output {
+        Some(o) if o.is_dir() || o.as_os_str().to_string_lossy().ends_with('/') => {
+            std::fs::create_dir_all(&o)
+                .with_context(|| format!("cannot create the folder {}", o.display()))?;
+            match name {
+                Some(n) => (Some(o.join(n.as_str())), None),
+                None => (None, Some(o)),
+            }
+        }
+        Some(o) => (Some(o), None),
+        None => (name.map(|n| PathBuf::from(n.as_str())), None),
+    })
+}
+
 /// Downloads `link_text`; returns the final path (after seeding, unless `no_seed`).
 pub fn get(
     link_text: &str,
@@ -964,19 +986,7 @@ pub fn get(
         .iter()
         .map(|p| resolve_as("peer", p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    // -o DIR (an existing folder, or a path ending in '/'): the download goes inside it.
-    let (output, into) = match opts.output.clone() {
-        Some(o) if o.is_dir() || o.as_os_str().to_string_lossy().ends_with('/') => {
-            std::fs::create_dir_all(&o)
-                .with_context(|| format!("cannot create the folder {}", o.display()))?;
-            match &link.name {
-                Some(n) => (Some(o.join(n.as_str())), None),
-                None => (None, Some(o)),
-            }
-        }
-        Some(o) => (Some(o), None),
-        None => (link.name.as_ref().map(|n| PathBuf::from(n.as_str())), None),
-    };
+    let (output, into) = output_target(opts.output.clone(), link.name.as_ref())?;
     // An output that exists already is checked against the manifest and seeded, not refused.
     if let Some(out) = output.as_ref().filter(|o| !o.is_file()) {
         check_output(out)?;

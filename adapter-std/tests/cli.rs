@@ -948,15 +948,19 @@ fn the_console_shares_gets_lists_and_quits() {
     until("the file list", || {
         said().contains("2 files") && said().contains("src.bin")
     });
-    writeln!(stdin, "get {link} got.bin").unwrap();
-    writeln!(stdin, "get {link2} got2.bin").unwrap();
+    writeln!(stdin, "get {link} -o got.bin").unwrap();
+    writeln!(stdin, "get '{link2}' --output got2.bin").unwrap();
     until("both downloads", || {
         said().contains("done: got.bin") && said().contains("done: got2.bin")
     });
     writeln!(stdin, "status").unwrap();
     until("the status", || said().contains("-> got.bin"));
     writeln!(stdin, "nonsense").unwrap();
-    until("an error line", || said().contains("unknown command"));
+    until("an error line", || {
+        said().contains("unrecognized subcommand 'nonsense'")
+    });
+    writeln!(stdin, "get").unwrap();
+    until("get's usage", || said().contains("Usage: get <LINK|ID>"));
     writeln!(stdin, "quit").unwrap();
     let end = Instant::now() + DEADLINE;
     let status = loop {
@@ -1381,4 +1385,82 @@ fn the_tracker_serves_a_status_page_json_and_prometheus_metrics_when_asked() {
     let (_plain, _) = tracker(&dir, "127.0.0.1:0");
     let plain_err = fs::read_to_string(dir.join("tracker-127.0.0.1_0.err")).unwrap();
     assert!(!plain_err.contains("status page"), "{plain_err}");
+}
+
+#[test]
+fn the_console_on_a_terminal_edits_quotes_keeps_history_and_asks_before_quitting() {
+    let Seeded {
+        dir,
+        tracker: _t,
+        tr,
+        seed: _s,
+        link,
+        ..
+    } = seeded("console-pty", 8 << 20, &["--upload-limit", "200K"]);
+    random_file(&dir.join("my file.bin"), 100_000);
+    let mut cmd = shoal(&dir);
+    cmd.args(["peer", "--tracker", &tr, "--listen", "127.0.0.1:0"])
+        .env("TERM", "xterm");
+    let mut p =
+        rexpect::session::spawn_command(cmd, Some(DEADLINE.as_millis() as u64)).expect("a pty");
+    let mut seen = String::new();
+    let mut expect = |p: &mut rexpect::session::PtySession, what: &str| {
+        let before = p
+            .exp_string(what)
+            .unwrap_or_else(|e| panic!("waiting for {what:?}: {e}; so far: {seen}"));
+        seen.push_str(&before);
+        seen.push_str(what);
+    };
+    expect(&mut p, "type help for commands");
+    expect(&mut p, "shoal> ");
+    // Help is clap's, listing every command.
+    p.send_line("help").unwrap();
+    expect(&mut p, "unshare");
+    // A command without its argument: its usage, not "unknown command".
+    p.send_line("get").unwrap();
+    expect(&mut p, "Usage: get <LINK|ID>");
+    // A name with a space, quoted as in a shell.
+    p.send_line("share 'my file.bin'").unwrap();
+    expect(&mut p, "sharing my file.bin: shoal:");
+    // History: the up arrow brings `files` back.
+    p.send_line("files").unwrap();
+    expect(&mut p, "  sharing my file.bin");
+    p.send("\x1b[A").unwrap();
+    p.send("\r").unwrap();
+    p.flush().unwrap();
+    expect(&mut p, "  sharing my file.bin");
+    // Ctrl-C clears a half-typed line: what follows is a line of its own.
+    p.send("ls and some junk").unwrap();
+    p.flush().unwrap();
+    p.send_control('c').unwrap();
+    p.send_line("ls").unwrap();
+    expect(&mut p, "2 files");
+    // A download runs; Ctrl-C on an empty line asks first, and "n" keeps it running.
+    p.send_line(&format!("get '{link}' -o out.bin")).unwrap();
+    expect(&mut p, "fetching out.bin in the background");
+    p.send_control('c').unwrap();
+    expect(&mut p, "1 download is running; quit anyway? [y/N]");
+    p.send_line("n").unwrap();
+    expect(&mut p, "shoal> ");
+    p.send_line("files").unwrap();
+    expect(&mut p, "  out.bin: ");
+    // Cancel and unshare; then nothing runs, and Ctrl-C quits at once.
+    p.send_line("cancel out.bin").unwrap();
+    expect(&mut p, "cancelled out.bin");
+    p.send_line("unshare 'my file.bin'").unwrap();
+    expect(&mut p, "stopped sharing my file.bin");
+    p.send_line("files").unwrap();
+    expect(&mut p, "nothing shared or fetched yet");
+    p.send_control('c').unwrap();
+    let rest = p.exp_eof().expect("it quits");
+    seen.push_str(&rest);
+    // Answers are printed above the prompt, never after it on the same line.
+    assert!(!seen.contains("shoal> shoal>"), "{seen}");
+    assert!(!seen.contains("shoal> 2 files"), "{seen}");
+    // The unshared file and the cancelled download are gone from the tracker's holders.
+    let w: serde_json::Value =
+        serde_json::from_slice(&run(&dir, &["where", &link, "--json", "--tracker", &tr]).stdout)
+            .unwrap();
+    assert_eq!(w.as_array().unwrap().len(), 1, "only the seeder: {w}");
+    assert!(dir.join("out.bin.part").exists() && !dir.join("out.bin").exists());
 }
