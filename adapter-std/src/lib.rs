@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod console;
 pub mod driver;
+pub mod folder;
 pub mod hasher;
 pub mod metainfo;
 pub mod status;

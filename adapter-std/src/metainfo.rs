@@ -3,8 +3,9 @@
 //! that still lists the file (only peers: from a tracker named, or `--peer`).
 //!
 //! ```text
-//! "SHOALI1\n"                      magic and version
-//! id (32) | header length (u16 LE) | header (postcard) | chunk hashes (32 each)
+//! "SHOALI2\n"                      magic and version
+//! id (32) | header length (u16 LE) | header (postcard) | body: chunk hashes (32 each),
+//!                                                        then a folder's layout
 //! tracker count (u8, at most 4) | per tracker: length (u8) | "host:port"
 //! ```
 //!
@@ -20,7 +21,8 @@ use proto_core::manifest::FileIdHasher;
 
 use crate::store::{decode_manifest, encode_manifest, manifest_len, write_atomically, Manifest};
 
-const MAGIC: &[u8; 8] = b"SHOALI1\n";
+// Version 2: the header has a layout length (folders).
+const MAGIC: &[u8; 8] = b"SHOALI2\n";
 
 /// What a metainfo file holds.
 pub struct Metainfo {
@@ -92,7 +94,7 @@ pub fn parse(bytes: &[u8]) -> Result<Metainfo, &'static str> {
         manifest: Manifest {
             id,
             header,
-            hashes: hashes.to_vec(),
+            body: hashes.to_vec(),
             leaves: crate::store::LeafSource::None,
         },
         trackers,
@@ -110,7 +112,7 @@ mod tests {
         let m = Manifest {
             id: t.id,
             header: t.header,
-            hashes: t.hashes,
+            body: t.hashes,
             leaves: crate::store::LeafSource::None,
         };
         let dir = std::env::temp_dir().join(format!("shoal-meta-{}", std::process::id()));
@@ -127,7 +129,7 @@ mod tests {
         let got = parse(&bytes).unwrap();
         assert_eq!(got.manifest.id, m.id);
         assert_eq!(got.manifest.header, m.header);
-        assert_eq!(got.manifest.hashes, m.hashes);
+        assert_eq!(got.manifest.body, m.body);
         assert_eq!(got.trackers, ["t1.example:7070", "[::1]:7071"]);
     }
 

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,12 +42,14 @@ use sha2::{Digest, Sha256};
 
 use proto_core::storage::Storage;
 
-use crate::hasher::SharedRead;
+use crate::folder::{scan, FolderData, Layout};
+use crate::hasher::{ReadAt, SharedRead};
 use crate::syncer::{Durable, Syncer};
 
 // Version 2: chunk hashes are merkle roots over 16 KiB blocks, with leaves beside them.
-const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ2\n";
-const MANIFEST_MAGIC: &[u8; 8] = b"SHOALM2\n";
+// Version 3: the header has a layout length, and the body a folder's layout.
+const JOURNAL_MAGIC: &[u8; 8] = b"SHOALJ3\n";
+const MANIFEST_MAGIC: &[u8; 8] = b"SHOALM3\n";
 /// Journal records are synced after this many, or this long after the first unsynced one.
 const JOURNAL_BATCH: usize = 32;
 const JOURNAL_DELAY: Duration = Duration::from_millis(500);
@@ -66,15 +68,15 @@ pub fn state_dir() -> PathBuf {
     home.join(".local/state/shoal")
 }
 
-/// A manifest with its hashes, as the adapter keeps it.
+/// A manifest with its body, as the adapter keeps it.
 #[derive(Clone, Debug)]
 pub struct Manifest {
     /// The file id.
     pub id: FileId,
     /// The header.
     pub header: ManifestHeader,
-    /// Every chunk hash, 32 bytes each.
-    pub hashes: Vec<u8>,
+    /// The body: every chunk root, 32 bytes each, then a folder's layout.
+    pub body: Vec<u8>,
     /// Where the leaves are (a shared file's; a download's are beside it).
     pub leaves: LeafSource,
 }
@@ -88,6 +90,38 @@ pub enum LeafSource {
     Memory(Vec<u8>),
     /// Nowhere yet (a download's, until its manifest arrives).
     None,
+}
+
+/// A file's bytes (or a folder's, as one stream: [`FolderData`]), shared with the hashing
+/// thread ([`crate::hasher`]) and the sync thread.
+#[derive(Clone)]
+pub(crate) enum Data {
+    File(Arc<File>),
+    Folder(Arc<FolderData>),
+}
+
+impl Data {
+    fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        match self {
+            Data::File(f) => f.write_all_at(data, offset),
+            Data::Folder(d) => d.write_all_at(data, offset),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            Data::File(f) => FileExt::read_at(&**f, buf, offset),
+            Data::Folder(d) => ReadAt::read_at(&**d, buf, offset),
+        }
+    }
+
+    /// Makes what was written durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        match self {
+            Data::File(f) => f.sync_data(),
+            Data::Folder(d) => d.sync(),
+        }
+    }
 }
 
 /// A file's leaves, open for serving (and, for a download, for writing as they arrive).
@@ -107,7 +141,7 @@ impl Leaves {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         match self {
-            Leaves::File(f) => f.read_at(buf, offset),
+            Leaves::File(f) => FileExt::read_at(f, buf, offset),
             Leaves::Memory(v) => {
                 let start = (offset as usize).min(v.len());
                 let n = buf.len().min(v.len() - start);
@@ -136,8 +170,8 @@ pub fn manifest_for(
     max_chunks: u32,
 ) -> anyhow::Result<Manifest> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
+    if !meta.is_file() && !meta.is_dir() {
+        bail!("{} is not a regular file or a folder", path.display());
     }
     let abs =
         fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))?;
@@ -151,12 +185,12 @@ pub fn manifest_for(
             )
         })?
         .to_owned();
-    let size = meta.len();
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+    // A folder: its files as one stream, their list (the layout) after the chunk roots.
+    let folder = meta.is_dir().then(|| scan(&abs)).transpose()?;
+    let (size, mtime) = match &folder {
+        Some(s) => (s.layout.size(), s.stamp),
+        None => (meta.len(), mtime_of(&meta)),
+    };
     let chunk = chunk_size.unwrap_or_else(|| ManifestHeader::pick_chunk_size(size, max_chunks));
     let (cache, leaves_path) = cache_paths(&abs);
     if let Some(m) = read_cached(&cache, &leaves_path, size, mtime, chunk) {
@@ -166,30 +200,53 @@ pub fn manifest_for(
         );
         return Ok(m);
     }
-    tracing::info!("{}: hashing {size} bytes", path.display());
-    let header = ManifestHeader::new(&name, size, chunk)
-        .map_err(|e| anyhow::anyhow!("cannot share {}: {e}", path.display()))?;
+    let layout = folder.as_ref().map(|s| s.layout.encode());
+    match &folder {
+        Some(s) => tracing::info!(
+            "{}: hashing {} files, {size} bytes",
+            path.display(),
+            s.layout.files.len()
+        ),
+        None => tracing::info!("{}: hashing {size} bytes", path.display()),
+    }
+    let header = match &layout {
+        Some(l) => ManifestHeader::folder(&name, size, chunk, l.len() as u32),
+        None => ManifestHeader::new(&name, size, chunk),
+    }
+    .map_err(|e| anyhow::anyhow!("cannot share {}: {e}", path.display()))?;
     let mut builder = ManifestBuilder::new(header);
-    let mut hashes = Vec::with_capacity(builder.header().hashes_len() as usize);
+    let mut body = Vec::with_capacity(builder.header().body_len() as usize);
     let mut leaves = Vec::with_capacity(builder.header().leaves_len() as usize);
-    let mut f = File::open(&abs).with_context(|| format!("cannot open {}", path.display()))?;
+    // A folder is read as one stream across its files, each opened once, in order.
+    let data: Box<dyn ReadAt> = match &folder {
+        Some(s) => Box::new(FolderData::open(&abs, &s.layout, false)),
+        None => {
+            Box::new(File::open(&abs).with_context(|| format!("cannot open {}", path.display()))?)
+        }
+    };
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
+    let mut at = 0u64;
+    while at < size {
+        let want = buf.len().min((size - at) as usize);
+        let n = data
+            .read_at(&mut buf[..want], at)
             .with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
+        at += n as u64;
         builder
             .update(&buf[..n], |built| match built {
                 Built::Leaf { leaf, .. } => leaves.extend_from_slice(&leaf),
-                Built::Chunk { hash, .. } => hashes.extend_from_slice(&hash.0),
+                Built::Chunk { hash, .. } => body.extend_from_slice(&hash.0),
             })
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
+    if let Some(l) = &layout {
+        body.extend_from_slice(l);
+    }
     let (header, id) = builder
-        .finish()
+        .finish_with_layout(layout.as_deref().unwrap_or_default())
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     // The leaves are served from the cache; a cache that cannot be written keeps them in
     // memory, and only costs a rehash next time.
@@ -200,11 +257,29 @@ pub fn manifest_for(
     let m = Manifest {
         id,
         header,
-        hashes,
+        body,
         leaves,
     };
     let _ = write_cached(&cache, size, mtime, &m);
     Ok(m)
+}
+
+fn mtime_of(meta: &fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// What a cached manifest of `path` is checked against: a file's size and modification time;
+/// a folder's size and the stamp of its files ([`crate::folder::Scanned::stamp`]).
+fn stamp(path: &Path) -> anyhow::Result<(u64, u128)> {
+    let meta = fs::metadata(path)?;
+    if meta.is_dir() {
+        let s = scan(path)?;
+        return Ok((s.layout.size(), s.stamp));
+    }
+    Ok((meta.len(), mtime_of(&meta)))
 }
 
 fn read_cached(path: &Path, leaves: &Path, size: u64, mtime: u128, chunk: u32) -> Option<Manifest> {
@@ -217,12 +292,12 @@ fn read_cached(path: &Path, leaves: &Path, size: u64, mtime: u128, chunk: u32) -
     {
         return None;
     }
-    let (id, header, hashes) = decode_manifest(rest)?;
+    let (id, header, body) = decode_manifest(rest)?;
     let leaves_ok = fs::metadata(leaves).is_ok_and(|m| m.len() == header.leaves_len());
     (header.chunk_size == chunk && header.size == size && leaves_ok).then(|| Manifest {
         id,
         header,
-        hashes: hashes.to_vec(),
+        body: body.to_vec(),
         leaves: LeafSource::File(leaves.to_owned()),
     })
 }
@@ -235,17 +310,17 @@ fn write_cached(path: &Path, size: u64, mtime: u128, m: &Manifest) -> io::Result
     write_atomically(path, &bytes)
 }
 
-/// `id ++ u16 header length ++ postcard header ++ hashes`.
+/// `id ++ u16 header length ++ postcard header ++ body`.
 pub(crate) fn encode_manifest(out: &mut Vec<u8>, m: &Manifest) {
     out.extend_from_slice(&m.id.0);
     let header = postcard::to_stdvec(&m.header).unwrap_or_default();
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(&header);
-    out.extend_from_slice(&m.hashes);
+    out.extend_from_slice(&m.body);
 }
 
-/// Reads what [`encode_manifest`] wrote; returns the id, header, hashes, and checks the
-/// hashes' length against the header. Trailing bytes are returned as part of nothing: the
+/// Reads what [`encode_manifest`] wrote; returns the id, header, body, and checks the
+/// body's length against the header. Trailing bytes are returned as part of nothing: the
 /// caller slices them off with [`manifest_len`].
 pub(crate) fn decode_manifest(bytes: &[u8]) -> Option<(FileId, ManifestHeader, &[u8])> {
     let (id, rest) = bytes.split_at_checked(32)?;
@@ -254,12 +329,12 @@ pub(crate) fn decode_manifest(bytes: &[u8]) -> Option<(FileId, ManifestHeader, &
     let (header, rest) = rest.split_at_checked(len)?;
     let header: ManifestHeader = postcard::from_bytes(header).ok()?;
     header.validate().ok()?;
-    let (hashes, _) = rest.split_at_checked(header.hashes_len() as usize)?;
-    Some((FileId(id.try_into().ok()?), header, hashes))
+    let (body, _) = rest.split_at_checked(usize::try_from(header.body_len()).ok()?)?;
+    Some((FileId(id.try_into().ok()?), header, body))
 }
 
 pub(crate) fn manifest_len(header: &ManifestHeader) -> usize {
-    32 + 2 + postcard::to_stdvec(header).map_or(0, |h| h.len()) + header.hashes_len() as usize
+    32 + 2 + postcard::to_stdvec(header).map_or(0, |h| h.len()) + header.body_len() as usize
 }
 
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -281,17 +356,28 @@ pub fn prepare_download(out: &Path, m: &Manifest) -> io::Result<()> {
 }
 
 /// Creates a download's part and leaves files, sized, and its journal with the manifest.
-fn create_download(out: &Path, m: &Manifest) -> io::Result<(File, File, PathBuf)> {
+/// A folder's part is a folder, `OUT.part/`, with every file made at its size.
+fn create_download(out: &Path, m: &Manifest) -> io::Result<(Data, File, PathBuf)> {
     let header = &m.header;
     let (part_path, journal_path) = part_paths(out);
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&part_path)?;
-    f.set_len(header.size)?;
-    reserve(&f, header.size)?;
+    let data = if header.is_folder() {
+        let layout = Layout::of_body(header, &m.body).map_err(io::Error::other)?;
+        // `check_output` may have left an empty part file to test that the folder is writable.
+        if fs::metadata(&part_path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            fs::remove_file(&part_path)?;
+        }
+        Data::Folder(Arc::new(FolderData::create(&part_path, &layout)?))
+    } else {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part_path)?;
+        f.set_len(header.size)?;
+        reserve(&f, header.size)?;
+        Data::File(Arc::new(f))
+    };
     let l = OpenOptions::new()
         .read(true)
         .write(true)
@@ -305,12 +391,12 @@ fn create_download(out: &Path, m: &Manifest) -> io::Result<(File, File, PathBuf)
         &Manifest {
             id: m.id,
             header: header.clone(),
-            hashes: m.hashes.clone(),
+            body: m.body.clone(),
             leaves: LeafSource::None,
         },
     );
     write_atomically(&journal_path, &bytes)?;
-    Ok((f, l, journal_path))
+    Ok((data, l, journal_path))
 }
 
 /// An exclusive lock on a download's output, held by the process writing it: an advisory
@@ -357,7 +443,7 @@ impl Drop for OutputLock {
 
 /// What a resumable download left behind.
 pub struct Resume {
-    /// The manifest (hashes included).
+    /// The manifest (body included).
     pub manifest: Manifest,
     /// Chunks verified before the download stopped.
     pub verified: Vec<u32>,
@@ -387,7 +473,7 @@ pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
     let (part, journal) = part_paths(out);
     let bytes = fs::read(&journal).ok()?;
     let rest = bytes.strip_prefix(JOURNAL_MAGIC)?;
-    let (jid, header, hashes) = decode_manifest(rest)?;
+    let (jid, header, body) = decode_manifest(rest)?;
     if jid != *id || !part.exists() || !leaves_path(out).exists() {
         return None;
     }
@@ -403,7 +489,7 @@ pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
         manifest: Manifest {
             id: jid,
             header,
-            hashes: hashes.to_vec(),
+            body: body.to_vec(),
             leaves: LeafSource::None,
         },
         verified,
@@ -413,13 +499,12 @@ pub fn read_journal(out: &Path, id: &FileId) -> Option<Resume> {
 enum Slot {
     /// A whole file being shared; `path` is where a finished download put it.
     Shared {
-        /// Shared with the hashing thread ([`crate::hasher`]).
-        data: Arc<File>,
-        hashes: Vec<u8>,
+        data: Data,
+        body: Vec<u8>,
         leaves: Leaves,
         path: Option<PathBuf>,
     },
-    /// A download: hashes stream in before the manifest is checked; the part file exists once
+    /// A download: the body streams in before the manifest is checked; the part file exists once
     /// it is. Without an output path the manifest's name (in the current folder) is taken.
     Fetch {
         out: Option<PathBuf>,
@@ -432,15 +517,27 @@ enum Slot {
         lock: Option<OutputLock>,
         /// Boxed: a header is large, and a store holds a slot per file.
         manifest: Option<Box<(FileId, ManifestHeader)>>,
-        hashes: Vec<u8>,
-        /// Shared with the hashing thread ([`crate::hasher`]).
-        part: Option<Arc<File>>,
+        body: Vec<u8>,
+        part: Option<Data>,
         leaves: Option<File>,
         /// The sync thread's handles on the part file, leaves and journal.
         durable: Option<Arc<Durable>>,
         unsynced: Vec<u32>,
         first_unsynced: Option<Instant>,
     },
+}
+
+/// The bytes of `m` at `path`: the file, or the folder's files (opened for writing too if
+/// `writable`).
+fn open_data(path: &Path, m: &Manifest, writable: bool) -> io::Result<Data> {
+    if m.header.is_folder() {
+        let layout = Layout::of_body(&m.header, &m.body).map_err(io::Error::other)?;
+        return Ok(Data::Folder(Arc::new(FolderData::open(
+            path, &layout, writable,
+        ))));
+    }
+    let f = OpenOptions::new().read(true).write(writable).open(path)?;
+    Ok(Data::File(Arc::new(f)))
 }
 
 /// A peer's storage: one entry per core file slot.
@@ -454,12 +551,12 @@ pub struct FileStore {
 impl FileStore {
     /// Serves `path` (already described by `m`) under `slot`.
     pub fn add_shared(&mut self, slot: u16, path: &Path, m: &Manifest) -> io::Result<()> {
-        let data = Arc::new(File::open(path)?);
+        let data = open_data(path, m, false)?;
         self.slots.insert(
             slot,
             Slot::Shared {
                 data,
-                hashes: m.hashes.clone(),
+                body: m.body.clone(),
                 leaves: Leaves::open(&m.leaves)?,
                 path: None,
             },
@@ -489,7 +586,7 @@ impl FileStore {
                 existing,
                 lock,
                 manifest: None,
-                hashes: Vec::new(),
+                body: Vec::new(),
                 part: None,
                 leaves: None,
                 durable: None,
@@ -521,17 +618,22 @@ impl FileStore {
     /// A resumed download to `out` under `slot`.
     pub fn add_resumed(&mut self, slot: u16, out: PathBuf, r: &Resume) -> io::Result<()> {
         let lock = OutputLock::take(&out)?;
-        let (part, journal) = part_paths(&out);
-        let part = OpenOptions::new().read(true).write(true).open(part)?;
-        part.set_len(r.manifest.header.size)?;
-        let part = Arc::new(part);
+        let (part_path, journal) = part_paths(&out);
+        let part = if r.manifest.header.is_folder() {
+            // Every file is there, at its size: made when the manifest came.
+            open_data(&part_path, &r.manifest, true)?
+        } else {
+            let part = OpenOptions::new().read(true).write(true).open(&part_path)?;
+            part.set_len(r.manifest.header.size)?;
+            Data::File(Arc::new(part))
+        };
         let leaves = OpenOptions::new()
             .read(true)
             .write(true)
             .open(leaves_path(&out))?;
         leaves.set_len(r.manifest.header.leaves_len())?;
         let durable = Arc::new(Durable {
-            part: part.try_clone()?,
+            part: part.clone(),
             leaves: leaves.try_clone()?,
             journal: OpenOptions::new().append(true).open(journal)?,
         });
@@ -543,7 +645,7 @@ impl FileStore {
                 existing: false,
                 lock: Some(lock),
                 manifest: Some(Box::new((r.manifest.id, r.manifest.header.clone()))),
-                hashes: r.manifest.hashes.clone(),
+                body: r.manifest.body.clone(),
                 part: Some(part),
                 leaves: Some(leaves),
                 durable: Some(durable),
@@ -634,7 +736,7 @@ impl FileStore {
 /// cost the file system less than writes that allocate as they go (BENCHMARKS.md). A file
 /// system that cannot reserve (tmpfs before Linux 3.5, some network file systems) just
 /// allocates as it writes.
-fn reserve(f: &File, len: u64) -> io::Result<()> {
+pub(crate) fn reserve(f: &File, len: u64) -> io::Result<()> {
     use rustix::fs::{fallocate, FallocateFlags};
     match fallocate(f, FallocateFlags::empty(), 0, len) {
         Ok(()) => Ok(()),
@@ -677,14 +779,32 @@ pub fn check_output(out: &Path) -> io::Result<()> {
         })
 }
 
-impl SharedRead for FileStore {
-    fn send_source(&mut self, key: StorageKey) -> Option<Arc<File>> {
+impl FileStore {
+    /// The bytes of `key`'s slot, if `key` is its data.
+    fn slot_data(&self, key: StorageKey) -> Option<Data> {
         if key.region != Region::Data {
             return None;
         }
         match self.slots.get(&key.slot)? {
             Slot::Shared { data, .. } => Some(data.clone()),
             Slot::Fetch { part, .. } => part.clone(),
+        }
+    }
+}
+
+impl SharedRead for FileStore {
+    fn send_source(&mut self, key: StorageKey) -> Option<Arc<File>> {
+        match self.slot_data(key)? {
+            Data::File(f) => Some(f),
+            // A folder's stream is many files: payload is read through the store.
+            Data::Folder(_) => None,
+        }
+    }
+
+    fn shared_reader(&mut self, key: StorageKey) -> Option<Arc<dyn ReadAt>> {
+        match self.slot_data(key)? {
+            Data::File(f) => Some(f),
+            Data::Folder(d) => Some(d),
         }
     }
 }
@@ -705,7 +825,7 @@ impl Storage for FileStore {
             existing,
             lock,
             manifest,
-            hashes,
+            body,
             part,
             leaves,
             durable,
@@ -738,16 +858,16 @@ impl Storage for FileStore {
         let m = Manifest {
             id,
             header: header.clone(),
-            hashes: hashes.clone(),
+            body: body.clone(),
             leaves: LeafSource::None,
         };
-        let (f, l, journal_path) = create_download(out, &m)?;
+        let (data, l, journal_path) = create_download(out, &m)?;
         *durable = Some(Arc::new(Durable {
-            part: f.try_clone()?,
+            part: data.clone(),
             leaves: l.try_clone()?,
             journal: OpenOptions::new().append(true).open(&journal_path)?,
         }));
-        *part = Some(Arc::new(f));
+        *part = Some(data);
         *leaves = Some(l);
         Ok(())
     }
@@ -785,16 +905,19 @@ impl Storage for FileStore {
             manifest: Some(manifest),
             part: Some(part),
             leaves: Some(leaves),
-            hashes,
+            body,
             ..
         }) = self.slots.remove(&slot)
         else {
             return Err(io::Error::other("the download has no part file"));
         };
         let (id, header) = *manifest;
-        part.sync_all()?;
+        part.sync()?;
         let (part_path, journal_path) = part_paths(&out);
         fs::rename(&part_path, &out)?;
+        if let Data::Folder(f) = &part {
+            f.moved(&out);
+        }
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
@@ -804,12 +927,7 @@ impl Storage for FileStore {
         // Sharing the finished file later needs no rehash: its manifest and leaves go to the
         // cache (the open leaves file goes on serving wherever its name ends up).
         let downloaded = leaves_path(&out);
-        if let (Ok(meta), Ok(abs)) = (fs::metadata(&out), fs::canonicalize(&out)) {
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
+        if let (Ok((size, mtime)), Ok(abs)) = (stamp(&out), fs::canonicalize(&out)) {
             let (cache, cached_leaves) = cache_paths(&abs);
             let moved = fs::create_dir_all(cached_leaves.parent().unwrap_or(Path::new(".")))
                 .and_then(|()| fs::rename(&downloaded, &cached_leaves))
@@ -817,12 +935,12 @@ impl Storage for FileStore {
             if moved {
                 let _ = write_cached(
                     &cache,
-                    meta.len(),
+                    size,
                     mtime,
                     &Manifest {
                         id,
                         header,
-                        hashes: hashes.clone(),
+                        body: body.clone(),
                         leaves: LeafSource::File(cached_leaves),
                     },
                 );
@@ -834,7 +952,7 @@ impl Storage for FileStore {
             slot,
             Slot::Shared {
                 data: part,
-                hashes,
+                body,
                 leaves: Leaves::File(leaves),
                 path: Some(out),
             },
@@ -844,12 +962,12 @@ impl Storage for FileStore {
 
     fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> io::Result<()> {
         match (self.slots.get_mut(&key.slot), key.region) {
-            (Some(Slot::Fetch { hashes, .. }), Region::Hashes) => {
+            (Some(Slot::Fetch { body, .. }), Region::Hashes) => {
                 let end = offset as usize + data.len();
-                if hashes.len() < end {
-                    hashes.resize(end, 0);
+                if body.len() < end {
+                    body.resize(end, 0);
                 }
-                hashes[offset as usize..end].copy_from_slice(data);
+                body[offset as usize..end].copy_from_slice(data);
                 Ok(())
             }
             (
@@ -870,9 +988,9 @@ impl Storage for FileStore {
     }
 
     fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let (file, hashes) = match self.slots.get(&key.slot) {
-            Some(Slot::Shared { data, hashes, .. }) => (Some(data), hashes),
-            Some(Slot::Fetch { part, hashes, .. }) => (part.as_ref(), hashes),
+        let (file, body) = match self.slots.get(&key.slot) {
+            Some(Slot::Shared { data, body, .. }) => (Some(data), body),
+            Some(Slot::Fetch { part, body, .. }) => (part.as_ref(), body),
             None => return Err(io::Error::other("no storage for that slot")),
         };
         if key.region == Region::Leaves {
@@ -881,15 +999,15 @@ impl Storage for FileStore {
                 Some(Slot::Fetch {
                     leaves: Some(leaves),
                     ..
-                }) => leaves.read_at(buf, offset),
+                }) => FileExt::read_at(leaves, buf, offset),
                 _ => Err(io::Error::other("no leaves yet")),
             };
         }
         match key.region {
             Region::Hashes => {
-                let start = (offset as usize).min(hashes.len());
-                let n = buf.len().min(hashes.len() - start);
-                buf[..n].copy_from_slice(&hashes[start..start + n]);
+                let start = (offset as usize).min(body.len());
+                let n = buf.len().min(body.len() - start);
+                buf[..n].copy_from_slice(&body[start..start + n]);
                 Ok(n)
             }
             Region::Data | Region::Leaves => file
@@ -899,10 +1017,10 @@ impl Storage for FileStore {
     }
 
     fn discard(&mut self, key: StorageKey) {
-        if let (Some(Slot::Fetch { hashes, .. }), Region::Hashes) =
+        if let (Some(Slot::Fetch { body, .. }), Region::Hashes) =
             (self.slots.get_mut(&key.slot), key.region)
         {
-            hashes.clear();
+            body.clear();
         }
     }
 }

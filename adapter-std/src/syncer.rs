@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 
 /// The files of one download, as the sync thread sees them (their own handles).
 pub(crate) struct Durable {
-    /// `OUT.part`.
-    pub(crate) part: File,
+    /// `OUT.part` (a file, or a folder's files).
+    pub(crate) part: crate::store::Data,
     /// `OUT.shoal-leaves`.
     pub(crate) leaves: File,
     /// `OUT.shoal-journal`, opened to append.
@@ -110,7 +110,7 @@ impl Drop for Syncer {
 
 /// Data first, then the records that vouch for it.
 fn make_durable(f: &Durable, records: &[u8]) -> io::Result<()> {
-    f.part.sync_data()?;
+    f.part.sync()?;
     f.leaves.sync_data()?;
     (&f.journal).write_all(records)?;
     f.journal.sync_data()
@@ -133,7 +133,7 @@ mod tests {
                 .unwrap()
         };
         let files = Arc::new(Durable {
-            part: open("part"),
+            part: crate::store::Data::File(Arc::new(open("part"))),
             leaves: open("leaves"),
             journal: open("journal"),
         });

@@ -146,7 +146,7 @@ fn share(dir: &Path, tag: &str, tracker: &str, file: &Path, extra: &[&str]) -> (
 /// 32 bytes per chunk) followed by 4 bytes per verified chunk. Files here are 8 MiB in 256 KiB
 /// chunks, so the header is 8 + 32 + 2 + (postcard header) + 32 * 32 bytes.
 fn records(journal: &Path) -> u64 {
-    const HEADER: u64 = 8 + 32 + 2 + 15 + 32 * 32;
+    const HEADER: u64 = 8 + 32 + 2 + 16 + 32 * 32;
     fs::metadata(journal).map_or(0, |m| m.len().saturating_sub(HEADER) / 4)
 }
 
@@ -1463,4 +1463,136 @@ fn the_console_on_a_terminal_edits_quotes_keeps_history_and_asks_before_quitting
             .unwrap();
     assert_eq!(w.as_array().unwrap().len(), 1, "only the seeder: {w}");
     assert!(dir.join("out.bin.part").exists() && !dir.join("out.bin").exists());
+}
+
+/// A tree of files under `root`: nested folders, a name with a space, an empty file, and
+/// `tiny` files of a few bytes; returns every (relative path, content).
+fn tree(root: &Path, tiny: usize) -> Vec<(String, Vec<u8>)> {
+    let mut files = vec![
+        ("big.bin".to_owned(), vec![7u8; 3_000_000]),
+        ("docs/read me.txt".to_owned(), b"hello".to_vec()),
+        ("docs/empty".to_owned(), Vec::new()),
+    ];
+    for i in 0..tiny {
+        let content = format!("tiny file {i}\n").repeat(1 + i % 5).into_bytes();
+        files.push((format!("t/{:02}/f{i:05}.txt", i % 40), content));
+    }
+    for (rel, content) in &files {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+    files
+}
+
+#[test]
+fn a_folder_of_ten_thousand_small_files_is_shared_and_fetched_as_one_unit() {
+    let dir = scratch("folder");
+    let files = tree(&dir.join("src"), 10_000);
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(&dir, "seed", &tr, &dir.join("src"), &[]);
+    assert!(link.contains("&name=src"), "{link}");
+    // One id and one listing for the whole tree; its small files share chunks: a few dozen
+    // chunks of 256 KiB, not ten thousand transfers.
+    let ls: serde_json::Value =
+        serde_json::from_slice(&run(&dir, &["ls", "--json", "--tracker", &tr]).stdout).unwrap();
+    assert_eq!(ls.as_array().unwrap().len(), 1, "{ls}");
+    let size: u64 = files.iter().map(|(_, c)| c.len() as u64).sum();
+    assert_eq!(ls[0]["size"], size);
+    assert_eq!(ls[0]["chunks"].as_u64(), Some(size.div_ceil(256 * 1024)));
+    fs::create_dir_all(dir.join("into")).unwrap();
+    let mut g = Proc::start(&dir, "g", &get_args(&link, "into/", &["--no-seed"]));
+    assert!(g.wait().success(), "{}", g.stderr());
+    assert_eq!(g.stdout().trim(), "into/src");
+    for (rel, content) in &files {
+        let got = fs::read(dir.join("into/src").join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert!(got == *content, "{rel} differs");
+    }
+    assert!(!dir.join("into/src.part").exists() && !dir.join("into/src.shoal-journal").exists());
+}
+
+#[test]
+fn a_folder_download_killed_resumes_and_a_hostile_layout_creates_nothing() {
+    let dir = scratch("folder-resume");
+    let files = tree(&dir.join("src"), 50);
+    let mut big = vec![0u8; 8 << 20];
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut big)
+        .unwrap();
+    fs::write(dir.join("src/big.bin"), &big).unwrap();
+    let (_t, tr) = tracker(&dir, "127.0.0.1:0");
+    let (_s, link) = share(
+        &dir,
+        "seed",
+        &tr,
+        &dir.join("src"),
+        &["--upload-limit", "2M"],
+    );
+    let mut g = Proc::start(&dir, "g1", &get_args(&link, "out", &["--no-seed"]));
+    let journal = dir.join("out.shoal-journal");
+    let mut start = 0;
+    until("the journal", || {
+        start = fs::metadata(&journal).map_or(0, |m| m.len());
+        start > 0
+    });
+    until("four journaled chunks", || {
+        fs::metadata(&journal).map_or(0, |m| m.len()) >= start + 16
+    });
+    g.kill();
+    assert!(dir.join("out.part").is_dir() && !dir.join("out").exists());
+    let mut g2 = Proc::start(&dir, "g2", &get_args(&link, "out", &["--no-seed", "-v"]));
+    assert!(g2.wait().success(), "{}", g2.stderr());
+    assert!(g2.stderr().contains("resuming"), "{}", g2.stderr());
+    assert_eq!(fs::read(dir.join("out/big.bin")).unwrap(), big);
+    for (rel, content) in files.iter().filter(|(r, _)| r != "big.bin") {
+        assert_eq!(
+            &fs::read(dir.join("out").join(rel)).unwrap(),
+            content,
+            "{rel}"
+        );
+    }
+
+    // A metainfo file whose (correctly hashed) layout climbs out of the download's folder:
+    // refused in one line before anything is made.
+    use adapter_std::folder::{FolderFile, Layout};
+    use proto_core::manifest::{Built, ManifestBuilder, ManifestHeader};
+    let layout = Layout {
+        files: vec![FolderFile {
+            path: "../escaped".into(),
+            size: 5,
+        }],
+    }
+    .encode();
+    let header = ManifestHeader::folder("evil", 5, 16 * 1024, layout.len() as u32).unwrap();
+    let mut b = ManifestBuilder::new(header);
+    let mut body = Vec::new();
+    b.update(b"hello", |built| {
+        if let Built::Chunk { hash, .. } = built {
+            body.extend_from_slice(&hash.0);
+        }
+    })
+    .unwrap();
+    body.extend_from_slice(&layout);
+    let (header, id) = b.finish_with_layout(&layout).unwrap();
+    let m = adapter_std::store::Manifest {
+        id,
+        header,
+        body,
+        leaves: adapter_std::store::LeafSource::None,
+    };
+    adapter_std::metainfo::save(&dir.join("evil.shoal"), &m, &[]).unwrap();
+    fails(
+        &dir,
+        &[
+            "get",
+            "evil.shoal",
+            "--peer",
+            "127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "'../escaped' in the folder is unsafe",
+    );
+    assert!(!dir.join("escaped").exists() && !dir.join("evil").exists());
 }

@@ -18,11 +18,22 @@
 //!
 //! # The encoded manifest and the file id
 //!
-//! The encoded manifest is the postcard encoding of the [`ManifestHeader`] followed by the
-//! chunk roots, 32 bytes each, in chunk order. The [`FileId`] is the SHA-256 of those bytes.
-//! Because the hashes come last and raw, the id can be computed (and checked) while the hashes
-//! stream past, without ever holding them all: [`FileIdHasher`] does that, and
-//! [`ManifestBuilder`] builds a manifest from a file's bytes fed in any pieces.
+//! The encoded manifest is the postcard encoding of the [`ManifestHeader`] followed by its
+//! body: the chunk roots, 32 bytes each, in chunk order, then the layout of a folder
+//! ([`ManifestHeader::layout_len`] bytes, none for a single file). The [`FileId`] is the
+//! SHA-256 of those bytes. Because the body comes last and raw, the id can be computed (and
+//! checked) while it streams past, without ever holding it all: [`FileIdHasher`] does that,
+//! and [`ManifestBuilder`] builds a manifest from a file's bytes fed in any pieces.
+//!
+//! # Folders
+//!
+//! A folder is shared as one unit: its files, in the order of their relative paths, are one
+//! stream of bytes cut into chunks as a single file is (a chunk may span several small files,
+//! so ten thousand tiny files cost a few chunks, not ten thousand transfers). The layout says
+//! which bytes are which file. The core never reads it: it carries it, stores it beside the
+//! chunk roots (under [`Region::Hashes`](crate::storage::Region::Hashes), after them) and
+//! hashes it into the id, so a layout cannot be changed without changing the id. Its format
+//! and its checks (relative paths only) are the host's: `adapter-std/src/folder.rs`.
 
 use core::fmt;
 
@@ -45,8 +56,13 @@ pub const HASH_LEN: usize = 32;
 pub const BLOCK_SIZE: u32 = 16 * 1024;
 /// The most blocks a chunk may have: a [`MAX_CHUNK_SIZE`] chunk of [`BLOCK_SIZE`] blocks.
 pub const MAX_CHUNK_BLOCKS: u32 = MAX_CHUNK_SIZE / BLOCK_SIZE;
+/// The longest layout a folder's manifest may carry (see [`ManifestHeader::layout_len`]):
+/// 16 MiB, room for a list of some hundred thousand files.
+pub const MAX_LAYOUT_LEN: u32 = 16 << 20;
+/// The longest body that may follow a manifest header: every chunk root, then the layout.
+pub const MAX_BODY_LEN: u64 = MAX_CHUNKS as u64 * HASH_LEN as u64 + MAX_LAYOUT_LEN as u64;
 /// The longest postcard encoding of a [`ManifestHeader`].
-pub const MAX_HEADER_LEN: usize = MAX_NAME_LEN + 2 + 10 + 5;
+pub const MAX_HEADER_LEN: usize = MAX_NAME_LEN + 2 + 10 + 5 + 5;
 
 /// A file name as carried on the wire.
 pub type Name = heapless::String<MAX_NAME_LEN>;
@@ -193,6 +209,9 @@ pub struct ManifestHeader {
     pub size: u64,
     /// The chunk size in bytes: a power of two between [`MIN_CHUNK_SIZE`] and [`MAX_CHUNK_SIZE`].
     pub chunk_size: u32,
+    /// Bytes of the folder layout after the chunk roots: 0 for a single file (see the
+    /// [module docs](self)); at most [`MAX_LAYOUT_LEN`].
+    pub layout_len: u32,
 }
 
 /// Why a manifest header (or a name) is not acceptable.
@@ -210,6 +229,8 @@ pub enum ManifestError {
     BadChunkSize,
     /// The file needs more than [`MAX_CHUNKS`] chunks at this chunk size.
     TooManyChunks,
+    /// The folder layout is longer than [`MAX_LAYOUT_LEN`].
+    LayoutTooLong,
 }
 
 impl fmt::Display for ManifestError {
@@ -217,11 +238,14 @@ impl fmt::Display for ManifestError {
         f.write_str(match self {
             ManifestError::EmptyName => "file name is empty",
             ManifestError::NameTooLong => "file name is longer than 255 bytes",
-            ManifestError::BadName => "file name contains a path separator or control character",
+            ManifestError::BadName => {
+                "file name is . or .., or contains a path separator or control character"
+            }
             ManifestError::BadChunkSize => "chunk size is not a power of two from 1 KiB to 16 MiB",
             ManifestError::TooManyChunks => {
                 "file needs more than 2^20 chunks; use a larger chunk size"
             }
+            ManifestError::LayoutTooLong => "the folder's file list is longer than 16 MiB",
         })
     }
 }
@@ -256,9 +280,28 @@ impl ManifestHeader {
             name,
             size,
             chunk_size,
+            layout_len: 0,
         };
         header.validate()?;
         Ok(header)
+    }
+
+    /// A validated header of a folder whose layout is `layout_len` bytes.
+    pub fn folder(
+        name: &str,
+        size: u64,
+        chunk_size: u32,
+        layout_len: u32,
+    ) -> Result<Self, ManifestError> {
+        let mut header = ManifestHeader::new(name, size, chunk_size)?;
+        header.layout_len = layout_len;
+        header.validate()?;
+        Ok(header)
+    }
+
+    /// Whether this is a folder's manifest (it has a layout).
+    pub fn is_folder(&self) -> bool {
+        self.layout_len > 0
     }
 
     /// Checks every rule of a header; run on everything that arrives from the network.
@@ -271,6 +314,9 @@ impl ManifestHeader {
         }
         if self.size.div_ceil(u64::from(self.chunk_size)) > u64::from(MAX_CHUNKS) {
             return Err(ManifestError::TooManyChunks);
+        }
+        if self.layout_len > MAX_LAYOUT_LEN {
+            return Err(ManifestError::LayoutTooLong);
         }
         Ok(())
     }
@@ -297,9 +343,15 @@ impl ManifestHeader {
         u64::from(index) * u64::from(self.chunk_size)
     }
 
-    /// Bytes of all chunk hashes together: the body that follows a header on the wire.
+    /// Bytes of all chunk hashes together: the start of the body.
     pub fn hashes_len(&self) -> u64 {
         u64::from(self.chunk_count()) * HASH_LEN as u64
+    }
+
+    /// Bytes of the body that follows a header on the wire and in storage: the chunk roots,
+    /// then the layout.
+    pub fn body_len(&self) -> u64 {
+        self.hashes_len() + u64::from(self.layout_len)
     }
 
     /// The block size: [`BLOCK_SIZE`], or the chunk size if that is smaller.
@@ -338,11 +390,11 @@ impl ManifestHeader {
     }
 }
 
-/// Computes a [`FileId`] from a header and the chunk hashes as they stream past.
+/// Computes a [`FileId`] from a header and its body (chunk hashes, layout) as they stream past.
 #[derive(Clone)]
 pub struct FileIdHasher {
     sha: Sha256,
-    hashes_left: u64,
+    body_left: u64,
 }
 
 impl FileIdHasher {
@@ -357,24 +409,24 @@ impl FileIdHasher {
         }
         FileIdHasher {
             sha,
-            hashes_left: header.hashes_len(),
+            body_left: header.body_len(),
         }
     }
 
-    /// Feeds raw hash bytes (any split).
-    pub fn update(&mut self, hash_bytes: &[u8]) {
-        self.hashes_left = self.hashes_left.saturating_sub(hash_bytes.len() as u64);
-        self.sha.update(hash_bytes);
+    /// Feeds raw body bytes (any split).
+    pub fn update(&mut self, body: &[u8]) {
+        self.body_left = self.body_left.saturating_sub(body.len() as u64);
+        self.sha.update(body);
     }
 
-    /// Bytes of hashes still expected.
+    /// Bytes of the body still expected.
     pub fn remaining(&self) -> u64 {
-        self.hashes_left
+        self.body_left
     }
 
-    /// The file id; `None` if not exactly the header's number of hash bytes were fed.
+    /// The file id; `None` if not exactly the header's number of body bytes were fed.
     pub fn finish(self) -> Option<FileId> {
-        (self.hashes_left == 0).then(|| FileId(self.sha.finalize().into()))
+        (self.body_left == 0).then(|| FileId(self.sha.finalize().into()))
     }
 }
 
@@ -386,6 +438,8 @@ pub enum BuildError {
     TooMuchData,
     /// Fewer bytes were fed than the header's size (the file shrank while being read?).
     TooLittleData,
+    /// The layout given is not as long as the header says.
+    LayoutMismatch,
 }
 
 impl fmt::Display for BuildError {
@@ -397,6 +451,7 @@ impl fmt::Display for BuildError {
             BuildError::TooLittleData => {
                 "the file is smaller than its recorded size (it changed while being read)"
             }
+            BuildError::LayoutMismatch => "the folder's file list is not the length recorded",
         })
     }
 }
@@ -506,11 +561,24 @@ impl ManifestBuilder {
         Ok(())
     }
 
-    /// Ends the build; returns the header and the file id.
+    /// Ends the build of a single file; returns the header and the file id.
     pub fn finish(self) -> Result<(ManifestHeader, FileId), BuildError> {
+        self.finish_with_layout(&[])
+    }
+
+    /// Ends the build of a folder, whose header says its layout is `layout.len()` bytes;
+    /// returns the header and the file id.
+    pub fn finish_with_layout(
+        mut self,
+        layout: &[u8],
+    ) -> Result<(ManifestHeader, FileId), BuildError> {
         if self.fed != self.header.size {
             return Err(BuildError::TooLittleData);
         }
+        if layout.len() as u64 != u64::from(self.header.layout_len) {
+            return Err(BuildError::LayoutMismatch);
+        }
+        self.id.update(layout);
         let id = self.id.finish().ok_or(BuildError::TooLittleData)?;
         Ok((self.header, id))
     }
@@ -537,6 +605,40 @@ mod tests {
         }
         let (_, id) = b.finish().unwrap();
         (id, hashes)
+    }
+
+    #[test]
+    fn a_folder_id_covers_its_layout_and_the_body_is_roots_then_layout() {
+        let data = [7u8; 3000];
+        let header = ManifestHeader::folder("dir", 3000, 1024, 5).unwrap();
+        assert!(header.is_folder());
+        assert_eq!((header.hashes_len(), header.body_len()), (96, 101));
+        let build = |layout: &[u8]| {
+            let mut b = ManifestBuilder::new(header.clone());
+            let mut roots = Vec::new();
+            b.update(&data, |built| {
+                if let Built::Chunk { hash, .. } = built {
+                    roots.extend_from_slice(&hash.0);
+                }
+            })
+            .unwrap();
+            (b.finish_with_layout(layout), roots)
+        };
+        let (a, roots) = build(b"abcde");
+        let (_, id_a) = a.unwrap();
+        let (_, id_b) = build(b"abcdf").0.unwrap();
+        assert_ne!(id_a, id_b, "another layout is another id");
+        assert_eq!(build(b"abc").0, Err(BuildError::LayoutMismatch));
+        // The id streams over header, roots and layout, as a receiver checks it.
+        let mut h = FileIdHasher::new(&header);
+        h.update(&roots);
+        assert_eq!(h.remaining(), 5);
+        h.update(b"abcde");
+        assert_eq!(h.finish(), Some(id_a));
+        assert_eq!(
+            ManifestHeader::folder("dir", 1, 1024, MAX_LAYOUT_LEN + 1),
+            Err(ManifestError::LayoutTooLong)
+        );
     }
 
     #[test]
@@ -627,6 +729,7 @@ mod tests {
             name: Name::try_from("x".repeat(MAX_NAME_LEN).as_str()).unwrap(),
             size: u64::MAX,
             chunk_size: u32::MAX,
+            layout_len: u32::MAX,
         };
         assert_eq!(postcard::to_allocvec(&max).unwrap().len(), MAX_HEADER_LEN);
     }

@@ -440,7 +440,7 @@ impl Message {
         match self {
             Message::Publish { header, .. } | Message::Manifest { header, .. } => {
                 header.validate().ok()?;
-                Some(header.hashes_len())
+                Some(header.body_len())
             }
             Message::Block(b) => (b.len <= MAX_BLOCK_LEN).then_some(u64::from(b.len)),
             Message::Bitfield { chunks, .. } => {

@@ -49,16 +49,27 @@ fn ranges() -> impl Strategy<Value = heapless::Vec<ChunkRange, MAX_RANGES>> {
 
 /// Valid headers with few chunks, so bodies stay small.
 fn header() -> impl Strategy<Value = ManifestHeader> {
-    (name(), 10u32..=24, 0u64..64)
-        .prop_flat_map(|(name, log2, chunks)| {
+    (
+        name(),
+        10u32..=24,
+        0u64..64,
+        prop_oneof![Just(0u32), 1u32..200],
+    )
+        .prop_flat_map(|(name, log2, chunks, layout_len)| {
             let chunk = 1u64 << log2;
             let lo = chunks.saturating_sub(1) * chunk + u64::from(chunks > 0);
-            (Just(name), lo..=chunks * chunk, Just(chunk as u32))
+            (
+                Just(name),
+                lo..=chunks * chunk,
+                Just(chunk as u32),
+                Just(layout_len),
+            )
         })
-        .prop_map(|(name, size, chunk_size)| ManifestHeader {
+        .prop_map(|(name, size, chunk_size, layout_len)| ManifestHeader {
             name,
             size,
             chunk_size,
+            layout_len,
         })
 }
 
@@ -346,6 +357,7 @@ fn the_largest_instance_of_every_message_fits_a_frame() {
         name: big_name.clone(),
         size: u64::MAX,
         chunk_size: u32::MAX,
+        layout_len: u32::MAX,
     };
     let all = [
         Message::Hello(Hello {
@@ -437,6 +449,7 @@ fn frame_limits_are_enforced() {
         name: "a".try_into().unwrap(),
         size: 1,
         chunk_size: 1000,
+        layout_len: 0,
     };
     let n = encode_frame(
         &Message::Manifest {

@@ -208,13 +208,7 @@ impl<const W: usize> Conn<W> {
     ) -> Self {
         let nonce = auth::nonce(rng);
         Conn {
-            link: Link::new(
-                remote,
-                phase,
-                MAX_CHUNKS as u64 * HASH_LEN as u64,
-                nonce,
-                now,
-            ),
+            link: Link::new(remote, phase, crate::manifest::MAX_BODY_LEN, nonce, now),
             role,
             sink: Sink::None,
             file: None,

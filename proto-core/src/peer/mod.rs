@@ -128,9 +128,7 @@ use crate::conn::{
 };
 use crate::io::{Action, BlockTicket, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
-use crate::manifest::{
-    merkle_root, ChunkHash, FileIdHasher, Leaf, ManifestHeader, HASH_LEN, MAX_CHUNKS,
-};
+use crate::manifest::{merkle_root, ChunkHash, FileIdHasher, Leaf, ManifestHeader, HASH_LEN};
 use crate::storage::{Region, StorageKey, StorageWrite};
 use crate::table::{capacity, vacancy};
 use crate::time::{Duration, Instant};

@@ -164,7 +164,7 @@ impl<const W: usize> Peer<'_, W> {
                 let then = StorageSend {
                     key: key(slot, Region::Hashes),
                     offset: 0,
-                    len: header.hashes_len(),
+                    len: header.body_len(),
                 };
                 let then = (then.len > 0).then_some(then);
                 let file = f.id;

@@ -147,7 +147,7 @@ impl Tracker<'_> {
                     let then = StorageSend {
                         key: hashes_key(slot),
                         offset: 0,
-                        len: l.header.hashes_len(),
+                        len: l.header.body_len(),
                     };
                     let msg = Message::Manifest {
                         file,

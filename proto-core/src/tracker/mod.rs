@@ -114,7 +114,7 @@ use crate::conn::{
 };
 use crate::io::{Action, Drain, Output, Outputs};
 pub use crate::io::{Recv, Transmit, FRAME_BUF_LEN};
-use crate::manifest::{FileIdHasher, ManifestHeader, HASH_LEN, MAX_CHUNKS};
+use crate::manifest::{FileIdHasher, ManifestHeader, MAX_BODY_LEN, MAX_CHUNKS};
 use crate::storage::{Region, StorageKey, StorageSend, StorageWrite};
 use crate::table::Ring;
 use crate::time::Instant;
@@ -357,7 +357,7 @@ impl<'a> Tracker<'a> {
                 Phase::Handshake { deadline },
                 // Any body the wire allows is read (and skipped if refused), so a publisher
                 // with a file too large for this tracker hears why instead of being cut off.
-                MAX_CHUNKS as u64 * HASH_LEN as u64,
+                MAX_BODY_LEN,
                 auth::nonce(&mut self.rng),
                 now,
             ),
