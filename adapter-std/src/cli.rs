@@ -526,6 +526,13 @@ pub fn share(
     if how.save.is_some() && files.len() != 1 {
         bail!("--save writes the metainfo of one file; share the files one at a time to save each");
     }
+    // Every path is checked before any is hashed: a typo in the last one costs nothing.
+    for f in files {
+        let meta = std::fs::metadata(f).with_context(|| format!("cannot read {}", f.display()))?;
+        if !meta.is_file() && !meta.is_dir() {
+            bail!("{} is not a regular file or a folder", f.display());
+        }
+    }
     let mut manifests = Vec::new();
     for f in files {
         manifests.push((

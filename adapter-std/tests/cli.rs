@@ -706,6 +706,17 @@ fn user_errors_get_one_clear_line_and_exit_1() {
         &["share", "missing.bin", "--tracker", &tr],
         "cannot read missing.bin",
     );
+    // A bad path anywhere in the list is found before any file is hashed.
+    random_file(&dir.join("other.bin"), 100_000);
+    let late = run(
+        &dir,
+        &["share", "other.bin", "missing.bin", "--tracker", &tr],
+    );
+    let late_err = String::from_utf8_lossy(&late.stderr);
+    assert!(
+        late.status.code() == Some(1) && !late_err.contains("hashing"),
+        "{late_err}"
+    );
     // Limits take units (so this fails on the file, not the limit); 0 is refused as usage.
     fails(
         &dir,
