@@ -822,13 +822,26 @@ fn a_getter_is_served_by_another_getter() {
     assert!(b.wait().success(), "{}", b.stderr());
     assert_eq!(fs::read(dir.join("b.bin")).unwrap(), data);
     assert_eq!(fs::read(dir.join("a.bin")).unwrap(), data);
-    // A's seeding line (off a terminal, every few seconds) counts the one peer it served,
-    // apart from those merely connected.
+    // A's seeding line (off a terminal, every few seconds) counts the peers it served apart
+    // from those merely connected: none if it uploaded nothing, else B alone (the seeder
+    // fetched nothing from it).
+    let mut line = String::new();
     until("A's seeding line", || {
-        a.stderr()
+        line = a
+            .stderr()
             .lines()
-            .any(|l| l.starts_with("src.bin: seeding, uploaded ") && l.contains(" to 1 peer, "))
+            .rfind(|l| l.starts_with("src.bin: seeding, uploaded "))
+            .unwrap_or_default()
+            .to_owned();
+        !line.is_empty()
     });
+    let served_nothing = line.contains("uploaded 0 B ");
+    let want = if served_nothing {
+        " to 0 peers, "
+    } else {
+        " to 1 peer, "
+    };
+    assert!(line.contains(want), "{line}");
 }
 
 #[test]
