@@ -51,7 +51,7 @@ pub struct PeerRow {
     pub connected_secs: u64,
     /// Files it holds chunks of.
     pub files: u32,
-    /// Bytes it reports having served, and fetched, since it started.
+    /// Bytes it reports having served, and fetched, over the files it has.
     pub uploaded: u64,
     /// See `uploaded`.
     pub downloaded: u64,

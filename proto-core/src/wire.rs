@@ -388,7 +388,7 @@ pub enum Message {
         nonce: u32,
         /// Block bytes served to other peers, over the files it has now.
         uploaded: u64,
-        /// Verified bytes fetched, over the files it has now.
+        /// Bytes of the chunks it verified since it added the files it has now.
         downloaded: u64,
     },
     /// Peer to tracker: I neither hold nor fetch `file` any more (the user cancelled it or

@@ -139,9 +139,10 @@ fn a_request_flood_does_not_crowd_out_honest_peers() {
 #[test]
 fn false_availability_is_found_out_and_routed_around() {
     for seed in SEEDS {
-        // A file large enough that peers meet the liar more than `ban_after` times.
+        // A file large enough that peers meet the liar more than `ban_after` times (64 MiB: a
+        // super-seeding seeder spreads chunks sooner, and peers ask the liar less).
         let mut c = cfg(Attack::FalseAvailability, seed);
-        c.file_bytes = 32 << 20;
+        c.file_bytes = 64 << 20;
         let (sim, _) = survive(c);
         let h = sim.hostile().unwrap();
         assert!(

@@ -295,6 +295,8 @@ fn rarest_chunks_are_requested_before_common_ones() {
         let mut cfg = small(seed);
         cfg.peers = 3;
         cfg.sniff = true;
+        // The downloader's own choice is tested: the seeder shows everything at once.
+        cfg.tune = |_, c| c.super_seed = false;
         // Peer 2 holds the first half, so the second half is rare (only the seeder has it).
         let half = (cfg.file_bytes / u64::from(cfg.chunk_bytes) / 2) as u32;
         let mut sim = Sim::with_setup(cfg, |sim| sim.give_partial(2, |c| c < half));

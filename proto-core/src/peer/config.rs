@@ -41,6 +41,10 @@ pub struct PeerConfig {
     /// one a late joiner waits for (the simulator's 20-peer swarm: efficiency 0.66 with 16
     /// slots, 0.86 with one per connection).
     pub upload_slots: usize,
+    /// A peer sharing a file whole offers it chunk by chunk until it has sent every chunk once
+    /// (super-seeding, see `peer/seeding.rs`), so downloaders pass chunks on instead of all
+    /// asking the seeder. Default on.
+    pub super_seed: bool,
     /// Upload limit in bytes per second; `None` for no limit.
     pub upload_rate: Option<u64>,
     /// Download limit in bytes per second; `None` for no limit. Block requests wait for
@@ -120,6 +124,7 @@ impl PeerConfig {
             swarm_key: None,
             block_len: 64 * 1024,
             upload_slots: 64,
+            super_seed: true,
             upload_rate: None,
             download_rate: None,
             max_conns_per_file: 16,

@@ -81,7 +81,8 @@ pub(super) struct File<const W: usize> {
     /// Being fetched (else shared whole).
     pub(super) fetching: bool,
     pub(super) have: ChunkBitmap<W>,
-    /// Chunks with an in-flight record.
+    /// Chunks taken: while fetching, those with an in-flight record; for a file shared whole,
+    /// those offered once while super-seeding (see `seeding`).
     pub(super) busy: ChunkBitmap<W>,
     pub(super) log: HaveLog,
     /// Per tracker (bit `t`): it lists this file (its `NotFound` for it clears the bit

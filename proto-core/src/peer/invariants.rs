@@ -65,15 +65,20 @@ impl<const W: usize> Peer<'_, W> {
                 .in_flight()
                 .filter(|(_, a)| a.slot == slot as u16)
                 .count();
-            assert_eq!(
-                f.busy.count() as usize,
-                in_flight,
-                "busy chunks are the chunks in flight"
-            );
-            assert!(
-                f.fetching || f.busy.count() == 0,
-                "a shared file has nothing in flight"
-            );
+            if f.fetching {
+                assert_eq!(
+                    f.busy.count() as usize,
+                    in_flight,
+                    "busy chunks are the chunks in flight"
+                );
+            } else {
+                assert_eq!(in_flight, 0, "a shared file has nothing in flight");
+                assert!(
+                    self.config.super_seed || f.busy.count() == 0 || f.busy.is_full(),
+                    "a shared file's busy chunks are its super-seeding offers, or all of them \
+                     (a completed fetch)"
+                );
+            }
         }
         assert!(
             self.candidates.iter().flatten().count() <= usize::from(self.config.max_conns),

@@ -64,8 +64,8 @@
 //!
 //! | memory | C | F | W | A | B | bytes |
 //! |---|---|---|---|---|---|---|
-//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,088 |
-//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 428,160 |
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,096 |
+//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 428,168 |
 //!
 //! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
 //! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
@@ -95,6 +95,7 @@ mod partial;
 mod rate;
 mod recv;
 mod sched;
+mod seeding;
 mod send;
 mod timers;
 mod tracker_session;
@@ -191,6 +192,9 @@ pub struct Peer<'a, const W: usize> {
     /// The leaves of the chunks in flight: `max_chunk_blocks` places for each.
     leaves: ManagedSlice<'a, Leaf>,
     candidates: ManagedSlice<'a, Option<Candidate>>,
+    /// What a super-seeder has offered each connection, by connection index (see `seeding`).
+    #[cfg(feature = "alloc")]
+    offers: alloc::vec::Vec<seeding::Offer>,
     /// (node, listen address, strikes): strikes at `ban_after` mean banned.
     reputation: Deque<(NodeId, SocketAddr, u8), REPUTATION>,
     events: EventQueue<PeerEvent, EVENT_QUEUE>,
@@ -219,10 +223,6 @@ pub struct Peer<'a, const W: usize> {
     pending_header: Option<(u16, ManifestHeader)>,
     /// Addresses that may still be taken from peer exchange (see `exchange`).
     hint_budget: u16,
-    /// Block bytes served and verified bytes fetched since this peer started: reported to
-    /// the trackers with every pong ([`Message::Report`]), for the operator's view.
-    uploaded: u64,
-    downloaded: u64,
     /// Where `poll_output` stands.
     drain: Drain,
 }
@@ -264,10 +264,17 @@ impl<'a, const W: usize> Peer<'a, W> {
             #[cfg(feature = "alloc")]
             ManagedSlice::Owned(_) => config.max_chunk_blocks,
         };
+        // Super-seeding keeps its offers on the heap: a peer in fixed memory does not
+        // super-seed (see `seeding`).
+        #[cfg(feature = "alloc")]
+        let super_seed = config.super_seed && matches!(parts.conns, ManagedSlice::Owned(_));
+        #[cfg(not(feature = "alloc"))]
+        let super_seed = false;
         let config = PeerConfig {
             max_files: capacity(&parts.files, config.max_files),
             max_active,
             max_chunk_blocks,
+            super_seed,
             ..config
         };
         let mut peer = Peer {
@@ -280,6 +287,8 @@ impl<'a, const W: usize> Peer<'a, W> {
             active: parts.active,
             leaves: parts.leaves,
             candidates: parts.candidates,
+            #[cfg(feature = "alloc")]
+            offers: alloc::vec::Vec::new(),
             reputation: Deque::new(),
             events: EventQueue::new(),
             sessions: [TrackerSession::new(now, config.reconnect_min); MAX_TRACKERS],
@@ -302,8 +311,6 @@ impl<'a, const W: usize> Peer<'a, W> {
             pending_header: None,
             drain: Drain::default(),
             hint_budget: exchange::BUDGET_MAX,
-            uploaded: 0,
-            downloaded: 0,
         };
         peer.files.iter_mut().for_each(|f| *f = None);
         peer.active.iter_mut().for_each(|a| *a = None);

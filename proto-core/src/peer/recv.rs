@@ -27,6 +27,10 @@ impl<const W: usize> Peer<'_, W> {
                 for r in &ranges {
                     c.remote_has.set_range(*r);
                 }
+                self.offers_taken(id, &ranges);
+                let Some(c) = self.conns.get_mut(id) else {
+                    return;
+                };
                 c.partial
                     .retain(|&k| !ranges.iter().any(|r| (r.start..r.end).contains(&k)));
                 if !c.remote_has.is_full() {

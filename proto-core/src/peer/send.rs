@@ -70,11 +70,17 @@ impl<const W: usize> Peer<'_, W> {
         buf: &mut [u8; FRAME_BUF_LEN],
     ) -> Option<usize> {
         let (slot, pos) = self.conns.get(id)?.bitfield_body?;
+        // A super-seeder's bitfield is empty: it offers chunks one by one (see `seeding`).
+        let offering = self.offering(id);
         let f = self.file(slot)?;
         let total = f.have.byte_len();
         let n = (total - pos).min(FRAME_BUF_LEN as u32);
         for (k, b) in buf.iter_mut().take(n as usize).enumerate() {
-            *b = f.have.byte(pos + k as u32);
+            *b = if offering {
+                0
+            } else {
+                f.have.byte(pos + k as u32)
+            };
         }
         let c = self.conns.get_mut(id)?;
         c.bitfield_body = (pos + n < total).then_some((slot, pos + n));
@@ -105,11 +111,25 @@ impl<const W: usize> Peer<'_, W> {
             Ctl::Register => Message::Register,
             Ctl::Ping(n) => Message::Ping(n),
             Ctl::Pong(n) => Message::Pong(n),
-            Ctl::Report(nonce) => Message::Report {
-                nonce,
-                uploaded: self.uploaded,
-                downloaded: self.downloaded,
-            },
+            Ctl::Report(nonce) => {
+                // Summed over the files at hand rather than counted apart: a device has no RAM
+                // to spare, and the tracker reads rates from differences anyway. Fetched:
+                // the chunks verified since each file was added, at its chunk size (the last
+                // may be short: no more than the bytes verified in all).
+                let files = self.files.iter().flatten();
+                let uploaded = files.clone().map(|f| f.bytes_uploaded).sum();
+                let downloaded = files
+                    .filter_map(|f| {
+                        let chunk = u64::from(f.header()?.chunk_size);
+                        Some((f.log.end() * chunk).min(f.bytes_done))
+                    })
+                    .sum();
+                Message::Report {
+                    nonce,
+                    uploaded,
+                    downloaded,
+                }
+            }
             Ctl::Leave => Message::Leave,
             Ctl::ListFiles => Message::ListFiles,
             Ctl::ListPeers => Message::ListPeers,
@@ -175,6 +195,7 @@ impl<const W: usize> Peer<'_, W> {
                 return Some((msg, then));
             }
             Ctl::Bitfield(slot) => {
+                self.start_offering(id, slot);
                 let f = self.file(slot)?;
                 let (file, chunks, body, end) =
                     (f.id, f.have.len(), f.have.byte_len(), f.log.end());
@@ -234,11 +255,15 @@ impl<const W: usize> Peer<'_, W> {
         None
     }
 
-    /// For a peer connection: a `Have`, else a request, else a block to serve.
+    /// For a peer connection: a `Have` (or a super-seeder's offer), else a request, else a
+    /// block to serve.
     pub(super) fn peer_data(&mut self, id: ConnId) -> Option<(Message, Option<StorageSend>)> {
         let now = self.now;
+        let slot = self.conns.get(id)?.file?;
+        if let Some(offer) = self.offer(id, slot) {
+            return Some((offer, None));
+        }
         let c = self.conns.get(id)?;
-        let slot = c.file?;
         if c.bitfield_out {
             let f = self.files[slot as usize].as_ref()?;
             let c = self.conns.get_mut(id)?;
@@ -285,7 +310,6 @@ impl<const W: usize> Peer<'_, W> {
             f.bytes_uploaded += u64::from(b.len);
             f.peers_served = f.peers_served.saturating_add(u16::from(first));
         }
-        self.uploaded += u64::from(b.len);
         let then = StorageSend {
             key: key(slot, Region::Data),
             offset,

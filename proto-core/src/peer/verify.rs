@@ -393,7 +393,6 @@ impl<const W: usize> Peer<'_, W> {
         }
         f.log.push(chunk);
         f.bytes_done += len;
-        self.downloaded += len;
         self.event(PeerEvent::ChunkVerified { slot, chunk });
         if let Some(p) = self.progress(slot) {
             self.event(PeerEvent::Progress(p));
@@ -429,6 +428,8 @@ impl<const W: usize> Peer<'_, W> {
             return;
         };
         f.fetching = false;
+        // Its chunks are out in the swarm already: nothing is left to super-seed.
+        f.busy.fill();
         f.unavailable_since = None;
         self.event(PeerEvent::FileComplete { slot });
         // Publishing also brings a delisted file back.

@@ -30,8 +30,8 @@ fn per_second(bytes: u64, span: Duration) -> u64 {
 }
 
 impl Reported {
-    /// A report of `uploaded` and `downloaded` arrived at `now`. Totals that went down (they
-    /// should not: they count since the peer started) restart the measurement.
+    /// A report of `uploaded` and `downloaded` arrived at `now`. Totals that went down (the
+    /// peer dropped a file it counted) restart the measurement.
     pub(super) fn update(&mut self, now: Instant, uploaded: u64, downloaded: u64) {
         if let Some(at) = self.at {
             let span = now.saturating_since(at);
@@ -56,9 +56,9 @@ pub struct PeerView {
     pub since: Instant,
     /// Files it holds chunks of (or fetches).
     pub files: u32,
-    /// Block bytes it says it served since it started (0 until its first report).
+    /// Block bytes it says it served, over the files it has (0 until its first report).
     pub uploaded: u64,
-    /// Verified bytes it says it fetched since it started.
+    /// Bytes of the chunks it says it verified (fetched), over the files it has.
     pub downloaded: u64,
     /// Its upload rate over its last two reports, bytes per second.
     pub upload_rate: u64,
