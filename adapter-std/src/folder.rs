@@ -258,15 +258,7 @@ impl FolderData {
     pub fn create(root: &Path, layout: &Layout) -> io::Result<FolderData> {
         fs::create_dir_all(root)?;
         for f in &layout.files {
-            let path = root.join(&f.path);
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
+            let file = crate::store::open_creating(&root.join(&f.path))?;
             file.set_len(f.size)?;
             crate::store::reserve(&file, f.size)?;
         }

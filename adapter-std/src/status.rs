@@ -596,6 +596,24 @@ fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
 
 type Labels = Vec<(String, String)>;
 
+/// A counter per value of one label: `names[i]` counted `counts[i]` times.
+fn by_label<T, const N: usize>(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    names: &[(T, &str); N],
+    counts: &[u64; N],
+) {
+    let family = Family::<Labels, Counter>::default();
+    for ((_, value), n) in names.iter().zip(counts) {
+        family
+            .get_or_create(&vec![(label.to_owned(), (*value).to_owned())])
+            .inc_by(*n);
+    }
+    r.register(name, help, family);
+}
+
 /// The metrics, in the OpenMetrics text format Prometheus reads.
 fn metrics(s: &Status) -> String {
     let mut r = Registry::with_prefix("shoal_tracker");
@@ -633,12 +651,14 @@ fn metrics(s: &Status) -> String {
         s.uptime_secs,
     );
     counter(&mut r, "peers_joined", "Peers that registered", c.joined);
-    let left = Family::<Labels, Counter>::default();
-    for (i, (_, name)) in LEFT.iter().enumerate() {
-        left.get_or_create(&vec![("reason".into(), (*name).into())])
-            .inc_by(c.left[i]);
-    }
-    r.register("peers_left", "Peers that left, by why", left);
+    by_label(
+        &mut r,
+        "peers_left",
+        "Peers that left, by why",
+        "reason",
+        &LEFT,
+        &c.left,
+    );
     counter(
         &mut r,
         "refused",
@@ -669,12 +689,14 @@ fn metrics(s: &Status) -> String {
         "Connections cut for breaking the protocol",
         c.misbehaved,
     );
-    let full = Family::<Labels, Counter>::default();
-    for (i, (_, name)) in TABLES.iter().enumerate() {
-        full.get_or_create(&vec![("table".into(), (*name).into())])
-            .inc_by(c.overloaded[i]);
-    }
-    r.register("table_full", "Times a table was full, by table", full);
+    by_label(
+        &mut r,
+        "table_full",
+        "Times a table was full, by table",
+        "table",
+        &TABLES,
+        &c.overloaded,
+    );
     counter(
         &mut r,
         "events_lost",

@@ -399,6 +399,18 @@ fn create_download(out: &Path, m: &Manifest) -> io::Result<(Data, File, PathBuf)
     Ok((data, l, journal_path))
 }
 
+/// Opens `path` for writing, made (with its folders) if missing, its content kept.
+pub(crate) fn open_creating(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
 /// An exclusive lock on a download's output, held by the process writing it: an advisory
 /// `flock` on `OUT.shoal-lock`, so a second `shoal get` to the same output is refused at once
 /// instead of racing the first. The kernel drops it when the process dies (kill -9 included);
@@ -413,14 +425,7 @@ impl OutputLock {
     pub fn take(out: &Path) -> io::Result<OutputLock> {
         use rustix::fs::{flock, FlockOperation};
         let path = with_suffix(out, ".shoal-lock");
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)?;
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let file = open_creating(&path)?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(OutputLock { path, _file: file }),
             Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(io::Error::new(
