@@ -341,3 +341,41 @@ fn a_full_table_evicts_the_inbound_connection_that_has_done_least() {
     assert!(accept(&mut h, "10.0.5.1:3").is_err());
     assert!(accept(&mut h, "10.0.5.2:1").is_ok());
 }
+
+#[test]
+fn a_peer_that_reconnects_is_counted_once_among_the_peers_served() {
+    let mut h = Harness::new(|_| {});
+    let (header, id, _) = manifest(4096);
+    let slot = h.p.share(h.now, id, header).unwrap();
+    h.drain();
+    let block = BlockRef {
+        file: id,
+        chunk: 1,
+        offset: 0,
+        len: 512,
+    };
+    // Node 9 connects, is served, leaves and comes back on a new connection; node 8 once.
+    for (n, port) in [(9, 50000), (9, 50001), (8, 50002)] {
+        let c =
+            h.p.handle_accept(h.now, format!("10.0.0.{n}:{port}").parse().unwrap())
+                .unwrap()
+                .conn;
+        h.feed(c, &hello(n, 7000 + u16::from(n)));
+        h.feed(
+            c,
+            &Message::Bitfield {
+                file: id,
+                chunks: 4,
+            },
+        );
+        h.feed_bytes(c, &[0]);
+        h.take(c);
+        h.feed(c, &Message::Request(block));
+        assert_eq!(h.take(c), vec![Message::Block(block)]);
+        h.p.handle_closed(h.now, c);
+        h.drain();
+    }
+    let p = h.p.progress(slot).unwrap();
+    assert_eq!(p.bytes_uploaded, 3 * 512);
+    assert_eq!(p.peers_served, 2, "node 9 twice and node 8 are two peers");
+}

@@ -27,8 +27,8 @@ pub struct Progress {
     pub peers: u16,
     /// Block bytes served to others from this file since it was added.
     pub bytes_uploaded: u64,
-    /// Connections served at least one block of this file since it was added (a peer that
-    /// reconnects counts again).
+    /// Peers served at least one block of this file since it was added, told apart by node
+    /// id (a peer that reconnects counts once; without a heap, each connection counts).
     pub peers_served: u16,
 }
 

@@ -280,6 +280,17 @@ impl<const W: usize> Peer<'_, W> {
         })
     }
 
+    /// Whether `node` is served a block of `slot`'s file for the first time (a heap-backed
+    /// peer remembers whom it served; without a heap every connection served is new).
+    pub(super) fn first_served(&mut self, slot: u16, node: NodeId) -> bool {
+        #[cfg(feature = "alloc")]
+        if usize::from(u16::MAX) > self.served.len() {
+            return self.served.insert((slot, node));
+        }
+        let _ = (slot, node);
+        true
+    }
+
     pub(super) fn drop_file(&mut self, slot: u16) {
         for i in 0..self.conns.capacity() {
             if let Some(id) = self.conn_for(i, slot) {
@@ -303,6 +314,8 @@ impl<const W: usize> Peer<'_, W> {
                 self.ctl(tc, Ctl::Abandon(f.id));
             }
             self.by_id.remove(&f.id);
+            #[cfg(feature = "alloc")]
+            self.served.retain(|(s, _)| *s != slot);
             // Its stored hashes go with the slot: a later file there writes its own.
             self.discards -= u16::from(f.discard_hashes);
             for t in 0..MAX_TRACKERS {

@@ -64,8 +64,8 @@
 //!
 //! | memory | C | F | W | A | B | bytes |
 //! |---|---|---|---|---|---|---|
-//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,096 |
-//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 428,168 |
+//! | [`SmallPeerMemory`] | 4 | 1 | 32 (1024 chunks) | 4 | 8 (128 KiB chunks) | 24,120 |
+//! | `PeerMemory<64, 16, 256, 128, 16>` (the old `HostPeer`) | 64 | 16 | 256 (8192 chunks) | 128 | 16 (256 KiB chunks) | 428,192 |
 //!
 //! On the heap ([`HostPeer`]: `W` = 256) a file costs about 2.5 KiB (two 1 KiB bitmaps, its
 //! header and have log) and a connection about 2 KiB: `bench/share-many.sh` shares 1,000
@@ -195,6 +195,10 @@ pub struct Peer<'a, const W: usize> {
     /// What a super-seeder has offered each connection, by connection index (see `seeding`).
     #[cfg(feature = "alloc")]
     offers: alloc::vec::Vec<seeding::Offer>,
+    /// The (file slot, node) pairs served a block: a peer that reconnects is counted once in
+    /// `peers_served`. Without a heap each connection served counts.
+    #[cfg(feature = "alloc")]
+    served: alloc::collections::BTreeSet<(u16, NodeId)>,
     /// (node, listen address, strikes): strikes at `ban_after` mean banned.
     reputation: Deque<(NodeId, SocketAddr, u8), REPUTATION>,
     events: EventQueue<PeerEvent, EVENT_QUEUE>,
@@ -289,6 +293,8 @@ impl<'a, const W: usize> Peer<'a, W> {
             candidates: parts.candidates,
             #[cfg(feature = "alloc")]
             offers: alloc::vec::Vec::new(),
+            #[cfg(feature = "alloc")]
+            served: alloc::collections::BTreeSet::new(),
             reputation: Deque::new(),
             events: EventQueue::new(),
             sessions: [TrackerSession::new(now, config.reconnect_min); MAX_TRACKERS],

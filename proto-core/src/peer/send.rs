@@ -302,6 +302,8 @@ impl<const W: usize> Peer<'_, W> {
         let b = take_at(&mut c.serve, next)?;
         c.last_served = now;
         let first = !core::mem::replace(&mut c.served, true);
+        let node = c.link.hello.map(|h| h.node).unwrap_or_default();
+        let first = first && self.first_served(slot, node);
         let offset = self.file(slot)?.header()?.chunk_offset(b.chunk) + u64::from(b.offset);
         if let Some(bucket) = self.upload.as_mut() {
             bucket.take(u64::from(b.len));
