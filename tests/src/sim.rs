@@ -420,6 +420,10 @@ pub struct Sim {
     pub blocks_sent: Vec<SeenRequest>,
     /// Bytes sent by all uplinks together, per 100 ms of simulated time.
     pub upload_timeline: Vec<u64>,
+    /// Rejects seen on the wire, by reason (with `sniff`).
+    pub rejects: std::collections::BTreeMap<String, u64>,
+    /// Bytes downloaders' downlinks delivered, per 100 ms (where they finished arriving).
+    pub download_timeline: Vec<u64>,
 }
 
 /// Node 0 is the tracker; peers are 1..=peers, seeders first.
@@ -469,6 +473,8 @@ impl Sim {
             requests: Vec::new(),
             blocks_sent: Vec::new(),
             upload_timeline: Vec::new(),
+            rejects: Default::default(),
+            download_timeline: Vec::new(),
             cfg,
         };
         let tracker_addr = SocketAddr::from(([10, 0, 0, 1], TRACKER_PORT));
@@ -1132,6 +1138,10 @@ impl Sim {
                                 Some(Item::Message(Message::Request(block))) => {
                                     Some((&mut self.requests, block))
                                 }
+                                Some(Item::Message(Message::Reject { reason, .. })) => {
+                                    *self.rejects.entry(format!("{reason:?}")).or_default() += 1;
+                                    None
+                                }
                                 _ => None,
                             };
                             if let Some((list, block)) = seen {
@@ -1226,6 +1236,13 @@ impl Sim {
             );
             let r = &mut self.nodes[receiver];
             let deliver_at = arrive.max(r.down_free_at) + rx;
+            if !r.seeder {
+                let bucket = (deliver_at.total_micros() / 100_000) as usize;
+                if self.download_timeline.len() <= bucket {
+                    self.download_timeline.resize(bucket + 1, 0);
+                }
+                self.download_timeline[bucket] += n as u64;
+            }
             r.down_free_at = deliver_at;
             let l = self.links.get_mut(&link).expect("link looked up above");
             let deliver_at = deliver_at.max(l.last_arrival[to]);

@@ -368,6 +368,10 @@ impl<const W: usize> Peer<'_, W> {
                 if let (Some(slot), true) = (file, opened) {
                     self.event(PeerEvent::PeerLost { slot, addr });
                 }
+                // Its offers, if it was super-seeded, are no longer outstanding.
+                if let Some(slot) = file {
+                    self.end_offers(slot);
+                }
             }
         }
     }

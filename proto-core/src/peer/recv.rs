@@ -27,7 +27,7 @@ impl<const W: usize> Peer<'_, W> {
                 for r in &ranges {
                     c.remote_has.set_range(*r);
                 }
-                self.offers_taken(id, &ranges);
+                self.offers_taken(id, slot, &ranges);
                 let Some(c) = self.conns.get_mut(id) else {
                     return;
                 };

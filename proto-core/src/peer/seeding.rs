@@ -12,9 +12,14 @@
 //! does: it announces an empty bitfield, then offers each downloader [`OFFERED_CHUNKS`]
 //! chunks no one has been offered yet (a `Have` each), and offers the next as it serves the
 //! previous. A downloader fetches what it is offered and passes it on (it serves blocks as it
-//! verifies them), and gets the rest from the swarm. Once every chunk has been offered once,
-//! the seeder announces everything to every connection and serves as any complete peer, so
-//! the last chunks and a downloader that left with an offer unserved are not left waiting.
+//! verifies them), and gets the rest from the swarm. Once no offer is outstanding (each was announced back by the downloader it went
+//! to, or that downloader left) and nothing more can be offered (every chunk was, or each
+//! downloader holds all the others), the seeder announces everything to every connection and
+//! serves as any complete peer: the last chunks, and a chunk offered to a downloader that
+//! left, are not left waiting. Until then a downloader with nothing left to be offered gets
+//! the rest from the swarm: telling it everything earlier had it ask the seeder again for
+//! chunks whose first copy was still going out, which delayed the last first copies
+//! (BENCHMARKS.md, "Super-seeding").
 //!
 //! The file's `busy` bitmap, which counts chunks in flight while fetching and is unused for a
 //! file shared whole, holds the chunks offered so far; a table by connection index, on the
@@ -49,6 +54,8 @@ pub(super) struct Offer {
     chunks: Vec<u32, OFFERED_CHUNKS>,
     /// Its bitfield was an empty one, and it is offered chunks (until it is told everything).
     offering: bool,
+    /// The last offer found nothing it lacks that was not offered already.
+    exhausted: bool,
 }
 
 impl<const W: usize> Peer<'_, W> {
@@ -101,6 +108,7 @@ impl<const W: usize> Peer<'_, W> {
                 conn: Some(id),
                 chunks: Vec::new(),
                 offering: false,
+                exhausted: false,
             };
         }
         Some(o)
@@ -112,19 +120,57 @@ impl<const W: usize> Peer<'_, W> {
         None
     }
 
-    /// The remote on `id` announced `ranges`: offers among them are taken.
-    pub(super) fn offers_taken(&mut self, id: ConnId, ranges: &[ChunkRange]) {
+    /// The remote on `id` announced `ranges` of `slot`'s file: offers among them are taken.
+    pub(super) fn offers_taken(&mut self, id: ConnId, slot: u16, ranges: &[ChunkRange]) {
         #[cfg(feature = "alloc")]
         if let Some(o) = self
             .offers
             .get_mut(id.index())
-            .filter(|o| o.conn == Some(id))
+            .filter(|o| o.conn == Some(id) && !o.chunks.is_empty())
         {
             o.chunks
                 .retain(|c| !ranges.iter().any(|r| (r.start..r.end).contains(c)));
+            if o.chunks.is_empty() {
+                self.end_offers(slot);
+            }
         }
         #[cfg(not(feature = "alloc"))]
-        let _ = (id, ranges);
+        let _ = (id, slot, ranges);
+    }
+
+    /// Tells every connection of `slot` everything once super-seeding has nothing left to do
+    /// there (see the module docs): no live connection holds an offer it has not announced,
+    /// and every chunk was offered or every offered-to connection holds all the others.
+    pub(super) fn end_offers(&mut self, slot: u16) {
+        #[cfg(feature = "alloc")]
+        {
+            let shared = self.config.super_seed
+                && self
+                    .file(slot)
+                    .is_some_and(|f| !f.fetching && f.header().is_some());
+            if !shared {
+                return;
+            }
+            let all_offered = !self.super_seeding(slot);
+            let (mut offering, mut waiting) = (false, false);
+            for o in &self.offers {
+                let live = o.conn.is_some_and(|id| {
+                    self.conns
+                        .get(id)
+                        .is_some_and(|c| c.file == Some(slot) && c.is_open())
+                });
+                if !live || !o.offering {
+                    continue;
+                }
+                offering = true;
+                waiting |= !o.chunks.is_empty() || !(all_offered || o.exhausted);
+            }
+            if offering && !waiting {
+                self.announce_all(slot);
+            }
+        }
+        #[cfg(not(feature = "alloc"))]
+        let _ = slot;
     }
 
     /// A `Have` offering connection `id` its next chunk, if the file is super-seeded and the
@@ -158,9 +204,13 @@ impl<const W: usize> Peer<'_, W> {
             (bits != 0 && chunk < len).then_some(chunk)
         });
         let Some(chunk) = chunk else {
-            // The remote holds every chunk not offered yet (another seeder gave them): nothing
-            // is left to hide from it, and it may need a chunk offered to a peer that left.
-            self.tell_all(id, slot);
+            // The remote holds every chunk not offered yet (another seeder gave them): it gets
+            // the rest from the swarm, until `end_offers` tells it everything.
+            let o = self.offers_of(id)?;
+            if !o.exhausted {
+                o.exhausted = true;
+                self.end_offers(slot);
+            }
             return None;
         };
         let file = f.id;
@@ -169,9 +219,6 @@ impl<const W: usize> Peer<'_, W> {
         }
         // Room checked above.
         let _ = self.offers_of(id)?.chunks.push(chunk);
-        if !self.super_seeding(slot) {
-            self.announce_all(slot);
-        }
         let mut ranges = Vec::new();
         let _ = ranges.push(ChunkRange {
             start: chunk,
@@ -180,8 +227,9 @@ impl<const W: usize> Peer<'_, W> {
         Some(Message::Have { file, ranges })
     }
 
-    /// Every chunk was offered once: tell every connection of `slot` that we hold the whole
-    /// file, as a complete peer's bitfield would have.
+    /// Super-seeding is over: tell every connection of `slot` that we hold the whole file, as
+    /// a complete peer's bitfield would have.
+    #[cfg(feature = "alloc")]
     fn announce_all(&mut self, slot: u16) {
         for i in 0..self.conns.capacity() {
             if let Some(id) = self.conn_for(i, slot) {
@@ -192,6 +240,7 @@ impl<const W: usize> Peer<'_, W> {
 
     /// Tells connection `id`, if it is offered chunks, every chunk of `slot` we hold; it is
     /// offered nothing more.
+    #[cfg(feature = "alloc")]
     fn tell_all(&mut self, id: ConnId, slot: u16) {
         if !self.offering(id) {
             return;

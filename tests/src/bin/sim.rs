@@ -163,6 +163,14 @@ fn main() -> ExitCode {
             .map(|b| (*b as f64 * 100.0 / cap) as u64)
             .collect();
         eprintln!("uplink use % per 100 ms: {util:?}");
+        eprintln!("rejects: {:?}", sim.rejects);
+        let cap = (a.down_mbps * 1e6 / 8.0) * (a.peers - a.seeders) as f64 * 0.1;
+        let util: Vec<u64> = sim
+            .download_timeline
+            .iter()
+            .map(|b| (*b as f64 * 100.0 / cap) as u64)
+            .collect();
+        eprintln!("downloaders' downlink use % per 100 ms: {util:?}");
         let to_seed: Vec<_> = sim.requests.iter().filter(|r| r.to == 1).collect();
         let mut chunks: Vec<u32> = to_seed.iter().map(|r| r.block.chunk).collect();
         chunks.sort();
@@ -286,6 +294,18 @@ fn main() -> ExitCode {
             *by_time.entry(b * 500).or_default() += 1;
         }
         eprintln!("seed requests per 500 ms: {by_time:?}");
+        let mut again_by = std::collections::BTreeMap::<usize, (usize, u64)>::new();
+        for v in per_chunk.values() {
+            let firstwho = v[0].0;
+            for (who, t) in v {
+                if *who != firstwho {
+                    let e = again_by.entry(*who).or_insert((0, u64::MAX));
+                    e.0 += 1;
+                    e.1 = e.1.min(*t);
+                }
+            }
+        }
+        eprintln!("requests to the seeder for chunks someone else asked it first, by peer (count, first ms): {again_by:?}");
         for (c, v) in per_chunk.iter().filter(|(_, v)| v.len() > 30).take(2) {
             eprintln!("  chunk {c}: {v:?}");
         }
@@ -300,6 +320,59 @@ fn main() -> ExitCode {
             (1..=a.peers)
                 .map(|i| sim.completed_at(i).map(|t| t.total_millis()))
                 .collect::<Vec<_>>()
+        );
+        // Where each downloader's downlink went: when its first block was sent to it, the
+        // block bytes sent to it, those it had been sent before (16 KiB units), and its end.
+        let mut got = std::collections::BTreeMap::<usize, (u64, u64, u64)>::new();
+        let mut seen = std::collections::BTreeSet::<(usize, u32, u32)>::new();
+        for s in &sim.blocks_sent {
+            let e = got.entry(s.to).or_insert((u64::MAX, 0, 0));
+            e.0 = e.0.min(s.at.total_millis());
+            let mut o = s.block.offset;
+            while o < s.block.offset + s.block.len {
+                let n = u64::from(16384.min(s.block.offset + s.block.len - o));
+                e.1 += n;
+                if !seen.insert((s.to, s.block.chunk, o / 16384)) {
+                    e.2 += n;
+                }
+                o += 16384;
+            }
+        }
+        // The start, 20 ms at a time: block KiB sent by the seeder and by downloaders.
+        let mut start = std::collections::BTreeMap::<u64, (u64, u64)>::new();
+        for s in sim.blocks_sent.iter().filter(|s| s.at.total_millis() < 600) {
+            let e = start.entry(s.at.total_millis() / 20 * 20).or_default();
+            if s.from == 1 {
+                e.0 += u64::from(s.block.len) >> 10;
+            } else {
+                e.1 += u64::from(s.block.len) >> 10;
+            }
+        }
+        eprintln!("block KiB sent per 20 ms at the start (seeder, downloaders): {start:?}");
+        let mut again_when = std::collections::BTreeMap::<(u64, bool), u64>::new();
+        let mut seen2 = std::collections::BTreeSet::<(usize, u32, u32)>::new();
+        for s in &sim.blocks_sent {
+            let mut o = s.block.offset;
+            while o < s.block.offset + s.block.len {
+                if !seen2.insert((s.to, s.block.chunk, o / 16384)) {
+                    *again_when
+                        .entry((s.at.total_millis() / 500 * 500, s.from == 1))
+                        .or_default() += 16;
+                }
+                o += 16384;
+            }
+        }
+        eprintln!("blocks sent again, KiB by (500 ms, from the seeder): {again_when:?}");
+        let line: Vec<String> = got
+            .iter()
+            .map(|(to, (first, all, dup))| {
+                let end = sim.completed_at(*to).map_or(0, |t| t.total_millis());
+                format!("{to}:{first}ms/{}KiB/{}KiB/{end}ms", all >> 10, dup >> 10)
+            })
+            .collect();
+        eprintln!(
+            "downloaders (first block, received, of which again, done): {}",
+            line.join(" ")
         );
         for (t, node, e) in &sim.events {
             eprintln!("{t} peer{node} {e:?}");
