@@ -717,3 +717,39 @@ fn a_source_of_a_chunk_is_not_served_that_chunk_before_it_is_whole() {
         "{sent:?}"
     );
 }
+
+/// An endgame duplicate is asked only of a connection far faster than the chunk's owner, or
+/// for a chunk that has not moved for a stall timeout: an owner that keeps its connection
+/// alive but never sends this chunk's blocks does not hold the chunk for ever.
+#[test]
+fn an_endgame_duplicate_waits_for_an_owner_that_is_not_slower_until_the_chunk_stops() {
+    // One chunk of 16 blocks, two in flight per connection.
+    let mut s = Swarm::new(1, 16 * 1024, 1024, 2048);
+    let x = s.holder(2, |_| true);
+    // x delivers 8 blocks over 320 ms: its rate is measured.
+    let mut asked = s.requests(x);
+    for _ in 0..8 {
+        let b = asked.remove(0);
+        s.now += Duration::from_millis(40);
+        s.block(x, b, b.len);
+        asked.extend(s.requests(x));
+    }
+    // y holds the chunk too, but nothing says it is faster: no duplicate.
+    let y = s.holder(3, |_| true);
+    assert!(s.requests(y).is_empty(), "no duplicate of a moving chunk");
+    // x goes on answering pings, never the chunk's blocks.
+    for k in 0..5 {
+        s.now += Duration::from_secs(1);
+        s.feed(x, &frame(&Message::Ping(k)));
+        s.drain();
+        if k < 4 {
+            assert!(s.requests(y).is_empty(), "{k} s: the chunk has not stopped yet");
+        }
+    }
+    let dup = s.requests(y);
+    assert!(
+        dup.first().is_some_and(|b| b.offset == 8 * 1024),
+        "after a stall timeout y duplicates from the frontier: {dup:?}"
+    );
+    s.p.check_invariants();
+}

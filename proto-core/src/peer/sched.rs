@@ -17,8 +17,9 @@
 //!    to chunks already circulating (and a request to a seed for a chunk that a fetcher then
 //!    announces is moved to that fetcher if nothing of it has arrived yet);
 //! 4. endgame: when every missing chunk is already in flight, a duplicate of another
-//!    connection's chunk. Whichever copy of each block arrives first is taken; on completion the
-//!    other connection's requests for it are cancelled.
+//!    connection's chunk, if this connection would deliver its rest far sooner than its owner
+//!    (see [`ENDGAME_FASTER`]). Whichever copy of each block arrives first is taken; on
+//!    completion the other connection's requests for it are cancelled.
 //!
 //! A connection that leaves its requests unanswered for
 //! [`PeerConfig::stall_timeout`](super::PeerConfig::stall_timeout) loses its chunks to the
@@ -38,6 +39,12 @@ use crate::wire::{ChunkRange, NodeId};
 
 /// Blocks every pipeline may hold whatever its measured rate.
 const MIN_PIPELINE_BLOCKS: u64 = 4;
+/// How many times sooner than a chunk's owner an endgame duplicate must expect to deliver its
+/// rest. Measured in the simulator (64 MiB in 256 KiB chunks; BENCHMARKS.md, "Endgame"): 20
+/// and 100 peers gain 0.01 to 0.02 at any factor from 1 to 64 (fewer duplicates share the
+/// downlinks of the last half-second). Large, so a duplicate is asked only of a link far
+/// faster than the owner.
+const ENDGAME_FASTER: u64 = 16;
 /// Connections whose availability counts towards a chunk's rarity.
 const OFFERS: usize = 32;
 /// A chunk's rarity as one number, so "rarer" is "smaller": the partial holders counted from
@@ -447,8 +454,36 @@ impl<const W: usize> Peer<'_, W> {
         true
     }
 
-    /// Endgame: a chunk in flight from another connection that `id` could also supply. Only
-    /// once every missing chunk of the file is in flight.
+    /// Whether `c` would deliver the rest of chunk `a` [`ENDGAME_FASTER`] times sooner than
+    /// its owner, by their measured rates; or the owner has no rate measured yet, or the
+    /// chunk has not moved for a stall timeout (an owner that answers other requests but
+    /// never this chunk's, which the connection's own stall check does not see). A duplicate
+    /// shares our downlink with the owner's copy, and the owner's blocks already on the way
+    /// are wasted when the duplicate wins: it pays only against an owner far slower, or stuck.
+    fn much_sooner(&self, c: &Conn<W>, a: &Active) -> bool {
+        let Some(owner) = a.owner.and_then(|o| self.conns.get(o)) else {
+            return true;
+        };
+        let theirs = owner.rate.rate(self.now);
+        if theirs == 0 {
+            return true;
+        }
+        if self.now - a.progressed >= self.config.stall_timeout {
+            return true;
+        }
+        let ours = c.rate.rate(self.now);
+        if ours == 0 {
+            return false;
+        }
+        let rest = u64::from(self.chunk_len(a.slot, a.chunk).saturating_sub(a.frontier));
+        let rtt = c.rtt.unwrap_or(Duration::from_millis(100)).total_micros();
+        let their_eta = rest.saturating_mul(1_000_000) / theirs;
+        let our_eta = rest.saturating_mul(1_000_000) / ours + rtt;
+        our_eta.saturating_mul(ENDGAME_FASTER) < their_eta
+    }
+
+    /// Endgame: a chunk in flight from another connection that `id` could also supply, much
+    /// sooner than that one will. Only once every missing chunk of the file is in flight.
     pub(super) fn endgame_for(&self, id: ConnId, slot: u16) -> Option<usize> {
         let f = self.file(slot)?;
         let count = f.header()?.chunk_count();
@@ -464,6 +499,7 @@ impl<const W: usize> Peer<'_, W> {
                     && a.dup.is_none()
                     && c.holds_whole(a.chunk)
                     && !self.avoid(id, slot, a.chunk)
+                    && self.much_sooner(c, a)
             })
             .min_by_key(|(_, a)| a.frontier)
             .map(|(i, _)| i)
