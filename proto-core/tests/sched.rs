@@ -743,7 +743,10 @@ fn an_endgame_duplicate_waits_for_an_owner_that_is_not_slower_until_the_chunk_st
         s.feed(x, &frame(&Message::Ping(k)));
         s.drain();
         if k < 4 {
-            assert!(s.requests(y).is_empty(), "{k} s: the chunk has not stopped yet");
+            assert!(
+                s.requests(y).is_empty(),
+                "{k} s: the chunk has not stopped yet"
+            );
         }
     }
     let dup = s.requests(y);

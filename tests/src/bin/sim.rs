@@ -156,21 +156,19 @@ fn main() -> ExitCode {
             "uploaded MiB per node: {:?}",
             sim.uploaded().iter().map(|b| b >> 20).collect::<Vec<_>>()
         );
-        let cap = (a.up_mbps * 1e6 / 8.0) * a.peers as f64 * 0.1;
-        let util: Vec<u64> = sim
-            .upload_timeline
-            .iter()
-            .map(|b| (*b as f64 * 100.0 / cap) as u64)
-            .collect();
-        eprintln!("uplink use % per 100 ms: {util:?}");
+        // Bytes per 100 ms as a percentage of `links` links of `mbps` each.
+        let percent = |timeline: &[u64], mbps: f64, links: usize| -> Vec<u64> {
+            let cap = (mbps * 1e6 / 8.0) * links as f64 * 0.1;
+            timeline
+                .iter()
+                .map(|b| (*b as f64 * 100.0 / cap) as u64)
+                .collect()
+        };
+        let up = percent(&sim.upload_timeline, a.up_mbps, a.peers);
+        eprintln!("uplink use % per 100 ms: {up:?}");
         eprintln!("rejects: {:?}", sim.rejects);
-        let cap = (a.down_mbps * 1e6 / 8.0) * (a.peers - a.seeders) as f64 * 0.1;
-        let util: Vec<u64> = sim
-            .download_timeline
-            .iter()
-            .map(|b| (*b as f64 * 100.0 / cap) as u64)
-            .collect();
-        eprintln!("downloaders' downlink use % per 100 ms: {util:?}");
+        let down = percent(&sim.download_timeline, a.down_mbps, a.peers - a.seeders);
+        eprintln!("downloaders' downlink use % per 100 ms: {down:?}");
         let to_seed: Vec<_> = sim.requests.iter().filter(|r| r.to == 1).collect();
         let mut chunks: Vec<u32> = to_seed.iter().map(|r| r.block.chunk).collect();
         chunks.sort();
