@@ -1,5 +1,8 @@
-//! The swarm efficiency target: 20 peers, 1 seeder, equal symmetric bandwidth, no loss,
-//! efficiency (fluid lower bound / simulated time) at least 0.8.
+//! Swarm efficiency (fluid lower bound / simulated time) with 1 seeder, equal symmetric
+//! bandwidth and no loss: floors under what has been reached, so a change that loses ground
+//! fails CI. Issue 12's target is 0.95 at 20, 100 and 1,000 peers (64 MiB in 256 KiB chunks);
+//! these floors sit a little below the figures in BENCHMARKS.md ("Endgame duplicates only
+//! against a far slower or stuck owner") and rise as they do.
 //!
 //! Also: a 500-peer swarm completes. Too slow for a debug `cargo test`; CI runs them in release:
 //! `cargo test --release -p tests --test efficiency -- --ignored`.
@@ -27,6 +30,43 @@ fn twenty_peers_one_seeder_reach_80_percent_of_the_fluid_bound() {
         assert!(r.ok(), "seed {seed}: {}", r.line());
         assert!(r.efficiency >= 0.8, "seed {seed}: {}", r.line());
     }
+}
+
+/// Issue 12's configuration: 64 MiB in 256 KiB chunks.
+fn issue_12(peers: usize, seed: u64) -> SimConfig {
+    SimConfig {
+        peers,
+        seeders: 1,
+        file_bytes: 64 << 20,
+        chunk_bytes: 256 * 1024,
+        latency: Duration::from_millis(10),
+        up: 12_500_000,
+        down: 12_500_000,
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+#[ignore = "seconds in release, minutes in debug: run with --release -- --ignored"]
+fn twenty_peers_64_mib_in_256_kib_chunks_reach_90_percent() {
+    // Measured 0.916 / 0.917 / 0.923.
+    for seed in 1..=3 {
+        let r = Sim::new(issue_12(20, seed)).run();
+        println!("{}", r.line());
+        assert!(r.ok(), "seed {seed}: {}", r.line());
+        assert!(r.efficiency >= 0.9, "seed {seed}: {}", r.line());
+    }
+}
+
+#[test]
+#[ignore = "about a minute in release: run with --release -- --ignored"]
+fn a_hundred_peers_64_mib_in_256_kib_chunks_reach_78_percent() {
+    // Measured 0.803 (seeds 2 and 3: 0.797, 0.816).
+    let r = Sim::new(issue_12(100, 1)).run();
+    println!("{}", r.line());
+    assert!(r.ok(), "{}", r.line());
+    assert!(r.efficiency >= 0.78, "{}", r.line());
 }
 
 /// A swarm past what any table was sized for at compile time: before the tracker's tables
