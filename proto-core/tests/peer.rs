@@ -379,3 +379,54 @@ fn a_peer_that_reconnects_is_counted_once_among_the_peers_served() {
     assert_eq!(p.bytes_uploaded, 3 * 512);
     assert_eq!(p.peers_served, 2, "node 9 twice and node 8 are two peers");
 }
+
+/// A peer that dropped an established connection is dialled again within a quarter second
+/// (a full table evicting us, at the start of a big swarm); one that refused the connect waits
+/// the usual 2 s.
+#[test]
+fn a_dropped_connection_is_retried_soon_a_refused_one_later() {
+    let mut h = Harness::new(|_| {});
+    let (header, id, _) = manifest(4096);
+    let slot = h.p.resume(h.now, id, header, []).unwrap();
+    let dials = |h: &mut Harness, addr: SocketAddr| -> Vec<ConnId> {
+        h.drain();
+        h.seen
+            .actions
+            .extract_if(
+                ..,
+                |a| matches!(a, Action::Connect { addr: to, .. } if *to == addr),
+            )
+            .filter_map(|a| match a {
+                Action::Connect { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .collect()
+    };
+    let wait = |h: &mut Harness, ms: u64| {
+        h.now += Duration::from_millis(ms);
+        h.p.handle_timeout(h.now);
+    };
+    // Dropped after the hellos.
+    let a: SocketAddr = "10.0.0.7:7007".parse().unwrap();
+    h.p.add_peer(h.now, slot, a).unwrap();
+    let c = dials(&mut h, a)[0];
+    h.p.handle_connected(h.now, c);
+    h.feed(c, &hello(7, 7007));
+    h.p.handle_closed(h.now, c);
+    wait(&mut h, 200);
+    assert!(dials(&mut h, a).is_empty(), "not at once");
+    wait(&mut h, 100);
+    assert_eq!(dials(&mut h, a).len(), 1, "again after 250 ms");
+    // Refused: the connect never succeeded.
+    let b: SocketAddr = "10.0.0.8:7008".parse().unwrap();
+    h.p.add_peer(h.now, slot, b).unwrap();
+    let c = dials(&mut h, b)[0];
+    h.p.handle_closed(h.now, c);
+    wait(&mut h, 1500);
+    assert!(
+        dials(&mut h, b).is_empty(),
+        "a refused connect backs off longer"
+    );
+    wait(&mut h, 600);
+    assert_eq!(dials(&mut h, b).len(), 1, "again after 2 s");
+}

@@ -308,7 +308,7 @@ impl<const W: usize> Peer<'_, W> {
     /// |---|---|---|
     /// | the slot | freed now | freed once `Action::Close` is handed out (`Flushed`: after the queued control frames) |
     /// | the tracker | retry after the backoff plus up to a quarter of it at random, so a fleet that lost its tracker does not come back at once; `TrackerLost` if registered or still wanted | retry after the backoff; `TrackerLost` unless leaving |
-    /// | a candidate | one more failure: retry after 2^failures s (at most 32 s) | not its fault: retry after 2 s |
+    /// | a candidate | one more failure: retry after 2^failures s (at most 32 s); if the connection had been established, 2^failures × 125 ms (at most 4 s) | not its fault: retry after 2 s |
     /// | `PeerLost` | if either side's bitfield went out | if the remote's bitfield came in |
     ///
     /// A connection the adapter was never asked to open is `Lost` whatever the cause: there is
@@ -337,6 +337,10 @@ impl<const W: usize> Peer<'_, W> {
             end
         };
         let (role, file, addr) = (c.role, c.file, c.listen_addr());
+        // The remote accepted the connection and later dropped it: most often a full table
+        // making room for a newcomer (at the start of a big swarm every peer dials dozens at
+        // once), or a peer that left; a dead host fails its next connect and backs off then.
+        let dropped = end == End::Lost && !matches!(c.link.phase, Phase::Connecting { .. });
         let opened = match end {
             End::Lost => c.bitfield_in || c.bitfield_out,
             End::Closed | End::Flushed => c.bitfield_in,
@@ -351,6 +355,12 @@ impl<const W: usize> Peer<'_, W> {
                     };
                     cand.conn = None;
                     let backoff = match end {
+                        // Dropped once connected (see `dropped`): soon, then backing off as
+                        // for a failure, so a remote that keeps dropping us is not hammered.
+                        End::Lost if dropped => {
+                            cand.failures = cand.failures.saturating_add(1);
+                            DROPPED_RETRY.saturating_mul(1 << cand.failures.min(5))
+                        }
                         End::Lost => {
                             cand.failures = cand.failures.saturating_add(1);
                             Duration::from_secs(1).saturating_mul(1 << cand.failures.min(5))
