@@ -29,11 +29,18 @@ fn swarm(peers: usize, file_bytes: u64, chunk_bytes: u32, seed: u64) -> SimConfi
 #[ignore = "seconds in release, minutes in debug: run with --release -- --ignored"]
 fn twenty_peers_one_seeder_reach_80_percent_of_the_fluid_bound() {
     for seed in 1..=3 {
-        let r = Sim::new(swarm(20, 128 << 20, 128 * 1024, seed)).run();
-        println!("{}", r.line());
-        assert!(r.ok(), "seed {seed}: {}", r.line());
-        assert!(r.efficiency >= 0.8, "seed {seed}: {}", r.line());
+        reaches(swarm(20, 128 << 20, 128 * 1024, seed), 0.8);
     }
+}
+
+/// Runs `cfg`, prints its line, and checks every downloader finished whole and the swarm's
+/// efficiency is at least `floor`.
+fn reaches(cfg: SimConfig, floor: f64) {
+    let seed = cfg.seed;
+    let r = Sim::new(cfg).run();
+    println!("{}", r.line());
+    assert!(r.ok(), "seed {seed}: {}", r.line());
+    assert!(r.efficiency >= floor, "seed {seed}: {}", r.line());
 }
 
 /// Issue 12's configuration: 64 MiB in 256 KiB chunks.
@@ -46,10 +53,7 @@ fn issue_12(peers: usize, seed: u64) -> SimConfig {
 fn twenty_peers_64_mib_in_256_kib_chunks_reach_90_percent() {
     // Measured 0.916 / 0.917 / 0.923.
     for seed in 1..=3 {
-        let r = Sim::new(issue_12(20, seed)).run();
-        println!("{}", r.line());
-        assert!(r.ok(), "seed {seed}: {}", r.line());
-        assert!(r.efficiency >= 0.9, "seed {seed}: {}", r.line());
+        reaches(issue_12(20, seed), 0.9);
     }
 }
 
@@ -57,10 +61,7 @@ fn twenty_peers_64_mib_in_256_kib_chunks_reach_90_percent() {
 #[ignore = "about a minute in release: run with --release -- --ignored"]
 fn a_hundred_peers_64_mib_in_256_kib_chunks_reach_78_percent() {
     // Measured 0.811 (seed 2: 0.800).
-    let r = Sim::new(issue_12(100, 1)).run();
-    println!("{}", r.line());
-    assert!(r.ok(), "{}", r.line());
-    assert!(r.efficiency >= 0.78, "{}", r.line());
+    reaches(issue_12(100, 1), 0.78);
 }
 
 /// A swarm past what any table was sized for at compile time: before the tracker's tables

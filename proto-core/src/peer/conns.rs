@@ -193,6 +193,11 @@ impl<const W: usize> HasLink for Conn<W> {
 }
 
 impl<const W: usize> Conn<W> {
+    /// The round trip measured on this connection, or 100 ms until one is.
+    pub(super) fn rtt_or_guess(&self) -> Duration {
+        self.rtt.unwrap_or(Duration::from_millis(100))
+    }
+
     /// Whether the remote holds `chunk` whole, as far as we know.
     pub(super) fn holds_whole(&self, chunk: u32) -> bool {
         self.remote_has.get(chunk) && !self.partial.contains(&chunk)
@@ -355,15 +360,16 @@ impl<const W: usize> Peer<'_, W> {
                     };
                     cand.conn = None;
                     let backoff = match end {
-                        // Dropped once connected (see `dropped`): soon, then backing off as
-                        // for a failure, so a remote that keeps dropping us is not hammered.
-                        End::Lost if dropped => {
-                            cand.failures = cand.failures.saturating_add(1);
-                            DROPPED_RETRY.saturating_mul(1 << cand.failures.min(5))
-                        }
+                        // One dropped once connected (see `dropped`) starts sooner, and backs
+                        // off all the same, so a remote that keeps dropping us is not hammered.
                         End::Lost => {
                             cand.failures = cand.failures.saturating_add(1);
-                            Duration::from_secs(1).saturating_mul(1 << cand.failures.min(5))
+                            let first = if dropped {
+                                DROPPED_RETRY
+                            } else {
+                                Duration::from_secs(1)
+                            };
+                            first.saturating_mul(1 << cand.failures.min(5))
                         }
                         End::Closed | End::Flushed => Duration::from_secs(2),
                     };

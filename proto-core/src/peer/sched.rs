@@ -18,7 +18,7 @@
 //!    announces is moved to that fetcher if nothing of it has arrived yet);
 //! 4. endgame: when every missing chunk is already in flight, a duplicate of another
 //!    connection's chunk, if this connection would deliver its rest far sooner than its owner
-//!    (see [`ENDGAME_FASTER`]). Whichever copy of each block arrives first is taken; on
+//!    (see [`ENDGAME_FASTER`]) or the chunk has not moved for a stall timeout. Whichever copy of each block arrives first is taken; on
 //!    completion the other connection's requests for it are cancelled.
 //!
 //! A connection that leaves its requests unanswered for
@@ -136,7 +136,7 @@ impl<const W: usize> Peer<'_, W> {
     /// How many bytes connection `c` should have asked for and not yet received.
     pub(super) fn pipeline_bytes(&self, c: &Conn<W>) -> u64 {
         let block = u64::from(self.config.block_len);
-        let rtt = c.rtt.unwrap_or(Duration::from_millis(100));
+        let rtt = c.rtt_or_guess();
         let horizon = rtt.saturating_mul(2) + Duration::from_millis(100);
         let bdp = c.rate.rate(self.now).saturating_mul(horizon.total_micros()) / 1_000_000;
         bdp.max(MIN_PIPELINE_BLOCKS * block)
@@ -406,7 +406,7 @@ impl<const W: usize> Peer<'_, W> {
             // slow downlink, most of the download: half the simulator's peers ten times
             // slower ran at 0.507 with the cancels, 0.876 without them).
             let untouched = self.conns.get(owner).is_some_and(|c| {
-                let rtt = c.rtt.unwrap_or(Duration::from_millis(100));
+                let rtt = c.rtt_or_guess();
                 c.remote_has.is_full()
                     && c.reqs
                         .iter()
@@ -476,7 +476,7 @@ impl<const W: usize> Peer<'_, W> {
             return false;
         }
         let rest = u64::from(self.chunk_len(a.slot, a.chunk).saturating_sub(a.frontier));
-        let rtt = c.rtt.unwrap_or(Duration::from_millis(100)).total_micros();
+        let rtt = c.rtt_or_guess().total_micros();
         let their_eta = rest.saturating_mul(1_000_000) / theirs;
         let our_eta = rest.saturating_mul(1_000_000) / ours + rtt;
         our_eta.saturating_mul(ENDGAME_FASTER) < their_eta

@@ -59,12 +59,18 @@ pub(super) struct Offer {
 }
 
 impl<const W: usize> Peer<'_, W> {
-    /// Whether `slot` is being super-seeded: shared whole, and some chunk not offered yet.
-    pub(super) fn super_seeding(&self, slot: u16) -> bool {
+    /// Whether `slot` is a file this peer may super-seed: shared whole (not fetched), with
+    /// super-seeding on.
+    fn seeds_whole(&self, slot: u16) -> bool {
         self.config.super_seed
             && self
                 .file(slot)
-                .is_some_and(|f| !f.fetching && f.header().is_some() && !f.busy.is_full())
+                .is_some_and(|f| !f.fetching && f.header().is_some())
+    }
+
+    /// Whether `slot` is being super-seeded: shared whole, and some chunk not offered yet.
+    pub(super) fn super_seeding(&self, slot: u16) -> bool {
+        self.seeds_whole(slot) && self.file(slot).is_some_and(|f| !f.busy.is_full())
     }
 
     /// Our bitfield is about to go out on `id`: whether it is an empty one, with chunks
@@ -144,11 +150,7 @@ impl<const W: usize> Peer<'_, W> {
     pub(super) fn end_offers(&mut self, slot: u16) {
         #[cfg(feature = "alloc")]
         {
-            let shared = self.config.super_seed
-                && self
-                    .file(slot)
-                    .is_some_and(|f| !f.fetching && f.header().is_some());
-            if !shared {
+            if !self.seeds_whole(slot) {
                 return;
             }
             let all_offered = !self.super_seeding(slot);
