@@ -22,7 +22,7 @@ use proto_core::wire::{ChunkRange, FileEntry, FileId, HolderItem, NodeId, PeerEn
 
 use crate::driver::{Driver, MemoryHashes, Stop};
 use crate::status::StatusPage;
-use crate::store::{manifest_for, part_paths, read_journal, FileStore, Resume};
+use crate::store::{manifest_for, output_exists, part_paths, read_journal, FileStore, Resume};
 
 /// The tracker address used when none is given.
 pub const DEFAULT_TRACKER: &str = "127.0.0.1:7070";
@@ -863,23 +863,33 @@ pub(crate) fn start_download(
     Ok((slot, resume))
 }
 
-/// The output is already there: if that file is the one asked for (it hashes to `file` with
-/// the manifest's chunk size), it is shared instead (the fetch in `slot`, if any, cancelled);
+/// The output is already there: if that file or folder is the one asked for (it hashes to
+/// `file` with the manifest's chunk size), it is shared instead (the fetch in `slot`, if any, cancelled);
 /// the shared slot is returned. Otherwise one line says so.
-fn seed_existing(
+pub(crate) fn seed_existing(
     d: &mut PeerDriver,
     slot: Option<u16>,
     path: &Path,
     file: FileId,
     header: &ManifestHeader,
 ) -> anyhow::Result<u16> {
-    let m = manifest_for(path, Some(header.chunk_size), HostPeer::MAX_FILE_CHUNKS)?;
-    if m.id != file {
+    // A file where a folder is asked for, or the reverse, is other content: said without
+    // hashing it.
+    let m = if path.is_dir() == header.is_folder() {
+        Some(manifest_for(
+            path,
+            Some(header.chunk_size),
+            HostPeer::MAX_FILE_CHUNKS,
+        )?)
+    } else {
+        None
+    };
+    let Some(m) = m.filter(|m| m.id == file) else {
         bail!(
             "{} already exists with other content; remove it or choose another path with -o",
             path.display()
         );
-    }
+    };
     let now = Instant::now();
     if let Some(slot) = slot {
         let _ = d.node.cancel(now, slot);
@@ -893,7 +903,7 @@ fn seed_existing(
         .add_shared(shared, path, &m)
         .with_context(|| format!("cannot open {}", path.display()))?;
     tracing::info!(
-        "{} is already the file asked for; seeding it",
+        "{} is already what was asked for; seeding it",
         path.display()
     );
     Ok(shared)
@@ -995,7 +1005,7 @@ pub fn get(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (output, into) = output_target(opts.output.clone(), link.name.as_ref())?;
     // An output that exists already is checked against the manifest and seeded, not refused.
-    if let Some(out) = output.as_ref().filter(|o| !o.is_file()) {
+    if let Some(out) = output.as_ref().filter(|o| !output_exists(o)) {
         check_output(out)?;
     }
     let mut driver = peer_driver(
@@ -1007,7 +1017,7 @@ pub fn get(
     )?;
     if let (Some(m), Some(out)) = (&meta, &output) {
         // The manifest is known: the download starts as a resumed one with nothing verified.
-        if read_journal(out, &m.manifest.id).is_none() && !out.is_file() {
+        if read_journal(out, &m.manifest.id).is_none() && !output_exists(out) {
             if let Err(e) = crate::store::prepare_download(out, &m.manifest) {
                 // Nothing was downloaded: leave nothing behind.
                 let (part, journal) = part_paths(out);
@@ -1020,7 +1030,7 @@ pub fn get(
     }
     // A metainfo file and an output already there: check it at once, with no one to ask.
     let held = match (&meta, &output) {
-        (Some(m), Some(out)) if out.is_file() => {
+        (Some(m), Some(out)) if output_exists(out) => {
             let h = &m.manifest.header;
             Some((
                 seed_existing(&mut driver, None, out, m.manifest.id, h)?,

@@ -446,10 +446,8 @@ impl Console {
         peers: &[String],
     ) -> anyhow::Result<()> {
         let link = Link::parse(link).map_err(|e| anyhow!("{e}"))?;
+        // An output already there is checked when the manifest comes (see ManifestReceived).
         let (out, dir) = crate::cli::output_target(output, link.name.as_ref())?;
-        if let Some(o) = out.as_ref().filter(|o| o.exists()) {
-            bail!("{} already exists; give another path with -o", o.display());
-        }
         let addrs = peers
             .iter()
             .map(|p| resolve_as("peer", p))
@@ -464,6 +462,11 @@ impl Console {
             Some(r) => self.say(&format!(
                 "resuming: {} chunks already verified",
                 r.verified.len()
+            )),
+            None if d.store.existing(slot).is_some() => self.say(&format!(
+                "{} is already there: checking it once the manifest comes",
+                out.as_ref()
+                    .map_or(String::new(), |o| o.display().to_string())
             )),
             None => self.say(&format!(
                 "fetching {} in the background; `files` shows progress",
@@ -628,6 +631,34 @@ impl Console {
                 self.say(&format!("the tracker does not list {file}"));
             }
             // The store journals manifests and chunks itself (see proto_core::storage::Storage).
+            // The output was there before: checked as `shoal get` checks it, seeded if it is
+            // the content asked for, else the download ends with one line.
+            PeerEvent::ManifestReceived { slot, file, header }
+                if d.store.existing(slot).is_some() =>
+            {
+                let path = d
+                    .store
+                    .existing(slot)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                let Some(mut e) = self.entries.remove(&slot) else {
+                    return;
+                };
+                match crate::cli::seed_existing(d, Some(slot), &path, file, &header) {
+                    Ok(shared) => {
+                        e.name = Some(header.name.to_string());
+                        e.path = Some(path.clone());
+                        e.state = State::Done;
+                        self.entries.insert(shared, e);
+                        self.say(&format!("{} is already here; sharing it", path.display()));
+                    }
+                    Err(err) => {
+                        let _ = d.node.cancel(Instant::now(), slot);
+                        d.store.remove(slot);
+                        self.say(&err.to_string());
+                    }
+                }
+            }
             PeerEvent::ManifestReceived { slot, header, .. } => {
                 if let Some(e) = self.entries.get_mut(&slot) {
                     e.path = d.store.path(slot).map(Path::to_path_buf);

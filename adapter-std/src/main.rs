@@ -158,7 +158,9 @@ enum Cmd {
     Get {
         /// A shoal: link, a 64-digit file id, or a metainfo file (NAME.shoal).
         link: String,
-        /// Where to write the file (default: its name, in the current directory).
+        /// Where to write the file or folder (default: its name, in the current directory);
+        /// an existing folder, or a path ending in '/', puts it inside. An output already
+        /// there is checked and seeded if it is the content asked for, else left alone.
         #[arg(short, long)]
         output: Option<PathBuf>,
         /// A tracker (host:port), repeatable; default: the link's, else $SHOAL_TRACKER, else

@@ -580,7 +580,7 @@ impl FileStore {
         dir: Option<PathBuf>,
     ) -> io::Result<()> {
         let (lock, existing) = match &out {
-            Some(o) => (Some(OutputLock::take(o)?), o.is_file()),
+            Some(o) => (Some(OutputLock::take(o)?), output_exists(o)),
             None => (None, false),
         };
         self.slots.insert(
@@ -750,6 +750,13 @@ pub(crate) fn reserve(f: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Whether a download's output is already there, as a file or a folder: it is then checked
+/// against the manifest (a folder's files against its layout) and seeded if it is the content
+/// asked for, never downloaded over.
+pub fn output_exists(out: &Path) -> bool {
+    fs::metadata(out).is_ok_and(|m| m.is_file() || m.is_dir())
+}
+
 /// `out` must not exist yet, and its folder must be writable. A download whose part file and
 /// journal are both there is being resumed, which is fine.
 pub fn check_output(out: &Path) -> io::Result<()> {
@@ -848,7 +855,7 @@ impl Storage for FileStore {
                     None => PathBuf::from(header.name.as_str()),
                 };
                 *lock = Some(OutputLock::take(&named)?);
-                *existing = named.is_file();
+                *existing = output_exists(&named);
                 if !*existing {
                     check_output(&named)?;
                 }

@@ -944,19 +944,24 @@ fn the_console_shares_gets_lists_and_quits() {
     let dir = scratch("console");
     let data = random_file(&dir.join("src.bin"), 3_000_000);
     let other = random_file(&dir.join("other.bin"), 2_000_000);
+    random_file(&dir.join("third.bin"), 100_000);
     let (_t, tr) = tracker(&dir, "127.0.0.1:0");
-    // One seeder of two files; the console fetches both at once.
+    // One seeder of three files; the console fetches two at once.
     let (s, link) = share(
         &dir,
         "seed",
         &tr,
         &dir.join("src.bin"),
-        &[dir.join("other.bin").to_str().unwrap()],
+        &[
+            dir.join("other.bin").to_str().unwrap(),
+            dir.join("third.bin").to_str().unwrap(),
+        ],
     );
-    let mut link2 = String::new();
-    until("the second link", || {
+    let (mut link2, mut link3) = (String::new(), String::new());
+    until("the other links", || {
         link2 = s.stdout().lines().nth(1).unwrap_or_default().to_owned();
-        !link2.is_empty()
+        link3 = s.stdout().lines().nth(2).unwrap_or_default().to_owned();
+        !link3.is_empty()
     });
     let out = dir.join("console.out");
     let mut child = shoal(&dir)
@@ -970,7 +975,7 @@ fn the_console_shares_gets_lists_and_quits() {
     let said = || fs::read_to_string(&out).unwrap_or_default();
     writeln!(stdin, "ls").unwrap();
     until("the file list", || {
-        said().contains("2 files") && said().contains("src.bin")
+        said().contains("3 files") && said().contains("src.bin")
     });
     writeln!(stdin, "get {link} -o got.bin").unwrap();
     writeln!(stdin, "get '{link2}' --output got2.bin").unwrap();
@@ -979,6 +984,16 @@ fn the_console_shares_gets_lists_and_quits() {
     });
     writeln!(stdin, "status").unwrap();
     until("the status", || said().contains("-> got.bin"));
+    // Outputs already there, as `shoal get` treats them: the content asked for is shared,
+    // other content is left alone with one line.
+    writeln!(stdin, "get '{link3}' -o other.bin").unwrap();
+    until("other content refused", || {
+        said().contains("other.bin already exists with other content")
+    });
+    writeln!(stdin, "get '{link3}' -o third.bin").unwrap();
+    until("the existing file shared", || {
+        said().contains("third.bin is already here; sharing it")
+    });
     writeln!(stdin, "nonsense").unwrap();
     until("an error line", || {
         said().contains("unrecognized subcommand 'nonsense'")
@@ -997,6 +1012,7 @@ fn the_console_shares_gets_lists_and_quits() {
     assert!(status.success());
     assert_eq!(fs::read(dir.join("got.bin")).unwrap(), data);
     assert_eq!(fs::read(dir.join("got2.bin")).unwrap(), other);
+    assert_eq!(fs::read(dir.join("other.bin")).unwrap(), other);
 }
 
 #[test]
@@ -1533,6 +1549,30 @@ fn a_folder_of_ten_thousand_small_files_is_shared_and_fetched_as_one_unit() {
         assert!(got == *content, "{rel} differs");
     }
     assert!(!dir.join("into/src.part").exists() && !dir.join("into/src.shoal-journal").exists());
+    // The same command again: the folder there is checked against the manifest and seeded,
+    // not refused or fetched again.
+    let mut again = Proc::start(&dir, "g2", &get_args(&link, "into/", &["--no-seed", "-v"]));
+    assert!(again.wait().success(), "{}", again.stderr());
+    assert_eq!(again.stdout().trim(), "into/src");
+    assert!(
+        again
+            .stderr()
+            .contains("is already what was asked for; seeding it"),
+        "{}",
+        again.stderr()
+    );
+    // One byte changed in one small file: other content, said in one line, nothing touched.
+    let changed = dir.join("into/src/t/07/f00007.txt");
+    let mut bytes = fs::read(&changed).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&changed, &bytes).unwrap();
+    fails(
+        &dir,
+        &get_args(&link, "into/", &["--no-seed"]),
+        "into/src already exists with other content",
+    );
+    assert_eq!(fs::read(&changed).unwrap(), bytes);
+    assert!(!dir.join("into/src.part").exists());
 }
 
 #[test]
