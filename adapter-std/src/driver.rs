@@ -6,7 +6,7 @@
 //! [`Node::poll_stored`] until it says `Timeout` (storage actions and the journal are carried
 //! out there, the same way on every adapter). Blocks the node asks digests of
 //! ([`Action::HashBlock`]) go to a hashing thread ([`crate::hasher`]), whose answers wake the
-//! loop.
+//! loop; a block that landed whole from one socket read is hashed in that read's buffer.
 //!
 //! Backpressure, both ways, so no queue here grows without bound:
 //! - each connection's output queue is bounded: past [`OUT_HIGH`] bytes (payload still in
@@ -43,6 +43,9 @@ pub const OUT_HIGH: usize = 1 << 20;
 pub const OUT_LOW: usize = 256 * 1024;
 /// Bytes read from a socket in one go (and the most a node is offered at once).
 const READ_CHUNK: usize = 256 * 1024;
+/// Most read buffers lent to the hashing thread at once (256 KiB each); past that, blocks are
+/// read back from storage to be hashed.
+const MAX_LENT: usize = 16;
 /// Most payload bytes one `sendfile` call sends.
 const SEND_CHUNK: u64 = 1 << 20;
 /// The longest the loop sleeps between ticks.
@@ -151,8 +154,14 @@ pub struct Driver<N: Node, S: Storage<Error = io::Error>> {
     /// Sockets given output since they were last flushed.
     dirty: BTreeSet<ConnId>,
     next_token: usize,
-    /// A reused buffer for reads from sockets.
-    scratch: Vec<u8>,
+    /// The buffer sockets are read into. Shared (`Arc`) so the hashing thread can hash
+    /// blocks where they landed; while it holds the last read's buffer, the next read goes
+    /// into another (see [`read_buffer`]).
+    scratch: Arc<Vec<u8>>,
+    /// Buffers lent to the hashing thread, taken back once it lets go of them.
+    lent: Vec<Arc<Vec<u8>>>,
+    /// What the node wrote to storage straight out of `scratch` since the last read.
+    landed: Vec<Landed>,
     interrupted: bool,
     /// The last storage error, kept for the command to report (the node only learns that
     /// storage failed, not why).
@@ -170,6 +179,92 @@ pub struct Driver<N: Node, S: Storage<Error = io::Error>> {
     waker: Arc<mio::Waker>,
     /// The hashing thread, started by the first [`Action::HashBlock`].
     hasher: Option<Hasher>,
+}
+
+/// A write the node made straight out of the read buffer: `len` bytes of `key` at `offset`,
+/// found at `at` in the buffer.
+struct Landed {
+    key: StorageKey,
+    offset: u64,
+    at: usize,
+    len: u64,
+}
+
+/// The driver's store as the node writes to it while fed a socket read: every write that
+/// succeeds out of the read buffer `from` is noted in `landed`, so the block can be hashed
+/// from the buffer instead of read back from storage.
+struct Landing<'a, S> {
+    store: &'a mut S,
+    from: &'a [u8],
+    landed: &'a mut Vec<Landed>,
+}
+
+impl<S: Storage> Storage for Landing<'_, S> {
+    type Error = S::Error;
+
+    fn write(&mut self, key: StorageKey, offset: u64, data: &[u8]) -> Result<(), S::Error> {
+        self.store.write(key, offset, data)?;
+        // Where `data` starts in the buffer, if it lies there (input kept from an earlier
+        // read lies elsewhere, and is read back when hashed).
+        let at = (data.as_ptr() as usize).wrapping_sub(self.from.as_ptr() as usize);
+        if at
+            .checked_add(data.len())
+            .is_some_and(|end| end <= self.from.len())
+        {
+            self.landed.push(Landed {
+                key,
+                offset,
+                at,
+                len: data.len() as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, key: StorageKey, offset: u64, buf: &mut [u8]) -> Result<usize, S::Error> {
+        self.store.read(key, offset, buf)
+    }
+
+    fn discard(&mut self, key: StorageKey) {
+        self.store.discard(key)
+    }
+
+    fn manifest_received(
+        &mut self,
+        slot: u16,
+        file: proto_core::wire::FileId,
+        header: &proto_core::manifest::ManifestHeader,
+    ) -> Result<(), S::Error> {
+        self.store.manifest_received(slot, file, header)
+    }
+
+    fn chunk_verified(&mut self, slot: u16, chunk: u32) -> Result<(), S::Error> {
+        self.store.chunk_verified(slot, chunk)
+    }
+
+    fn file_complete(&mut self, slot: u16) -> Result<(), S::Error> {
+        self.store.file_complete(slot)
+    }
+}
+
+/// The read buffer, ready to be written: if the hashing thread still holds the one in
+/// `scratch`, it is put aside in `lent` and one it let go of (or a new one) takes its place.
+/// `None` only if that fails, which it cannot: the buffer swapped in is held nowhere else.
+fn read_buffer<'a>(
+    scratch: &'a mut Arc<Vec<u8>>,
+    lent: &mut Vec<Arc<Vec<u8>>>,
+) -> Option<&'a mut [u8]> {
+    if Arc::get_mut(scratch).is_none() {
+        let free = lent.iter().position(|b| Arc::strong_count(b) == 1);
+        let next = match free {
+            Some(i) => lent.swap_remove(i),
+            None => Arc::new(vec![0; READ_CHUNK]),
+        };
+        // The caller lends a buffer only while fewer than MAX_LENT are out (or one is free),
+        // so this list stays at most one longer than that.
+        lent.push(std::mem::replace(scratch, next));
+    }
+    Arc::get_mut(scratch).map(Vec::as_mut_slice)
 }
 
 /// Why [`Driver::run`] returned.
@@ -218,7 +313,9 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
             readable: BTreeSet::new(),
             dirty: BTreeSet::new(),
             next_token: 0,
-            scratch: vec![0; READ_CHUNK],
+            scratch: Arc::new(vec![0; READ_CHUNK]),
+            lent: Vec::new(),
+            landed: Vec::new(),
             interrupted: false,
             last_storage_error: None,
             connect_failures: HashMap::new(),
@@ -434,18 +531,22 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
         let Some(s) = self.socks.get_mut(&conn) else {
             return;
         };
-        match s.stream.read(&mut self.scratch) {
+        let Some(buf) = read_buffer(&mut self.scratch, &mut self.lent) else {
+            return;
+        };
+        self.landed.clear();
+        match s.stream.read(buf) {
             Ok(0) => self.lost(now, conn),
             Ok(n) => {
-                let mut input = std::mem::take(&mut self.scratch);
+                // Another handle on the same bytes: `feed` needs `self`, and the hashing
+                // thread may be handed them meanwhile.
+                let input = self.scratch.clone();
                 let taken = self.feed(now, conn, &input[..n]);
                 if taken < n {
                     if let Some(s) = self.socks.get_mut(&conn) {
                         s.inbox.extend_from_slice(&input[taken..n]);
                     }
                 }
-                input.resize(READ_CHUNK, 0);
-                self.scratch = input;
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 self.readable.remove(&conn);
@@ -479,9 +580,14 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
         let mut retried = false;
         while at < input.len() {
             let last_error = &mut self.last_storage_error;
+            let mut store = Landing {
+                store: &mut self.store,
+                from: &self.scratch,
+                landed: &mut self.landed,
+            };
             let (consumed, wrote) =
                 self.node
-                    .recv_stored(now, conn, &input[at..], &mut self.store, &mut |_, e| {
+                    .recv_stored(now, conn, &input[at..], &mut store, &mut |_, e| {
                         tracing::debug!("storage write failed: {e}");
                         *last_error = Some(e);
                     });
@@ -582,9 +688,25 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
                 Err(e) => tracing::debug!("no hashing thread ({e}); hashing on the loop"),
             }
         }
-        if let (Some(h), Some(reader)) = (self.hasher.as_mut(), self.store.shared_reader(key)) {
-            h.submit(reader, key, offset, len, ticket);
-            return;
+        if let Some(h) = self.hasher.as_mut() {
+            // Hashed where it landed if one write put all of it there, the latest such
+            // write (a block written again is hashed as it now stands); else read back.
+            let written = self.landed.iter().rev().find(|w| {
+                w.key == key && w.offset <= offset && offset + u64::from(len) <= w.offset + w.len
+            });
+            // Lending the read buffer must not make the next read allocate past MAX_LENT
+            // buffers: a hashing thread that lags would otherwise hold many megabytes.
+            let lendable =
+                self.lent.len() < MAX_LENT || self.lent.iter().any(|b| Arc::strong_count(b) == 1);
+            if let Some(w) = written.filter(|_| lendable) {
+                let start = w.at + (offset - w.offset) as usize;
+                h.submit_received(self.scratch.clone(), start, key, len, ticket);
+                return;
+            }
+            if let Some(reader) = self.store.shared_reader(key) {
+                h.submit(reader, key, offset, len, ticket);
+                return;
+            }
         }
         match hash_stored(&mut self.store, key, offset, len) {
             Ok(Some(digest)) => {
@@ -771,5 +893,62 @@ impl Storage for MemoryHashes {
 
     fn discard(&mut self, key: StorageKey) {
         self.slots.remove(&key.slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_never_goes_into_a_buffer_the_hashing_thread_holds() {
+        let mut scratch = Arc::new(vec![0u8; READ_CHUNK]);
+        let mut lent = Vec::new();
+        let first = Arc::as_ptr(&scratch);
+        // Held by no one else: read into as it is.
+        assert!(read_buffer(&mut scratch, &mut lent).is_some());
+        assert_eq!(Arc::as_ptr(&scratch), first);
+        // Lent: put aside, another one read into.
+        let held = scratch.clone();
+        read_buffer(&mut scratch, &mut lent).unwrap()[0] = 9;
+        assert_ne!(Arc::as_ptr(&scratch), first);
+        assert_eq!(held[0], 0, "the lent bytes are untouched");
+        assert_eq!(lent.len(), 1);
+        // Once let go, the first comes back into use instead of a new one.
+        drop(held);
+        let second = scratch.clone();
+        assert!(read_buffer(&mut scratch, &mut lent).is_some());
+        assert_eq!(Arc::as_ptr(&scratch), first);
+        drop(second);
+        assert_eq!(lent.len(), 1);
+    }
+
+    #[test]
+    fn writes_out_of_the_read_buffer_are_noted_and_others_are_not() {
+        let buf = vec![1u8; 1000];
+        let elsewhere = vec![2u8; 10];
+        let mut landed = Vec::new();
+        let key = StorageKey {
+            slot: 0,
+            region: Region::Data,
+        };
+        let mut l = Landing {
+            store: &mut MemoryHashes::default(),
+            from: &buf,
+            landed: &mut landed,
+        };
+        let hashes = StorageKey {
+            slot: 0,
+            region: Region::Hashes,
+        };
+        l.write(hashes, 64, &buf[100..300]).unwrap();
+        l.write(hashes, 0, &elsewhere).unwrap();
+        // A failed write is not noted: its bytes are not in storage.
+        assert!(l.write(key, 0, &buf[..10]).is_err());
+        assert_eq!(landed.len(), 1);
+        assert_eq!(
+            (landed[0].offset, landed[0].at, landed[0].len),
+            (64, 100, 200)
+        );
     }
 }

@@ -3,17 +3,20 @@
 //! A peer configured with [`BlockCheck::Deferred`](proto_core::peer::BlockCheck::Deferred)
 //! writes each block as it arrives and asks, with
 //! [`Action::HashBlock`](proto_core::io::Action::HashBlock), for its digest. The driver hands
-//! the job to a [`Hasher`]: one worker thread that reads the block back (from the page cache,
-//! where it was just written) and hashes it, while the loop's thread goes on receiving. The
-//! digest comes back over a channel, and a [`mio::Waker`] wakes the loop to hand it to the
-//! peer. Before this, hashing was four tenths of the one busy thread of a download
-//! (BENCHMARKS.md, "where the time went"); now it runs on the second core.
+//! the job to a [`Hasher`]: one worker thread that hashes the block while the loop's thread
+//! goes on receiving. The digest comes back over a channel, and a [`mio::Waker`] wakes the
+//! loop to hand it to the peer. Before this, hashing was four tenths of the one busy thread
+//! of a download (BENCHMARKS.md, "where the time went"); now it runs on the second core.
 //!
-//! One worker, first in first out: the peer wants a chunk's digests in the order it asked, and
-//! a single SHA-256 stream keeps up with what one loop thread receives. Blocks asked for one
-//! after another in one drain are read back together (a socket read of 256 KiB completes up
-//! to sixteen of them), so the worker makes one read and wakes the loop once per batch, not
-//! per 16 KiB.
+//! Where the worker finds the bytes: a block one socket read brought whole is hashed in that
+//! read's buffer, which the loop lends the worker (it reads on into another) — no copy, no
+//! system call. Otherwise (a block split across two reads, or too many buffers already lent)
+//! the worker reads it back from the page cache, where it was just written.
+//!
+//! One worker, first in first out: the peer wants a chunk's digests in the order it asked.
+//! Blocks asked for in one drain go as one job (those of one buffer, or those lying one after
+//! another in storage, read back with one call), so the worker wakes the loop once per job,
+//! not per 16 KiB.
 
 use std::fs::File;
 use std::io;
@@ -64,18 +67,55 @@ pub struct Hashed {
     pub digest: Option<[u8; HASH_LEN]>,
 }
 
-/// Blocks that lie one after another in one region: read with one call.
-struct Job {
-    reader: Arc<dyn ReadAt>,
+/// Where a job's bytes are.
+enum Source {
+    /// In storage: read back with one call (from the page cache, where they were just
+    /// written), so the job's blocks lie one after another in one region.
+    Stored(Arc<dyn ReadAt>),
+    /// Still in the buffer the socket read them into: hashed where they lie, with no read and
+    /// no copy; the blocks may lie anywhere in it. The loop reads into another buffer while
+    /// this one is lent.
+    Received(Arc<Vec<u8>>),
+}
+
+/// One block to hash: `len` bytes of `key`, at `at` in the job's source (the region's offset
+/// for [`Source::Stored`], the buffer's for [`Source::Received`]).
+struct Block {
     key: StorageKey,
-    offset: u64,
-    /// Each block's length and ticket, in order from `offset`.
-    blocks: Vec<(u32, BlockTicket)>,
+    at: u64,
+    len: u32,
+    ticket: BlockTicket,
+}
+
+/// Blocks from one source, hashed in order and answered with one wake of the loop.
+struct Job {
+    source: Source,
+    blocks: Vec<Block>,
 }
 
 impl Job {
     fn len(&self) -> u64 {
-        self.blocks.iter().map(|&(len, _)| u64::from(len)).sum()
+        self.blocks.iter().map(|b| u64::from(b.len)).sum()
+    }
+
+    /// Whether `next`'s blocks can join this job: from the same buffer, or next in the same
+    /// region of the same store.
+    fn continued_by(&self, next: &Job) -> bool {
+        let joins = match (
+            &self.source,
+            &next.source,
+            self.blocks.last(),
+            next.blocks.first(),
+        ) {
+            (Source::Stored(r), Source::Stored(n), Some(last), Some(first)) => {
+                Arc::ptr_eq(r, n)
+                    && last.key == first.key
+                    && last.at + u64::from(last.len) == first.at
+            }
+            (Source::Received(b), Source::Received(n), _, _) => Arc::ptr_eq(b, n),
+            _ => false,
+        };
+        joins && self.len() + next.len() <= BATCH_BYTES
     }
 }
 
@@ -101,16 +141,25 @@ impl Hasher {
             .spawn(move || {
                 let mut buf = Vec::new();
                 for job in inbox {
-                    let read = read_back(&*job.reader, job.offset, job.len(), &mut buf);
-                    let mut at = 0;
-                    for &(len, ticket) in &job.blocks {
-                        let block = buf.get(at..(at + len as usize).min(read));
-                        let block = block.filter(|b| b.len() == len as usize);
-                        at += len as usize;
+                    // Each block's bytes, or None if they could not be read whole.
+                    let read;
+                    let (bytes, base) = match &job.source {
+                        Source::Stored(reader) => {
+                            let from = job.blocks.first().map_or(0, |b| b.at);
+                            read = read_back(&**reader, from, job.len(), &mut buf);
+                            (&buf[..read], from)
+                        }
+                        Source::Received(b) => (&b[..], 0),
+                    };
+                    for block in &job.blocks {
+                        let start = (block.at - base) as usize;
+                        let digest = bytes
+                            .get(start..start + block.len as usize)
+                            .map(|b| Sha256::digest(b).into());
                         let sent = outbox.send(Hashed {
-                            key: job.key,
-                            ticket,
-                            digest: block.map(|b| Sha256::digest(b).into()),
+                            key: block.key,
+                            ticket: block.ticket,
+                            digest,
                         });
                         if sent.is_err() {
                             return;
@@ -140,20 +189,49 @@ impl Hasher {
         len: u32,
         ticket: BlockTicket,
     ) {
+        self.queue(Job {
+            source: Source::Stored(reader),
+            blocks: vec![Block {
+                key,
+                at: offset,
+                len,
+                ticket,
+            }],
+        });
+    }
+
+    /// Queues the `len` bytes at `start` of `buf` for hashing: a block of `key` just written
+    /// from that socket buffer, which the caller no longer writes into. Batched with other
+    /// blocks of the same buffer.
+    pub fn submit_received(
+        &mut self,
+        buf: Arc<Vec<u8>>,
+        start: usize,
+        key: StorageKey,
+        len: u32,
+        ticket: BlockTicket,
+    ) {
+        self.queue(Job {
+            source: Source::Received(buf),
+            blocks: vec![Block {
+                key,
+                at: start as u64,
+                len,
+                ticket,
+            }],
+        });
+    }
+
+    /// Adds a one-block job to the batch if it continues it, else sends the batch first.
+    fn queue(&mut self, next: Job) {
         if let Some(b) = &mut self.batch {
-            let end = b.offset + b.len();
-            if b.key == key && end == offset && b.len() + u64::from(len) <= BATCH_BYTES {
-                b.blocks.push((len, ticket));
+            if b.continued_by(&next) {
+                b.blocks.extend(next.blocks);
                 return;
             }
             self.flush();
         }
-        self.batch = Some(Job {
-            reader,
-            key,
-            offset,
-            blocks: vec![(len, ticket)],
-        });
+        self.batch = Some(next);
     }
 
     /// Sends the blocks gathered to the worker.
@@ -246,5 +324,44 @@ mod tests {
             "the third block runs past the end of the data"
         );
         assert_eq!(got[3], want(8..108));
+    }
+
+    #[test]
+    fn blocks_still_in_their_receive_buffer_are_hashed_where_they_lie() {
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let mut hasher = Hasher::start(waker).unwrap();
+        let a: Arc<Vec<u8>> = Arc::new((0..50_000u32).map(|i| (i * 13) as u8).collect());
+        let b: Arc<Vec<u8>> = Arc::new(vec![5u8; 20_000]);
+        let key = StorageKey {
+            slot: 1,
+            region: Region::Data,
+        };
+        let ticket = proto_core::testing::ticket(1, 0, 16_384, 1);
+        // Three blocks of `a` (one job, wherever they lie in it), one of `b` (a job of its own).
+        hasher.submit_received(a.clone(), 100, key, 16_384, ticket);
+        hasher.submit_received(a.clone(), 16_484, key, 16_384, ticket);
+        hasher.submit_received(a.clone(), 40_000, key, 1_000, ticket);
+        hasher.submit_received(b.clone(), 0, key, 16_384, ticket);
+        hasher.flush();
+        let mut got = Vec::new();
+        let mut events = mio::Events::with_capacity(4);
+        while got.len() < 4 {
+            match hasher.finished() {
+                Some(h) => got.push(h.digest),
+                None => poll.poll(&mut events, None).unwrap(),
+            }
+        }
+        let want = |v: &[u8], r: std::ops::Range<usize>| Some(Sha256::digest(&v[r]).into());
+        assert_eq!(got[0], want(&a, 100..16_484));
+        assert_eq!(got[1], want(&a, 16_484..32_868));
+        assert_eq!(got[2], want(&a, 40_000..41_000));
+        assert_eq!(got[3], want(&b, 0..16_384));
+        drop(hasher);
+        assert_eq!(
+            Arc::strong_count(&a),
+            1,
+            "the worker lets go of the buffers"
+        );
     }
 }
