@@ -289,11 +289,28 @@ mod tests {
         }
     }
 
+    fn started() -> (mio::Poll, Hasher) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        (poll, Hasher::start(waker).unwrap())
+    }
+
+    /// The next `n` digests, waiting on the waker between them.
+    fn digests(poll: &mut mio::Poll, hasher: &Hasher, n: usize) -> Vec<Option<[u8; HASH_LEN]>> {
+        let mut got = Vec::new();
+        let mut events = mio::Events::with_capacity(4);
+        while got.len() < n {
+            match hasher.finished() {
+                Some(h) => got.push(h.digest),
+                None => poll.poll(&mut events, None).unwrap(),
+            }
+        }
+        got
+    }
+
     #[test]
     fn digests_come_back_in_order_and_a_block_past_the_end_has_none() {
-        let mut poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let mut hasher = Hasher::start(waker).unwrap();
+        let (mut poll, mut hasher) = started();
         let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
         let reader: Arc<dyn ReadAt> = Arc::new(Mem(data.clone()));
         let key = StorageKey {
@@ -308,14 +325,7 @@ mod tests {
         // Not after the others: a job of its own.
         hasher.submit(reader, key, 8, 100, ticket);
         hasher.flush();
-        let mut got = Vec::new();
-        let mut events = mio::Events::with_capacity(4);
-        while got.len() < 4 {
-            match hasher.finished() {
-                Some(h) => got.push(h.digest),
-                None => poll.poll(&mut events, None).unwrap(),
-            }
-        }
+        let got = digests(&mut poll, &hasher, 4);
         let want = |r: std::ops::Range<usize>| Some(Sha256::digest(&data[r]).into());
         assert_eq!(got[0], want(0..16_384));
         assert_eq!(got[1], want(16_384..32_768));
@@ -328,9 +338,7 @@ mod tests {
 
     #[test]
     fn blocks_still_in_their_receive_buffer_are_hashed_where_they_lie() {
-        let mut poll = mio::Poll::new().unwrap();
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
-        let mut hasher = Hasher::start(waker).unwrap();
+        let (mut poll, mut hasher) = started();
         let a: Arc<Vec<u8>> = Arc::new((0..50_000u32).map(|i| (i * 13) as u8).collect());
         let b: Arc<Vec<u8>> = Arc::new(vec![5u8; 20_000]);
         let key = StorageKey {
@@ -344,14 +352,7 @@ mod tests {
         hasher.submit_received(a.clone(), 40_000, key, 1_000, ticket);
         hasher.submit_received(b.clone(), 0, key, 16_384, ticket);
         hasher.flush();
-        let mut got = Vec::new();
-        let mut events = mio::Events::with_capacity(4);
-        while got.len() < 4 {
-            match hasher.finished() {
-                Some(h) => got.push(h.digest),
-                None => poll.poll(&mut events, None).unwrap(),
-            }
-        }
+        let got = digests(&mut poll, &hasher, 4);
         let want = |v: &[u8], r: std::ops::Range<usize>| Some(Sha256::digest(&v[r]).into());
         assert_eq!(got[0], want(&a, 100..16_484));
         assert_eq!(got[1], want(&a, 16_484..32_868));
