@@ -864,8 +864,8 @@ pub(crate) fn start_download(
 }
 
 /// The output is already there: if that file or folder is the one asked for (it hashes to
-/// `file` with the manifest's chunk size), it is shared instead (the fetch in `slot`, if any, cancelled);
-/// the shared slot is returned. Otherwise one line says so.
+/// `file` with the manifest's chunk size), it is shared instead (the fetch in `slot`, if any,
+/// cancelled); the shared slot is returned. Otherwise one line says so.
 pub(crate) fn seed_existing(
     d: &mut PeerDriver,
     slot: Option<u16>,

@@ -458,17 +458,17 @@ impl Console {
                 .add_peer(Instant::now(), slot, a)
                 .map_err(|e| anyhow!("{e}"))?;
         }
-        match resume {
-            Some(r) => self.say(&format!(
+        let existing = d.store.existing(slot).map(Path::to_path_buf);
+        match (resume, existing) {
+            (Some(r), _) => self.say(&format!(
                 "resuming: {} chunks already verified",
                 r.verified.len()
             )),
-            None if d.store.existing(slot).is_some() => self.say(&format!(
+            (None, Some(p)) => self.say(&format!(
                 "{} is already there: checking it once the manifest comes",
-                out.as_ref()
-                    .map_or(String::new(), |o| o.display().to_string())
+                p.display()
             )),
-            None => self.say(&format!(
+            (None, None) => self.say(&format!(
                 "fetching {} in the background; `files` shows progress",
                 out.as_ref()
                     .map_or(link.file.to_string(), |o| o.display().to_string())
@@ -630,7 +630,6 @@ impl Console {
             PeerEvent::NotFound { file } => {
                 self.say(&format!("the tracker does not list {file}"));
             }
-            // The store journals manifests and chunks itself (see proto_core::storage::Storage).
             // The output was there before: checked as `shoal get` checks it, seeded if it is
             // the content asked for, else the download ends with one line.
             PeerEvent::ManifestReceived { slot, file, header }
@@ -659,6 +658,7 @@ impl Console {
                     }
                 }
             }
+            // The store journals manifests and chunks itself (see proto_core::storage::Storage).
             PeerEvent::ManifestReceived { slot, header, .. } => {
                 if let Some(e) = self.entries.get_mut(&slot) {
                     e.path = d.store.path(slot).map(Path::to_path_buf);

@@ -696,9 +696,10 @@ impl<N: Node, S: Storage<Error = io::Error> + SharedRead> Driver<N, S> {
             });
             // Lending the read buffer must not make the next read allocate past MAX_LENT
             // buffers: a hashing thread that lags would otherwise hold many megabytes.
-            let lendable =
-                self.lent.len() < MAX_LENT || self.lent.iter().any(|b| Arc::strong_count(b) == 1);
-            if let Some(w) = written.filter(|_| lendable) {
+            let lendable = |lent: &[Arc<Vec<u8>>]| {
+                lent.len() < MAX_LENT || lent.iter().any(|b| Arc::strong_count(b) == 1)
+            };
+            if let Some(w) = written.filter(|_| lendable(&self.lent)) {
                 let start = w.at + (offset - w.offset) as usize;
                 h.submit_received(self.scratch.clone(), start, key, len, ticket);
                 return;
