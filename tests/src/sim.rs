@@ -1220,22 +1220,27 @@ impl Sim {
                 (n as u64).saturating_mul(1_000_000) / self.nodes[node].up.max(1),
             );
             let depart = now + tx;
-            let mut arrive = depart + self.one_way();
+            let arrive = depart + self.one_way();
+            let mut late = None;
             if self.cfg.loss > 0.0
                 && self.rng.next_u64() as f64 / u64::MAX as f64 > 1.0 - self.cfg.loss
             {
                 // Lost: the retransmission arrives one RTO later (at least 200 ms).
                 let rto = (self.cfg.latency.saturating_mul(4)).max(Duration::from_millis(200));
-                arrive += rto;
+                late = Some(arrive + rto);
                 if self.rng.next_u64().is_multiple_of(100) {
-                    self.push(arrive, Ev::Reset { link });
+                    self.push(arrive + rto, Ev::Reset { link });
                 }
             }
             let rx = Duration::from_micros(
                 (n as u64).saturating_mul(1_000_000) / self.nodes[receiver].down.max(1),
             );
             let r = &mut self.nodes[receiver];
-            let deliver_at = arrive.max(r.down_free_at) + rx;
+            // The downlink carries the segment in its turn; a lost one comes later, holding up
+            // its own stream (below) but not the other connections sharing the downlink.
+            let slot = arrive.max(r.down_free_at) + rx;
+            r.down_free_at = slot;
+            let deliver_at = late.map_or(slot, |t| t.max(slot));
             if !r.seeder {
                 let bucket = (deliver_at.total_micros() / 100_000) as usize;
                 if self.download_timeline.len() <= bucket {
@@ -1243,7 +1248,6 @@ impl Sim {
                 }
                 self.download_timeline[bucket] += n as u64;
             }
-            r.down_free_at = deliver_at;
             let l = self.links.get_mut(&link).expect("link looked up above");
             let deliver_at = deliver_at.max(l.last_arrival[to]);
             l.last_arrival[to] = deliver_at;
