@@ -34,11 +34,23 @@ fn hello(n: u8, port: u16) -> Message {
 }
 
 impl Harness {
-    /// A peer registered with a (pretend) tracker.
+    /// A peer in fixed memory registered with a (pretend) tracker.
     fn new(config: impl FnOnce(&mut PeerConfig)) -> Self {
         let mut c = PeerConfig::new(NodeId([1; 16]), 7000, Some(TRACKER.parse().unwrap()));
         config(&mut c);
-        let p = proto_core::testing::fixed_peer::<6, 2, 8, 8, 16>(c, Instant::ZERO);
+        Self::over(proto_core::testing::fixed_peer::<6, 2, 8, 8, 16>(
+            c,
+            Instant::ZERO,
+        ))
+    }
+
+    /// A peer with its tables on the heap (as a host runs it), registered with a tracker.
+    fn heap() -> Self {
+        let c = PeerConfig::new(NodeId([1; 16]), 7000, Some(TRACKER.parse().unwrap()));
+        Self::over(P::new(c, Instant::ZERO))
+    }
+
+    fn over(p: P) -> Self {
         let mut h = Harness {
             p,
             now: Instant::ZERO,
@@ -429,4 +441,65 @@ fn a_dropped_connection_is_retried_soon_a_refused_one_later() {
     );
     wait(&mut h, 600);
     assert_eq!(dials(&mut h, b).len(), 1, "again after 2 s");
+}
+
+#[test]
+fn a_super_seeders_offers_to_a_downloader_that_left_go_to_another() {
+    // Super-seeding keeps its offers on the heap.
+    let mut h = Harness::heap();
+    let (header, id, _) = manifest(4096);
+    h.p.share(h.now, id, header).unwrap();
+    h.drain();
+    // Four downloaders with nothing; the first two make the file super-seeded (it needs three
+    // connections), the last two are offered the file's four chunks, two each.
+    let mut offered = Vec::new();
+    for n in 2..6u8 {
+        let c =
+            h.p.handle_accept(h.now, format!("10.0.0.{n}:50000").parse().unwrap())
+                .unwrap()
+                .conn;
+        h.feed(c, &hello(n, 7000 + u16::from(n)));
+        h.feed(
+            c,
+            &Message::Bitfield {
+                file: id,
+                chunks: 4,
+            },
+        );
+        h.feed_bytes(c, &[0]);
+        let haves: Vec<u32> = h
+            .take(c)
+            .into_iter()
+            .filter_map(|m| match m {
+                Message::Have { ranges, .. } => Some(ranges[0].start..ranges[0].end),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        offered.push((c, haves));
+    }
+    let [_, _, (a, at_a), (b, at_b)] = &offered[..] else {
+        unreachable!("four downloaders")
+    };
+    assert_eq!((at_a.len(), at_b.len()), (2, 2), "{offered:?}");
+    // a leaves before announcing what it was offered; b announces one of its chunks.
+    h.p.handle_closed(h.now, *a);
+    h.drain();
+    let mut ranges = heapless::Vec::new();
+    ranges
+        .push(proto_core::wire::ChunkRange {
+            start: at_b[0],
+            end: at_b[0] + 1,
+        })
+        .unwrap();
+    h.feed(*b, &Message::Have { file: id, ranges });
+    // b is offered one of a's chunks: the seeder's only copy had left for a.
+    let next: Vec<Message> = h.take(*b);
+    assert!(
+        next.iter().any(|m| matches!(m,
+            Message::Have { ranges, .. } if ranges.len() == 1
+                && ranges[0].end == ranges[0].start + 1
+                && at_a.contains(&ranges[0].start))),
+        "{next:?}"
+    );
 }

@@ -324,6 +324,42 @@ fn a_peer_that_finishes_drops_connections_to_seeds() {
 }
 
 #[test]
+fn a_peer_that_finishes_keeps_a_remote_still_fetching_a_chunk_it_announced() {
+    let mut s = Swarm::new(2, 1024, 1024, 2048);
+    let x = s.holder(2, |_| true);
+    let asked = s.requests(x);
+    // y holds chunk 1 and says it started chunk 0: its availability is full, but it still
+    // fetches chunk 0 and may want it from us.
+    let y = s.holder(3, |k| k == 1);
+    s.feed(
+        y,
+        &frame(&Message::Started {
+            file: s.id,
+            chunk: 0,
+        }),
+    );
+    for b in asked {
+        s.block(x, b, b.len);
+    }
+    assert!(s
+        .seen
+        .events
+        .iter()
+        .any(|e| matches!(e, PeerEvent::FileComplete { .. })));
+    let lost: Vec<_> = s
+        .seen
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            PeerEvent::PeerLost { addr, .. } => Some(addr.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost, ["10.0.0.2:7002"], "only the seed x is dropped");
+    s.p.check_invariants();
+}
+
+#[test]
 fn a_stalled_request_is_cancelled_and_asked_of_another_peer() {
     let mut s = Swarm::new(2, 1024, 1024, 1024);
     let x = s.holder(2, |_| true);

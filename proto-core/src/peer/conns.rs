@@ -159,6 +159,9 @@ pub(crate) struct Conn<const W: usize> {
     /// it whole: one fetching it might be waiting on us. (Older entries fall out; the stall
     /// timeout on waiting blocks covers those.)
     pub(super) partial: Vec<u32, PARTIALS>,
+    /// Chunks the remote said it started (`Started`) and has not announced whole since: its
+    /// availability counts them, so a full one holds the whole file only while this is 0.
+    pub(super) started: u16,
     pub(super) bitfield_in: bool,
     pub(super) bitfield_out: bool,
     /// Our bitfield body being sent: slot and next byte.
@@ -198,6 +201,21 @@ impl<const W: usize> Conn<W> {
         self.rtt.unwrap_or(Duration::from_millis(100))
     }
 
+    /// Whether the remote holds every chunk of the file, verified: its availability is full
+    /// and none of it is a chunk it is still fetching.
+    pub(super) fn holds_all(&self) -> bool {
+        self.remote_has.is_full() && self.started == 0
+    }
+
+    /// The remote no longer offers `chunk` (it refused it, or has no leaves for it).
+    pub(super) fn lost_chunk(&mut self, chunk: u32) {
+        if self.remote_has.clear(chunk) {
+            // A chunk it refuses was one it had started, not one it announced whole.
+            self.started = self.started.saturating_sub(1);
+        }
+        self.partial.retain(|&k| k != chunk);
+    }
+
     /// Whether the remote holds `chunk` whole, as far as we know.
     pub(super) fn holds_whole(&self, chunk: u32) -> bool {
         self.remote_has.get(chunk) && !self.partial.contains(&chunk)
@@ -222,6 +240,7 @@ impl<const W: usize> Conn<W> {
             serve: Deque::new(),
             remote_has: ChunkBitmap::new(0).unwrap_or_else(|_| unreachable_bitmap()),
             partial: Vec::new(),
+            started: 0,
             bitfield_in: false,
             bitfield_out: false,
             bitfield_body: None,
@@ -384,8 +403,10 @@ impl<const W: usize> Peer<'_, W> {
                 if let (Some(slot), true) = (file, opened) {
                     self.event(PeerEvent::PeerLost { slot, addr });
                 }
-                // Its offers, if it was super-seeded, are no longer outstanding.
+                // Its offers, if it was super-seeded, are no longer outstanding: they go to
+                // others.
                 if let Some(slot) = file {
+                    self.withdraw_offers(id, slot);
                     self.end_offers(slot);
                 }
             }

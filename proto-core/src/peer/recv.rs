@@ -25,7 +25,11 @@ impl<const W: usize> Peer<'_, W> {
                     return;
                 };
                 for r in &ranges {
-                    c.remote_has.set_range(*r);
+                    // A chunk it announces that it had already offered is one it started.
+                    let known = r.end - r.start - c.remote_has.set_range(*r);
+                    c.started = c
+                        .started
+                        .saturating_sub(known.try_into().unwrap_or(u16::MAX));
                 }
                 self.offers_taken(id, slot, &ranges);
                 let Some(c) = self.conns.get_mut(id) else {
@@ -33,7 +37,7 @@ impl<const W: usize> Peer<'_, W> {
                 };
                 c.partial
                     .retain(|&k| !ranges.iter().any(|r| (r.start..r.end).contains(&k)));
-                if !c.remote_has.is_full() {
+                if !c.holds_all() {
                     self.prefer_swarm(slot, &ranges);
                 }
             }
@@ -64,6 +68,7 @@ impl<const W: usize> Peer<'_, W> {
                 };
                 if !c.remote_has.get(chunk) {
                     c.remote_has.set(chunk);
+                    c.started = c.started.saturating_add(1);
                     if c.partial.is_full() {
                         c.partial.remove(0);
                     }
@@ -183,6 +188,7 @@ impl<const W: usize> Peer<'_, W> {
             };
             c.file = Some(slot);
             c.remote_has = bits;
+            c.started = 0;
             c.sink = Sink::Bitfield { pos: 0 };
             if !c.bitfield_out {
                 reply = true;
@@ -279,10 +285,7 @@ impl<const W: usize> Peer<'_, W> {
         c.reqs.retain(|r| r.block != Blk::of(&b));
         match reason {
             RejectReason::Busy => c.pause_until = self.now + BUSY_PAUSE,
-            RejectReason::NotHeld | RejectReason::OutOfRange => {
-                c.remote_has.clear(b.chunk);
-                c.partial.retain(|&k| k != b.chunk);
-            }
+            RejectReason::NotHeld | RejectReason::OutOfRange => c.lost_chunk(b.chunk),
         }
         if let Some(slot) = c.file {
             if let Some(i) = self.active_index(slot, b.chunk) {
@@ -410,7 +413,7 @@ impl<const W: usize> Peer<'_, W> {
             // It does not have them: then it has not the chunk either.
             if let Some(i) = asked {
                 if let Some(c) = self.conns.get_mut(id) {
-                    c.remote_has.clear(chunk);
+                    c.lost_chunk(chunk);
                 }
                 self.release_chunk_from(i, id);
             }
@@ -632,7 +635,7 @@ impl<const W: usize> Peer<'_, W> {
             Sink::Leaves { active: None, .. } => {}
             Sink::Bitfield { .. } => {
                 c.bitfield_in = true;
-                let partial = !c.remote_has.is_full();
+                let partial = !c.holds_all();
                 if let (Some(slot), true) = (c.file, partial) {
                     let all = [ChunkRange {
                         start: 0,

@@ -8,18 +8,18 @@
 //! re-sent 12% of what it uploaded at 20 peers and 25% at 100 (BENCHMARKS.md, "Where the
 //! seeder's upload goes").
 //!
-//! So a peer sharing a file whole (not one it fetched) does what BitTorrent's super-seeding
-//! does: it announces an empty bitfield, then offers each downloader [`OFFERED_CHUNKS`]
-//! chunks no one has been offered yet (a `Have` each), and offers the next as it serves the
-//! previous. A downloader fetches what it is offered and passes it on (it serves blocks as it
-//! verifies them), and gets the rest from the swarm. Once no offer is outstanding (each was announced back by the downloader it went
-//! to, or that downloader left) and nothing more can be offered (every chunk was, or each
-//! downloader holds all the others), the seeder announces everything to every connection and
-//! serves as any complete peer: the last chunks, and a chunk offered to a downloader that
-//! left, are not left waiting. Until then a downloader with nothing left to be offered gets
-//! the rest from the swarm: telling it everything earlier had it ask the seeder again for
-//! chunks whose first copy was still going out, which delayed the last first copies
-//! (BENCHMARKS.md, "Super-seeding").
+//! So a peer sharing a file whole (not one it fetched) does what BitTorrent's super-seeding does:
+//! it announces an empty bitfield, then offers each downloader [`OFFERED_CHUNKS`] chunks no one has
+//! been offered yet (a `Have` each), and offers the next as it serves the previous. A downloader
+//! fetches what it is offered and passes it on (it serves blocks as it verifies them), and gets the
+//! rest from the swarm. Once no offer is outstanding (each was announced back by the downloader it
+//! went to, or that downloader left) and nothing more can be offered (every chunk was, or each
+//! downloader holds all the others), the seeder announces everything to every connection and serves
+//! as any complete peer: the last chunks are not left waiting. A chunk offered to a downloader that
+//! left before announcing it is offered again to another (the one copy that left us may have gone
+//! no further). Until then a downloader with nothing left to be offered gets the rest from the
+//! swarm: telling it everything earlier had it ask the seeder again for chunks whose first copy was
+//! still going out, which delayed the last first copies (BENCHMARKS.md, "Super-seeding").
 //!
 //! The file's `busy` bitmap, which counts chunks in flight while fetching and is unused for a
 //! file shared whole, holds the chunks offered so far; a table by connection index, on the
@@ -142,6 +142,30 @@ impl<const W: usize> Peer<'_, W> {
         }
         #[cfg(not(feature = "alloc"))]
         let _ = (id, slot, ranges);
+    }
+
+    /// Connection `id` ended: the chunks it was offered and had not announced go back to be
+    /// offered to another downloader (else the one copy that left the seeder, perhaps half of
+    /// it, was all the swarm would see of them until super-seeding ends).
+    pub(super) fn withdraw_offers(&mut self, id: ConnId, slot: u16) {
+        #[cfg(feature = "alloc")]
+        {
+            let Some(o) = self
+                .offers
+                .get_mut(id.index())
+                .filter(|o| o.conn == Some(id))
+            else {
+                return;
+            };
+            let chunks = core::mem::take(&mut o.chunks);
+            if let Some(f) = self.file_mut(slot) {
+                for chunk in chunks {
+                    f.busy.clear(chunk);
+                }
+            }
+        }
+        #[cfg(not(feature = "alloc"))]
+        let _ = (id, slot);
     }
 
     /// Tells every connection of `slot` everything once super-seeding has nothing left to do
