@@ -134,6 +134,23 @@ impl Swarm {
         self.send_block(c, b, &payload);
     }
 
+    /// Remote `c` answers every request the peer sends it, as they come (a pipeline holds a
+    /// round trip's worth, so the next goes out as one comes back), until it asks no more;
+    /// returns how many blocks it sent.
+    fn serve_all(&mut self, c: ConnId) -> usize {
+        let mut served = 0;
+        loop {
+            let asked = self.requests(c);
+            if asked.is_empty() {
+                return served;
+            }
+            for b in asked {
+                self.block(c, b, b.len);
+                served += 1;
+            }
+        }
+    }
+
     /// Remote `c` sends block `b` whole, with the byte at `bad` (from the block's start)
     /// flipped.
     fn bad_block(&mut self, c: ConnId, b: BlockRef, bad: usize) {
@@ -307,9 +324,7 @@ fn endgame_asks_twice_and_cancels_the_copy_not_needed() {
 fn a_peer_that_finishes_drops_connections_to_seeds() {
     let mut s = Swarm::new(2, 1024, 1024, 2048);
     let x = s.holder(2, |_| true);
-    for b in s.requests(x) {
-        s.block(x, b, b.len);
-    }
+    s.serve_all(x);
     assert!(s
         .seen
         .events
@@ -327,7 +342,6 @@ fn a_peer_that_finishes_drops_connections_to_seeds() {
 fn a_peer_that_finishes_keeps_a_remote_still_fetching_a_chunk_it_announced() {
     let mut s = Swarm::new(2, 1024, 1024, 2048);
     let x = s.holder(2, |_| true);
-    let asked = s.requests(x);
     // y holds chunk 1 and says it started chunk 0: its availability is full, but it still
     // fetches chunk 0 and may want it from us.
     let y = s.holder(3, |k| k == 1);
@@ -338,9 +352,7 @@ fn a_peer_that_finishes_keeps_a_remote_still_fetching_a_chunk_it_announced() {
             chunk: 0,
         }),
     );
-    for b in asked {
-        s.block(x, b, b.len);
-    }
+    s.serve_all(x);
     assert!(s
         .seen
         .events
@@ -415,9 +427,7 @@ fn when_the_owner_dies_a_duplicate_source_resyncs_at_the_frontier() {
 fn storage_holds_what_was_verified() {
     let mut s = Swarm::new(2, 1024, 1024, 4096);
     let x = s.holder(2, |_| true);
-    for b in s.requests(x) {
-        s.block(x, b, b.len);
-    }
+    s.serve_all(x);
     let data = StorageKey {
         slot: 0,
         region: Region::Data,
@@ -511,11 +521,7 @@ fn hashed_elsewhere_blocks_are_verified_when_their_digests_come_back() {
         c.block_check = BlockCheck::Deferred
     });
     let x = s.holder(2, |_| true);
-    let reqs = s.requests(x);
-    assert_eq!(reqs.len(), 2);
-    for b in &reqs {
-        s.block(x, *b, b.len);
-    }
+    assert_eq!(s.serve_all(x), 2);
     // Every byte is taken and written, but nothing is verified before its digest.
     assert!(!s.verified(0) && !s.verified(1));
     s.p.check_invariants();
