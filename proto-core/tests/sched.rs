@@ -372,6 +372,35 @@ fn a_peer_that_finishes_keeps_a_remote_still_fetching_a_chunk_it_announced() {
 }
 
 #[test]
+fn a_chunk_that_lost_its_source_is_not_continued_from_a_remote_with_too_many_started() {
+    // Chunks of two blocks; x holds chunk 0 only, y nothing yet.
+    let mut s = Swarm::new(12, 2048, 1024, 2048);
+    let x = s.holder(2, |k| k == 0);
+    let y = s.holder(3, |_| false);
+    s.sent(y);
+    let first = one(s.requests(x));
+    assert_eq!((first.chunk, first.offset), (0, 0));
+    s.block(x, first, first.len);
+    // x leaves with chunk 0 half here: only a remote holding it whole may continue it.
+    s.p.handle_closed(s.now, x);
+    s.drain();
+    // y says it started chunks 0 to 9: more than a connection remembers, so chunk 0 is no
+    // longer among those it is known to be fetching, and its offer could pass for a whole copy.
+    let mut started = Vec::new();
+    for chunk in 0..10 {
+        started.extend(frame(&Message::Started { file: s.id, chunk }));
+    }
+    s.feed(y, &started);
+    let asked = s.requests(y);
+    assert!(!asked.is_empty(), "y is asked for the chunks it started");
+    assert!(
+        asked.iter().all(|b| b.chunk != 0),
+        "chunk 0 is not continued from a peer that may be fetching it: {asked:?}"
+    );
+    s.p.check_invariants();
+}
+
+#[test]
 fn a_stalled_request_is_cancelled_and_asked_of_another_peer() {
     let mut s = Swarm::new(2, 1024, 1024, 1024);
     let x = s.holder(2, |_| true);

@@ -2,16 +2,16 @@
 //! verified.
 //!
 //! Once a chunk's leaves are checked, its blocks can be served as they are verified
-//! ([`PeerConfig::serve_partial`](super::PeerConfig::serve_partial)): the peer tells the
-//! file's other connections with [`Message::Started`], a remote asks for blocks as from any
-//! holder, and a request for a block not yet verified waits in the serve queue (at most half
-//! of it, so blocks that can go always find room) and goes as soon as it is. So a block
-//! crosses the swarm in hops of one block, not one chunk. Three rules keep peers from waiting on
-//! each other for the same chunk: a remote that is itself a source of our copy is refused it
-//! (and refused what it waits for when it becomes one); a chunk that lost its source is
-//! continued only from a peer that holds it whole (`Conn::partial` remembers who is still
-//! fetching what); and a request waits at most a stall timeout after the chunk last moved
-//! on. A chunk given up refuses what waits for it.
+//! ([`PeerConfig::serve_partial`](super::PeerConfig::serve_partial)): the peer tells the file's
+//! other connections with [`Message::Started`], a remote asks for blocks as from any holder, and a
+//! request for a block not yet verified waits in the serve queue (at most half of it, so blocks
+//! that can go always find room) and goes as soon as it is. So a block crosses the swarm in hops of
+//! one block, not one chunk. Three rules keep peers from waiting on each other for the same chunk:
+//! a remote that is itself a source of our copy is refused it (and refused what it waits for when
+//! it becomes one); a chunk that lost its source is continued only from a peer that holds it whole
+//! (`Conn::partial` remembers who is still fetching what, and a peer that started more than it
+//! remembers holds nothing whole); and a request waits at most a stall timeout after the chunk last
+//! moved on. A chunk given up refuses what waits for it.
 
 use super::*;
 
