@@ -273,10 +273,21 @@ impl<const W: usize> Peer<'_, W> {
         self.by_id.get(id).copied()
     }
 
-    /// Whether an open connection for `slot` offers `chunk`.
+    /// Whether an open connection for `slot` offers `chunk` we can fetch: a remote holds it
+    /// whole, or one is fetching it and our copy (if started) has not lost its source. A copy
+    /// that lost its source is continued only from a whole holder (see `partial`), and a
+    /// remote that started the chunk may have lost its own source too, without a word.
     pub(super) fn offered(&self, slot: u16, chunk: u32) -> bool {
+        let orphan = self
+            .active_index(slot, chunk)
+            .and_then(|i| self.active[i].as_ref())
+            .is_some_and(|a| a.owner.is_none() && a.dup.is_none());
         self.conns.iter().any(|(_, c)| {
-            c.file == Some(slot) && c.is_open() && c.bitfield_in && c.remote_has.get(chunk)
+            c.file == Some(slot)
+                && c.is_open()
+                && c.bitfield_in
+                && c.remote_has.get(chunk)
+                && (!orphan || c.holds_whole(chunk))
         })
     }
 
