@@ -102,6 +102,20 @@ impl Harness {
     fn take(&mut self, c: ConnId) -> Vec<Message> {
         self.seen.take(c)
     }
+
+    /// Node `n` connects from `port`, fetching `file` (of `chunks` chunks, at most 8) and
+    /// holding none of it; what the peer sends it is left to take.
+    fn downloader(&mut self, n: u8, port: u16, file: FileId, chunks: u32) -> ConnId {
+        let c = self
+            .p
+            .handle_accept(self.now, format!("10.0.0.{n}:{port}").parse().unwrap())
+            .unwrap()
+            .conn;
+        self.feed(c, &hello(n, 7000 + u16::from(n)));
+        self.feed(c, &Message::Bitfield { file, chunks });
+        self.feed_bytes(c, &[0]);
+        c
+    }
 }
 
 fn manifest(len: usize) -> (ManifestHeader, FileId, Vec<u8>) {
@@ -368,19 +382,7 @@ fn a_peer_that_reconnects_is_counted_once_among_the_peers_served() {
     };
     // Node 9 connects, is served, leaves and comes back on a new connection; node 8 once.
     for (n, port) in [(9, 50000), (9, 50001), (8, 50002)] {
-        let c =
-            h.p.handle_accept(h.now, format!("10.0.0.{n}:{port}").parse().unwrap())
-                .unwrap()
-                .conn;
-        h.feed(c, &hello(n, 7000 + u16::from(n)));
-        h.feed(
-            c,
-            &Message::Bitfield {
-                file: id,
-                chunks: 4,
-            },
-        );
-        h.feed_bytes(c, &[0]);
+        let c = h.downloader(n, port, id, 4);
         h.take(c);
         h.feed(c, &Message::Request(block));
         assert_eq!(h.take(c), vec![Message::Block(block)]);
@@ -454,19 +456,7 @@ fn a_super_seeders_offers_to_a_downloader_that_left_go_to_another() {
     // connections), the last two are offered the file's four chunks, two each.
     let mut offered = Vec::new();
     for n in 2..6u8 {
-        let c =
-            h.p.handle_accept(h.now, format!("10.0.0.{n}:50000").parse().unwrap())
-                .unwrap()
-                .conn;
-        h.feed(c, &hello(n, 7000 + u16::from(n)));
-        h.feed(
-            c,
-            &Message::Bitfield {
-                file: id,
-                chunks: 4,
-            },
-        );
-        h.feed_bytes(c, &[0]);
+        let c = h.downloader(n, 50000, id, 4);
         let haves: Vec<u32> = h
             .take(c)
             .into_iter()

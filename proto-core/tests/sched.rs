@@ -227,6 +227,14 @@ impl Swarm {
         asked.len()
     }
 
+    /// Whether the whole file was fetched.
+    fn complete(&self) -> bool {
+        self.seen
+            .events
+            .iter()
+            .any(|e| matches!(e, PeerEvent::FileComplete { .. }))
+    }
+
     fn verified(&self, chunk: u32) -> bool {
         self.seen
             .events
@@ -325,11 +333,7 @@ fn a_peer_that_finishes_drops_connections_to_seeds() {
     let mut s = Swarm::new(2, 1024, 1024, 2048);
     let x = s.holder(2, |_| true);
     s.serve_all(x);
-    assert!(s
-        .seen
-        .events
-        .iter()
-        .any(|e| matches!(e, PeerEvent::FileComplete { .. })));
+    assert!(s.complete());
     // Both ends hold the whole file: nothing will ever cross the connection again.
     assert!(s
         .seen
@@ -353,11 +357,7 @@ fn a_peer_that_finishes_keeps_a_remote_still_fetching_a_chunk_it_announced() {
         }),
     );
     s.serve_all(x);
-    assert!(s
-        .seen
-        .events
-        .iter()
-        .any(|e| matches!(e, PeerEvent::FileComplete { .. })));
+    assert!(s.complete());
     let lost: Vec<_> = s
         .seen
         .events
@@ -597,11 +597,7 @@ fn hashed_elsewhere_digests_handed_in_a_burst_lose_no_event() {
             "chunk {chunk} verified, its event not lost"
         );
     }
-    assert!(s
-        .seen
-        .events
-        .iter()
-        .any(|e| matches!(e, PeerEvent::FileComplete { .. })));
+    assert!(s.complete());
     assert_eq!(s.store.completed, vec![0]);
     s.p.check_invariants();
 }
