@@ -1227,9 +1227,10 @@ impl Sim {
             {
                 // Lost: the retransmission arrives one RTO later (at least 200 ms).
                 let rto = (self.cfg.latency.saturating_mul(4)).max(Duration::from_millis(200));
-                late = Some(arrive + rto);
+                let at = arrive + rto;
+                late = Some(at);
                 if self.rng.next_u64().is_multiple_of(100) {
-                    self.push(arrive + rto, Ev::Reset { link });
+                    self.push(at, Ev::Reset { link });
                 }
             }
             let rx = Duration::from_micros(

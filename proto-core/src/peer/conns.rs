@@ -207,6 +207,33 @@ impl<const W: usize> Conn<W> {
         self.remote_has.is_full() && self.started == 0
     }
 
+    /// The remote said it started `chunk` (`Started`): it offers the chunk, and is still
+    /// fetching it (unless it offered it already).
+    pub(super) fn started_chunk(&mut self, chunk: u32) {
+        if self.remote_has.get(chunk) {
+            return;
+        }
+        self.remote_has.set(chunk);
+        self.started = self.started.saturating_add(1);
+        if self.partial.is_full() {
+            self.partial.remove(0);
+        }
+        let _ = self.partial.push(chunk);
+    }
+
+    /// The remote announced `ranges` whole (`Have`): a chunk of them it had offered already
+    /// is one it started, and is no longer being fetched.
+    pub(super) fn announced(&mut self, ranges: &[ChunkRange]) {
+        for r in ranges {
+            let known = r.end - r.start - self.remote_has.set_range(*r);
+            self.started = self
+                .started
+                .saturating_sub(known.try_into().unwrap_or(u16::MAX));
+        }
+        self.partial
+            .retain(|&k| !ranges.iter().any(|r| (r.start..r.end).contains(&k)));
+    }
+
     /// The remote no longer offers `chunk` (it refused it, or has no leaves for it).
     pub(super) fn lost_chunk(&mut self, chunk: u32) {
         if self.remote_has.clear(chunk) {

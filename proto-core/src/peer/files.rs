@@ -281,7 +281,7 @@ impl<const W: usize> Peer<'_, W> {
         let orphan = self
             .active_index(slot, chunk)
             .and_then(|i| self.active[i].as_ref())
-            .is_some_and(|a| a.owner.is_none() && a.dup.is_none());
+            .is_some_and(|a| !a.has_source());
         self.conns.iter().any(|(_, c)| {
             c.file == Some(slot)
                 && c.is_open()

@@ -42,9 +42,9 @@ impl<const W: usize> Peer<'_, W> {
         self.file(slot).is_some_and(|f| f.have.get(chunk))
             || (self.config.serve_partial
                 && self.active_index(slot, chunk).is_some_and(|i| {
-                    self.active[i].as_ref().is_some_and(|a| {
-                        a.leaves == Leaves::Checked && (a.owner.is_some() || a.dup.is_some())
-                    })
+                    self.active[i]
+                        .as_ref()
+                        .is_some_and(|a| a.leaves == Leaves::Checked && a.has_source())
                 }))
     }
 

@@ -24,19 +24,11 @@ impl<const W: usize> Peer<'_, W> {
                 let Some(c) = self.conns.get_mut(id) else {
                     return;
                 };
-                for r in &ranges {
-                    // A chunk it announces that it had already offered is one it started.
-                    let known = r.end - r.start - c.remote_has.set_range(*r);
-                    c.started = c
-                        .started
-                        .saturating_sub(known.try_into().unwrap_or(u16::MAX));
-                }
+                c.announced(&ranges);
                 self.offers_taken(id, slot, &ranges);
-                let Some(c) = self.conns.get_mut(id) else {
+                let Some(c) = self.conns.get(id) else {
                     return;
                 };
-                c.partial
-                    .retain(|&k| !ranges.iter().any(|r| (r.start..r.end).contains(&k)));
                 if !c.holds_all() {
                     self.prefer_swarm(slot, &ranges);
                 }
@@ -66,14 +58,7 @@ impl<const W: usize> Peer<'_, W> {
                 let Some(c) = self.conns.get_mut(id) else {
                     return;
                 };
-                if !c.remote_has.get(chunk) {
-                    c.remote_has.set(chunk);
-                    c.started = c.started.saturating_add(1);
-                    if c.partial.is_full() {
-                        c.partial.remove(0);
-                    }
-                    let _ = c.partial.push(chunk);
-                }
+                c.started_chunk(chunk);
                 let range = [ChunkRange {
                     start: chunk,
                     end: chunk + 1,

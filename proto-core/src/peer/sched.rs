@@ -275,8 +275,7 @@ impl<const W: usize> Peer<'_, W> {
         self.in_flight()
             .filter(|(_, a)| {
                 a.slot == slot
-                    && a.owner.is_none()
-                    && a.dup.is_none()
+                    && !a.has_source()
                     && c.holds_whole(a.chunk)
                     && !self.avoid(id, slot, a.chunk)
             })
@@ -572,7 +571,7 @@ impl<const W: usize> Peer<'_, W> {
         }
         a.forget_source(id);
         // A chunk nobody started goes back to the pool, to be picked by rarity again.
-        if a.owner.is_none() && a.dup.is_none() && a.frontier == 0 && a.receiving.is_none() {
+        if !a.has_source() && a.frontier == 0 && a.receiving.is_none() {
             let (slot, chunk) = (a.slot, a.chunk);
             self.active[i] = None;
             if let Some(f) = self.file_mut(slot) {
@@ -581,7 +580,7 @@ impl<const W: usize> Peer<'_, W> {
             self.refuse_waiting(slot, chunk);
             return;
         }
-        if a.owner.is_none() && a.dup.is_none() {
+        if !a.has_source() {
             // No source left: nothing more will come for those waiting on us.
             let (slot, chunk) = (a.slot, a.chunk);
             self.refuse_waiting(slot, chunk);

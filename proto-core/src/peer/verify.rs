@@ -145,6 +145,12 @@ impl Active {
         }
     }
 
+    /// Whether a connection feeds this chunk (its owner or an endgame duplicate); without one,
+    /// nothing more comes for it until another takes it on.
+    pub(super) fn has_source(&self) -> bool {
+        self.owner.is_some() || self.dup.is_some()
+    }
+
     /// Connection `id` no longer supplies this chunk.
     pub(super) fn forget_source(&mut self, id: ConnId) {
         for a in &mut self.asked {
