@@ -319,7 +319,11 @@ pub enum Message {
     },
     /// Peer to peer: send me this block.
     Request(BlockRef),
-    /// Peer to peer: the block asked for. Body: `len` bytes of chunk payload.
+    /// Peer to peer: the block asked for, or a first part of what is left of it. Body: `len`
+    /// bytes of chunk payload. A part starts where the request (or its rest) starts and ends
+    /// on a 16 KiB block boundary of the chunk: a peer serving a chunk it is still fetching
+    /// sends each verified 16 KiB as soon as it is, and the rest of the request stays asked
+    /// for. Anything else that matches no request is unsolicited.
     Block(BlockRef),
     /// Peer to peer: I no longer want this block (it arrived from elsewhere).
     Cancel(BlockRef),

@@ -759,6 +759,71 @@ fn blocks_of_an_unfinished_chunk_are_served_as_they_are_verified() {
 }
 
 #[test]
+fn a_block_asked_whole_goes_out_a_verified_piece_at_a_time() {
+    // One 64 KiB chunk fetched 16 KiB at a time from x; d asks for all of it in one request.
+    let mut s = Swarm::new(1, 64 * 1024, 16 * 1024, 16 * 1024);
+    let x = s.holder(2, |_| true);
+    let mut pending = s.requests(x);
+    let first = pending.remove(0);
+    let d = s.holder(3, |_| false);
+    s.sent(d);
+    s.block(x, first, first.len);
+    s.sent(d);
+    let whole = BlockRef {
+        file: s.id,
+        chunk: 0,
+        offset: 0,
+        len: 64 * 1024,
+    };
+    let mut asks = frame(&Message::GetLeaves {
+        file: s.id,
+        chunk: 0,
+    });
+    asks.extend(frame(&Message::Request(whole)));
+    s.feed(d, &asks);
+    let pieces = |m: &[Message]| {
+        m.iter()
+            .filter_map(|m| match m {
+                Message::Block(b) => Some((b.offset / 1024, b.len / 1024)),
+                Message::Reject { .. } => Some((999, 0)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    // What is verified goes at once (the block waits no longer for the rest of itself).
+    assert_eq!(pieces(&s.sent(d)), [(0, 16)]);
+    for k in 1..4 {
+        pending.extend(s.requests(x));
+        let at = pending.iter().position(|r| r.offset == k * 16 * 1024);
+        let r = pending.remove(at.unwrap_or_else(|| panic!("block {k} asked of x: {pending:?}")));
+        s.block(x, r, r.len);
+        assert_eq!(pieces(&s.sent(d)), [(k * 16, 16)]);
+    }
+    assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
+fn a_request_answered_in_pieces_stays_asked_for_its_rest() {
+    let mut s = Swarm::new(1, 64 * 1024, 64 * 1024, 64 * 1024);
+    let x = s.holder(2, |_| true);
+    let b = one(s.requests(x));
+    assert_eq!(b.len, 64 * 1024);
+    let piece = |offset: u32, len: u32| BlockRef { offset, len, ..b };
+    // The first 16 KiB: taken, and the rest is not asked for again.
+    s.block(x, piece(0, 16 * 1024), 16 * 1024);
+    assert!(s.requests(x).is_empty());
+    assert!(!s.verified(0));
+    // A piece that ends inside a 16 KiB block answers nothing: it is not taken.
+    s.block(x, piece(16 * 1024, 8 * 1024), 8 * 1024);
+    assert!(!s.verified(0));
+    // The rest, in one piece, completes the chunk.
+    s.block(x, piece(16 * 1024, 48 * 1024), 48 * 1024);
+    assert!(s.verified(0));
+    s.p.check_invariants();
+}
+
+#[test]
 fn a_source_of_a_chunk_is_not_served_that_chunk_before_it_is_whole() {
     // x and y both feed us chunk 0 (y as the endgame duplicate); were y to wait on us for the
     // same chunk, each would wait on the other.

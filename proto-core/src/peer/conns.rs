@@ -97,6 +97,32 @@ impl Blk {
         }
     }
 
+    /// The end of the block within its chunk.
+    pub(super) fn end(&self) -> u32 {
+        self.offset.saturating_add(self.len)
+    }
+
+    /// Whether `piece` may answer this request in part: it starts where the request does, is
+    /// not longer, and ends either where the request does or on a 16 KiB block boundary of the
+    /// chunk (so a request is answered in at most one piece per verified block, see
+    /// [`Message::Block`](crate::wire::Message::Block)).
+    pub(super) fn answered_by(&self, piece: &Blk) -> bool {
+        piece.chunk == self.chunk
+            && piece.offset == self.offset
+            && piece.len > 0
+            && piece.len <= self.len
+            && (piece.len == self.len || piece.end().is_multiple_of(crate::manifest::BLOCK_SIZE))
+    }
+
+    /// What is left of this request once `piece` (see [`Blk::answered_by`]) has answered it.
+    pub(super) fn after(&self, piece: &Blk) -> Blk {
+        Blk {
+            chunk: self.chunk,
+            offset: piece.end(),
+            len: self.len.saturating_sub(piece.len),
+        }
+    }
+
     pub(super) fn in_file(self, file: FileId) -> BlockRef {
         BlockRef {
             file,

@@ -5,8 +5,10 @@
 //! ([`PeerConfig::serve_partial`](super::PeerConfig::serve_partial)): the peer tells the file's
 //! other connections with [`Message::Started`], a remote asks for blocks as from any holder, and a
 //! request for a block not yet verified waits in the serve queue (at most half of it, so blocks
-//! that can go always find room) and goes as soon as it is. So a block crosses the swarm in hops of
-//! one block, not one chunk. Three rules keep peers from waiting on each other for the same chunk:
+//! that can go always find room) and goes as it is verified, 16 KiB at a time: what is verified of
+//! it goes at once, and the rest stays queued in its place. So bytes cross the swarm in hops of
+//! 16 KiB, whatever size the requests are (the simulator's 100-peer swarm: 0.852 / 0.848 / 0.846
+//! with whole requests, 0.865 / 0.863 / 0.852 in pieces). Three rules keep peers from waiting on each other for the same chunk:
 //! a remote that is itself a source of our copy is refused it (and refused what it waits for when
 //! it becomes one); a chunk that lost its source is continued only from a peer that holds it whole
 //! (`Conn::partial` remembers who is still fetching what, and a peer that started more than it
@@ -97,17 +99,24 @@ impl<const W: usize> Peer<'_, W> {
         self.refuse(id, |p, b| b.chunk == chunk && !p.servable(slot, b));
     }
 
-    /// Whether block `b` can be sent now: its chunk is held, or verified that far.
+    /// Whether block `b` can be sent now, all of it: its chunk is held, or verified that far.
     pub(super) fn servable(&self, slot: u16, b: &Blk) -> bool {
+        self.servable_len(slot, b) >= b.len
+    }
+
+    /// How much of block `b`, from its start, can be sent now: all of it if its chunk is
+    /// held, else what of it is verified. The verified mark stands on a 16 KiB block boundary
+    /// (or the chunk's end), so a part sent ends on one, as [`Blk::answered_by`] asks.
+    pub(super) fn servable_len(&self, slot: u16, b: &Blk) -> u32 {
         if self.file(slot).is_some_and(|f| f.have.get(b.chunk)) {
-            return true;
+            return b.len;
         }
-        self.config.serve_partial
-            && self.active_index(slot, b.chunk).is_some_and(|i| {
-                self.active[i]
-                    .as_ref()
-                    .is_some_and(|a| a.verified >= b.offset + b.len)
-            })
+        if !self.config.serve_partial {
+            return 0;
+        }
+        self.active_index(slot, b.chunk)
+            .and_then(|i| self.active[i].as_ref())
+            .map_or(0, |a| a.verified.saturating_sub(b.offset).min(b.len))
     }
 
     /// We stopped fetching `chunk` before it was whole: blocks of it that remotes asked of us

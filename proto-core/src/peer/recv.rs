@@ -39,8 +39,12 @@ impl<const W: usize> Peer<'_, W> {
                     self.misbehaved(id, Offence::Unexpected);
                     return;
                 }
+                // What is left of it: we may have sent pieces of it since it was sent.
+                let gone = Blk::of(&b);
                 if let Some(c) = self.conns.get_mut(id) {
-                    c.serve.retain(|s| *s != Blk::of(&b));
+                    c.serve.retain(|s| {
+                        !(s.chunk == gone.chunk && s.offset >= gone.offset && s.end() == gone.end())
+                    });
                 }
             }
             Message::Block(b) => self.on_block(id, b),
@@ -288,10 +292,11 @@ impl<const W: usize> Peer<'_, W> {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
+        let piece = Blk::of(&b);
         let pos = c
             .reqs
             .iter()
-            .position(|r| r.block == Blk::of(&b) && r.sent.is_some());
+            .position(|r| r.block.answered_by(&piece) && r.sent.is_some());
         let mut active = None;
         if let Some(pos) = pos {
             if pos == 0 {
@@ -300,7 +305,13 @@ impl<const W: usize> Peer<'_, W> {
                     c.rtt = Some(c.rtt.map_or(sample, |r| r.min(sample)));
                 }
             }
-            take_at(&mut c.reqs, pos);
+            // A piece of the request: the rest stays asked for, and comes next.
+            match c.reqs.iter_mut().nth(pos) {
+                Some(r) if r.block.len > piece.len => r.block = r.block.after(&piece),
+                _ => {
+                    take_at(&mut c.reqs, pos);
+                }
+            }
             let addr = c.listen_addr();
             let node = c.link.hello.map(|h| h.node).unwrap_or_default();
             if let Some(i) = self.active_index(slot, b.chunk) {

@@ -8,7 +8,7 @@
 
 use heapless::Vec;
 
-use super::{bit, key, take_at, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
+use super::{bit, key, take_at, Blk, Ctl, HaveCursor, Peer, Phase, Role, FRAME_BUF_LEN};
 use crate::conn::ConnId;
 use crate::io::Transmit;
 use crate::storage::{Region, StorageSend};
@@ -294,12 +294,30 @@ impl<const W: usize> Peer<'_, W> {
                 return None;
             }
         }
-        // The first block that can go: held, or verified already in a chunk being fetched
-        // (the others wait for it, see `Peer::on_request`).
+        // The first block of which something can go: held, or verified already in a chunk
+        // being fetched (the others wait for it, see `Peer::on_request`). Of a block verified
+        // only in part, the verified part goes now and the rest stays queued in its place:
+        // a block then crosses this hop as soon as its first 16 KiB are verified here, not
+        // once all of it is.
         let c = self.conns.get(id)?;
-        let next = c.serve.iter().position(|b| self.servable(slot, b))?;
+        let (next, ready) = c
+            .serve
+            .iter()
+            .enumerate()
+            .map(|(k, b)| (k, self.servable_len(slot, b)))
+            .find(|&(_, n)| n > 0)?;
         let c = self.conns.get_mut(id)?;
-        let b = take_at(&mut c.serve, next)?;
+        let queued = c.serve.iter_mut().nth(next)?;
+        let b = if ready < queued.len {
+            let piece = Blk {
+                len: ready,
+                ..*queued
+            };
+            *queued = queued.after(&piece);
+            piece
+        } else {
+            take_at(&mut c.serve, next)?
+        };
         c.last_served = now;
         let first = !core::mem::replace(&mut c.served, true);
         let node = c.link.hello.map(|h| h.node).unwrap_or_default();
