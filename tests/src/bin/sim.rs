@@ -286,6 +286,88 @@ fn main() -> ExitCode {
             firsts.last().copied().unwrap_or(0)
         );
         eprintln!("seed re-sent KiB by ms after the first copy: {dup_gap:?}");
+        // How the last first copies spread: for each 16 KiB block the seeder first sent in
+        // the last 500 ms of its first copies, when the last peer was sent it, and along how
+        // many hops (the depth of its tree of senders).
+        let last_first = firsts.last().copied().unwrap_or(0);
+        let mut depth = std::collections::HashMap::<(u32, u32, usize), (u64, u32)>::new();
+        let mut spread = std::collections::BTreeMap::<(u32, u32), (u64, u64, u32)>::new();
+        for s in &sim.blocks_sent {
+            let t = s.at.total_millis();
+            let mut o = s.block.offset;
+            while o < s.block.offset + s.block.len {
+                let key = (s.block.chunk, o / 16384);
+                let d = if s.from == 1 {
+                    1
+                } else {
+                    depth
+                        .get(&(key.0, key.1, s.from))
+                        .map_or(99, |&(_, d)| d + 1)
+                };
+                depth.entry((key.0, key.1, s.to)).or_insert((t, d));
+                if let Some(&t0) = copies.get(&key) {
+                    if t0 + 500 >= last_first {
+                        let e = spread.entry(key).or_insert((t0, t0, 0));
+                        e.1 = e.1.max(t);
+                        e.2 = e.2.max(d);
+                    }
+                }
+                o += 16384;
+            }
+        }
+        // How far the downloaders are behind the seeder, every 500 ms: KiB it has sent a
+        // first copy of, less the KiB each has been sent (distinct), on average and at most.
+        let mut behind = Vec::new();
+        let mut got_at = vec![Vec::new(); a.peers + 1];
+        for (k, v) in &depth {
+            got_at[k.2].push(v.0);
+        }
+        for v in &mut got_at {
+            v.sort_unstable();
+        }
+        for t in (500..=last_first + 500).step_by(500) {
+            let injected = firsts.partition_point(|&f| f < t) as i64 * 16;
+            let lags: Vec<i64> = (2..=a.peers)
+                .map(|to| injected - got_at[to].partition_point(|&g| g < t) as i64 * 16)
+                .collect();
+            let mean = lags.iter().sum::<i64>() / lags.len().max(1) as i64;
+            behind.push(format!("{t}:{mean}/{}", lags.iter().max().unwrap_or(&0)));
+        }
+        eprintln!(
+            "KiB behind the seeder's first copies (mean/max): {}",
+            behind.join(" ")
+        );
+        // At 3 s: how long ago the blocks each downloader lacks left the seeder (KiB per peer,
+        // by 50 ms of age).
+        let at = 3000u64;
+        let mut ages = std::collections::BTreeMap::<u64, i64>::new();
+        for to in 2..=a.peers {
+            for (key, &t0) in &copies {
+                if t0 < at && depth.get(&(key.0, key.1, to)).is_none_or(|v| v.0 >= at) {
+                    *ages.entry((at - t0) / 50 * 50).or_default() += 16;
+                }
+            }
+        }
+        let n = (a.peers - 1).max(1) as i64;
+        let ages: Vec<String> = ages.iter().map(|(k, v)| format!("{k}:{}", v / n)).collect();
+        eprintln!(
+            "at 3 s, KiB lacked per peer by ms since it left the seeder: {}",
+            ages.join(" ")
+        );
+        let mut took: Vec<u64> = spread.values().map(|(a, b, _)| b - a).collect();
+        let mut hops: Vec<u32> = spread.values().map(|v| v.2).collect();
+        took.sort();
+        hops.sort();
+        let q = |v: &[u64], k: usize| v.get(v.len() * k / 100).copied().unwrap_or(0);
+        eprintln!(
+            "last 500 ms of first copies: {} blocks, to the last peer p50 {} ms, p90 {} ms, max {} ms; hops p50 {}, max {}",
+            took.len(),
+            q(&took, 50),
+            q(&took, 90),
+            took.last().copied().unwrap_or(0),
+            hops.get(hops.len() / 2).copied().unwrap_or(0),
+            hops.last().copied().unwrap_or(0)
+        );
         let late: Vec<u64> = to_seed.iter().map(|r| r.at.total_millis() / 500).collect();
         let mut by_time = std::collections::BTreeMap::<u64, u64>::new();
         for b in late {
@@ -304,6 +386,19 @@ fn main() -> ExitCode {
             }
         }
         eprintln!("requests to the seeder for chunks someone else asked it first, by peer (count, first ms): {again_by:?}");
+        for (c, v) in per_chunk
+            .iter()
+            .filter(|(_, v)| v.iter().any(|x| x.0 != v[0].0))
+            .take(4)
+        {
+            let mut who: Vec<(usize, u64)> = Vec::new();
+            for x in v {
+                if !who.iter().any(|w| w.0 == x.0) {
+                    who.push(*x);
+                }
+            }
+            eprintln!("  chunk {c} asked of the seeder by (peer, first ms): {who:?}");
+        }
         for (c, v) in per_chunk.iter().filter(|(_, v)| v.len() > 30).take(2) {
             eprintln!("  chunk {c}: {v:?}");
         }
