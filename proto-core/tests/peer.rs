@@ -369,6 +369,44 @@ fn a_full_table_evicts_the_inbound_connection_that_has_done_least() {
 }
 
 #[test]
+fn a_file_takes_inbound_connections_up_to_twice_the_ones_a_peer_opens() {
+    // Two opened per file: four in all. A peer everyone dials first does not gather the
+    // swarm's connections; the fifth remote goes to another holder.
+    let mut h = Harness::new(|c| c.max_conns_per_file = 2);
+    let (header, id, _) = manifest(4096);
+    h.p.share(h.now, id, header).unwrap();
+    h.drain();
+    let mut conns = Vec::new();
+    for i in 0..5u8 {
+        let c =
+            h.p.handle_accept(h.now, format!("10.0.1.{i}:1").parse().unwrap())
+                .unwrap()
+                .conn;
+        h.feed(c, &hello(10 + i, 7000 + u16::from(i)));
+        h.feed(
+            c,
+            &Message::Bitfield {
+                file: id,
+                chunks: 4,
+            },
+        );
+        h.feed_bytes(c, &[0]);
+        conns.push(c);
+    }
+    let connected = h
+        .seen
+        .events
+        .iter()
+        .filter(|e| matches!(e, PeerEvent::PeerConnected { .. }))
+        .count();
+    assert_eq!(connected, 4);
+    assert!(h.seen.actions.contains(&Action::Close(conns[4])));
+    for &c in &conns[..4] {
+        assert!(!h.seen.actions.contains(&Action::Close(c)));
+    }
+}
+
+#[test]
 fn a_peer_that_reconnects_is_counted_once_among_the_peers_served() {
     let mut h = Harness::new(|_| {});
     let (header, id, _) = manifest(4096);

@@ -96,6 +96,9 @@ pub struct SimConfig {
     pub hostile: Option<Attack>,
     /// Bytes per block request (`PeerConfig::block_len`); `None` keeps the peer's default.
     pub request_bytes: Option<u32>,
+    /// Connections per peer (`PeerConfig::max_conns`). Default 32, what the simulated peers
+    /// had since their tables were sized at compile time (the shipped default is 64).
+    pub max_conns: u16,
     /// Whether peers serve blocks of chunks they are still fetching
     /// (`PeerConfig::serve_partial`).
     pub serve_partial: bool,
@@ -128,6 +131,7 @@ impl Default for SimConfig {
             swarm_key: None,
             hostile: None,
             request_bytes: None,
+            max_conns: 32,
             serve_partial: true,
             slow_peers: 0,
             trackers: 1,
@@ -608,7 +612,7 @@ impl Sim {
         for &t in &self.trackers {
             config.trackers.push(self.nodes[t].addr);
         }
-        config.max_conns = 32;
+        config.max_conns = self.cfg.max_conns;
         config.max_files = 2;
         config.max_active = 64;
         config.rng_seed = self.rng.next_u64();

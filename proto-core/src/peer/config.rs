@@ -51,7 +51,9 @@ pub struct PeerConfig {
     /// tokens, so this peer never asks for more than that (what arrives follows what was
     /// asked; a remote that sends unasked is cut off anyway).
     pub download_rate: Option<u64>,
-    /// Connections this peer opens per file being fetched (others may connect to it on top).
+    /// Connections this peer opens per file being fetched (others may connect to it on top,
+    /// up to twice this for the file, both ways: a peer everyone dials first would otherwise
+    /// gather most of a swarm's connections while the late joiners' uplinks idle).
     /// Default 16: sources enough that a peer few others chose still fills its downlink (the
     /// simulator's 100-peer swarm: efficiency 0.57 with 8, 0.73 with 16).
     pub max_conns_per_file: usize,

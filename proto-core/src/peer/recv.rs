@@ -129,6 +129,14 @@ impl<const W: usize> Peer<'_, W> {
                     self.close_after_flush(id);
                     return;
                 };
+                if self.file_conns(s) >= self.config.max_conns_per_file.saturating_mul(2) {
+                    // As many connections for this file as a peer few others chose would dial
+                    // (see `can_dial`): the remote goes to another holder. Else the peers
+                    // everyone dials first (the seeder, the first to register) gather most of
+                    // the swarm's connections and the late joiners' uplinks idle.
+                    self.close_now(id);
+                    return;
+                }
                 s
             }
             _ => {

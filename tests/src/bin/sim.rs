@@ -35,6 +35,9 @@ struct Args {
     /// Bytes per block request, in KiB (default: the peer's, 64).
     #[arg(long)]
     request_kib: Option<u32>,
+    /// Connections per peer, the tracker's included (the shipped default is 64)
+    #[arg(long, default_value_t = 32)]
+    max_conns: u16,
     /// Peers serve only whole chunks (no blocks of chunks they are still fetching).
     #[arg(long)]
     no_partial: bool,
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         sniff: a.trace,
         swarm_key: a.swarm_key.then_some(SwarmKey([0x5a; 32])),
         request_bytes: a.request_kib.map(|k| k * 1024),
+        max_conns: a.max_conns,
         serve_partial: !a.no_partial,
         slow_peers: a.slow,
         trackers: usize::from(a.trackers),
