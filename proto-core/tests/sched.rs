@@ -134,6 +134,27 @@ impl Swarm {
         self.send_block(c, b, &payload);
     }
 
+    /// One 64 KiB chunk fetched 16 KiB at a time from a holder x, with a remote d that has
+    /// nothing: x's first block has arrived (so its leaves are checked) and d heard of it.
+    /// Returns x, the requests x has not answered, and d.
+    fn started_from_one(&mut self) -> (ConnId, Vec<BlockRef>, ConnId) {
+        let x = self.holder(2, |_| true);
+        let mut pending = self.requests(x);
+        let first = pending.remove(0);
+        let d = self.holder(3, |_| false);
+        self.sent(d);
+        self.block(x, first, first.len);
+        (x, pending, d)
+    }
+
+    /// x sends the block at `offset`, asked of it by now.
+    fn answer_at(&mut self, x: ConnId, pending: &mut Vec<BlockRef>, offset: u32) {
+        pending.extend(self.requests(x));
+        let at = pending.iter().position(|r| r.offset == offset);
+        let r = pending.remove(at.unwrap_or_else(|| panic!("{offset} asked of x: {pending:?}")));
+        self.block(x, r, r.len);
+    }
+
     /// Remote `c` answers every request the peer sends it, as they come (a pipeline holds a
     /// round trip's worth, so the next goes out as one comes back), until it asks no more;
     /// returns how many blocks it sent.
@@ -698,15 +719,9 @@ fn leaves_that_do_not_match_the_root_are_thrown_away_and_asked_elsewhere() {
 
 #[test]
 fn blocks_of_an_unfinished_chunk_are_served_as_they_are_verified() {
-    // One 64 KiB chunk fetched a block (16 KiB) at a time from x; d has nothing.
     let mut s = Swarm::new(1, 64 * 1024, 16 * 1024, 16 * 1024);
-    let x = s.holder(2, |_| true);
-    let mut pending = s.requests(x);
-    let first = pending.remove(0);
-    let d = s.holder(3, |_| false);
-    s.sent(d);
     // The leaves check out with x's first block: d hears that the chunk is on its way.
-    s.block(x, first, first.len);
+    let (x, mut pending, d) = s.started_from_one();
     let told = s.sent(d);
     assert!(
         told.contains(&Message::Started {
@@ -748,10 +763,7 @@ fn blocks_of_an_unfinished_chunk_are_served_as_they_are_verified() {
     assert_eq!(blocks(&served), [0]);
     // Each block x delivers goes on to d.
     for k in 1..4 {
-        pending.extend(s.requests(x));
-        let at = pending.iter().position(|r| r.offset == k * 16 * 1024);
-        let r = pending.remove(at.unwrap_or_else(|| panic!("block {k} asked of x: {pending:?}")));
-        s.block(x, r, r.len);
+        s.answer_at(x, &mut pending, k * 16 * 1024);
         assert_eq!(blocks(&s.sent(d)), [k]);
     }
     assert!(s.verified(0));
@@ -760,14 +772,9 @@ fn blocks_of_an_unfinished_chunk_are_served_as_they_are_verified() {
 
 #[test]
 fn a_block_asked_whole_goes_out_a_verified_piece_at_a_time() {
-    // One 64 KiB chunk fetched 16 KiB at a time from x; d asks for all of it in one request.
+    // d asks for all of the chunk in one request.
     let mut s = Swarm::new(1, 64 * 1024, 16 * 1024, 16 * 1024);
-    let x = s.holder(2, |_| true);
-    let mut pending = s.requests(x);
-    let first = pending.remove(0);
-    let d = s.holder(3, |_| false);
-    s.sent(d);
-    s.block(x, first, first.len);
+    let (x, mut pending, d) = s.started_from_one();
     s.sent(d);
     let whole = BlockRef {
         file: s.id,
@@ -793,10 +800,7 @@ fn a_block_asked_whole_goes_out_a_verified_piece_at_a_time() {
     // What is verified goes at once (the block waits no longer for the rest of itself).
     assert_eq!(pieces(&s.sent(d)), [(0, 16)]);
     for k in 1..4 {
-        pending.extend(s.requests(x));
-        let at = pending.iter().position(|r| r.offset == k * 16 * 1024);
-        let r = pending.remove(at.unwrap_or_else(|| panic!("block {k} asked of x: {pending:?}")));
-        s.block(x, r, r.len);
+        s.answer_at(x, &mut pending, k * 16 * 1024);
         assert_eq!(pieces(&s.sent(d)), [(k * 16, 16)]);
     }
     assert!(s.verified(0));
