@@ -57,8 +57,9 @@ pub struct PeerConfig {
     /// many chose; the same bound both ways, so that a peer everyone dials first (the seeder,
     /// the first to register) does not gather most of a swarm's connections while the late
     /// joiners' uplinks idle (the simulator's 100-peer swarm with 64 connections per peer:
-    /// 0.68 without the inbound bound, 0.83 with it). Default 16: sources enough that a peer few others chose still fills its downlink (the
-    /// simulator's 100-peer swarm: efficiency 0.57 with 8, 0.73 with 16).
+    /// 0.68 without the inbound bound, 0.83 with it). Default 16: sources enough that a peer
+    /// few others chose still fills its downlink (the simulator's 100-peer swarm: efficiency
+    /// 0.57 with 8, 0.73 with 16).
     pub max_conns_per_file: usize,
     /// Most bytes asked for and not yet received on one connection. Default 4 MiB.
     pub max_in_flight: u32,

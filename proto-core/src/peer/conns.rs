@@ -123,6 +123,11 @@ impl Blk {
         }
     }
 
+    /// Whether this block is what is left of `asked` once pieces of it went (or all of it).
+    pub(super) fn is_rest_of(&self, asked: &Blk) -> bool {
+        self.chunk == asked.chunk && self.offset >= asked.offset && self.end() == asked.end()
+    }
+
     pub(super) fn in_file(self, file: FileId) -> BlockRef {
         BlockRef {
             file,

@@ -8,12 +8,13 @@
 //! that can go always find room) and goes as it is verified, 16 KiB at a time: what is verified of
 //! it goes at once, and the rest stays queued in its place. So bytes cross the swarm in hops of
 //! 16 KiB, whatever size the requests are (the simulator's 100-peer swarm: 0.852 / 0.848 / 0.846
-//! with whole requests, 0.865 / 0.863 / 0.852 in pieces). Three rules keep peers from waiting on each other for the same chunk:
-//! a remote that is itself a source of our copy is refused it (and refused what it waits for when
-//! it becomes one); a chunk that lost its source is continued only from a peer that holds it whole
-//! (`Conn::partial` remembers who is still fetching what, and a peer that started more than it
-//! remembers holds nothing whole); and a request waits at most a stall timeout after the chunk last
-//! moved on. A chunk given up refuses what waits for it.
+//! with whole requests, 0.865 / 0.863 / 0.852 in pieces). Three rules keep peers from waiting on
+//! each other for the same chunk: a remote that is itself a source of our copy is refused it (and
+//! refused what it waits for when it becomes one); a chunk that lost its source is continued
+//! only from a peer that holds it whole (`Conn::partial` remembers who is still fetching what,
+//! and a peer that started more than it remembers holds nothing whole); and a request waits at
+//! most a stall timeout after the chunk last moved on. A chunk given up refuses what waits for
+//! it.
 
 use super::*;
 

@@ -42,9 +42,7 @@ impl<const W: usize> Peer<'_, W> {
                 // What is left of it: we may have sent pieces of it since it was sent.
                 let gone = Blk::of(&b);
                 if let Some(c) = self.conns.get_mut(id) {
-                    c.serve.retain(|s| {
-                        !(s.chunk == gone.chunk && s.offset >= gone.offset && s.end() == gone.end())
-                    });
+                    c.serve.retain(|s| !s.is_rest_of(&gone));
                 }
             }
             Message::Block(b) => self.on_block(id, b),
